@@ -1,0 +1,705 @@
+//! The members document → load-balancer model.
+//!
+//! Pure code, no I/O. Everything that comes from the network (member names, addresses, tag
+//! values) is validated here, so the template only ever sees values that cannot inject HAProxy
+//! configuration. A member that fails validation is skipped (and reported in
+//! [`Model::rejected`]); the rest still render.
+//!
+//! Determinism: pools are sorted by name, servers by name, routes by descending prefix length,
+//! so identical membership always gives byte-identical output.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+/// The document served by `GET /v1/members` and printed by `shoal members --format json`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct MembersDoc {
+    pub members: Vec<Member>,
+}
+
+/// One member as the agent reports it. Unknown fields are ignored so the agent can grow.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+pub struct Member {
+    pub name: String,
+    pub addr: String,
+    pub status: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+impl MembersDoc {
+    /// Parses the members JSON; the error says what is wrong and where.
+    pub fn from_json(text: &str) -> Result<Self, String> {
+        serde_json::from_str(text).map_err(|e| format!("invalid members document: {e}"))
+    }
+}
+
+/// Whether a server takes new requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerState {
+    /// alive and `state` tag absent or `ready`.
+    Ready,
+    /// alive with `state=draining`, or `suspect`: no new requests, existing ones finish.
+    Drain,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Server {
+    /// The member name; HAProxy's server name inside the backend.
+    pub name: String,
+    pub ip: IpAddr,
+    pub port: u16,
+    /// `ip:port`, with brackets for IPv6, ready to put on a `server` line.
+    pub addr: String,
+    pub weight: u16,
+    pub state: ServerState,
+    /// `state == Drain`, for templates (`{{#if drain}}`).
+    pub drain: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Pool {
+    /// The `service` tag; also the HAProxy backend name.
+    pub name: String,
+    /// Path prefix routed to this pool (`/` = default backend).
+    pub route: String,
+    /// HTTP health-check path.
+    pub check: String,
+    pub sticky: bool,
+    pub balance: String,
+    pub servers: Vec<Server>,
+}
+
+/// A path-prefix route; the frontend tests them in this order (longest prefix first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Route {
+    pub prefix: String,
+    pub pool: String,
+}
+
+/// A member that was skipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub member: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct Model {
+    pub pools: Vec<Pool>,
+    /// Non-`/` routes, longest prefix first.
+    pub routes: Vec<Route>,
+    /// The pool that serves `/` (the default backend), if any.
+    pub default_pool: Option<String>,
+    /// Members skipped by validation (logged by the caller).
+    #[serde(skip)]
+    pub rejected: Vec<Rejection>,
+    /// Routes or pool settings that members disagreed on (logged by the caller).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+pub const DEFAULT_WEIGHT: u16 = 100;
+pub const MAX_WEIGHT: u16 = 256;
+const MAX_NAME_LEN: usize = 64;
+const MAX_PATH_LEN: usize = 200;
+pub const BALANCES: &[&str] = &["roundrobin", "leastconn", "source", "first", "random"];
+
+/// Names (members, services): ASCII letters, digits, `.`, `_`, `-`; 1–64 chars; no leading
+/// `.`/`-`. HAProxy identifiers allow these and they cannot break a config line.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && !s.starts_with(['.', '-'])
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// URL paths (routes, health checks): start with `/`, then letters, digits and `/ . _ ~ -`
+/// (plus `? = & %` for checks). No spaces, quotes, `#`, backslashes or control characters.
+fn valid_path(s: &str, allow_query: bool) -> bool {
+    s.starts_with('/')
+        && s.len() <= MAX_PATH_LEN
+        && !s.contains("//")
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(b, b'/' | b'.' | b'_' | b'~' | b'-')
+                || (allow_query && matches!(b, b'?' | b'=' | b'&' | b'%'))
+        })
+}
+
+/// Per-member settings before grouping.
+struct Backend {
+    service: String,
+    route: String,
+    check: String,
+    sticky: bool,
+    balance: String,
+    server: Server,
+}
+
+/// Validates one member. `Ok(None)` = not a backend (no `service` tag, or failed/left).
+fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
+    if !valid_name(&m.name) {
+        return Err("name must be 1-64 of [A-Za-z0-9._-]".into());
+    }
+    let Some(service) = m.tags.get("service") else {
+        return Ok(None);
+    };
+    let alive_state = match m.status.as_str() {
+        "alive" => ServerState::Ready,
+        "suspect" => ServerState::Drain,
+        "failed" | "left" => return Ok(None),
+        other => return Err(format!("unknown status {other:?}")),
+    };
+    if !valid_name(service) {
+        return Err(format!(
+            "tag service={service:?} must be 1-64 of [A-Za-z0-9._-]"
+        ));
+    }
+    let sa: SocketAddr = m
+        .addr
+        .parse()
+        .map_err(|_| format!("addr {:?} is not IP:PORT", m.addr))?;
+    let ip = sa.ip();
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!("addr {:?} is not a usable host address", m.addr));
+    }
+    let port = match m.tags.get("port") {
+        None => return Err("tag port is missing".into()),
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("tag port={p:?} must be 1-65535")),
+        },
+    };
+    let weight = match m.tags.get("weight") {
+        None => DEFAULT_WEIGHT,
+        Some(w) => match w.parse::<u16>() {
+            Ok(n) if n <= MAX_WEIGHT && w.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => return Err(format!("tag weight={w:?} must be 0-{MAX_WEIGHT}")),
+        },
+    };
+    let route = match m.tags.get("route") {
+        None => "/".to_string(),
+        Some(r) => {
+            if !valid_path(r, false) {
+                return Err(format!(
+                    "tag route={r:?} must be a path of [A-Za-z0-9/._~-] starting with /"
+                ));
+            }
+            // `/api/v2/` and `/api/v2` are the same prefix.
+            let t = r.trim_end_matches('/');
+            if t.is_empty() { "/" } else { t }.to_string()
+        }
+    };
+    let check = match m.tags.get("check") {
+        None => "/".to_string(),
+        Some(c) if valid_path(c, true) => c.clone(),
+        Some(c) => {
+            return Err(format!(
+                "tag check={c:?} must be a path of [A-Za-z0-9/._~?=&%-] starting with /"
+            ))
+        }
+    };
+    let sticky = match m.tags.get("sticky").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(s) => return Err(format!("tag sticky={s:?} must be true or false")),
+    };
+    let balance = match m.tags.get("balance") {
+        None => "roundrobin".to_string(),
+        Some(b) if BALANCES.contains(&b.as_str()) => b.clone(),
+        Some(b) => return Err(format!("tag balance={b:?} must be one of {BALANCES:?}")),
+    };
+    let state = match m.tags.get("state").map(String::as_str) {
+        None | Some("ready") => alive_state,
+        Some("draining") => ServerState::Drain,
+        Some(s) => return Err(format!("tag state={s:?} must be ready or draining")),
+    };
+    let addr = match ip {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    };
+    Ok(Some(Backend {
+        service: service.clone(),
+        route,
+        check,
+        sticky,
+        balance,
+        server: Server {
+            name: m.name.clone(),
+            ip,
+            port,
+            addr,
+            weight,
+            state,
+            drain: state == ServerState::Drain,
+        },
+    }))
+}
+
+/// The value most members agree on; ties go to the smallest value (deterministic).
+fn consensus<T: Ord + Clone>(values: &[T]) -> (T, bool) {
+    let mut counts: BTreeMap<&T, usize> = BTreeMap::new();
+    for v in values {
+        *counts.entry(v).or_default() += 1;
+    }
+    let disagree = counts.len() > 1;
+    // BTreeMap iterates ascending; max_by_key keeps the last max, so reverse to prefer small.
+    let best = counts
+        .iter()
+        .rev()
+        .max_by_key(|(_, n)| **n)
+        .map(|(v, _)| (*v).clone());
+    (best.unwrap_or_else(|| values[0].clone()), disagree)
+}
+
+impl Model {
+    /// Builds the model. Never fails: bad members are skipped and listed in `rejected`.
+    pub fn build(doc: &MembersDoc) -> Model {
+        let mut model = Model::default();
+        let mut by_pool: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
+        let mut seen_names: BTreeMap<&str, ()> = BTreeMap::new();
+        let mut members: Vec<&Member> = doc.members.iter().collect();
+        // Sort so that duplicate handling and everything after it is order-independent.
+        members.sort_by(|a, b| {
+            (&a.name, &a.addr, &a.status, &a.tags).cmp(&(&b.name, &b.addr, &b.status, &b.tags))
+        });
+        for m in members {
+            match backend_of(m) {
+                Ok(None) => {}
+                Ok(Some(b)) => {
+                    if seen_names.insert(&m.name, ()).is_some() {
+                        model.rejected.push(Rejection {
+                            member: m.name.clone(),
+                            reason: "duplicate member name".into(),
+                        });
+                        continue;
+                    }
+                    by_pool.entry(b.service.clone()).or_default().push(b);
+                }
+                Err(reason) => model.rejected.push(Rejection {
+                    member: sanitize_for_log(&m.name),
+                    reason,
+                }),
+            }
+        }
+        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
+        for (name, backends) in by_pool {
+            let pick = |what: &str, vals: Vec<String>, warnings: &mut Vec<String>| {
+                let (v, disagree) = consensus(&vals);
+                if disagree {
+                    warnings.push(format!(
+                        "pool {name}: members disagree on {what}; using {v:?} (most common)"
+                    ));
+                }
+                v
+            };
+            let route = pick(
+                "route",
+                backends.iter().map(|b| b.route.clone()).collect(),
+                &mut model.warnings,
+            );
+            let check = pick(
+                "check",
+                backends.iter().map(|b| b.check.clone()).collect(),
+                &mut model.warnings,
+            );
+            let sticky = pick(
+                "sticky",
+                backends.iter().map(|b| b.sticky.to_string()).collect(),
+                &mut model.warnings,
+            ) == "true";
+            let balance = pick(
+                "balance",
+                backends.iter().map(|b| b.balance.clone()).collect(),
+                &mut model.warnings,
+            );
+            let mut servers: Vec<Server> = backends.into_iter().map(|b| b.server).collect();
+            servers.sort_by(|a, b| a.name.cmp(&b.name));
+            // Pools are visited in name order, so the first claimant of a prefix wins.
+            if let Some(owner) = claimed.get(&route) {
+                model.warnings.push(format!(
+                    "pool {name}: route {route} already served by pool {owner}; pool gets no route"
+                ));
+            } else {
+                claimed.insert(route.clone(), name.clone());
+                if route == "/" {
+                    model.default_pool = Some(name.clone());
+                } else {
+                    model.routes.push(Route {
+                        prefix: route.clone(),
+                        pool: name.clone(),
+                    });
+                }
+            }
+            model.pools.push(Pool {
+                name,
+                route,
+                check,
+                sticky,
+                balance,
+                servers,
+            });
+        }
+        model.routes.sort_by(|a, b| {
+            b.prefix
+                .len()
+                .cmp(&a.prefix.len())
+                .then(a.prefix.cmp(&b.prefix))
+        });
+        model
+    }
+
+    /// Looks up a server by pool and name.
+    pub fn server(&self, pool: &str, server: &str) -> Option<(&Pool, &Server)> {
+        let p = self.pools.iter().find(|p| p.name == pool)?;
+        let s = p.servers.iter().find(|s| s.name == server)?;
+        Some((p, s))
+    }
+}
+
+/// Makes a network-supplied string safe to print in one log line.
+pub fn sanitize_for_log(s: &str) -> String {
+    let mut out: String = s
+        .chars()
+        .take(80)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if s.chars().count() > 80 {
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, addr: &str, status: &str, tags: &[(&str, &str)]) -> Member {
+        Member {
+            name: name.into(),
+            addr: addr.into(),
+            status: status.into(),
+            tags: tags
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn doc(members: Vec<Member>) -> MembersDoc {
+        MembersDoc { members }
+    }
+
+    fn web(name: &str, ip: &str) -> Member {
+        member(
+            name,
+            &format!("{ip}:7946"),
+            "alive",
+            &[("service", "web"), ("port", "3000")],
+        )
+    }
+
+    #[test]
+    fn parses_the_contract_document() {
+        let d = MembersDoc::from_json(
+            r#"{"members":[{"name":"web-1","addr":"172.20.0.5:7946","status":"alive","tags":{"service":"web","port":"3000"}}]}"#,
+        )
+        .unwrap();
+        let m = Model::build(&d);
+        assert_eq!(m.pools.len(), 1);
+        let s = &m.pools[0].servers[0];
+        assert_eq!(s.addr, "172.20.0.5:3000");
+        assert_eq!(s.weight, DEFAULT_WEIGHT);
+        assert_eq!(s.state, ServerState::Ready);
+        assert_eq!(m.default_pool.as_deref(), Some("web"));
+        assert_eq!(m.pools[0].check, "/");
+    }
+
+    #[test]
+    fn members_without_service_tag_are_not_backends() {
+        let m = Model::build(&doc(vec![member("lb", "10.0.0.1:7946", "alive", &[])]));
+        assert!(m.pools.is_empty());
+        assert!(m.rejected.is_empty());
+    }
+
+    #[test]
+    fn status_and_state_tag_decide_server_state() {
+        let mut d = vec![
+            web("a", "10.0.0.1"),
+            web("b", "10.0.0.2"),
+            web("c", "10.0.0.3"),
+            web("d", "10.0.0.4"),
+            web("e", "10.0.0.5"),
+        ];
+        d[1].tags.insert("state".into(), "draining".into());
+        d[2].status = "suspect".into();
+        d[3].status = "failed".into();
+        d[4].status = "left".into();
+        let m = Model::build(&doc(d));
+        let states: Vec<_> = m.pools[0]
+            .servers
+            .iter()
+            .map(|s| (s.name.as_str(), s.state))
+            .collect();
+        assert_eq!(
+            states,
+            vec![
+                ("a", ServerState::Ready),
+                ("b", ServerState::Drain),
+                ("c", ServerState::Drain)
+            ]
+        );
+    }
+
+    #[test]
+    fn order_of_members_does_not_change_the_model() {
+        let a = vec![
+            web("w2", "10.0.0.2"),
+            member(
+                "api1",
+                "10.0.1.1:7946",
+                "alive",
+                &[("service", "api"), ("port", "80"), ("route", "/api")],
+            ),
+            web("w1", "10.0.0.1"),
+        ];
+        let mut b = a.clone();
+        b.reverse();
+        assert_eq!(Model::build(&doc(a)), Model::build(&doc(b)));
+    }
+
+    #[test]
+    fn routes_are_longest_prefix_first_and_trailing_slash_is_ignored() {
+        let m = Model::build(&doc(vec![
+            member(
+                "a",
+                "10.0.0.1:1",
+                "alive",
+                &[("service", "api"), ("port", "80"), ("route", "/api")],
+            ),
+            member(
+                "b",
+                "10.0.0.2:1",
+                "alive",
+                &[("service", "api2"), ("port", "80"), ("route", "/api/v2/")],
+            ),
+            web("c", "10.0.0.3"),
+        ]));
+        let r: Vec<_> = m.routes.iter().map(|r| r.prefix.as_str()).collect();
+        assert_eq!(r, vec!["/api/v2", "/api"]);
+        assert_eq!(m.default_pool.as_deref(), Some("web"));
+    }
+
+    #[test]
+    fn injection_attempts_are_rejected_and_the_rest_still_render() {
+        let bad: Vec<Member> = vec![
+            member(
+                "evil\nbind :1",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80")],
+            ),
+            member(
+                "x1",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web x"), ("port", "80")],
+            ),
+            member(
+                "x2",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web#"), ("port", "80")],
+            ),
+            member(
+                "x3",
+                "10.0.0.9 1:1",
+                "alive",
+                &[("service", "web"), ("port", "80")],
+            ),
+            member(
+                "x4",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80 check")],
+            ),
+            member(
+                "x5",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "0")],
+            ),
+            member(
+                "x6",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "70000")],
+            ),
+            member(
+                "x7",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "+80")],
+            ),
+            member(
+                "x8",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80"), ("check", "/h\"ealth")],
+            ),
+            member(
+                "x9",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80"), ("route", "/a b")],
+            ),
+            member(
+                "x10",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80"), ("weight", "257")],
+            ),
+            member(
+                "x11",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80"), ("sticky", "yes")],
+            ),
+            member(
+                "x12",
+                "10.0.0.9:1",
+                "alive",
+                &[
+                    ("service", "web"),
+                    ("port", "80"),
+                    ("check", "/x\nserver y 1.2.3.4:1"),
+                ],
+            ),
+            member(
+                "x13",
+                "0.0.0.0:1",
+                "alive",
+                &[("service", "web"), ("port", "80")],
+            ),
+            member(
+                "x14",
+                "host.example:1",
+                "alive",
+                &[("service", "web"), ("port", "80")],
+            ),
+            member("x15", "10.0.0.9:1", "alive", &[("service", "web")]),
+            member(
+                "x16",
+                "10.0.0.9:1",
+                "alive",
+                &[
+                    ("service", "web"),
+                    ("port", "80"),
+                    ("balance", "roundrobin\n"),
+                ],
+            ),
+            member(
+                "x17",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80"), ("state", "maint'")],
+            ),
+            member(
+                "x18",
+                "10.0.0.9:1",
+                "zombie",
+                &[("service", "web"), ("port", "80")],
+            ),
+            member(
+                "-x19",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80")],
+            ),
+            member(
+                "x20",
+                "10.0.0.9:1",
+                "alive",
+                &[("service", "web"), ("port", "80"), ("route", "api")],
+            ),
+        ];
+        let n_bad = bad.len();
+        let mut all = bad;
+        all.push(web("good", "10.0.0.1"));
+        let m = Model::build(&doc(all));
+        assert_eq!(m.rejected.len(), n_bad, "{:#?}", m.rejected);
+        assert_eq!(m.pools.len(), 1);
+        assert_eq!(m.pools[0].servers.len(), 1);
+        assert_eq!(m.pools[0].servers[0].name, "good");
+        // Rejections are printable on one line.
+        for r in &m.rejected {
+            assert!(!r.member.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_get_brackets() {
+        let m = Model::build(&doc(vec![web("v6", "[fd00::5]")]));
+        assert_eq!(m.pools[0].servers[0].addr, "[fd00::5]:3000");
+    }
+
+    #[test]
+    fn duplicate_member_names_keep_one() {
+        let m = Model::build(&doc(vec![web("w", "10.0.0.1"), web("w", "10.0.0.2")]));
+        assert_eq!(m.pools[0].servers.len(), 1);
+        assert_eq!(m.pools[0].servers[0].addr, "10.0.0.1:3000");
+        assert_eq!(m.rejected.len(), 1);
+    }
+
+    #[test]
+    fn pool_settings_follow_the_majority_and_warn() {
+        let mut a = web("a", "10.0.0.1");
+        let mut b = web("b", "10.0.0.2");
+        let mut c = web("c", "10.0.0.3");
+        a.tags.insert("check".into(), "/health".into());
+        b.tags.insert("check".into(), "/health".into());
+        c.tags.insert("check".into(), "/other".into());
+        a.tags.insert("sticky".into(), "true".into());
+        b.tags.insert("sticky".into(), "true".into());
+        let m = Model::build(&doc(vec![a, b, c]));
+        assert_eq!(m.pools[0].check, "/health");
+        assert!(m.pools[0].sticky);
+        assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn two_pools_on_one_route_first_by_name_wins() {
+        let m = Model::build(&doc(vec![
+            member(
+                "b",
+                "10.0.0.2:1",
+                "alive",
+                &[("service", "beta"), ("port", "80")],
+            ),
+            member(
+                "a",
+                "10.0.0.1:1",
+                "alive",
+                &[("service", "alpha"), ("port", "80")],
+            ),
+        ]));
+        assert_eq!(m.default_pool.as_deref(), Some("alpha"));
+        assert_eq!(m.pools.len(), 2);
+        assert_eq!(m.warnings.len(), 1);
+    }
+
+    #[test]
+    fn weight_and_balance_tags() {
+        let mut a = web("a", "10.0.0.1");
+        a.tags.insert("weight".into(), "0".into());
+        a.tags.insert("balance".into(), "leastconn".into());
+        let m = Model::build(&doc(vec![a]));
+        assert_eq!(m.pools[0].servers[0].weight, 0);
+        assert_eq!(m.pools[0].balance, "leastconn");
+    }
+}
