@@ -1,3 +1,23 @@
 //! shoal: a SWIM gossip membership agent (built on `foca`), a small PID 1
 //! supervisor and an ops CLI, in one binary.
+//!
+//! Layout:
+//! - protocol logic, pure and unit-tested: [`identity`], [`tags`], [`wire`]
+//!   (packets, frames, foca codec), [`membership`] (the Serf-style member
+//!   table), [`profile`] (timers);
+//! - the runtime: [`agent`] (the one task that owns foca), [`pushpull`] (TCP
+//!   state exchange), [`events`] (indexed event log), [`handlers`] (Serf-style
+//!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses);
+//! - the CLI: [`cli`] (flags), [`client`] (talks to the API), [`commands`];
+//! - the supervisor: [`process`] (spawning and reaping), [`supervisor`].
+pub mod addr;
+pub mod agent;
+pub mod events;
+pub mod identity;
+pub mod membership;
 pub mod process;
+pub mod profile;
+pub mod pushpull;
+pub mod stats;
+pub mod tags;
+pub mod wire;

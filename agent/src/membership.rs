@@ -1,0 +1,562 @@
+//! The member table as users see it: one record per node *name*, with the
+//! Serf states alive / suspect / failed / left. Pure logic, no I/O, no clock.
+//!
+//! foca only knows alive, suspect and down, and keys members by address. This
+//! table is reconciled from foca's full state (never from its notifications
+//! alone, which can be missed), adds what foca cannot tell apart (a graceful
+//! leave vs a failure), replaces a node that restarted under the same name
+//! with a new address, and decides when records are reaped.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::NodeId;
+use crate::wire::{SyncEntry, SyncState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Alive,
+    Suspect,
+    Failed,
+    Left,
+}
+
+impl Status {
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Alive | Status::Suspect)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Alive => "alive",
+            Status::Suspect => "suspect",
+            Status::Failed => "failed",
+            Status::Left => "left",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Status> {
+        match s {
+            "alive" => Some(Status::Alive),
+            "suspect" => Some(Status::Suspect),
+            "failed" => Some(Status::Failed),
+            "left" => Some(Status::Left),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: NodeId,
+    pub status: Status,
+    /// foca's incarnation (refutation counter) for this identity.
+    pub incarnation: u16,
+    /// When the status last changed, in milliseconds since the epoch.
+    pub changed_at: u64,
+}
+
+/// Serf's event names, so existing handler scripts keep working.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    #[serde(rename = "member-join")]
+    Join,
+    #[serde(rename = "member-leave")]
+    Leave,
+    #[serde(rename = "member-failed")]
+    Failed,
+    #[serde(rename = "member-update")]
+    Update,
+    #[serde(rename = "member-reap")]
+    Reap,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Join => "member-join",
+            EventKind::Leave => "member-leave",
+            EventKind::Failed => "member-failed",
+            EventKind::Update => "member-update",
+            EventKind::Reap => "member-reap",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        [
+            EventKind::Join,
+            EventKind::Leave,
+            EventKind::Failed,
+            EventKind::Update,
+            EventKind::Reap,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberEvent {
+    pub kind: EventKind,
+    pub record: Record,
+}
+
+/// What a table change asks of the runtime.
+#[derive(Debug, Default, PartialEq)]
+pub struct Outcome {
+    pub events: Vec<MemberEvent>,
+    /// Stale identities foca should consider down (a node's old address).
+    pub declare_down: Vec<NodeId>,
+    /// Problems to log loudly (duplicate names).
+    pub conflicts: Vec<String>,
+}
+
+impl Outcome {
+    fn event(&mut self, kind: EventKind, record: &Record) {
+        self.events.push(MemberEvent {
+            kind,
+            record: record.clone(),
+        });
+    }
+
+    pub fn merge(&mut self, other: Outcome) {
+        self.events.extend(other.events);
+        self.declare_down.extend(other.declare_down);
+        self.conflicts.extend(other.conflicts);
+    }
+}
+
+/// foca's view of one member, as fed to [`Table::observe`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FocaState {
+    Alive,
+    Suspect,
+    Down,
+}
+
+impl From<foca::State> for FocaState {
+    fn from(s: foca::State) -> Self {
+        match s {
+            foca::State::Alive => FocaState::Alive,
+            foca::State::Suspect => FocaState::Suspect,
+            foca::State::Down => FocaState::Down,
+        }
+    }
+}
+
+/// Address changes of one name within this window that mean two live nodes
+/// share it, not a restart.
+const DUPLICATE_WINDOW_MS: u64 = 60_000;
+const DUPLICATE_MOVES: usize = 3;
+
+pub struct Table {
+    local: String,
+    members: BTreeMap<String, Record>,
+    reap_after_ms: u64,
+    moves: HashMap<String, VecDeque<u64>>,
+}
+
+impl Table {
+    /// A table holding only ourselves, alive; returns our own join event.
+    pub fn new(local: &NodeId, reap_after_ms: u64, now: u64) -> (Table, Outcome) {
+        let mut table = Table {
+            local: local.name.clone(),
+            members: BTreeMap::new(),
+            reap_after_ms,
+            moves: HashMap::new(),
+        };
+        let record = Record {
+            id: local.clone(),
+            status: Status::Alive,
+            incarnation: 0,
+            changed_at: now,
+        };
+        let mut out = Outcome::default();
+        out.event(EventKind::Join, &record);
+        table.members.insert(local.name.clone(), record);
+        (table, out)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Record> {
+        self.members.get(name)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.members.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.members.values().filter(|r| r.status == status).count()
+    }
+
+    /// Our own identity changed (tags): an update event.
+    pub fn set_local(&mut self, id: &NodeId, now: u64) -> Outcome {
+        let mut out = Outcome::default();
+        if let Some(rec) = self.members.get_mut(&self.local) {
+            rec.id = id.clone();
+            rec.changed_at = now;
+            out.event(EventKind::Update, rec);
+        }
+        out
+    }
+
+    /// We are leaving gracefully.
+    pub fn set_local_left(&mut self, now: u64) -> Outcome {
+        let mut out = Outcome::default();
+        if let Some(rec) = self.members.get_mut(&self.local) {
+            if rec.status != Status::Left {
+                rec.status = Status::Left;
+                rec.changed_at = now;
+                out.event(EventKind::Leave, rec);
+            }
+        }
+        out
+    }
+
+    /// Folds in foca's state for one identity. Called for every identity in
+    /// foca's full membership on each reconcile; idempotent.
+    pub fn observe(&mut self, id: &NodeId, state: FocaState, incarnation: u16, now: u64) -> Outcome {
+        let mut out = Outcome::default();
+        if id.name == self.local {
+            if self.members.get(&self.local).is_some_and(|r| r.id.addr != id.addr)
+                && state != FocaState::Down
+            {
+                out.conflicts.push(format!(
+                    "duplicate node name {:?}: another live node at {} uses this node's name; \
+                     give every node a unique --node",
+                    id.name, id.addr
+                ));
+            }
+            return out;
+        }
+        let Some(rec) = self.members.get_mut(&id.name) else {
+            if state != FocaState::Down {
+                let record = Record {
+                    id: id.clone(),
+                    status: active_status(state),
+                    incarnation,
+                    changed_at: now,
+                };
+                out.event(EventKind::Join, &record);
+                self.members.insert(id.name.clone(), record);
+            }
+            return out;
+        };
+
+        if rec.id == *id {
+            rec.incarnation = rec.incarnation.max(incarnation);
+            let next = match (rec.status, state) {
+                // A leave notice outranks foca still catching up.
+                (Status::Left, _) => Status::Left,
+                (_, FocaState::Down) => Status::Failed,
+                (_, s) => active_status(s),
+            };
+            if next != rec.status {
+                let kind = match (rec.status, next) {
+                    (_, Status::Failed) => EventKind::Failed,
+                    (_, Status::Left) => EventKind::Leave,
+                    (Status::Failed, _) => EventKind::Join,
+                    _ => EventKind::Update,
+                };
+                rec.status = next;
+                rec.changed_at = now;
+                out.event(kind, rec);
+            }
+            return out;
+        }
+
+        if id.generation > rec.id.generation {
+            // A newer identity for this name: a restart, a new address, new tags.
+            let was_active = rec.status.is_active();
+            let moved = rec.id.addr != id.addr;
+            if was_active && moved {
+                out.declare_down.push(rec.id.clone());
+                let moves = self.moves.entry(id.name.clone()).or_default();
+                moves.push_back(now);
+                while moves.front().is_some_and(|t| now.saturating_sub(*t) > DUPLICATE_WINDOW_MS) {
+                    moves.pop_front();
+                }
+                if moves.len() >= DUPLICATE_MOVES {
+                    out.conflicts.push(format!(
+                        "duplicate node name {:?}: it moved between addresses {} times in a \
+                         minute (now {}, before {}); two live nodes share this name",
+                        id.name,
+                        moves.len(),
+                        id.addr,
+                        rec.id.addr
+                    ));
+                }
+            }
+            let status = match state {
+                FocaState::Down => Status::Failed,
+                s => active_status(s),
+            };
+            rec.id = id.clone();
+            rec.incarnation = incarnation;
+            let kind = match (was_active, status.is_active()) {
+                (true, true) => Some(EventKind::Update),
+                (false, true) => Some(EventKind::Join),
+                (true, false) => Some(EventKind::Failed),
+                (false, false) => None,
+            };
+            if rec.status != status || kind == Some(EventKind::Update) {
+                rec.changed_at = now;
+            }
+            rec.status = status;
+            if let Some(kind) = kind {
+                out.event(kind, rec);
+            }
+        } else if state != FocaState::Down && rec.id.addr != id.addr {
+            // An older identity still thought alive somewhere: the address a
+            // restarted node had before. It will not answer again.
+            out.declare_down.push(id.clone());
+        }
+        out
+    }
+
+    /// A node told us it is leaving (directly or through push-pull).
+    pub fn leave_notice(&mut self, id: &NodeId, now: u64) -> Outcome {
+        let mut out = Outcome::default();
+        if id.name == self.local {
+            return out;
+        }
+        match self.members.get_mut(&id.name) {
+            Some(rec) if rec.id.generation <= id.generation => {
+                out.declare_down.push(id.clone());
+                if rec.id.generation < id.generation {
+                    rec.id = id.clone();
+                }
+                if rec.status != Status::Left {
+                    rec.status = Status::Left;
+                    rec.changed_at = now;
+                    out.event(EventKind::Leave, rec);
+                }
+            }
+            Some(_) => {} // news about an older identity
+            None => {
+                out.declare_down.push(id.clone());
+                self.members.insert(
+                    id.name.clone(),
+                    Record {
+                        id: id.clone(),
+                        status: Status::Left,
+                        incarnation: 0,
+                        changed_at: now,
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// `shoal force-leave NAME`: a failed node is marked left at once.
+    pub fn force_leave(&mut self, name: &str, now: u64) -> Result<Outcome, String> {
+        let mut out = Outcome::default();
+        let rec = self
+            .members
+            .get_mut(name)
+            .ok_or_else(|| format!("no member named {name:?}"))?;
+        match rec.status {
+            Status::Left => Ok(out),
+            Status::Failed => {
+                rec.status = Status::Left;
+                rec.changed_at = now;
+                out.event(EventKind::Leave, rec);
+                Ok(out)
+            }
+            s => Err(format!(
+                "member {name:?} is {}; force-leave only applies to failed members \
+                 (stop the node, or run `shoal leave` on it)",
+                s.as_str()
+            )),
+        }
+    }
+
+    /// Forgets failed and left members after the reap timeout.
+    pub fn reap(&mut self, now: u64) -> Outcome {
+        let mut out = Outcome::default();
+        let expired: Vec<String> = self
+            .members
+            .values()
+            .filter(|r| {
+                r.id.name != self.local
+                    && !r.status.is_active()
+                    && now.saturating_sub(r.changed_at) >= self.reap_after_ms
+            })
+            .map(|r| r.id.name.clone())
+            .collect();
+        for name in expired {
+            if let Some(rec) = self.members.remove(&name) {
+                self.moves.remove(&name);
+                out.event(EventKind::Reap, &rec);
+            }
+        }
+        out
+    }
+
+    /// Our table in push-pull form.
+    pub fn sync_entries(&self) -> Vec<SyncEntry> {
+        self.members
+            .values()
+            .map(|r| SyncEntry {
+                id: r.id.clone(),
+                incarnation: r.incarnation,
+                state: match r.status {
+                    Status::Alive => SyncState::Alive,
+                    Status::Suspect => SyncState::Suspect,
+                    Status::Failed => SyncState::Failed,
+                    Status::Left => SyncState::Left,
+                },
+            })
+            .collect()
+    }
+}
+
+fn active_status(state: FocaState) -> Status {
+    match state {
+        FocaState::Suspect => Status::Suspect,
+        _ => Status::Alive,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tags::Tags;
+
+    fn id(name: &str, addr: &str, generation: u64) -> NodeId {
+        NodeId {
+            name: name.into(),
+            addr: addr.parse().unwrap(),
+            generation,
+            tags: Tags::new(),
+        }
+    }
+
+    fn kinds(out: &Outcome) -> Vec<EventKind> {
+        out.events.iter().map(|e| e.kind).collect()
+    }
+
+    fn table() -> Table {
+        Table::new(&id("me", "10.0.0.1:7946", 1), 1000, 0).0
+    }
+
+    #[test]
+    fn a_new_member_joins_then_is_suspected_then_fails() {
+        let mut t = table();
+        let b = id("b", "10.0.0.2:7946", 1);
+        assert_eq!(kinds(&t.observe(&b, FocaState::Alive, 0, 1)), [EventKind::Join]);
+        assert!(t.observe(&b, FocaState::Alive, 0, 2).events.is_empty(), "idempotent");
+        assert_eq!(kinds(&t.observe(&b, FocaState::Suspect, 0, 3)), [EventKind::Update]);
+        assert_eq!(t.get("b").unwrap().status, Status::Suspect);
+        assert_eq!(kinds(&t.observe(&b, FocaState::Down, 0, 4)), [EventKind::Failed]);
+        assert_eq!(t.get("b").unwrap().status, Status::Failed);
+    }
+
+    #[test]
+    fn a_leave_notice_makes_the_member_left_not_failed() {
+        let mut t = table();
+        let b = id("b", "10.0.0.2:7946", 1);
+        t.observe(&b, FocaState::Alive, 0, 1);
+        let out = t.leave_notice(&b, 2);
+        assert_eq!(kinds(&out), [EventKind::Leave]);
+        assert_eq!(out.declare_down, [b.clone()]);
+        assert!(t.observe(&b, FocaState::Down, 0, 3).events.is_empty());
+        assert_eq!(t.get("b").unwrap().status, Status::Left);
+    }
+
+    #[test]
+    fn a_restart_with_a_new_address_replaces_the_old_entry_at_once() {
+        let mut t = table();
+        let old = id("b", "10.0.0.2:7946", 1);
+        let new = id("b", "10.0.0.9:7946", 5);
+        t.observe(&old, FocaState::Alive, 0, 1);
+        let out = t.observe(&new, FocaState::Alive, 0, 2);
+        assert_eq!(kinds(&out), [EventKind::Update]);
+        assert_eq!(out.declare_down, [old.clone()]);
+        assert_eq!(t.get("b").unwrap().id.addr, new.addr);
+        // foca still lists the old identity for a while: it is stale, not news.
+        let out = t.observe(&old, FocaState::Alive, 0, 3);
+        assert!(out.events.is_empty());
+        assert_eq!(out.declare_down, [old]);
+    }
+
+    #[test]
+    fn a_failed_member_that_comes_back_rejoins() {
+        let mut t = table();
+        let b1 = id("b", "10.0.0.2:7946", 1);
+        t.observe(&b1, FocaState::Alive, 0, 1);
+        t.observe(&b1, FocaState::Down, 0, 2);
+        let b2 = id("b", "10.0.0.2:7946", 2);
+        assert_eq!(kinds(&t.observe(&b2, FocaState::Alive, 0, 3)), [EventKind::Join]);
+        assert_eq!(t.get("b").unwrap().status, Status::Alive);
+    }
+
+    #[test]
+    fn force_leave_only_applies_to_failed_members() {
+        let mut t = table();
+        let b = id("b", "10.0.0.2:7946", 1);
+        t.observe(&b, FocaState::Alive, 0, 1);
+        assert!(t.force_leave("b", 2).unwrap_err().contains("alive"));
+        t.observe(&b, FocaState::Down, 0, 3);
+        assert_eq!(kinds(&t.force_leave("b", 4).unwrap()), [EventKind::Leave]);
+        assert!(t.force_leave("nobody", 5).is_err());
+    }
+
+    #[test]
+    fn failed_and_left_members_are_reaped_after_the_timeout() {
+        let mut t = table();
+        let b = id("b", "10.0.0.2:7946", 1);
+        t.observe(&b, FocaState::Alive, 0, 1);
+        t.observe(&b, FocaState::Down, 0, 10);
+        assert!(t.reap(500).events.is_empty());
+        assert_eq!(kinds(&t.reap(1010)), [EventKind::Reap]);
+        assert!(t.get("b").is_none());
+        assert!(t.get("me").is_some(), "never reaps itself");
+    }
+
+    #[test]
+    fn another_live_node_with_our_name_is_reported() {
+        let mut t = table();
+        let twin = id("me", "10.0.0.7:7946", 9);
+        let out = t.observe(&twin, FocaState::Alive, 0, 1);
+        assert!(out.conflicts[0].contains("duplicate node name"));
+        assert_eq!(t.get("me").unwrap().id.addr, "10.0.0.1:7946".parse().unwrap());
+    }
+
+    #[test]
+    fn a_name_flapping_between_addresses_is_reported_as_duplicate() {
+        let mut t = table();
+        let mut conflicts = 0;
+        for i in 1..=4u64 {
+            let addr = if i % 2 == 0 { "10.0.0.2:7946" } else { "10.0.0.3:7946" };
+            conflicts += t.observe(&id("b", addr, i), FocaState::Alive, 0, i).conflicts.len();
+        }
+        assert!(conflicts >= 1);
+    }
+
+    #[test]
+    fn tag_change_is_an_update() {
+        let mut t = table();
+        let b1 = id("b", "10.0.0.2:7946", 1);
+        t.observe(&b1, FocaState::Alive, 0, 1);
+        let mut b2 = id("b", "10.0.0.2:7946", 2);
+        b2.tags.insert("state".into(), "ready".into());
+        let out = t.observe(&b2, FocaState::Alive, 0, 2);
+        assert_eq!(kinds(&out), [EventKind::Update]);
+        assert!(out.declare_down.is_empty(), "same address: foca resolves it");
+        // The old identity's down, gossiped by foca, is old news.
+        assert!(t.observe(&b1, FocaState::Down, 0, 3).events.is_empty());
+        assert_eq!(t.get("b").unwrap().status, Status::Alive);
+    }
+}

@@ -1,0 +1,141 @@
+//! Timing profiles (`--profile lan|local|wan`) and the foca configuration they
+//! produce for a given cluster size.
+//!
+//! The LAN profile is tuned for containers on one host or a data-centre
+//! network: a killed node is declared failed in about 1.5-2 s (Serf: ~6.5 s),
+//! while the suspicion window and indirect probes keep 10% packet loss from
+//! producing false failures (see `bench/`).
+
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::time::Duration;
+
+use crate::wire::{ENVELOPE_LEN, MAX_PACKET};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Containers / data centre (default).
+    Lan,
+    /// Loopback and tests: fastest timers.
+    Local,
+    /// Across regions: slow, patient timers.
+    Wan,
+}
+
+/// The timers a profile sets; everything foca needs is derived from these.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub probe_period: Duration,
+    pub probe_rtt: Duration,
+    /// Suspicion time for clusters of up to 10 nodes; grows with log10(N).
+    pub suspicion: Duration,
+    pub gossip_interval: Duration,
+    pub push_pull_interval: Duration,
+    /// First join retry delay; doubles up to `--retry-interval`.
+    pub join_backoff: Duration,
+    /// How often the member table is reconciled with foca's state.
+    pub reconcile_interval: Duration,
+}
+
+impl Profile {
+    pub fn timing(self) -> Timing {
+        match self {
+            Profile::Lan => Timing {
+                probe_period: Duration::from_millis(500),
+                probe_rtt: Duration::from_millis(200),
+                suspicion: Duration::from_millis(1000),
+                gossip_interval: Duration::from_millis(100),
+                push_pull_interval: Duration::from_secs(30),
+                join_backoff: Duration::from_millis(500),
+                reconcile_interval: Duration::from_millis(50),
+            },
+            Profile::Local => Timing {
+                probe_period: Duration::from_millis(200),
+                probe_rtt: Duration::from_millis(80),
+                suspicion: Duration::from_millis(500),
+                gossip_interval: Duration::from_millis(50),
+                push_pull_interval: Duration::from_secs(5),
+                join_backoff: Duration::from_millis(100),
+                reconcile_interval: Duration::from_millis(20),
+            },
+            Profile::Wan => Timing {
+                probe_period: Duration::from_secs(3),
+                probe_rtt: Duration::from_millis(1500),
+                suspicion: Duration::from_secs(6),
+                gossip_interval: Duration::from_millis(500),
+                push_pull_interval: Duration::from_secs(60),
+                join_backoff: Duration::from_secs(2),
+                reconcile_interval: Duration::from_millis(200),
+            },
+        }
+    }
+}
+
+/// A size bucket, so the config is only recomputed when the cluster grows or
+/// shrinks by an order of magnitude-ish, not on every join.
+pub fn size_bucket(members: usize) -> u32 {
+    match members {
+        0..=10 => 10,
+        11..=50 => 50,
+        51..=200 => 200,
+        201..=1000 => 1000,
+        _ => 5000,
+    }
+}
+
+/// foca's config for `cluster_size` members under `timing`.
+pub fn foca_config(timing: &Timing, cluster_size: u32) -> foca::Config {
+    let scale = f64::max(1.0, f64::from(cluster_size).log10());
+    let max_tx = (f64::from(cluster_size + 1).log10() * 4.0).clamp(6.0, 255.0) as u8;
+    foca::Config {
+        probe_period: timing.probe_period,
+        probe_rtt: timing.probe_rtt,
+        num_indirect_probes: nz(3),
+        // Tiny clusters need more retransmissions than foca's default formula.
+        max_transmissions: NonZeroU8::new(max_tx).unwrap_or(NonZeroU8::MIN),
+        suspect_to_down_after: timing.suspicion.mul_f64(scale),
+        remove_down_after: Some(Duration::from_secs(24 * 3600)),
+        max_packet_size: nz(MAX_PACKET - ENVELOPE_LEN),
+        notify_down_members: true,
+        periodic_announce: Some(foca::PeriodicParams {
+            frequency: timing.push_pull_interval,
+            num_members: nz(1),
+        }),
+        periodic_announce_to_down_members: Some(foca::PeriodicParams {
+            frequency: timing.push_pull_interval * 2,
+            num_members: nz(2),
+        }),
+        periodic_gossip: Some(foca::PeriodicParams {
+            frequency: timing.gossip_interval,
+            num_members: nz(3),
+        }),
+    }
+}
+
+fn nz(n: usize) -> NonZeroUsize {
+    NonZeroUsize::new(n).unwrap_or(NonZeroUsize::MIN)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_profile_makes_a_valid_config() {
+        for p in [Profile::Lan, Profile::Local, Profile::Wan] {
+            for n in [1, 10, 50, 1000, 5000] {
+                let cfg = foca_config(&p.timing(), size_bucket(n));
+                assert!(cfg.probe_rtt < cfg.probe_period, "{p:?}");
+                assert!(cfg.max_transmissions.get() >= 6);
+            }
+        }
+    }
+
+    #[test]
+    fn suspicion_grows_with_cluster_size() {
+        let t = Profile::Lan.timing();
+        let small = foca_config(&t, 10).suspect_to_down_after;
+        let big = foca_config(&t, 1000).suspect_to_down_after;
+        assert_eq!(small, Duration::from_secs(1));
+        assert_eq!(big, Duration::from_secs(3));
+    }
+}

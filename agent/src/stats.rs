@@ -1,0 +1,50 @@
+//! Traffic counters shown by `shoal info` and `GET /v1/info`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub packets_in: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Packets refused: foreign, malformed, oversize, wrong version or rejected by foca.
+    pub dropped_in: AtomicU64,
+    /// Packets we could not send (socket buffer full, unreachable).
+    pub dropped_out: AtomicU64,
+    pub push_pulls: AtomicU64,
+    pub push_pull_failures: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+pub struct StatsView {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+    pub dropped_in: u64,
+    pub dropped_out: u64,
+    pub push_pulls: u64,
+    pub push_pull_failures: u64,
+}
+
+impl Stats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub fn view(&self) -> StatsView {
+        StatsView {
+            packets_in: self.packets_in.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            packets_out: self.packets_out.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            dropped_in: self.dropped_in.load(Relaxed),
+            dropped_out: self.dropped_out.load(Relaxed),
+            push_pulls: self.push_pulls.load(Relaxed),
+            push_pull_failures: self.push_pull_failures.load(Relaxed),
+        }
+    }
+}
