@@ -2,4 +2,26 @@
 //!
 //! Layout:
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
+//! - [`render`]: handlebars (strict, no escaping) with template variables.
+//! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
 pub mod model;
+pub mod output;
+pub mod render;
+
+/// One clear, one-line error; `main` prints it and exits 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error(pub String);
+
+impl Error {
+    pub fn new(msg: impl Into<String>) -> Error {
+        Error(msg.into())
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}

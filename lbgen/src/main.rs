@@ -1,1 +1,164 @@
-fn main() {}
+//! `lbgen` binary: flag parsing and logging only; the work lives in the library.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lbgen::model::{sanitize_for_log, MembersDoc, Model};
+use lbgen::render::{Renderer, Vars};
+use lbgen::Error;
+
+#[derive(Parser)]
+#[command(
+    name = "lbgen",
+    version,
+    about = "Render HAProxy config from shoal membership and hot-reload HAProxy"
+)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(
+        long,
+        env = "LBGEN_LOG_FORMAT",
+        value_enum,
+        default_value = "text",
+        global = true
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Render once from a members JSON document (file or `-` for stdin).
+    Render(RenderArgs),
+}
+
+#[derive(clap::Args)]
+struct TemplateArgs {
+    /// Handlebars template; the compiled-in default template if omitted.
+    #[arg(long, env = "LBGEN_TEMPLATE")]
+    template: Option<PathBuf>,
+    /// Template variable K=V (repeatable; env LBGEN_VAR takes a comma-separated list).
+    #[arg(
+        long = "var",
+        value_name = "K=V",
+        env = "LBGEN_VAR",
+        value_delimiter = ','
+    )]
+    vars: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    #[command(flatten)]
+    tpl: TemplateArgs,
+    /// Members document (`shoal members --format json`), or `-` for stdin.
+    #[arg(long, env = "LBGEN_MEMBERS")]
+    members: String,
+    /// Write here atomically (keeps OUT.bak); stdout if omitted.
+    #[arg(long, env = "LBGEN_OUT")]
+    out: Option<PathBuf>,
+    /// Print to stdout even if --out is given.
+    #[arg(long)]
+    dry_run: bool,
+    /// Validate before writing --out (e.g. "haproxy -c -q -f {}"); no check if omitted.
+    #[arg(long, env = "LBGEN_CHECK_CMD")]
+    check_cmd: Option<String>,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LBGEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn load_template(p: &Option<PathBuf>) -> Result<Renderer, Error> {
+    match p {
+        Some(p) => Renderer::from_file(p),
+        None => Ok(Renderer::builtin()),
+    }
+}
+
+fn read_members(src: &str) -> Result<MembersDoc, Error> {
+    let text = if src == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Error::new(format!("reading members from stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(Path::new(src))
+            .map_err(|e| Error::new(format!("members file {src}: {e}")))?
+    };
+    MembersDoc::from_json(&text).map_err(|e| Error::new(format!("members {src}: {e}")))
+}
+
+/// Logs what validation skipped (network input, so sanitized).
+pub fn log_model(model: &Model) {
+    for r in &model.rejected {
+        tracing::warn!(member = %sanitize_for_log(&r.member), reason = %r.reason, "member skipped");
+    }
+    for w in &model.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+async fn render(a: RenderArgs) -> Result<(), Error> {
+    let renderer = load_template(&a.tpl.template)?;
+    let vars = Vars::with_overrides(&a.tpl.vars)?;
+    let doc = read_members(&a.members)?;
+    let model = Model::build(&doc);
+    log_model(&model);
+    let text = renderer.render(&model, &vars)?;
+    match (&a.out, a.dry_run) {
+        (Some(out), false) => {
+            let check = a
+                .check_cmd
+                .as_deref()
+                .map(lbgen::output::CheckCmd::parse)
+                .transpose()?;
+            lbgen::output::write_atomic(out, &text, check.as_ref()).await?;
+            tracing::info!(out = %out.display(), pools = model.pools.len(), "config written");
+        }
+        _ => print!("{text}"),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lbgen: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let res = rt.block_on(async {
+        match cli.cmd {
+            Cmd::Render(a) => render(a).await,
+        }
+    });
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lbgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

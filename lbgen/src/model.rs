@@ -106,6 +106,8 @@ pub const DEFAULT_WEIGHT: u16 = 100;
 pub const MAX_WEIGHT: u16 = 256;
 const MAX_NAME_LEN: usize = 64;
 const MAX_PATH_LEN: usize = 200;
+/// Section names the default template uses itself; a pool may not shadow them.
+pub const RESERVED_POOLS: &[&str] = &["http-in", "stats"];
 pub const BALANCES: &[&str] = &["roundrobin", "leastconn", "source", "first", "random"];
 
 /// Names (members, services): ASCII letters, digits, `.`, `_`, `-`; 1–64 chars; no leading
@@ -158,6 +160,11 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
     if !valid_name(service) {
         return Err(format!(
             "tag service={service:?} must be 1-64 of [A-Za-z0-9._-]"
+        ));
+    }
+    if RESERVED_POOLS.contains(&service.as_str()) {
+        return Err(format!(
+            "tag service={service:?} is reserved (the default template's own sections)"
         ));
     }
     let sa: SocketAddr = m

@@ -1,0 +1,168 @@
+//! Writing the config: validate a temp file, keep `F.bak`, rename into place.
+//!
+//! The live file is only ever replaced by `rename(2)` of a fully written, fsynced and
+//! validated temp file in the same directory, so HAProxy (or a reader) never sees a partial
+//! or unchecked config.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::Error;
+
+/// `--check-cmd`: a program and arguments; `{}` is replaced by the file to check (appended if
+/// absent). No shell is involved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckCmd(pub Vec<String>);
+
+impl CheckCmd {
+    pub const DEFAULT: &'static str = "haproxy -c -q -f {}";
+
+    pub fn parse(s: &str) -> Result<CheckCmd, Error> {
+        let words: Vec<String> = s.split_whitespace().map(str::to_string).collect();
+        if words.is_empty() {
+            return Err(Error::new("--check-cmd is empty"));
+        }
+        Ok(CheckCmd(words))
+    }
+
+    /// Runs the check on `file`; Err carries the checker's own explanation on one line.
+    pub async fn run(&self, file: &Path) -> Result<(), Error> {
+        let f = file.display().to_string();
+        let mut args: Vec<String> = self.0[1..].iter().map(|a| a.replace("{}", &f)).collect();
+        if !self.0.iter().any(|a| a.contains("{}")) {
+            args.push(f.clone());
+        }
+        let mut cmd = tokio::process::Command::new(&self.0[0]);
+        cmd.args(&args).kill_on_drop(true);
+        let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
+            .await
+            .map_err(|_| Error::new(format!("config check `{}` timed out", self.0[0])))?
+            .map_err(|e| Error::new(format!("config check `{}`: {e}", self.0[0])))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let mut why: String = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" | ");
+        if why.len() > 600 {
+            let cut = (0..=600)
+                .rev()
+                .find(|i| why.is_char_boundary(*i))
+                .unwrap_or(0);
+            why.truncate(cut);
+            why.push('…');
+        }
+        Err(Error::new(format!(
+            "config check `{}` rejected the new config ({}): {why}",
+            self.0[0], out.status
+        )))
+    }
+}
+
+pub fn backup_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(".bak");
+    PathBuf::from(s)
+}
+
+fn temp_path(path: &Path, what: &str) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.lbgen-{what}-{}", std::process::id()))
+}
+
+fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+/// Writes `contents` to `path` atomically: temp file → optional check → copy the current
+/// file to `path.bak` → rename. On any error `path` is untouched.
+pub async fn write_atomic(
+    path: &Path,
+    contents: &str,
+    check: Option<&CheckCmd>,
+) -> Result<(), Error> {
+    let tmp = temp_path(path, "new");
+    let res = async {
+        write_synced(&tmp, contents.as_bytes())
+            .map_err(|e| Error::new(format!("writing {}: {e}", tmp.display())))?;
+        if let Some(c) = check {
+            c.run(&tmp).await?;
+        }
+        if path.exists() {
+            let bak = backup_path(path);
+            std::fs::copy(path, &bak)
+                .map_err(|e| Error::new(format!("backing up to {}: {e}", bak.display())))?;
+        }
+        std::fs::rename(&tmp, path)
+            .map_err(|e| Error::new(format!("renaming into {}: {e}", path.display())))
+    }
+    .await;
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Puts `contents` (the last good config) back at `path`, atomically, without touching `.bak`.
+pub fn restore(path: &Path, contents: &str) -> Result<(), Error> {
+    let tmp = temp_path(path, "restore");
+    write_synced(&tmp, contents.as_bytes())
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::new(format!("restoring {}: {e}", path.display()))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_and_keeps_a_backup() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.cfg");
+        write_atomic(&p, "one\n", None).await.unwrap();
+        write_atomic(&p, "two\n", None).await.unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "two\n");
+        assert_eq!(std::fs::read_to_string(backup_path(&p)).unwrap(), "one\n");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_check_leaves_the_file_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.cfg");
+        write_atomic(&p, "good\n", None).await.unwrap();
+        let fail = CheckCmd::parse("false").unwrap();
+        let err = write_atomic(&p, "bad\n", Some(&fail)).await.unwrap_err();
+        assert!(err.to_string().contains("rejected"), "{err}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "good\n");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn check_cmd_substitutes_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.cfg");
+        // `grep -q good {}` succeeds only if it was given the temp file.
+        let c = CheckCmd::parse("grep -q good {}").unwrap();
+        write_atomic(&p, "good\n", Some(&c)).await.unwrap();
+        assert!(write_atomic(&p, "bad\n", Some(&c)).await.is_err());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "good\n");
+    }
+}

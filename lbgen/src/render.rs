@@ -1,0 +1,217 @@
+//! Template rendering: handlebars in strict mode, no HTML escaping, errors that name the line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use handlebars::Handlebars;
+use serde::Serialize;
+
+use crate::model::{Model, Pool, Route};
+use crate::Error;
+
+/// The default template, compiled in so `lbgen render` works without `--template`.
+pub const DEFAULT_TEMPLATE: &str = include_str!("../../templates/haproxy.cfg.hbs");
+
+/// Variables every template gets unless `--var` overrides them.
+pub const DEFAULT_VARS: &[(&str, &str)] = &[
+    ("bind", "*"),
+    ("http_port", "80"),
+    ("stats_port", "1936"),
+    ("stats_socket", "/run/haproxy/admin.sock"),
+    ("maxconn", "4096"),
+    ("hard_stop_after", "30s"),
+    ("timeout_connect", "5s"),
+    ("timeout_client", "30s"),
+    ("timeout_server", "30s"),
+    ("check_inter", "2s"),
+];
+
+/// Template variables: the defaults above, then `--var K=V` (last one wins).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vars(pub BTreeMap<String, String>);
+
+impl Default for Vars {
+    fn default() -> Self {
+        Vars(
+            DEFAULT_VARS
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+}
+
+impl Vars {
+    /// Applies `K=V` overrides. Keys are `[A-Za-z0-9_]+`; values may not contain control
+    /// characters (they are operator input, but a newline would still break the config).
+    pub fn with_overrides<S: AsRef<str>>(overrides: &[S]) -> Result<Vars, Error> {
+        let mut vars = Vars::default();
+        for kv in overrides {
+            let kv = kv.as_ref();
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| Error::new(format!("--var {kv:?}: expected K=V")))?;
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(Error::new(format!(
+                    "--var {kv:?}: name must be [A-Za-z0-9_]+"
+                )));
+            }
+            if v.chars().any(char::is_control) {
+                return Err(Error::new(format!(
+                    "--var {k}: value contains a control character"
+                )));
+            }
+            vars.0.insert(k.to_string(), v.to_string());
+        }
+        Ok(vars)
+    }
+}
+
+/// What the template sees. Documented in lbgen/README.md; keep the two in sync.
+#[derive(Serialize)]
+struct Context<'a> {
+    vars: &'a BTreeMap<String, String>,
+    pools: &'a [Pool],
+    routes: &'a [Route],
+    default_pool: &'a Option<String>,
+}
+
+/// A compiled template.
+pub struct Renderer {
+    hb: Handlebars<'static>,
+    name: String,
+}
+
+const TPL: &str = "main";
+
+impl Renderer {
+    /// Compiles template source; `name` (usually the file path) appears in errors.
+    pub fn from_source(name: &str, src: &str) -> Result<Renderer, Error> {
+        let mut hb = Handlebars::new();
+        hb.set_strict_mode(true);
+        hb.register_escape_fn(handlebars::no_escape);
+        hb.register_template_string(TPL, src).map_err(|e| {
+            let at = match e.pos() {
+                Some((line, col)) => format!(" line {line} col {col}"),
+                None => String::new(),
+            };
+            Error::new(format!(
+                "template {name}{at}: {}",
+                one_line(&e.reason().to_string())
+            ))
+        })?;
+        Ok(Renderer {
+            hb,
+            name: name.to_string(),
+        })
+    }
+
+    /// Reads and compiles a template file.
+    pub fn from_file(path: &Path) -> Result<Renderer, Error> {
+        let src = std::fs::read_to_string(path)
+            .map_err(|e| Error::new(format!("template {}: {e}", path.display())))?;
+        Renderer::from_source(&path.display().to_string(), &src)
+    }
+
+    /// The compiled-in default template.
+    pub fn builtin() -> Renderer {
+        // The default template is tested; failing here is a build defect, not input.
+        Renderer::from_source("(builtin)", DEFAULT_TEMPLATE).expect("builtin template compiles")
+    }
+
+    pub fn render(&self, model: &Model, vars: &Vars) -> Result<String, Error> {
+        let ctx = Context {
+            vars: &vars.0,
+            pools: &model.pools,
+            routes: &model.routes,
+            default_pool: &model.default_pool,
+        };
+        let mut out = self.hb.render(TPL, &ctx).map_err(|e| {
+            let at = match (e.line_no, e.column_no) {
+                (Some(l), Some(c)) => format!(" line {l} col {c}"),
+                (Some(l), None) => format!(" line {l}"),
+                _ => String::new(),
+            };
+            let why = match e.reason() {
+                handlebars::RenderErrorReason::MissingVariable(Some(v)) => {
+                    format!("unknown field `{v}` (strict mode)")
+                }
+                other => one_line(&other.to_string()),
+            };
+            Error::new(format!("template {}{at}: {why}", self.name))
+        })?;
+        if !out.ends_with('\n') {
+            out.push('\n');
+        }
+        Ok(out)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MembersDoc;
+
+    fn model(json: &str) -> Model {
+        Model::build(&MembersDoc::from_json(json).unwrap())
+    }
+
+    #[test]
+    fn syntax_error_names_the_line() {
+        let err = Renderer::from_source("t.hbs", "global\n  {{#each pools}}\n  x\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with("template t.hbs line "), "{err}");
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn unknown_field_in_strict_mode_names_the_line() {
+        let r = Renderer::from_source("t.hbs", "a\nb {{vars.nope}}\n").unwrap();
+        let err = r
+            .render(&Model::default(), &Vars::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(err.contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn no_html_escaping() {
+        let r = Renderer::from_source("t", "{{vars.x}}").unwrap();
+        let v = Vars::with_overrides(&["x=a&b<c>'\""]).unwrap();
+        assert_eq!(r.render(&Model::default(), &v).unwrap(), "a&b<c>'\"\n");
+    }
+
+    #[test]
+    fn var_overrides_and_bad_vars() {
+        let v = Vars::with_overrides(&["http_port=8080", "x=1=2"]).unwrap();
+        assert_eq!(v.0["http_port"], "8080");
+        assert_eq!(v.0["x"], "1=2");
+        assert!(Vars::with_overrides(&["novalue"]).is_err());
+        assert!(Vars::with_overrides(&["a b=1"]).is_err());
+        assert!(Vars::with_overrides(&["a=1\nlisten x"]).is_err());
+    }
+
+    #[test]
+    fn identical_membership_renders_identical_bytes() {
+        let a = model(
+            r#"{"members":[{"name":"b","addr":"10.0.0.2:1","status":"alive","tags":{"service":"web","port":"80"}},
+                           {"name":"a","addr":"10.0.0.1:1","status":"alive","tags":{"service":"web","port":"80"}}]}"#,
+        );
+        let b = model(
+            r#"{"members":[{"name":"a","addr":"10.0.0.1:1","status":"alive","tags":{"port":"80","service":"web"}},
+                           {"name":"b","addr":"10.0.0.2:1","status":"alive","tags":{"service":"web","port":"80"}}]}"#,
+        );
+        let r = Renderer::builtin();
+        assert_eq!(
+            r.render(&a, &Vars::default()).unwrap(),
+            r.render(&b, &Vars::default()).unwrap()
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! Golden-file renders of the default template, each also validated by the real `haproxy -c`.
+//! Regenerate after an intended template change: `UPDATE_GOLDEN=1 cargo test -p lbgen --test render_golden`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn lbgen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lbgen"))
+        .args(args)
+        .env("LBGEN_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run lbgen");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn haproxy_check(cfg: &Path) {
+    let out = Command::new("haproxy")
+        .args(["-c", "-f"])
+        .arg(cfg)
+        .output()
+        .expect("haproxy must be installed (apt-get install haproxy)");
+    assert!(
+        out.status.success(),
+        "haproxy -c rejected {}: {}",
+        cfg.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn golden(case: &str) {
+    let members = dir().join(format!("{case}.json"));
+    let expected = dir().join(format!("{case}.cfg"));
+    let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/haproxy.cfg.hbs");
+    let (ok, out, err) = lbgen(
+        &[
+            "render",
+            "--template",
+            template.to_str().unwrap(),
+            "--members",
+            members.to_str().unwrap(),
+            "--var",
+            "stats_socket=/tmp/lbgen-golden.sock",
+        ],
+        None,
+    );
+    assert!(ok, "render {case} failed: {err}");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&expected, &out).unwrap();
+    }
+    let want =
+        std::fs::read_to_string(&expected).expect("golden file (UPDATE_GOLDEN=1 creates it)");
+    assert_eq!(
+        out,
+        want,
+        "render of {case} differs from {}",
+        expected.display()
+    );
+    haproxy_check(&expected);
+}
+
+#[test]
+fn golden_one_pool() {
+    golden("one_pool");
+}
+
+#[test]
+fn golden_several_pools_with_routes_checks_and_stickiness() {
+    golden("several_pools");
+}
+
+#[test]
+fn golden_empty_cluster() {
+    golden("empty");
+}
+
+#[test]
+fn golden_injection_attempts_are_skipped_and_reported() {
+    golden("injection");
+    let members = dir().join("injection.json");
+    let (_, _, err) = lbgen(&["render", "--members", members.to_str().unwrap()], None);
+    assert_eq!(err.matches("member skipped").count(), 5, "{err}");
+}
+
+#[test]
+fn members_from_stdin() {
+    let doc = std::fs::read_to_string(dir().join("one_pool.json")).unwrap();
+    let (ok, out, err) = lbgen(&["render", "--members", "-"], Some(&doc));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("server web-1 172.20.0.5:3000 weight 100 check"),
+        "{out}"
+    );
+}
+
+#[test]
+fn var_flags_reach_the_template() {
+    let (ok, out, err) = lbgen(
+        &[
+            "render",
+            "--members",
+            "-",
+            "--var",
+            "http_port=8080",
+            "--var",
+            "stats_port=1937",
+        ],
+        Some(r#"{"members":[]}"#),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("bind *:8080"), "{out}");
+    assert!(out.contains("bind *:1937"), "{out}");
+}
+
+/// Each bad input: exit status 1, one line naming the problem, nothing written.
+#[test]
+fn bad_input_gives_one_clear_error() {
+    let d = tempfile::tempdir().unwrap();
+    let bad_syntax = d.path().join("bad.hbs");
+    std::fs::write(&bad_syntax, "global\n    maxconn 10\n{{#each pools}\n").unwrap();
+    let unknown = d.path().join("unknown.hbs");
+    std::fs::write(
+        &unknown,
+        "global\n    maxconn {{vars.maxconn}}\n    x {{vars.nosuch}}\n",
+    )
+    .unwrap();
+    let out = d.path().join("out.cfg");
+    let members = dir().join("one_pool.json");
+    let m = members.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "render",
+                "--template",
+                "/nonexistent.hbs",
+                "--members",
+                m,
+                "--out",
+                o,
+            ],
+            "/nonexistent.hbs",
+        ),
+        (
+            vec![
+                "render",
+                "--template",
+                bad_syntax.to_str().unwrap(),
+                "--members",
+                m,
+                "--out",
+                o,
+            ],
+            "line 3",
+        ),
+        (
+            vec![
+                "render",
+                "--template",
+                unknown.to_str().unwrap(),
+                "--members",
+                m,
+                "--out",
+                o,
+            ],
+            "line 3",
+        ),
+        (
+            vec!["render", "--members", "/nonexistent.json", "--out", o],
+            "/nonexistent.json",
+        ),
+        (
+            vec![
+                "render",
+                "--members",
+                bad_syntax.to_str().unwrap(),
+                "--out",
+                o,
+            ],
+            "invalid members document",
+        ),
+        (
+            vec!["render", "--members", m, "--var", "oops", "--out", o],
+            "oops",
+        ),
+        (
+            vec!["render", "--members", m, "--out", o, "--check-cmd", "false"],
+            "rejected",
+        ),
+    ];
+    for (args, needle) in cases {
+        let (ok, _, err) = lbgen(&args, None);
+        assert!(!ok, "{args:?} should fail");
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("lbgen: ")).collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].contains(needle), "{args:?}: {err}");
+        assert!(!out.exists(), "{args:?} wrote output");
+    }
+}
