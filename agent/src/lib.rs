@@ -21,3 +21,4 @@ pub mod pushpull;
 pub mod stats;
 pub mod tags;
 pub mod wire;
+pub mod supervisor;

@@ -243,6 +243,10 @@ impl Child {
 /// Sends `sig` to process group `pgid`; a group that no longer exists is
 /// not an error.
 pub fn signal_group(pgid: i32, sig: Signal) -> nix::Result<()> {
+    // 0 would be our own group, 1 init's: never a child's group.
+    if pgid <= 1 {
+        return Err(Errno::EINVAL);
+    }
     match killpg(Pid::from_raw(pgid), sig) {
         Ok(()) | Err(Errno::ESRCH) => Ok(()),
         Err(e) => Err(e),
