@@ -45,7 +45,9 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
     {
-        return Err(format!("join address {s:?}: {host:?} is not a valid host name"));
+        return Err(format!(
+            "join address {s:?}: {host:?} is not a valid host name"
+        ));
     }
     Ok((host.to_string(), port))
 }
@@ -81,7 +83,10 @@ pub fn detect_advertise_ip(iface: Option<&str>) -> Result<IpAddr, String> {
             .ok_or_else(|| format!("interface {want:?} has no IPv4 address"));
     }
     if let Some(route_iface) = default_route_iface() {
-        if let Some((_, ip)) = addrs.iter().find(|(n, ip)| *n == route_iface && !ip.is_loopback()) {
+        if let Some((_, ip)) = addrs
+            .iter()
+            .find(|(n, ip)| *n == route_iface && !ip.is_loopback())
+        {
             return Ok(IpAddr::V4(*ip));
         }
     }
@@ -110,8 +115,14 @@ mod tests {
     fn join_targets_parse_or_explain() {
         assert_eq!(parse_host_port("lb").unwrap(), ("lb".into(), 7946));
         assert_eq!(parse_host_port("lb:8000").unwrap(), ("lb".into(), 8000));
-        assert_eq!(parse_host_port("10.0.0.1").unwrap(), ("10.0.0.1".into(), 7946));
-        assert_eq!(parse_host_port("10.0.0.1:1").unwrap(), ("10.0.0.1".into(), 1));
+        assert_eq!(
+            parse_host_port("10.0.0.1").unwrap(),
+            ("10.0.0.1".into(), 7946)
+        );
+        assert_eq!(
+            parse_host_port("10.0.0.1:1").unwrap(),
+            ("10.0.0.1".into(), 1)
+        );
         assert!(parse_host_port("lb:http").unwrap_err().contains("port"));
         assert!(parse_host_port("a b").is_err());
         assert!(parse_host_port("").is_err());
@@ -128,6 +139,9 @@ mod tests {
 
     #[tokio::test]
     async fn resolves_localhost() {
-        assert!(resolve("localhost", 7946).await.iter().any(|a| a.ip().is_loopback()));
+        assert!(resolve("localhost", 7946)
+            .await
+            .iter()
+            .any(|a| a.ip().is_loopback()));
     }
 }

@@ -104,7 +104,8 @@ impl Handle {
             .send(make(tx))
             .await
             .map_err(|_| "the agent is shutting down".to_string())?;
-        rx.await.map_err(|_| "the agent is shutting down".to_string())
+        rx.await
+            .map_err(|_| "the agent is shutting down".to_string())
     }
 
     pub async fn join(&self, targets: Vec<(String, u16)>) -> Result<usize, String> {
@@ -112,11 +113,13 @@ impl Handle {
     }
 
     pub async fn set_tags(&self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
-        self.call(|reply| Command::SetTags { set, delete, reply }).await?
+        self.call(|reply| Command::SetTags { set, delete, reply })
+            .await?
     }
 
     pub async fn force_leave(&self, name: String) -> Result<(), String> {
-        self.call(|reply| Command::ForceLeave { name, reply }).await?
+        self.call(|reply| Command::ForceLeave { name, reply })
+            .await?
     }
 
     pub async fn leave(&self) -> Result<(), String> {
@@ -135,13 +138,13 @@ impl Handle {
 /// Binds the gossip sockets (UDP and TCP on the same port) and starts the loop.
 /// The returned join handle ends after a graceful leave.
 pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::JoinHandle<()>)> {
-    let udp = UdpSocket::bind(cfg.bind).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot bind UDP {}: {e}", cfg.bind))
-    })?;
+    let udp = UdpSocket::bind(cfg.bind)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {}: {e}", cfg.bind)))?;
     let bound = udp.local_addr()?;
-    let tcp = TcpListener::bind(bound).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot bind TCP {bound}: {e}"))
-    })?;
+    let tcp = TcpListener::bind(bound)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind TCP {bound}: {e}")))?;
     let mut advertise = cfg.advertise;
     if advertise.port() == 0 {
         advertise.set_port(bound.port());
@@ -312,7 +315,10 @@ impl Node {
                 debug!(node = %id.name, %from, "leave notice");
                 let out = self.table.leave_notice(&id, now_millis());
                 self.apply_outcome(out);
-                self.send_raw(from, &wire::encode_leave_ack(&id.name, id.generation));
+                self.send_raw(
+                    from,
+                    &wire::encode_leave_ack(&self.local.name, id.generation),
+                );
             }
             Ok(Packet::LeaveAck { name, generation }) => {
                 if let Some(leaving) = &mut self.leaving {
@@ -352,7 +358,11 @@ impl Node {
         }
         let out = self.table.reap(now_millis());
         self.apply_outcome(out);
-        if self.foca.num_members() == 0 && !self.cfg.join.is_empty() && !self.resolving && now >= self.next_join {
+        if self.foca.num_members() == 0
+            && !self.cfg.join.is_empty()
+            && !self.resolving
+            && now >= self.next_join
+        {
             self.start_join_round(self.cfg.join.clone(), false);
             self.next_join = now + self.join_backoff;
             self.join_backoff = (self.join_backoff * 2).min(self.cfg.retry_max);
@@ -404,9 +414,8 @@ impl Node {
         self.push_pull_round += 1;
         // Every other round, talk to a seed that is not a live member: this is
         // what merges two halves of a healed partition.
-        if self.push_pull_round % 2 == 0 && !self.cfg.join.is_empty() {
-            let live: HashSet<SocketAddr> =
-                self.foca.iter_members().map(|m| m.id().addr).collect();
+        if self.push_pull_round.is_multiple_of(2) && !self.cfg.join.is_empty() {
+            let live: HashSet<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
             let targets = self.cfg.join.clone();
             let commands = self.commands.clone();
             let me = self.local.addr;
@@ -486,7 +495,10 @@ impl Node {
             };
             updates.push(Member::new(id, incarnation, state));
         }
-        if let Err(e) = self.foca.apply_many(updates.into_iter(), true, &mut self.rt) {
+        if let Err(e) = self
+            .foca
+            .apply_many(updates.into_iter(), true, &mut self.rt)
+        {
             debug!(error = %e, "applying push-pull state failed");
         }
         let now = now_millis();
@@ -516,7 +528,10 @@ impl Node {
                     if addrs.is_empty() {
                         let _ = reply.send(Err(format!(
                             "none of {:?} resolved to an address",
-                            targets.iter().map(|(h, p)| format!("{h}:{p}")).collect::<Vec<_>>()
+                            targets
+                                .iter()
+                                .map(|(h, p)| format!("{h}:{p}"))
+                                .collect::<Vec<_>>()
                         )));
                         return;
                     }
@@ -736,7 +751,10 @@ impl Node {
         while let Some(n) = self.rt.to_notify() {
             match n {
                 OwnedNotification::Rejoin(id) => {
-                    warn!(generation = id.generation, "the cluster declared this node down; rejoined with a new generation");
+                    warn!(
+                        generation = id.generation,
+                        "the cluster declared this node down; rejoined with a new generation"
+                    );
                     self.set_local(id);
                 }
                 OwnedNotification::Defunct if self.leaving.is_none() => {
@@ -776,7 +794,11 @@ impl Node {
 }
 
 /// Serves inbound push-pull exchanges; each connection in its own task.
-async fn accept_push_pull(listener: TcpListener, commands: mpsc::Sender<Command>, stats: Arc<Stats>) {
+async fn accept_push_pull(
+    listener: TcpListener,
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+) {
     loop {
         let (mut stream, peer) = match listener.accept().await {
             Ok(s) => s,

@@ -138,7 +138,10 @@ mod tests {
     #[test]
     fn formats_utc_timestamps() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(1_795_842_000_123), "2026-11-28T05:00:00.123Z");
+        assert_eq!(
+            rfc3339_millis(1_795_842_000_123),
+            "2026-11-28T05:00:00.123Z"
+        );
         assert_eq!(rfc3339_millis(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 }

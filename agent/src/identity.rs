@@ -120,7 +120,11 @@ mod tests {
     use foca::Identity;
 
     fn id() -> NodeId {
-        NodeId::new("web-1".into(), "127.0.0.1:7946".parse().unwrap(), Tags::new())
+        NodeId::new(
+            "web-1".into(),
+            "127.0.0.1:7946".parse().unwrap(),
+            Tags::new(),
+        )
     }
 
     #[test]

@@ -12,13 +12,18 @@
 //! - the supervisor: [`process`] (spawning and reaping), [`supervisor`].
 pub mod addr;
 pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod commands;
 pub mod events;
+pub mod handlers;
 pub mod identity;
 pub mod membership;
 pub mod process;
 pub mod profile;
 pub mod pushpull;
 pub mod stats;
+pub mod supervisor;
 pub mod tags;
 pub mod wire;
-pub mod supervisor;

@@ -225,10 +225,19 @@ impl Table {
 
     /// Folds in foca's state for one identity. Called for every identity in
     /// foca's full membership on each reconcile; idempotent.
-    pub fn observe(&mut self, id: &NodeId, state: FocaState, incarnation: u16, now: u64) -> Outcome {
+    pub fn observe(
+        &mut self,
+        id: &NodeId,
+        state: FocaState,
+        incarnation: u16,
+        now: u64,
+    ) -> Outcome {
         let mut out = Outcome::default();
         if id.name == self.local {
-            if self.members.get(&self.local).is_some_and(|r| r.id.addr != id.addr)
+            if self
+                .members
+                .get(&self.local)
+                .is_some_and(|r| r.id.addr != id.addr)
                 && state != FocaState::Down
             {
                 out.conflicts.push(format!(
@@ -283,7 +292,10 @@ impl Table {
                 out.declare_down.push(rec.id.clone());
                 let moves = self.moves.entry(id.name.clone()).or_default();
                 moves.push_back(now);
-                while moves.front().is_some_and(|t| now.saturating_sub(*t) > DUPLICATE_WINDOW_MS) {
+                while moves
+                    .front()
+                    .is_some_and(|t| now.saturating_sub(*t) > DUPLICATE_WINDOW_MS)
+                {
                     moves.pop_front();
                 }
                 if moves.len() >= DUPLICATE_MOVES {
@@ -455,11 +467,23 @@ mod tests {
     fn a_new_member_joins_then_is_suspected_then_fails() {
         let mut t = table();
         let b = id("b", "10.0.0.2:7946", 1);
-        assert_eq!(kinds(&t.observe(&b, FocaState::Alive, 0, 1)), [EventKind::Join]);
-        assert!(t.observe(&b, FocaState::Alive, 0, 2).events.is_empty(), "idempotent");
-        assert_eq!(kinds(&t.observe(&b, FocaState::Suspect, 0, 3)), [EventKind::Update]);
+        assert_eq!(
+            kinds(&t.observe(&b, FocaState::Alive, 0, 1)),
+            [EventKind::Join]
+        );
+        assert!(
+            t.observe(&b, FocaState::Alive, 0, 2).events.is_empty(),
+            "idempotent"
+        );
+        assert_eq!(
+            kinds(&t.observe(&b, FocaState::Suspect, 0, 3)),
+            [EventKind::Update]
+        );
         assert_eq!(t.get("b").unwrap().status, Status::Suspect);
-        assert_eq!(kinds(&t.observe(&b, FocaState::Down, 0, 4)), [EventKind::Failed]);
+        assert_eq!(
+            kinds(&t.observe(&b, FocaState::Down, 0, 4)),
+            [EventKind::Failed]
+        );
         assert_eq!(t.get("b").unwrap().status, Status::Failed);
     }
 
@@ -470,7 +494,7 @@ mod tests {
         t.observe(&b, FocaState::Alive, 0, 1);
         let out = t.leave_notice(&b, 2);
         assert_eq!(kinds(&out), [EventKind::Leave]);
-        assert_eq!(out.declare_down, [b.clone()]);
+        assert_eq!(out.declare_down, std::slice::from_ref(&b));
         assert!(t.observe(&b, FocaState::Down, 0, 3).events.is_empty());
         assert_eq!(t.get("b").unwrap().status, Status::Left);
     }
@@ -483,7 +507,7 @@ mod tests {
         t.observe(&old, FocaState::Alive, 0, 1);
         let out = t.observe(&new, FocaState::Alive, 0, 2);
         assert_eq!(kinds(&out), [EventKind::Update]);
-        assert_eq!(out.declare_down, [old.clone()]);
+        assert_eq!(out.declare_down, std::slice::from_ref(&old));
         assert_eq!(t.get("b").unwrap().id.addr, new.addr);
         // foca still lists the old identity for a while: it is stale, not news.
         let out = t.observe(&old, FocaState::Alive, 0, 3);
@@ -498,7 +522,10 @@ mod tests {
         t.observe(&b1, FocaState::Alive, 0, 1);
         t.observe(&b1, FocaState::Down, 0, 2);
         let b2 = id("b", "10.0.0.2:7946", 2);
-        assert_eq!(kinds(&t.observe(&b2, FocaState::Alive, 0, 3)), [EventKind::Join]);
+        assert_eq!(
+            kinds(&t.observe(&b2, FocaState::Alive, 0, 3)),
+            [EventKind::Join]
+        );
         assert_eq!(t.get("b").unwrap().status, Status::Alive);
     }
 
@@ -531,7 +558,10 @@ mod tests {
         let twin = id("me", "10.0.0.7:7946", 9);
         let out = t.observe(&twin, FocaState::Alive, 0, 1);
         assert!(out.conflicts[0].contains("duplicate node name"));
-        assert_eq!(t.get("me").unwrap().id.addr, "10.0.0.1:7946".parse().unwrap());
+        assert_eq!(
+            t.get("me").unwrap().id.addr,
+            "10.0.0.1:7946".parse().unwrap()
+        );
     }
 
     #[test]
@@ -539,8 +569,15 @@ mod tests {
         let mut t = table();
         let mut conflicts = 0;
         for i in 1..=4u64 {
-            let addr = if i % 2 == 0 { "10.0.0.2:7946" } else { "10.0.0.3:7946" };
-            conflicts += t.observe(&id("b", addr, i), FocaState::Alive, 0, i).conflicts.len();
+            let addr = if i % 2 == 0 {
+                "10.0.0.2:7946"
+            } else {
+                "10.0.0.3:7946"
+            };
+            conflicts += t
+                .observe(&id("b", addr, i), FocaState::Alive, 0, i)
+                .conflicts
+                .len();
         }
         assert!(conflicts >= 1);
     }
@@ -554,7 +591,10 @@ mod tests {
         b2.tags.insert("state".into(), "ready".into());
         let out = t.observe(&b2, FocaState::Alive, 0, 2);
         assert_eq!(kinds(&out), [EventKind::Update]);
-        assert!(out.declare_down.is_empty(), "same address: foca resolves it");
+        assert!(
+            out.declare_down.is_empty(),
+            "same address: foca resolves it"
+        );
         // The old identity's down, gossiped by foca, is old news.
         assert!(t.observe(&b1, FocaState::Down, 0, 3).events.is_empty());
         assert_eq!(t.get("b").unwrap().status, Status::Alive);

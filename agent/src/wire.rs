@@ -33,7 +33,7 @@ pub enum Packet<'a> {
     Foca(&'a [u8]),
     /// A node announcing its graceful leave, sent directly to every member.
     Leave(NodeId),
-    /// Receipt of a leave notice, so the leaver knows it was heard.
+    /// Receipt of a leave notice: who heard it, and the leaver's generation.
     LeaveAck { name: String, generation: u64 },
 }
 
@@ -305,7 +305,10 @@ mod tests {
             (good[..good.len() - 2].to_vec(), "truncated leave"),
             ([good.clone(), vec![0]].concat(), "trailing"),
             (encode_leave(&bad_name), "hostile name"),
-            (vec![MAGIC, VERSION, KIND_LEAVE, 0xff, 0xff, 0xff, 0xff, 0x0f], "huge length"),
+            (
+                vec![MAGIC, VERSION, KIND_LEAVE, 0xff, 0xff, 0xff, 0xff, 0x0f],
+                "huge length",
+            ),
         ];
         for (bytes, what) in corpus {
             assert!(decode_packet(&bytes).is_err(), "{what} was accepted");
@@ -325,7 +328,10 @@ mod tests {
         let bytes = encode_frame(&msg).unwrap();
         let header: [u8; FRAME_HEADER] = bytes[..FRAME_HEADER].try_into().unwrap();
         let len = frame_len(&header).unwrap();
-        assert_eq!(decode_frame_body(&bytes[FRAME_HEADER..FRAME_HEADER + len]).unwrap(), msg);
+        assert_eq!(
+            decode_frame_body(&bytes[FRAME_HEADER..FRAME_HEADER + len]).unwrap(),
+            msg
+        );
         let huge = [MAGIC, VERSION, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(frame_len(&huge), Err(DecodeError::Oversize(_))));
     }

@@ -1,0 +1,334 @@
+//! Command-line flags (clap). Raw flags stay here; [`AgentArgs::to_config`]
+//! turns them into checked settings, with one clear error per bad value.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::addr;
+use crate::agent::AgentConfig;
+use crate::handlers::HandlerSpec;
+use crate::identity;
+use crate::profile::Profile;
+use crate::tags::{self, Tags};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "shoal",
+    version,
+    about = "Gossip membership agent (SWIM), container supervisor and ops CLI",
+    long_about = "shoal keeps a cluster's member list with SWIM gossip, like Serf. \
+`shoal agent` runs the agent (and, after `--`, supervises the container's processes); \
+the other subcommands talk to a running agent over its local HTTP API."
+)]
+pub struct Cli {
+    /// Address of the agent's HTTP API (the agent listens there; the CLI connects there).
+    #[arg(
+        long,
+        global = true,
+        env = "SHOAL_API",
+        default_value = "127.0.0.1:7373"
+    )]
+    pub api: String,
+    /// Log format.
+    #[arg(long, global = true, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gossip agent (and supervise `-- CMD ARGS...` if given).
+    Agent(Box<AgentArgs>),
+    /// List the cluster's members.
+    Members {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+        /// Only members with this status (alive, suspect, failed, left).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only members whose tag KEY matches REGEX (anchored), e.g. --tag service=web.
+        #[arg(long = "tag", value_name = "KEY=REGEX")]
+        tags: Vec<String>,
+    },
+    /// Stream member events as they happen.
+    Monitor {
+        /// Resume after this event index (0: replay what the agent still buffers).
+        #[arg(long)]
+        index: Option<u64>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Ask the agent to join the cluster of these addresses (HOST[:PORT]).
+    Join {
+        #[arg(required = true, value_name = "ADDR")]
+        addrs: Vec<String>,
+    },
+    /// Make the agent leave the cluster gracefully and stop.
+    Leave,
+    /// Mark a failed member as left at once (instead of waiting for the reap).
+    ForceLeave { name: String },
+    /// Change this agent's tags at run time (gossiped as a member update).
+    Tags {
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long = "delete", value_name = "KEY")]
+        delete: Vec<String>,
+    },
+    /// Show the agent's identity, protocol, member counts and traffic counters.
+    Info {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Node name, unique in the cluster [default: the hostname].
+    #[arg(long, env = "SHOAL_NODE")]
+    pub node: Option<String>,
+    /// Gossip address, UDP and TCP.
+    #[arg(long, env = "SHOAL_BIND", default_value = "0.0.0.0:7946")]
+    pub bind: String,
+    /// Address other nodes reach this one at, IP[:PORT] [default: detected, see --iface].
+    #[arg(long, env = "SHOAL_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Interface whose IPv4 address is advertised [default: the default route's].
+    #[arg(long, env = "SHOAL_IFACE")]
+    pub iface: Option<String>,
+    /// Node(s) to join, HOST[:PORT]; repeatable or comma-separated. A DNS name
+    /// means all its A records, re-resolved on every retry.
+    #[arg(long, env = "SHOAL_JOIN", value_delimiter = ',')]
+    pub join: Vec<String>,
+    /// Longest wait between join retries (backoff doubles up to it).
+    #[arg(long, env = "SHOAL_RETRY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub retry_interval: Duration,
+    /// A tag KEY=VALUE; repeatable.
+    #[arg(
+        long = "tag",
+        env = "SHOAL_TAG",
+        value_delimiter = ',',
+        value_name = "KEY=VALUE"
+    )]
+    pub tags: Vec<String>,
+    /// File where tags persist across restarts (JSON); run-time changes are saved there.
+    #[arg(long, env = "SHOAL_TAGS_FILE")]
+    pub tags_file: Option<PathBuf>,
+    /// Run CMD on member events; `member-join,member-leave=CMD` filters. Repeatable.
+    #[arg(
+        long = "event-handler",
+        env = "SHOAL_EVENT_HANDLER",
+        value_name = "[FILTER=]CMD"
+    )]
+    pub event_handlers: Vec<String>,
+    /// Timer profile.
+    #[arg(long, env = "SHOAL_PROFILE", value_enum, default_value_t = Profile::Lan)]
+    pub profile: Profile,
+    /// Forget failed and left members after this long.
+    #[arg(long, env = "SHOAL_REAP_AFTER", default_value = "24h", value_parser = parse_duration)]
+    pub reap_after: Duration,
+    /// Longest wait for members to confirm a graceful leave.
+    #[arg(long, env = "SHOAL_LEAVE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub leave_timeout: Duration,
+    /// Handler timeout: a handler still running after it is killed.
+    #[arg(long, env = "SHOAL_HANDLER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub handler_timeout: Duration,
+    /// Services file (TOML) for containers that run several processes.
+    #[arg(long, env = "SHOAL_SERVICES")]
+    pub services: Option<PathBuf>,
+    /// HTTP health check of the supervised app, e.g. http://127.0.0.1:3000/health;
+    /// tag `state` is `ready` only while it passes.
+    #[arg(long, env = "SHOAL_CHECK")]
+    pub check: Option<String>,
+    /// Health check as a command (exit 0 = healthy), instead of --check.
+    #[arg(long, env = "SHOAL_CHECK_CMD")]
+    pub check_cmd: Option<String>,
+    /// Health check interval.
+    #[arg(long, env = "SHOAL_CHECK_INTERVAL", value_parser = parse_duration)]
+    pub check_interval: Option<Duration>,
+    /// On SIGTERM: time between leaving the cluster (state=draining) and
+    /// stopping the services, so the load balancer stops routing first.
+    #[arg(long, env = "SHOAL_DRAIN", default_value = "3s", value_parser = parse_duration)]
+    pub drain: Duration,
+    /// Command to supervise (after `--`).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+/// Checked agent settings plus what `main` needs besides the gossip core.
+pub struct AgentSettings {
+    pub agent: AgentConfig,
+    pub api: std::net::SocketAddr,
+    pub handlers: Vec<HandlerSpec>,
+    pub handler_timeout: Duration,
+}
+
+impl AgentArgs {
+    pub fn to_settings(&self, api: &str) -> Result<AgentSettings, String> {
+        let node = match &self.node {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .map_err(|e| format!("cannot read the hostname ({e}); pass --node"))?
+                .to_string_lossy()
+                .into_owned(),
+        };
+        identity::validate_name(&node).map_err(|e| format!("--node: {e}"))?;
+        let bind = addr::parse_ip_port(&self.bind, addr::DEFAULT_PORT)
+            .map_err(|e| format!("--bind: {e}"))?;
+        let advertise = match &self.advertise {
+            Some(a) => {
+                let sa = addr::parse_ip_port(a, 0).map_err(|e| format!("--advertise: {e}"))?;
+                if sa.ip().is_unspecified() {
+                    return Err(format!("--advertise: {a:?} is not a reachable address"));
+                }
+                if sa.port() == 0 {
+                    std::net::SocketAddr::new(sa.ip(), bind.port())
+                } else {
+                    sa
+                }
+            }
+            None if !bind.ip().is_unspecified() => bind,
+            None => {
+                let ip = addr::detect_advertise_ip(self.iface.as_deref())
+                    .map_err(|e| format!("--advertise: {e}"))?;
+                std::net::SocketAddr::new(ip, bind.port())
+            }
+        };
+        let mut join = Vec::new();
+        for j in self.join.iter().filter(|j| !j.trim().is_empty()) {
+            join.push(addr::parse_host_port(j).map_err(|e| format!("--join: {e}"))?);
+        }
+        let mut tag_set = match &self.tags_file {
+            Some(path) => tags::load_file(path)?,
+            None => Tags::new(),
+        };
+        for t in &self.tags {
+            let (k, v) = tags::parse_tag(t).map_err(|e| format!("--tag: {e}"))?;
+            tag_set.insert(k, v);
+        }
+        tags::validate(&tag_set).map_err(|e| format!("--tag: {e}"))?;
+        let handlers = self
+            .event_handlers
+            .iter()
+            .map(|h| HandlerSpec::parse(h).map_err(|e| format!("--event-handler: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let api = addr::parse_ip_port(api, 7373).map_err(|e| format!("--api: {e}"))?;
+        if self.drain > Duration::from_secs(300) {
+            return Err("--drain: at most 300s".into());
+        }
+        if self.retry_interval.is_zero() {
+            return Err("--retry-interval must be more than 0".into());
+        }
+        Ok(AgentSettings {
+            agent: AgentConfig {
+                node,
+                bind,
+                advertise,
+                join,
+                retry_max: self.retry_interval,
+                tags: tag_set,
+                tags_file: self.tags_file.clone(),
+                profile: self.profile,
+                reap_after: self.reap_after,
+                leave_timeout: self.leave_timeout,
+            },
+            api,
+            handlers,
+            handler_timeout: self.handler_timeout,
+        })
+    }
+}
+
+/// Parses `500ms`, `5s`, `2m`, `24h`, `1d` (a bare number means seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 5s, 2m, 24h)"))?;
+    let secs = match unit {
+        "ms" => value / 1000.0,
+        "" | "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        "d" => value * 86_400.0,
+        _ => {
+            return Err(format!(
+                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
+            ))
+        }
+    };
+    if !secs.is_finite() || secs > 1e9 {
+        return Err(format!("{s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_or_explain() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("5").unwrap(), Duration::from_secs(5));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
+        assert!(parse_duration("5 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_agent_flags_name_the_flag() {
+        let cli = Cli::try_parse_from(["shoal", "agent", "--node", "a b", "--bind", "127.0.0.1:0"])
+            .unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!()
+        };
+        assert!(args
+            .to_settings("127.0.0.1:7373")
+            .err()
+            .unwrap()
+            .starts_with("--node"));
+        let cli = Cli::try_parse_from(["shoal", "agent", "--node", "a", "--join", "x:y"]).unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!()
+        };
+        assert!(args
+            .to_settings("127.0.0.1:7373")
+            .err()
+            .unwrap()
+            .starts_with("--join"));
+        let cli = Cli::try_parse_from(["shoal", "agent", "--node", "a", "--tag", "oops"]).unwrap();
+        let Command::Agent(args) = cli.command else {
+            panic!()
+        };
+        assert!(args
+            .to_settings("127.0.0.1:7373")
+            .err()
+            .unwrap()
+            .starts_with("--tag"));
+    }
+}

@@ -1,0 +1,298 @@
+//! The ops subcommands: each asks the agent's API and prints the answer.
+
+use hyper::Method;
+use regex::Regex;
+use serde_json::{json, Value};
+
+use crate::cli::OutputFormat;
+use crate::client::Client;
+use crate::membership::Status;
+use crate::tags;
+
+/// A CLI failure: `usage` errors (bad flags or arguments) exit 2, others 1.
+#[derive(Debug)]
+pub struct CliError {
+    pub usage: bool,
+    pub message: String,
+}
+
+impl From<String> for CliError {
+    fn from(message: String) -> Self {
+        CliError {
+            usage: false,
+            message,
+        }
+    }
+}
+
+fn usage(message: String) -> CliError {
+    CliError {
+        usage: true,
+        message,
+    }
+}
+
+type CliResult = Result<(), CliError>;
+
+/// A `--tag KEY=REGEX` filter (anchored, like Serf's).
+pub struct TagFilter {
+    key: String,
+    re: Regex,
+}
+
+impl TagFilter {
+    pub fn parse(s: &str) -> Result<TagFilter, String> {
+        let (key, pattern) = s
+            .split_once('=')
+            .ok_or_else(|| format!("--tag {s:?} is not of the form KEY=REGEX"))?;
+        let re = Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| format!("--tag {s:?}: bad regular expression: {e}"))?;
+        Ok(TagFilter {
+            key: key.to_string(),
+            re,
+        })
+    }
+
+    fn matches(&self, member: &Value) -> bool {
+        member["tags"][&self.key]
+            .as_str()
+            .is_some_and(|v| self.re.is_match(v))
+    }
+}
+
+/// Filters a members document by status and tags.
+pub fn filter_members(doc: &Value, status: Option<Status>, filters: &[TagFilter]) -> Vec<Value> {
+    doc["members"]
+        .as_array()
+        .map(|ms| {
+            ms.iter()
+                .filter(|m| status.is_none_or(|s| m["status"] == s.as_str()))
+                .filter(|m| filters.iter().all(|f| f.matches(m)))
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn tags_text(tags: &Value) -> String {
+    tags.as_object()
+        .map(|o| {
+            o.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// Aligned columns, like `serf members`.
+pub fn members_table(members: &[Value]) -> String {
+    let rows: Vec<[String; 4]> = members
+        .iter()
+        .map(|m| {
+            [
+                m["name"].as_str().unwrap_or_default().to_string(),
+                m["addr"].as_str().unwrap_or_default().to_string(),
+                m["status"].as_str().unwrap_or_default().to_string(),
+                tags_text(&m["tags"]),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "ADDRESS", "STATUS", "TAGS"].map(String::from);
+    let mut widths = [0usize; 3];
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        for (i, w) in widths.iter_mut().enumerate() {
+            *w = (*w).max(row[i].len());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows.iter()) {
+        out.push_str(&format!(
+            "{:w0$}  {:w1$}  {:w2$}  {}\n",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2]
+        ));
+    }
+    out
+}
+
+pub async fn members(
+    client: &Client,
+    format: OutputFormat,
+    status: Option<String>,
+    tag_filters: &[String],
+) -> CliResult {
+    let status = match status {
+        Some(s) => Some(Status::parse(&s).ok_or_else(|| {
+            usage(format!(
+                "--status {s:?}: use alive, suspect, failed or left"
+            ))
+        })?),
+        None => None,
+    };
+    let filters = tag_filters
+        .iter()
+        .map(|f| TagFilter::parse(f))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(usage)?;
+    let doc = client.call(Method::GET, "/v1/members", None).await?;
+    let members = filter_members(&doc, status, &filters);
+    match format {
+        OutputFormat::Json => println!("{}", json!({ "members": members })),
+        OutputFormat::Table => print!("{}", members_table(&members)),
+    }
+    Ok(())
+}
+
+pub async fn monitor(client: &Client, index: Option<u64>, format: OutputFormat) -> CliResult {
+    let path = match index {
+        Some(i) => format!("/v1/events?index={i}"),
+        None => {
+            let info = client.call(Method::GET, "/v1/info", None).await?;
+            format!(
+                "/v1/events?index={}",
+                info["events"]["last_index"].as_u64().unwrap_or(0)
+            )
+        }
+    };
+    client
+        .stream(&path, |ev| {
+            if ev["type"] == "keepalive" {
+                return true;
+            }
+            match format {
+                OutputFormat::Json => println!("{ev}"),
+                OutputFormat::Table => {
+                    let m = &ev["member"];
+                    println!(
+                        "{} [{}] {} {} {} {} {}",
+                        ev["time"].as_str().unwrap_or("-"),
+                        ev["index"],
+                        ev["type"].as_str().unwrap_or("-"),
+                        m["name"].as_str().unwrap_or("-"),
+                        m["addr"].as_str().unwrap_or("-"),
+                        m["status"].as_str().unwrap_or("-"),
+                        tags_text(&m["tags"])
+                    );
+                }
+            }
+            true
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn join(client: &Client, addrs: Vec<String>) -> CliResult {
+    for a in &addrs {
+        crate::addr::parse_host_port(a).map_err(usage)?;
+    }
+    let v = client
+        .call(Method::POST, "/v1/join", Some(&json!({ "addrs": addrs })))
+        .await?;
+    println!("contacted {} node(s)", v["contacted"]);
+    Ok(())
+}
+
+pub async fn leave(client: &Client) -> CliResult {
+    client.call(Method::POST, "/v1/leave", None).await?;
+    println!("left the cluster gracefully");
+    Ok(())
+}
+
+pub async fn force_leave(client: &Client, name: &str) -> CliResult {
+    crate::identity::validate_name(name).map_err(usage)?;
+    client
+        .call(Method::POST, &format!("/v1/force-leave/{name}"), None)
+        .await?;
+    println!("{name} marked as left");
+    Ok(())
+}
+
+pub async fn set_tags(client: &Client, set: &[String], delete: &[String]) -> CliResult {
+    if set.is_empty() && delete.is_empty() {
+        return Err(usage(
+            "nothing to change: give --set KEY=VALUE and/or --delete KEY".into(),
+        ));
+    }
+    let mut map = serde_json::Map::new();
+    for s in set {
+        let (k, v) = tags::parse_tag(s).map_err(|e| usage(format!("--set: {e}")))?;
+        map.insert(k, Value::String(v));
+    }
+    let body = json!({ "set": map, "delete": delete });
+    let v = client.call(Method::PUT, "/v1/tags", Some(&body)).await?;
+    println!("{}", tags_text(&v["tags"]));
+    Ok(())
+}
+
+pub async fn info(client: &Client, format: OutputFormat) -> CliResult {
+    let v = client.call(Method::GET, "/v1/info", None).await?;
+    match format {
+        OutputFormat::Json => println!("{v}"),
+        OutputFormat::Table => print!("{}", info_text(&v, "")),
+    }
+    Ok(())
+}
+
+/// `key: value` lines, nested objects indented.
+fn info_text(v: &Value, indent: &str) -> String {
+    let mut out = String::new();
+    if let Some(obj) = v.as_object() {
+        for (k, val) in obj {
+            match val {
+                Value::Object(_) => {
+                    out.push_str(&format!("{indent}{k}:\n"));
+                    out.push_str(&info_text(val, &format!("{indent}  ")));
+                }
+                Value::String(s) => out.push_str(&format!("{indent}{k}: {s}\n")),
+                other => out.push_str(&format!("{indent}{k}: {other}\n")),
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> Value {
+        json!({"members":[
+            {"name":"web-1","addr":"10.0.0.5:7946","status":"alive","tags":{"service":"web","port":"3000"}},
+            {"name":"api-1","addr":"10.0.0.6:7946","status":"failed","tags":{"service":"api"}},
+            {"name":"lb","addr":"10.0.0.2:7946","status":"alive","tags":{}}
+        ]})
+    }
+
+    #[test]
+    fn filters_by_status_and_anchored_tag_regex() {
+        let d = doc();
+        assert_eq!(filter_members(&d, Some(Status::Alive), &[]).len(), 2);
+        let web = [TagFilter::parse("service=web").unwrap()];
+        assert_eq!(filter_members(&d, None, &web).len(), 1);
+        let we = [TagFilter::parse("service=we").unwrap()];
+        assert!(filter_members(&d, None, &we).is_empty(), "anchored");
+        let any = [TagFilter::parse("service=.*").unwrap()];
+        assert_eq!(
+            filter_members(&d, None, &any).len(),
+            2,
+            "missing tag never matches"
+        );
+        assert!(TagFilter::parse("service=(").is_err());
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let t = members_table(&filter_members(&doc(), None, &[]));
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("NAME "));
+        let col = lines[0].find("ADDRESS").unwrap();
+        assert_eq!(&lines[1][col..col + 13], "10.0.0.5:7946");
+    }
+}
