@@ -3,10 +3,18 @@
 //! Layout:
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
 //! - [`render`]: handlebars (strict, no escaping) with template variables.
+//! - [`source`]: agent event stream / members file → change signals; snapshots.
+//! - [`watch`]: the follow loop (debounce, apply, keep last good config).
 //! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
+//! - [`haproxy`]: master CLI client: verified reload, runtime API.
+//! - [`plan`]: runtime-API commands vs reload for a model change (pure).
+pub mod haproxy;
 pub mod model;
 pub mod output;
+pub mod plan;
 pub mod render;
+pub mod source;
+pub mod watch;
 
 /// One clear, one-line error; `main` prints it and exits 1.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lbgen::model::{sanitize_for_log, MembersDoc, Model};
+use lbgen::model::{MembersDoc, Model};
 use lbgen::render::{Renderer, Vars};
 use lbgen::Error;
 
@@ -39,6 +39,41 @@ enum LogFormat {
 enum Cmd {
     /// Render once from a members JSON document (file or `-` for stdin).
     Render(RenderArgs),
+    /// Follow membership (agent events or a members file), re-render, validate, reload.
+    Watch(WatchArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("src").required(true).args(["api", "members"])))]
+struct WatchArgs {
+    #[command(flatten)]
+    tpl: TemplateArgs,
+    /// Agent API address (HOST:PORT): follows /v1/events, renders from /v1/members.
+    #[arg(long, env = "LBGEN_API")]
+    api: Option<String>,
+    /// Members JSON file to watch instead of the agent.
+    #[arg(long, env = "LBGEN_MEMBERS")]
+    members: Option<PathBuf>,
+    /// The live HAProxy config file (written atomically, previous one kept as OUT.bak).
+    #[arg(long, env = "LBGEN_OUT")]
+    out: PathBuf,
+    /// HAProxy master CLI socket (`haproxy -W -S SOCK`); without it lbgen only writes OUT.
+    #[arg(long, env = "LBGEN_HAPROXY_MASTER")]
+    haproxy_master: Option<PathBuf>,
+    /// Validation command; `{}` is the candidate file. "none" disables the check.
+    #[arg(long, env = "LBGEN_CHECK_CMD", default_value = lbgen::output::CheckCmd::DEFAULT)]
+    check_cmd: String,
+    /// Debounce: apply after MIN of quiet, at most MAX after the first change.
+    #[arg(
+        long,
+        env = "LBGEN_WAIT",
+        default_value = "200ms:2s",
+        value_name = "MIN:MAX"
+    )]
+    wait: String,
+    /// How long to wait for the new worker generation after a reload.
+    #[arg(long, env = "LBGEN_RELOAD_TIMEOUT", default_value = "10s")]
+    reload_timeout: String,
 }
 
 #[derive(clap::Args)]
@@ -107,22 +142,12 @@ fn read_members(src: &str) -> Result<MembersDoc, Error> {
     MembersDoc::from_json(&text).map_err(|e| Error::new(format!("members {src}: {e}")))
 }
 
-/// Logs what validation skipped (network input, so sanitized).
-pub fn log_model(model: &Model) {
-    for r in &model.rejected {
-        tracing::warn!(member = %sanitize_for_log(&r.member), reason = %r.reason, "member skipped");
-    }
-    for w in &model.warnings {
-        tracing::warn!("{w}");
-    }
-}
-
 async fn render(a: RenderArgs) -> Result<(), Error> {
     let renderer = load_template(&a.tpl.template)?;
     let vars = Vars::with_overrides(&a.tpl.vars)?;
     let doc = read_members(&a.members)?;
     let model = Model::build(&doc);
-    log_model(&model);
+    lbgen::watch::log_model(&model);
     let text = renderer.render(&model, &vars)?;
     match (&a.out, a.dry_run) {
         (Some(out), false) => {
@@ -139,6 +164,47 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
     Ok(())
 }
 
+async fn watch(a: WatchArgs) -> Result<(), Error> {
+    use lbgen::watch::{parse_duration, Wait, WatchConfig};
+    let source = match (a.api, a.members) {
+        (Some(api), None) => lbgen::source::SourceSpec::Api(api),
+        (None, Some(f)) => lbgen::source::SourceSpec::File(f),
+        _ => return Err(Error::new("give exactly one of --api and --members")),
+    };
+    let check = if a.check_cmd.trim() == "none" {
+        None
+    } else {
+        Some(lbgen::output::CheckCmd::parse(&a.check_cmd)?)
+    };
+    let cfg = WatchConfig {
+        template: a.tpl.template,
+        vars: Vars::with_overrides(&a.tpl.vars)?,
+        out: a.out,
+        source,
+        master: a.haproxy_master,
+        check,
+        wait: Wait::parse(&a.wait)?,
+        reload_timeout: parse_duration(&a.reload_timeout)?,
+        reports: None,
+    };
+    lbgen::watch::run(cfg, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -152,6 +218,7 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Render(a) => render(a).await,
+            Cmd::Watch(a) => watch(a).await,
         }
     });
     match res {

@@ -1,0 +1,216 @@
+//! HAProxy master CLI (`haproxy -W -S SOCK`): reload with verification, runtime API commands.
+//!
+//! The master CLI is line-based and non-interactive: one connection per command, HAProxy
+//! closes it after the answer. A reload re-executes the master, so the socket may refuse
+//! connections for a moment; [`Master::reload`] polls `show proc` until the new worker
+//! generation is running (or the master reports the reload as failed).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::Error;
+
+/// Parsed `show proc`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcInfo {
+    pub master_pid: u32,
+    /// Reloads the master has done since start.
+    pub reloads: u64,
+    /// Failed reloads since the last successful one.
+    pub failed: u64,
+    /// (pid, reloads survived). A worker with 0 is the current generation.
+    pub workers: Vec<(u32, u64)>,
+}
+
+impl ProcInfo {
+    pub fn parse(text: &str) -> Result<ProcInfo, Error> {
+        let mut master = None;
+        let mut workers = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') {
+                continue;
+            }
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() < 3 {
+                continue;
+            }
+            let (Ok(pid), Ok(reloads)) = (cols[0].parse::<u32>(), cols[2].parse::<u64>()) else {
+                continue;
+            };
+            match cols[1] {
+                "master" => {
+                    // `3 [failed: 1]`
+                    let failed = line
+                        .split("[failed:")
+                        .nth(1)
+                        .and_then(|s| s.split(']').next())
+                        .and_then(|s| s.trim().parse::<u64>().ok())
+                        .unwrap_or(0);
+                    master = Some((pid, reloads, failed));
+                }
+                "worker" => workers.push((pid, reloads)),
+                _ => {}
+            }
+        }
+        let (master_pid, reloads, failed) = master.ok_or_else(|| {
+            Error::new(format!(
+                "unexpected `show proc` answer: {:?}",
+                text.chars().take(200).collect::<String>()
+            ))
+        })?;
+        Ok(ProcInfo {
+            master_pid,
+            reloads,
+            failed,
+            workers,
+        })
+    }
+
+    /// PID of the current-generation worker, if one is running.
+    pub fn current_worker(&self) -> Option<u32> {
+        self.workers.iter().find(|(_, r)| *r == 0).map(|(p, _)| *p)
+    }
+}
+
+/// A client for the master CLI socket.
+#[derive(Debug, Clone)]
+pub struct Master {
+    path: PathBuf,
+    /// Per-command I/O timeout.
+    pub io_timeout: Duration,
+}
+
+impl Master {
+    pub fn new(path: impl Into<PathBuf>) -> Master {
+        Master {
+            path: path.into(),
+            io_timeout: Duration::from_secs(5),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sends one command line and returns the whole answer.
+    pub async fn command(&self, cmd: &str) -> Result<String, Error> {
+        let fut = async {
+            let mut s = UnixStream::connect(&self.path).await?;
+            s.write_all(format!("{cmd}\n").as_bytes()).await?;
+            // The master answers once our side is closed (like `socat` at end of input).
+            s.shutdown().await?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await?;
+            Ok::<_, std::io::Error>(out)
+        };
+        let out = tokio::time::timeout(self.io_timeout, fut)
+            .await
+            .map_err(|_| {
+                Error::new(format!(
+                    "haproxy master socket {}: `{cmd}` timed out",
+                    self.path.display()
+                ))
+            })?
+            .map_err(|e| {
+                Error::new(format!(
+                    "haproxy master socket {}: {e}",
+                    self.path.display()
+                ))
+            })?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    pub async fn show_proc(&self) -> Result<ProcInfo, Error> {
+        ProcInfo::parse(&self.command("show proc").await?)
+    }
+
+    /// Reloads and waits until a new worker generation runs. Err if the master reports the
+    /// reload failed (the old worker keeps serving) or nothing happens within `timeout`.
+    pub async fn reload(&self, timeout: Duration) -> Result<ProcInfo, Error> {
+        let before = self.show_proc().await?;
+        let old: Vec<u32> = before.workers.iter().map(|(p, _)| *p).collect();
+        // The master re-executes itself and drops the connection; the answer is irrelevant.
+        let _ = self.command("reload").await;
+        let deadline = Instant::now() + timeout;
+        let mut last_err = None;
+        loop {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            match self.show_proc().await {
+                Ok(now) if now.reloads > before.reloads => {
+                    if now.failed > 0 {
+                        return Err(Error::new(format!(
+                            "haproxy reload failed (master reports {} failed reload(s)); the old worker keeps serving",
+                            now.failed
+                        )));
+                    }
+                    if let Some(pid) = now.current_worker() {
+                        if !old.contains(&pid) {
+                            return Ok(now);
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => last_err = Some(e),
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::new(format!(
+                    "haproxy reload not confirmed within {timeout:?}{}",
+                    last_err
+                        .map(|e| format!(" (last error: {e})"))
+                        .unwrap_or_default()
+                )));
+            }
+        }
+    }
+
+    /// Runs a runtime-API command on the current worker (`@1`). HAProxy answers these
+    /// commands with an empty line on success and a message otherwise.
+    pub async fn runtime(&self, cmd: &str) -> Result<(), Error> {
+        let out = self.command(&format!("@1 {cmd}")).await?;
+        let t = out.trim();
+        if t.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(format!(
+                "haproxy `{cmd}`: {}",
+                t.replace('\n', " ")
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_show_proc_of_haproxy_2_6() {
+        let t = "#<PID>          <type>          <reloads>       <uptime>        <version>      \n\
+13033           master          2 [failed: 1]   0d00h00m06s     2.6.12-1+deb12u4\n\
+# workers\n\
+13096           worker          0               0d00h00m01s     2.6.12-1+deb12u4\n\
+13056           worker          1               0d00h00m05s     2.6.12-1+deb12u4\n\
+# programs\n\n";
+        let p = ProcInfo::parse(t).unwrap();
+        assert_eq!(p.master_pid, 13033);
+        assert_eq!(p.reloads, 2);
+        assert_eq!(p.failed, 1);
+        assert_eq!(p.workers, vec![(13096, 0), (13056, 1)]);
+        assert_eq!(p.current_worker(), Some(13096));
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(ProcInfo::parse("Unknown command.\n").is_err());
+    }
+
+    #[tokio::test]
+    async fn unreachable_socket_is_one_clear_error() {
+        let m = Master::new("/nonexistent/master.sock");
+        let e = m.show_proc().await.unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/master.sock"), "{e}");
+    }
+}

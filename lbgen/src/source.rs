@@ -1,0 +1,288 @@
+//! Where membership comes from: the agent's HTTP API (`/v1/events` stream + `/v1/members`
+//! snapshot) or a members JSON file watched with notify. Either way a source only *signals*
+//! "membership may have changed"; the watch loop then reads the full snapshot and renders from
+//! it, never from event deltas (a dropped or reordered event cannot leave a stale config).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use notify::{EventKind, RecursiveMode, Watcher};
+use serde::Deserialize;
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::model::MembersDoc;
+use crate::Error;
+
+/// Something the watch loop should react to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Membership may have changed: fetch the snapshot (after debouncing).
+    Members,
+    /// The template file changed.
+    Template,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// Agent API address, `HOST:PORT` (an `http://` prefix is accepted).
+    Api(String),
+    /// A members JSON document on disk.
+    File(PathBuf),
+}
+
+/// Largest members document we accept (a sane cap on network input).
+const MAX_DOC: usize = 32 << 20;
+/// The agent sends a keepalive every 5 s; silence this long means the stream is dead.
+const STREAM_IDLE: Duration = Duration::from_secs(15);
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+pub struct Source {
+    spec: SourceSpec,
+    client: HttpClient,
+}
+
+/// Keeps a source's background task or file watcher alive; stops it on drop.
+pub enum SourceHandle {
+    Task(tokio::task::JoinHandle<()>),
+    Watcher(notify::RecommendedWatcher),
+}
+
+impl Drop for SourceHandle {
+    fn drop(&mut self) {
+        if let SourceHandle::Task(t) = self {
+            t.abort();
+        }
+    }
+}
+
+fn base_url(addr: &str) -> String {
+    let a = addr.trim_end_matches('/');
+    if a.starts_with("http://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}
+
+#[derive(Deserialize)]
+struct EventLine {
+    #[serde(rename = "type")]
+    kind: String,
+    index: Option<u64>,
+}
+
+impl Source {
+    pub fn new(spec: SourceSpec) -> Source {
+        Source {
+            spec,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.spec {
+            SourceSpec::Api(a) => format!("agent {}", base_url(a)),
+            SourceSpec::File(p) => format!("file {}", p.display()),
+        }
+    }
+
+    /// The full, current members document.
+    pub async fn snapshot(&self) -> Result<MembersDoc, Error> {
+        match &self.spec {
+            SourceSpec::File(p) => {
+                let text = tokio::fs::read_to_string(p)
+                    .await
+                    .map_err(|e| Error::new(format!("members file {}: {e}", p.display())))?;
+                MembersDoc::from_json(&text)
+                    .map_err(|e| Error::new(format!("members file {}: {e}", p.display())))
+            }
+            SourceSpec::Api(a) => {
+                let url = format!("{}/v1/members", base_url(a));
+                let fut = async {
+                    let uri: hyper::Uri = url
+                        .parse()
+                        .map_err(|e| Error::new(format!("--api {a}: {e}")))?;
+                    let resp = self
+                        .client
+                        .get(uri)
+                        .await
+                        .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+                    if !resp.status().is_success() {
+                        return Err(Error::new(format!("GET {url}: HTTP {}", resp.status())));
+                    }
+                    let body = http_body_util::Limited::new(resp.into_body(), MAX_DOC)
+                        .collect()
+                        .await
+                        .map_err(|e| Error::new(format!("GET {url}: {e}")))?
+                        .to_bytes();
+                    let text = std::str::from_utf8(&body)
+                        .map_err(|_| Error::new(format!("GET {url}: body is not UTF-8")))?;
+                    MembersDoc::from_json(text).map_err(|e| Error::new(format!("GET {url}: {e}")))
+                };
+                tokio::time::timeout(Duration::from_secs(10), fut)
+                    .await
+                    .map_err(|_| Error::new(format!("GET {url}: timed out")))?
+            }
+        }
+    }
+
+    /// Starts signalling changes into `tx` (one initial [`Signal::Members`] included).
+    pub fn start(&self, tx: UnboundedSender<Signal>) -> Result<SourceHandle, Error> {
+        let _ = tx.send(Signal::Members);
+        match &self.spec {
+            SourceSpec::File(p) => Ok(SourceHandle::Watcher(watch_file(p, tx, Signal::Members)?)),
+            SourceSpec::Api(a) => {
+                let base = base_url(a);
+                let client = self.client.clone();
+                Ok(SourceHandle::Task(tokio::spawn(follow_events(
+                    client, base, tx,
+                ))))
+            }
+        }
+    }
+}
+
+/// Follows `/v1/events` forever: every event (and every reconnect, which may have missed
+/// events) becomes one [`Signal::Members`]. Reconnects with capped exponential backoff.
+async fn follow_events(client: HttpClient, base: String, tx: UnboundedSender<Signal>) {
+    let mut index: u64 = 0;
+    let mut backoff = Duration::from_millis(100);
+    let mut first = true;
+    loop {
+        let url = format!("{base}/v1/events?index={index}");
+        let mut connected = false;
+        match stream_once(&client, &url, &mut index, &tx, first, &mut connected).await {
+            Ok(()) => tracing::warn!(%url, "event stream ended; reconnecting"),
+            Err(e) => tracing::warn!(error = %e, "event stream failed; reconnecting"),
+        }
+        first = false;
+        if tx.is_closed() {
+            return;
+        }
+        if connected {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn stream_once(
+    client: &HttpClient,
+    url: &str,
+    index: &mut u64,
+    tx: &UnboundedSender<Signal>,
+    first: bool,
+    connected: &mut bool,
+) -> Result<(), Error> {
+    let uri: hyper::Uri = url.parse().map_err(|e| Error::new(format!("{url}: {e}")))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+        .await
+        .map_err(|_| Error::new(format!("GET {url}: timed out")))?
+        .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+    if !resp.status().is_success() {
+        return Err(Error::new(format!("GET {url}: HTTP {}", resp.status())));
+    }
+    *connected = true;
+    tracing::info!(%url, "following agent events");
+    if !first {
+        // We may have missed events while disconnected: resync from the snapshot.
+        let _ = tx.send(Signal::Members);
+    }
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let frame = tokio::time::timeout(STREAM_IDLE, body.frame())
+            .await
+            .map_err(|_| Error::new(format!("no event or keepalive for {STREAM_IDLE:?}")))?;
+        let Some(frame) = frame else { return Ok(()) };
+        let frame = frame.map_err(|e| Error::new(format!("reading events: {e}")))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() > MAX_DOC {
+            return Err(Error::new("event line too long"));
+        }
+        while let Some(nl) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=nl).collect();
+            let line = String::from_utf8_lossy(&line);
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            match serde_json::from_str::<EventLine>(line) {
+                Ok(ev) if ev.kind == "keepalive" => {
+                    // An index going backwards means the agent restarted: resync.
+                    if let Some(i) = ev.index {
+                        if i < *index {
+                            tracing::info!(
+                                old = *index,
+                                new = i,
+                                "agent index went back; resyncing"
+                            );
+                            *index = i;
+                            let _ = tx.send(Signal::Members);
+                        }
+                    }
+                }
+                Ok(ev) => {
+                    if let Some(i) = ev.index {
+                        *index = (*index).max(i);
+                    }
+                    tracing::debug!(kind = %crate::model::sanitize_for_log(&ev.kind), index = *index, "member event");
+                    let _ = tx.send(Signal::Members);
+                }
+                Err(e) => {
+                    // Unknown shape: still a hint that something changed.
+                    tracing::warn!(error = %e, "unparseable event line; resyncing");
+                    let _ = tx.send(Signal::Members);
+                }
+            }
+        }
+    }
+}
+
+/// Watches one file (through its directory, so atomic rename-replacements are seen).
+pub fn watch_file(
+    path: &Path,
+    tx: UnboundedSender<Signal>,
+    sig: Signal,
+) -> Result<notify::RecommendedWatcher, Error> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::new(format!("{}: not a file path", path.display())))?
+        .to_owned();
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        let relevant = match ev.kind {
+            // Our own reads produce open/close events; only a finished write matters.
+            EventKind::Access(notify::event::AccessKind::Close(
+                notify::event::AccessMode::Write,
+            )) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        if relevant
+            && ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
+        {
+            let _ = tx.send(sig);
+        }
+    })
+    .map_err(|e| Error::new(format!("watching {}: {e}", path.display())))?;
+    w.watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| Error::new(format!("watching {}: {e}", dir.display())))?;
+    Ok(w)
+}

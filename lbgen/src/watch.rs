@@ -1,0 +1,339 @@
+//! `lbgen watch`: one task owns the state; sources only signal. Each debounced batch of
+//! signals runs: snapshot → model → render → plan → (runtime API | check + write + reload).
+//! On any failure the live config file and the running HAProxy stay as they were.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::time::Instant;
+
+use crate::haproxy::Master;
+use crate::model::{sanitize_for_log, Model};
+use crate::output::{restore, write_atomic, CheckCmd};
+use crate::plan::{Live, Plan};
+use crate::render::{Renderer, Vars};
+use crate::source::{watch_file, Signal, Source, SourceSpec};
+use crate::Error;
+
+/// `--wait MIN:MAX`: apply once no signal arrived for MIN, but at most MAX after the first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Wait {
+    /// `MIN[:MAX]`, e.g. `100ms:2s`; MAX defaults to 4 × MIN (as in consul-template).
+    pub fn parse(s: &str) -> Result<Wait, Error> {
+        let (a, b) = match s.split_once(':') {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
+        let min = parse_duration(a)?;
+        let max = match b {
+            Some(b) => parse_duration(b)?,
+            None => min * 4,
+        };
+        if max < min {
+            return Err(Error::new(format!("--wait {s}: MAX is smaller than MIN")));
+        }
+        Ok(Wait { min, max })
+    }
+}
+
+/// `250ms`, `2s`, `1m`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, Error> {
+    let s = s.trim();
+    let bad = || Error::new(format!("duration {s:?}: expected e.g. 250ms, 2s, 1m"));
+    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        (s, 1000.0)
+    };
+    let v: f64 = num.parse().map_err(|_| bad())?;
+    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
+        return Err(bad());
+    }
+    Ok(Duration::from_micros((v * mult_ms * 1000.0) as u64))
+}
+
+pub struct WatchConfig {
+    /// None = the compiled-in default template.
+    pub template: Option<PathBuf>,
+    pub vars: Vars,
+    pub out: PathBuf,
+    pub source: SourceSpec,
+    /// None = only write the file (no reload).
+    pub master: Option<PathBuf>,
+    pub check: Option<CheckCmd>,
+    pub wait: Wait,
+    pub reload_timeout: Duration,
+    /// Every apply is reported here too (tests, benchmarks).
+    pub reports: Option<UnboundedSender<Report>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// New config written and a new worker generation verified running.
+    Reloaded { worker: u32 },
+    /// Only server states changed: applied through the runtime API, no reload.
+    Runtime { commands: Vec<String> },
+    /// Written (no `--haproxy-master` configured).
+    Written,
+    /// Rendered output identical to the live config: nothing done.
+    Unchanged,
+    /// Nothing changed on disk or in HAProxy; the reason.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// When the first signal of this batch arrived.
+    pub signalled: Instant,
+    /// When the outcome was reached (config live / commands applied).
+    pub done: Instant,
+}
+
+struct State {
+    renderer: Renderer,
+    template_dirty: bool,
+    /// Contents of the live file (what HAProxy runs, modulo runtime changes).
+    live_text: Option<String>,
+    /// What HAProxy runs; None until the first verified reload.
+    live: Option<Live>,
+}
+
+/// Whether a failure is worth retrying without a new signal.
+enum Failure {
+    Transient(Error),
+    Permanent(Error),
+}
+
+fn load_renderer(p: &Option<PathBuf>) -> Result<Renderer, Error> {
+    match p {
+        Some(p) => Renderer::from_file(p),
+        None => Ok(Renderer::builtin()),
+    }
+}
+
+/// Logs what validation skipped (network input, so sanitized).
+pub fn log_model(model: &Model) {
+    for r in &model.rejected {
+        tracing::warn!(member = %sanitize_for_log(&r.member), reason = %r.reason, "member skipped");
+    }
+    for w in &model.warnings {
+        tracing::warn!("{w}");
+    }
+}
+
+const RETRY: Duration = Duration::from_secs(2);
+
+/// Runs until `shutdown` resolves. Startup problems (template, paths, master socket) are
+/// returned as one error before anything is touched.
+pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let renderer = load_renderer(&cfg.template)?;
+    let master = cfg.master.as_ref().map(Master::new);
+    if let Some(m) = &master {
+        let p = m.show_proc().await?;
+        tracing::info!(master = p.master_pid, worker = ?p.current_worker(), "haproxy master reachable");
+    }
+    let (tx, mut rx) = unbounded_channel();
+    let source = Source::new(cfg.source.clone());
+    let _template_watch = match &cfg.template {
+        Some(p) => Some(watch_file(p, tx.clone(), Signal::Template)?),
+        None => None,
+    };
+    let _source = source.start(tx.clone())?;
+    tracing::info!(source = %source.describe(), out = %cfg.out.display(), "watching");
+    let mut st = State {
+        renderer,
+        template_dirty: false,
+        live_text: std::fs::read_to_string(&cfg.out).ok(),
+        live: None,
+    };
+    // (first signal, quiet deadline)
+    let mut pending: Option<(Instant, Instant)> = None;
+    let mut retry_at: Option<(Instant, Instant)> = None;
+    tokio::pin!(shutdown);
+    loop {
+        let deadline = match (pending, retry_at) {
+            (Some((first, quiet)), _) => Some(quiet.min(first + cfg.wait.max)),
+            (None, Some((_, at))) => Some(at),
+            (None, None) => None,
+        };
+        tokio::select! {
+            _ = &mut shutdown => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+            sig = rx.recv() => {
+                let Some(sig) = sig else {
+                    return Err(Error::new("membership source stopped"));
+                };
+                if sig == Signal::Template {
+                    st.template_dirty = true;
+                }
+                let now = Instant::now();
+                let first = pending.map_or(now, |p| p.0);
+                pending = Some((first, now + cfg.wait.min));
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let signalled = pending.take().map(|p| p.0)
+                    .or(retry_at.map(|r| r.0))
+                    .unwrap_or_else(Instant::now);
+                retry_at = None;
+                let outcome = match apply(&cfg, &source, master.as_ref(), &mut st).await {
+                    Ok(o) => o,
+                    Err(Failure::Permanent(e)) => {
+                        tracing::error!(error = %e, "change not applied; live config kept");
+                        Outcome::Failed(e.0)
+                    }
+                    Err(Failure::Transient(e)) => {
+                        tracing::error!(error = %e, retry_in = ?RETRY, "change not applied; live config kept");
+                        retry_at = Some((signalled, Instant::now() + RETRY));
+                        Outcome::Failed(e.0)
+                    }
+                };
+                if let Some(r) = &cfg.reports {
+                    let _ = r.send(Report { outcome, signalled, done: Instant::now() });
+                }
+            }
+        }
+    }
+}
+
+async fn apply(
+    cfg: &WatchConfig,
+    source: &Source,
+    master: Option<&Master>,
+    st: &mut State,
+) -> Result<Outcome, Failure> {
+    let mut template_changed = false;
+    if st.template_dirty {
+        st.template_dirty = false;
+        // A broken template is reported once; membership changes keep rendering with the
+        // last good one until the file is fixed.
+        st.renderer = load_renderer(&cfg.template).map_err(Failure::Permanent)?;
+        template_changed = true;
+        tracing::info!("template reloaded");
+    }
+    let doc = source.snapshot().await.map_err(Failure::Transient)?;
+    let model = Model::build(&doc);
+    log_model(&model);
+    let text = st
+        .renderer
+        .render(&model, &cfg.vars)
+        .map_err(Failure::Permanent)?;
+    let same_text = st.live_text.as_deref() == Some(text.as_str());
+
+    let Some(master) = master else {
+        if same_text {
+            return Ok(Outcome::Unchanged);
+        }
+        write_atomic(&cfg.out, &text, cfg.check.as_ref())
+            .await
+            .map_err(Failure::Permanent)?;
+        st.live_text = Some(text);
+        tracing::info!(out = %cfg.out.display(), "config written");
+        return Ok(Outcome::Written);
+    };
+
+    let plan = match &st.live {
+        Some(live) if !template_changed => live.plan(&model),
+        _ => Plan::Reload,
+    };
+    match plan {
+        Plan::Nothing if same_text => return Ok(Outcome::Unchanged),
+        Plan::Nothing => {}
+        Plan::Runtime(cmds) => match runtime(master, &cmds).await {
+            Ok(()) => {
+                if let Some(live) = st.live.as_mut() {
+                    live.apply_runtime(&model);
+                }
+                tracing::info!(commands = ?cmds, "server states changed through the runtime API");
+                // Keep the file in step so a later reload or restart agrees; the running
+                // HAProxy already has the change.
+                if !same_text {
+                    match write_atomic(&cfg.out, &text, cfg.check.as_ref()).await {
+                        Ok(()) => st.live_text = Some(text),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "runtime change applied but config file not updated")
+                        }
+                    }
+                }
+                return Ok(Outcome::Runtime { commands: cmds });
+            }
+            Err(e) => tracing::warn!(error = %e, "runtime API change failed; reloading instead"),
+        },
+        Plan::Reload => {}
+    }
+    write_atomic(&cfg.out, &text, cfg.check.as_ref())
+        .await
+        .map_err(Failure::Permanent)?;
+    match master.reload(cfg.reload_timeout).await {
+        Ok(p) => {
+            let worker = p.current_worker().unwrap_or(0);
+            tracing::info!(
+                worker,
+                reloads = p.reloads,
+                pools = model.pools.len(),
+                "config live (reloaded)"
+            );
+            st.live = Some(Live::from_model(&model));
+            st.live_text = Some(text);
+            Ok(Outcome::Reloaded { worker })
+        }
+        Err(e) => {
+            restore_last_good(&cfg.out, st.live_text.as_deref());
+            // We no longer know exactly what runs: force a reload on the next change.
+            st.live = None;
+            Err(Failure::Transient(e))
+        }
+    }
+}
+
+async fn runtime(master: &Master, cmds: &[String]) -> Result<(), Error> {
+    for c in cmds {
+        master.runtime(c).await?;
+    }
+    Ok(())
+}
+
+fn restore_last_good(out: &Path, last: Option<&str>) {
+    match last {
+        Some(text) => match restore(out, text) {
+            Ok(()) => tracing::warn!(out = %out.display(), "restored the last good config"),
+            Err(e) => tracing::error!(error = %e, "could not restore the last good config"),
+        },
+        None => tracing::warn!("no last good config to restore"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wait_and_durations() {
+        assert_eq!(
+            Wait::parse("100ms:2s").unwrap(),
+            Wait {
+                min: Duration::from_millis(100),
+                max: Duration::from_secs(2)
+            }
+        );
+        assert_eq!(Wait::parse("1").unwrap().max, Duration::from_secs(4));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert!(Wait::parse("2s:1s").is_err());
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
