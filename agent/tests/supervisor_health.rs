@@ -1,0 +1,132 @@
+//! Health checks flipping `starting` → `ready` → `unhealthy` → `ready`,
+//! over HTTP (a tiny server in the test) and with a command.
+
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::supervisor::health::check_once;
+use shoal::supervisor::{CheckSpec, CheckTarget, Health, Supervisor, SupervisorSpec};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+const BOUND: Duration = Duration::from_secs(15);
+
+/// Serves every request with the status code currently in `code`.
+async fn serve(code: Arc<AtomicU16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let code = code.load(Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let resp = format!(
+                    "HTTP/1.1 {code} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    port
+}
+
+async fn expect_state(rx: &mut watch::Receiver<Health>, want: Health) {
+    tokio::time::timeout(BOUND, rx.wait_for(|h| *h == want))
+        .await
+        .unwrap_or_else(|_| panic!("health never became {want}"))
+        .expect("checker alive");
+}
+
+fn main_sleeping() -> SupervisorSpec {
+    SupervisorSpec::from_command(&["/bin/sh".into(), "-c".into(), "exec sleep 30".into()])
+        .expect("spec")
+}
+
+#[tokio::test]
+async fn an_http_check_flips_ready_unhealthy_ready() {
+    let code = Arc::new(AtomicU16::new(503));
+    let port = serve(code.clone()).await;
+    let mut spec = main_sleeping();
+    spec.check = Some(CheckSpec {
+        target: CheckTarget::parse_http(&format!("http://127.0.0.1:{port}/health")).expect("url"),
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(50),
+        rise: 2,
+        fall: 2,
+    });
+    let sup = Supervisor::start(spec).expect("start");
+    let mut rx = sup.health().expect("health");
+    assert_eq!(*rx.borrow(), Health::Starting);
+    // Failing before the first pass stays `starting`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(*rx.borrow(), Health::Starting);
+    code.store(200, Ordering::SeqCst);
+    expect_state(&mut rx, Health::Ready).await;
+    code.store(500, Ordering::SeqCst);
+    expect_state(&mut rx, Health::Unhealthy).await;
+    code.store(302, Ordering::SeqCst);
+    expect_state(&mut rx, Health::Ready).await;
+    tokio::time::timeout(BOUND, sup.shutdown())
+        .await
+        .expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_command_check_follows_its_exit_status() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let flag = dir.path().join("healthy");
+    let mut spec = main_sleeping();
+    spec.apply_check_flags(
+        None,
+        Some(&format!("test -e {}", flag.display())),
+        Some(Duration::from_millis(50)),
+    )
+    .expect("flags");
+    if let Some(c) = spec.check.as_mut() {
+        c.fall = 1;
+    }
+    let sup = Supervisor::start(spec).expect("start");
+    let mut rx = sup.health().expect("health");
+    std::fs::write(&flag, "").expect("touch");
+    expect_state(&mut rx, Health::Ready).await;
+    std::fs::remove_file(&flag).expect("rm");
+    expect_state(&mut rx, Health::Unhealthy).await;
+    tokio::time::timeout(BOUND, sup.shutdown())
+        .await
+        .expect("shutdown");
+}
+
+#[tokio::test]
+async fn a_closed_port_or_a_slow_command_fails_within_the_timeout() {
+    // Bind then drop: nothing listens on that port any more.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let t = CheckTarget::parse_http(&format!("http://127.0.0.1:{port}/")).expect("url");
+    assert!(check_once(&t, Duration::from_millis(500)).await.is_err());
+
+    let start = std::time::Instant::now();
+    let slow = CheckTarget::Command("sleep 5".into());
+    let err = check_once(&slow, Duration::from_millis(200))
+        .await
+        .expect_err("too slow");
+    assert!(err.contains("timed out"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn no_check_means_no_health_channel() {
+    let sup = Supervisor::start(main_sleeping()).expect("start");
+    assert!(sup.health().is_none());
+    tokio::time::timeout(BOUND, sup.shutdown())
+        .await
+        .expect("shutdown");
+}
