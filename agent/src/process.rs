@@ -92,7 +92,13 @@ pub struct CapturedOutput {
 
 /// Registry of children we wait for.
 struct Registry {
-    waiters: BTreeMap<i32, oneshot::Sender<ExitStatus>>,
+    waiters: BTreeMap<i32, Waiter>,
+}
+
+struct Waiter {
+    tx: oneshot::Sender<ExitStatus>,
+    /// SIGKILL what is left of the child's process group once it is reaped.
+    kill_group: bool,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
@@ -192,9 +198,14 @@ fn reap_all() {
 
 fn deliver(reg: &mut Registry, pid: Pid, status: ExitStatus) {
     match reg.waiters.remove(&pid.as_raw()) {
-        Some(tx) => {
+        Some(w) => {
+            if w.kill_group {
+                // Still under the registry lock, so none of our own spawns
+                // can have been given this pid as a new group id yet.
+                let _ = signal_group(pid.as_raw(), Signal::SIGKILL);
+            }
             // The receiver may be gone (nobody cares any more): fine.
-            let _ = tx.send(status);
+            let _ = w.tx.send(status);
         }
         None => tracing::debug!(pid = pid.as_raw(), %status, "reaped orphan"),
     }
@@ -234,9 +245,22 @@ impl Child {
         }
     }
 
-    /// Sends `sig` to the child's whole process group.
+    /// Sends `sig` to the child's whole process group, unless the child
+    /// has already been reaped (then its pid may be reused: do nothing).
     pub fn signal_group(&self, sig: Signal) -> nix::Result<()> {
-        signal_group(self.pid, sig)
+        signal_child_group(self.pid, sig)
+    }
+}
+
+/// Sends `sig` to the process group of child `pid` (spawned here), but only
+/// while the child has not been reaped: after that its pid may be reused,
+/// and the group is gone or cleaned up ([`SpawnOptions::kill_group_on_exit`]).
+pub fn signal_child_group(pid: i32, sig: Signal) -> nix::Result<()> {
+    let reg = registry();
+    if reg.waiters.contains_key(&pid) {
+        signal_group(pid, sig)
+    } else {
+        Ok(())
     }
 }
 
@@ -253,11 +277,26 @@ pub fn signal_group(pgid: i32, sig: Signal) -> nix::Result<()> {
     }
 }
 
+/// How [`spawn_with`] treats the child.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpawnOptions {
+    /// When the child is reaped, SIGKILL whatever is left in its process
+    /// group (background processes it started), so nothing it started
+    /// outlives it. Done by the reaper under its lock, which avoids
+    /// signalling a reused pid.
+    pub kill_group_on_exit: bool,
+}
+
 /// Spawns `cmd` in a new process group (its pgid is its pid) with an empty
 /// signal mask and registers it with the reaper. Stdio is whatever `cmd`
 /// says (std's default: inherited), so a supervised service's output passes
 /// straight through.
-pub fn spawn(mut cmd: Command) -> io::Result<Child> {
+pub fn spawn(cmd: Command) -> io::Result<Child> {
+    spawn_with(cmd, SpawnOptions::default())
+}
+
+/// [`spawn`] with options.
+pub fn spawn_with(mut cmd: Command, opts: SpawnOptions) -> io::Result<Child> {
     init_reaper()?;
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe calls (setpgid, sigemptyset, sigprocmask); it does
@@ -281,7 +320,13 @@ pub fn spawn(mut cmd: Command) -> io::Result<Child> {
     let mut std_child = cmd.spawn()?;
     let pid = std_child.id() as i32;
     let (tx, rx) = oneshot::channel();
-    reg.waiters.insert(pid, tx);
+    reg.waiters.insert(
+        pid,
+        Waiter {
+            tx,
+            kill_group: opts.kill_group_on_exit,
+        },
+    );
     drop(reg);
     // `std::process::Child` never waits on drop; the reaper owns the status.
     Ok(Child {

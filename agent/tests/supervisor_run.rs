@@ -281,3 +281,19 @@ async fn status_serializes_for_the_api() {
     assert!(s["last_exit"].is_null());
     bounded(sup.shutdown()).await;
 }
+
+#[tokio::test]
+async fn what_a_service_left_in_its_process_group_dies_with_it() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pidfile = dir.path().join("bg");
+    let script = format!(
+        "sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {}; exit 5",
+        pidfile.display()
+    );
+    let sup = Supervisor::start(cmd(&script)).expect("start");
+    assert_eq!(bounded(sup.wait_exit()).await, 5);
+    let pid: i32 = read(&pidfile).trim().parse().expect("pid");
+    let stat = format!("/proc/{pid}/stat");
+    wait_until(|| !Path::new(&stat).exists()).await;
+    assert_eq!(bounded(sup.shutdown()).await, 5);
+}

@@ -187,7 +187,12 @@ fn spawn_service(spec: &ServiceSpec) -> std::io::Result<Child> {
     if spec.argv.is_empty() {
         return Err(std::io::Error::other("empty command"));
     }
-    process::spawn(build_command(spec))
+    process::spawn_with(
+        build_command(spec),
+        process::SpawnOptions {
+            kill_group_on_exit: true,
+        },
+    )
 }
 
 impl Supervisor {
@@ -271,7 +276,7 @@ impl Supervisor {
             .filter_map(|s| s.pid.map(|p| (s.name.clone(), p)))
             .collect();
         for (name, pid) in pids {
-            match process::signal_group(pid, sig) {
+            match process::signal_child_group(pid, sig) {
                 Ok(()) => {
                     tracing::info!(service = %name, pid, signal = sig.as_str(), "forwarded signal")
                 }
@@ -366,7 +371,7 @@ impl Drop for Supervisor {
         }
         for s in self.shared.status().iter() {
             if let Some(pid) = s.pid {
-                let _ = process::signal_group(pid, Signal::SIGKILL);
+                let _ = process::signal_child_group(pid, Signal::SIGKILL);
             }
         }
     }
@@ -393,8 +398,8 @@ async fn stop_child(spec: &ServiceSpec, child: &mut Child) -> Option<ExitStatus>
             }
         }
     };
-    // Leftovers of its process group go with it.
-    let _ = child.signal_group(Signal::SIGKILL);
+    // Leftovers of its process group were SIGKILLed by the reaper
+    // (`kill_group_on_exit`).
     st
 }
 
@@ -453,10 +458,6 @@ async fn run_service(
             tracing::warn!(service = name, pid, status = %fmt_status(status), "exited");
         } else {
             tracing::info!(service = name, pid, status = %fmt_status(status), "exited");
-        }
-        if let Some(p) = pid {
-            // Orphans it left in its group do not outlive it.
-            let _ = process::signal_group(p, Signal::SIGKILL);
         }
         if shared.stopping.load(Ordering::SeqCst) {
             shared.set(i, |s| s.state = ServiceState::Stopped);
