@@ -1,0 +1,298 @@
+//! Shared by the live test and the benchmark: HTTP backends, a real HAProxy in master-worker
+//! mode (killed on drop, whole process group), and a bounded load generator. 127.0.0.1 only.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A free 127.0.0.1 TCP port (bind :0, read it, release it).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    l.local_addr().unwrap().port()
+}
+
+/// A tiny HTTP/1.1 server (keep-alive capable) that counts requests, health checks apart.
+pub struct Backend {
+    pub name: String,
+    pub port: u16,
+    pub hits: Arc<AtomicU64>,
+    pub checks: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let l = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        let port = l.local_addr().unwrap().port();
+        let hits = Arc::new(AtomicU64::new(0));
+        let checks = Arc::new(AtomicU64::new(0));
+        let (h, c, n) = (hits.clone(), checks.clone(), name.to_string());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let (h, c, n) = (h.clone(), c.clone(), n.clone());
+                tokio::spawn(serve_conn(s, h, c, n));
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            port,
+            hits,
+            checks,
+            task,
+        }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_conn(mut s: TcpStream, hits: Arc<AtomicU64>, checks: Arc<AtomicU64>, name: String) {
+    let mut buf = Vec::with_capacity(1024);
+    let mut tmp = [0u8; 1024];
+    loop {
+        // Read one request head (GET only, no body).
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            }
+            if buf.len() > 64 * 1024 {
+                return;
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let path = head.split_whitespace().nth(1).unwrap_or("/");
+        if path == "/health" {
+            checks.fetch_add(1, Ordering::SeqCst);
+        } else {
+            hits.fetch_add(1, Ordering::SeqCst);
+        }
+        let close = head.to_ascii_lowercase().contains("connection: close");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
+            name.len(),
+            if close { "Connection: close\r\n" } else { "" },
+            name
+        );
+        if s.write_all(resp.as_bytes()).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// HAProxy `-W -S master.sock -f cfg` in its own process group; SIGTERM then SIGKILL to the
+/// whole group on drop, so no worker outlives a failed test.
+pub struct Haproxy {
+    child: Child,
+    pub master_sock: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Haproxy {
+    pub fn start(dir: &Path, cfg: &Path) -> Haproxy {
+        use std::os::unix::process::CommandExt;
+        let master_sock = dir.join("master.sock");
+        let log = dir.join("haproxy.log");
+        let logf = std::fs::File::create(&log).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-W")
+            .arg("-S")
+            .arg(&master_sock)
+            .arg("-f")
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(logf.try_clone().unwrap())
+            .stderr(logf)
+            .process_group(0)
+            .spawn()
+            .expect("haproxy must be installed (apt-get install haproxy)");
+        let h = Haproxy {
+            child,
+            master_sock,
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&h.master_sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "haproxy did not start: {}",
+                std::fs::read_to_string(&h.log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        h
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let pg = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-TERM", "--", &pg])
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &pg])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Closed-loop load: `workers` tasks each send one request per new connection, until
+/// stopped, `max_requests` are done, or `max_time` passes. Every response is counted.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub ok: Arc<AtomicU64>,
+    pub failed: Arc<AtomicU64>,
+    pub errors: Arc<Mutex<Vec<String>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    started: Instant,
+}
+
+pub struct LoadResult {
+    pub ok: u64,
+    pub failed: u64,
+    pub errors: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Load {
+    pub fn start(port: u16, workers: usize, max_requests: u64, max_time: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failed, errors) =
+                    (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::SeqCst)
+                        && started.elapsed() < max_time
+                        && ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < max_requests
+                    {
+                        match one_request(port).await {
+                            Ok(()) => {
+                                ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                                let mut v = errors.lock().unwrap();
+                                if v.len() < 20 {
+                                    v.push(e);
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+            tasks,
+            started,
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ok.load(Ordering::SeqCst) + self.failed.load(Ordering::SeqCst)
+    }
+
+    pub async fn finish(self) -> LoadResult {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        LoadResult {
+            ok: self.ok.load(Ordering::SeqCst),
+            failed: self.failed.load(Ordering::SeqCst),
+            errors: self.errors.lock().unwrap().clone(),
+            elapsed: self.started.elapsed(),
+        }
+    }
+}
+
+async fn one_request(port: u16) -> Result<(), String> {
+    let fut = async {
+        let mut s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        s.write_all(b"GET / HTTP/1.1\r\nHost: lbgen-test\r\nConnection: close\r\n\r\n")
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        let head = String::from_utf8_lossy(&out[..out.len().min(64)]).into_owned();
+        if head.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(format!(
+                "bad response: {:?}",
+                head.lines().next().unwrap_or("")
+            ))
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| "timeout".to_string())?
+}
+
+/// Writes a members document the way a careful producer does: temp file + rename.
+pub fn write_members(path: &Path, members: &[serde_json::Value]) {
+    let doc = serde_json::json!({ "members": members });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+pub fn member(name: &str, port: u16, status: &str, extra: &[(&str, &str)]) -> serde_json::Value {
+    let mut tags = serde_json::Map::new();
+    tags.insert("service".into(), "web".into());
+    tags.insert("port".into(), port.to_string().into());
+    tags.insert("check".into(), "/health".into());
+    for (k, v) in extra {
+        tags.insert(k.to_string(), v.to_string().into());
+    }
+    serde_json::json!({"name": name, "addr": "127.0.0.1:7946", "status": status, "tags": tags})
+}

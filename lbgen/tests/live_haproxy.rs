@@ -1,0 +1,217 @@
+//! Live test against the real HAProxy 2.6 in master-worker mode, on 127.0.0.1 only.
+//! `lbgen watch` follows a members file while a bounded load runs: ≥20 reloads must cost zero
+//! failed requests, a drained server must get no new requests, and a broken template (or a
+//! config HAProxy rejects) must leave the old config in place.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{member, write_members, Backend, Haproxy, Load};
+use lbgen::model::{MembersDoc, Model};
+use lbgen::output::CheckCmd;
+use lbgen::render::{Renderer, Vars};
+use lbgen::source::SourceSpec;
+use lbgen::watch::{Outcome, Report, Wait, WatchConfig};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+async fn next_report(rx: &mut UnboundedReceiver<Report>) -> Report {
+    tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("no report from lbgen watch within 15 s")
+        .expect("watch stopped")
+}
+
+/// (master reloads, current worker pid)
+async fn generation(h: &Haproxy) -> (u64, Option<u32>) {
+    let p = lbgen::haproxy::Master::new(&h.master_sock)
+        .show_proc()
+        .await
+        .expect("show proc");
+    (p.reloads, p.current_worker())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let backends = [
+        Backend::start("b0").await,
+        Backend::start("b1").await,
+        Backend::start("b2").await,
+        Backend::start("b3").await,
+    ];
+    let http_port = common::free_port();
+    let stats_port = common::free_port();
+    let vars = Vars::with_overrides(&[
+        "bind=127.0.0.1".to_string(),
+        format!("http_port={http_port}"),
+        format!("stats_port={stats_port}"),
+        format!("stats_socket={}", d.join("admin.sock").display()),
+        "check_inter=500ms".to_string(),
+    ])
+    .unwrap();
+    let template = d.join("haproxy.cfg.hbs");
+    let good_template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/haproxy.cfg.hbs"),
+    )
+    .unwrap();
+    std::fs::write(&template, &good_template).unwrap();
+    let members_file = d.join("members.json");
+    let out = d.join("haproxy.cfg");
+
+    // Initial config and HAProxy.
+    let base = vec![
+        member("web-0", backends[0].port, "alive", &[]),
+        member("web-1", backends[1].port, "alive", &[]),
+    ];
+    write_members(&members_file, &base);
+    let doc = MembersDoc::from_json(&std::fs::read_to_string(&members_file).unwrap()).unwrap();
+    let text = Renderer::from_file(&template)
+        .unwrap()
+        .render(&Model::build(&doc), &vars)
+        .unwrap();
+    std::fs::write(&out, &text).unwrap();
+    let haproxy = Haproxy::start(d, &out);
+
+    // lbgen watch, in-process, reporting every apply.
+    let (rtx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = WatchConfig {
+        template: Some(template.clone()),
+        vars,
+        out: out.clone(),
+        source: SourceSpec::File(members_file.clone()),
+        master: Some(haproxy.master_sock.clone()),
+        check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
+        wait: Wait::parse("20ms:200ms").unwrap(),
+        reload_timeout: Duration::from_secs(10),
+        reports: Some(rtx),
+    };
+    let watcher = tokio::spawn(lbgen::watch::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    // The first apply always reloads (lbgen cannot know what the running HAProxy loaded).
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, Outcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+
+    let load = Load::start(http_port, 4, 2_000_000, Duration::from_secs(120));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // ≥20 reloads: each round adds a new server (a reload) and drops the previous extra one.
+    let mut reloads = 0;
+    let mut runtime_changes = 0;
+    let mut extra: Option<serde_json::Value> = None;
+    for i in 0..22 {
+        // The previous extra server is gone from this document (rendered absent).
+        let mut ms = base.clone();
+        let b = &backends[2 + i % 2];
+        let e = member(&format!("extra-{i}"), b.port, "alive", &[]);
+        ms.push(e.clone());
+        extra = Some(e);
+        write_members(&members_file, &ms);
+        let r = next_report(&mut reports).await;
+        match r.outcome {
+            Outcome::Reloaded { .. } => reloads += 1,
+            Outcome::Runtime { .. } => runtime_changes += 1,
+            other => panic!("round {i}: {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(reloads >= 20, "only {reloads} reloads");
+    let cfg_now = std::fs::read_to_string(&out).unwrap();
+    assert!(cfg_now.contains("server extra-21 "), "{cfg_now}");
+    assert!(!cfg_now.contains("server extra-20 "), "{cfg_now}");
+
+    // Drain web-1 (the supervisor's state tag): runtime API, no reload; no new requests.
+    let mut drained = base.clone();
+    drained[1] = member("web-1", backends[1].port, "alive", &[("state", "draining")]);
+    let mut ms = drained.clone();
+    ms.push(extra.clone().unwrap());
+    write_members(&members_file, &ms);
+    let r = next_report(&mut reports).await;
+    match &r.outcome {
+        Outcome::Runtime { commands } => {
+            assert_eq!(
+                commands,
+                &vec!["set server web/web-1 state drain".to_string()]
+            );
+            runtime_changes += 1;
+        }
+        other => panic!("drain: {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = backends[1].hits();
+    let total_before = load.total();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(load.total() > total_before + 50, "load stalled");
+    assert_eq!(
+        backends[1].hits(),
+        before,
+        "drained server got new requests"
+    );
+    // Still drained after a reload (the config renders it with weight 0).
+    ms.push(member("extra-x", backends[2].port, "alive", &[]));
+    write_members(&members_file, &ms);
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, Outcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+    reloads += 1;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        backends[1].hits(),
+        before,
+        "drained server got requests after a reload"
+    );
+
+    // A broken template: reported, nothing touched.
+    let live_cfg = std::fs::read_to_string(&out).unwrap();
+    let gen_before = generation(&haproxy).await;
+    std::fs::write(&template, "global\n{{#each pools}\n").unwrap();
+    let r = next_report(&mut reports).await;
+    match &r.outcome {
+        Outcome::Failed(e) => assert!(e.contains("line 2"), "{e}"),
+        other => panic!("broken template: {other:?}"),
+    }
+    // A template that renders but HAProxy rejects: also nothing touched.
+    std::fs::write(&template, format!("{good_template}\nbogus-keyword here\n")).unwrap();
+    let r = next_report(&mut reports).await;
+    match &r.outcome {
+        Outcome::Failed(e) => assert!(e.contains("rejected"), "{e}"),
+        other => panic!("rejected config: {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), live_cfg);
+    assert_eq!(
+        generation(&haproxy).await,
+        gen_before,
+        "haproxy was reloaded"
+    );
+    // Fixing the template applies again.
+    std::fs::write(&template, &good_template).unwrap();
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, Outcome::Reloaded { .. } | Outcome::Unchanged),
+        "{:?}",
+        r.outcome
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = load.finish().await;
+    let _ = stop_tx.send(());
+    watcher.await.unwrap().unwrap();
+    eprintln!(
+        "live test: {} ok, {} failed in {:?} across {reloads} reloads and {runtime_changes} runtime changes",
+        res.ok, res.failed, res.elapsed
+    );
+    assert_eq!(res.failed, 0, "failed requests: {:?}", res.errors);
+    assert!(res.ok > 500, "too little load: {}", res.ok);
+    drop(haproxy);
+}
