@@ -188,3 +188,31 @@ fn check_flags_override_the_file_and_exclude_each_other() {
         .expect("http check");
     assert!(plain.check.is_some());
 }
+
+/// The services-file example in SUPERVISOR.md must stay valid: every error
+/// it may give here is only about commands not installed on this machine.
+#[test]
+fn the_documented_lb_example_parses() {
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("SUPERVISOR.md");
+    let doc = std::fs::read_to_string(&doc_path).expect("SUPERVISOR.md");
+    let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let len = doc[start..].find("```").expect("block end");
+    let text = &doc[start..start + len];
+    match SupervisorSpec::from_toml_str("SUPERVISOR.md", text) {
+        Ok(spec) => {
+            let names: Vec<&str> = spec.services.iter().map(|s| s.name.as_str()).collect();
+            assert_eq!(names, ["haproxy", "lbgen"]);
+            assert_eq!(spec.services[0].stop_signal, Signal::SIGUSR1);
+            assert!(spec.check.is_some());
+        }
+        Err(SupervisorError::Config(errs)) => {
+            for e in &errs {
+                let machine_dependent = (e.key.ends_with(".command")
+                    && e.message.contains("not found"))
+                    || e.key.ends_with(".workdir");
+                assert!(machine_dependent, "{e}");
+            }
+        }
+        Err(e) => panic!("{e}"),
+    }
+}

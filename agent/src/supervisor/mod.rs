@@ -425,7 +425,7 @@ async fn run_service(
                     _ = &mut stop_rx => {
                         shared.set(i, |s| s.state = ServiceState::Stopping);
                         let st = stop_child(spec, ch).await;
-                        tracing::info!(service = name, status = %fmt_status(st), "stopped");
+                        tracing::info!(service = %name, status = %fmt_status(st), "stopped");
                         shared.set(i, |s| {
                             s.state = ServiceState::Stopped;
                             s.pid = None;
@@ -437,7 +437,7 @@ async fn run_service(
                 match res {
                     Ok(st) => Some(st),
                     Err(e) => {
-                        tracing::error!(service = name, error = %e, "lost the exit status");
+                        tracing::error!(service = %name, error = %e, "lost the exit status");
                         None
                     }
                 }
@@ -455,9 +455,9 @@ async fn run_service(
             s.state = ServiceState::Exited;
         });
         if failed {
-            tracing::warn!(service = name, pid, status = %fmt_status(status), "exited");
+            tracing::warn!(service = %name, pid, status = %fmt_status(status), "exited");
         } else {
-            tracing::info!(service = name, pid, status = %fmt_status(status), "exited");
+            tracing::info!(service = %name, pid, status = %fmt_status(status), "exited");
         }
         if shared.stopping.load(Ordering::SeqCst) {
             shared.set(i, |s| s.state = ServiceState::Stopped);
@@ -483,7 +483,7 @@ async fn run_service(
         }
         if restarts_at.len() >= spec.max_restarts as usize {
             tracing::error!(
-                service = name,
+                service = %name,
                 restarts = restarts_at.len(),
                 window = ?spec.restart_window,
                 "crash loop: restarted too often; giving up"
@@ -496,7 +496,7 @@ async fn run_service(
             // It ran for a good while: this is not a quick crash.
             delay = spec.backoff;
         }
-        tracing::info!(service = name, delay = ?delay, "restarting after backoff");
+        tracing::info!(service = %name, delay = ?delay, "restarting after backoff");
         shared.set(i, |s| s.state = ServiceState::Backoff);
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
@@ -514,7 +514,7 @@ async fn run_service(
         started = Instant::now();
         match spawn_service(spec) {
             Ok(c) => {
-                tracing::info!(service = name, pid = c.pid(), "restarted");
+                tracing::info!(service = %name, pid = c.pid(), "restarted");
                 let pid = c.pid();
                 shared.set(i, |s| {
                     s.pid = Some(pid);
@@ -524,7 +524,7 @@ async fn run_service(
                 child = Some(c);
             }
             Err(e) => {
-                tracing::error!(service = name, error = %e, "cannot restart");
+                tracing::error!(service = %name, error = %e, "cannot restart");
                 shared.set(i, |s| s.restarts += 1);
             }
         }
