@@ -153,6 +153,9 @@ const DUPLICATE_MOVES: usize = 3;
 
 pub struct Table {
     local: String,
+    /// Our first generation: identities with our name and an older
+    /// generation are our own past (a restart), newer ones are a twin.
+    local_born: u64,
     members: BTreeMap<String, Record>,
     reap_after_ms: u64,
     moves: HashMap<String, VecDeque<u64>>,
@@ -163,6 +166,7 @@ impl Table {
     pub fn new(local: &NodeId, reap_after_ms: u64, now: u64) -> (Table, Outcome) {
         let mut table = Table {
             local: local.name.clone(),
+            local_born: local.generation,
             members: BTreeMap::new(),
             reap_after_ms,
             moves: HashMap::new(),
@@ -234,12 +238,11 @@ impl Table {
     ) -> Outcome {
         let mut out = Outcome::default();
         if id.name == self.local {
-            if self
+            let other_addr = self
                 .members
                 .get(&self.local)
-                .is_some_and(|r| r.id.addr != id.addr)
-                && state != FocaState::Down
-            {
+                .is_some_and(|r| r.id.addr != id.addr);
+            if other_addr && (state != FocaState::Down || id.generation > self.local_born) {
                 out.conflicts.push(format!(
                     "duplicate node name {:?}: another live node at {} uses this node's name; \
                      give every node a unique --node",
@@ -555,6 +558,15 @@ mod tests {
     #[test]
     fn another_live_node_with_our_name_is_reported() {
         let mut t = table();
+        // Our own past identity (older generation, old address) is no twin.
+        let past = id("me", "10.0.0.8:7946", 0);
+        assert!(t.observe(&past, FocaState::Down, 0, 1).conflicts.is_empty());
+        // A newer one, even if foca holds it as down right now, is.
+        let twin_down = id("me", "10.0.0.7:7946", 5);
+        assert!(!t
+            .observe(&twin_down, FocaState::Down, 0, 1)
+            .conflicts
+            .is_empty());
         let twin = id("me", "10.0.0.7:7946", 9);
         let out = t.observe(&twin, FocaState::Alive, 0, 1);
         assert!(out.conflicts[0].contains("duplicate node name"));

@@ -1,0 +1,458 @@
+//! Multi-process cluster tests: real `shoal agent` processes gossiping over
+//! real UDP/TCP sockets on 127.x.y.z, observed through the real CLI. Timing
+//! bounds are generous; the tight figures are in `bench/`.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{converged, http, ip, wait_for, Agent};
+
+const CONVERGE: Duration = Duration::from_secs(20);
+
+#[test]
+fn five_agents_join_in_any_order_and_converge() {
+    // Each agent joins the one started *after* it: start order must not matter.
+    let ips: Vec<String> = (1..=5).map(|n| ip(1, n)).collect();
+    let names = ["a1", "a2", "a3", "a4", "a5"];
+    let mut agents = Vec::new();
+    for i in 0..5 {
+        let next = format!("{}:7946", ips[(i + 1) % 5]);
+        agents.push(Agent::start(names[i], &ips[i], &[next], &[]));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let refs: Vec<&Agent> = agents.iter().collect();
+    let start = Instant::now();
+    assert!(
+        wait_for(CONVERGE, || converged(&refs, &names)),
+        "no convergence; a1 sees {:?}\nlog a1:\n{}",
+        agents[0].members(),
+        agents[0].log_text()
+    );
+    eprintln!("converged {:?} after the last start", start.elapsed());
+    // The first agent logged its join attempts while its target was down.
+    assert!(agents[0].log_text().contains("join attempt"));
+}
+
+#[test]
+fn killed_agent_is_failed_and_terminated_agent_is_left() {
+    let ips: Vec<String> = (1..=5).map(|n| ip(2, n)).collect();
+    let seed = vec![format!("{}:7946", ips[0])];
+    let names = ["b1", "b2", "b3", "b4", "b5"];
+    let mut agents: Vec<Agent> = (0..5)
+        .map(|i| Agent::start(names[i], &ips[i], &seed, &[]))
+        .collect();
+    {
+        let refs: Vec<&Agent> = agents.iter().collect();
+        assert!(
+            wait_for(CONVERGE, || converged(&refs, &names)),
+            "no convergence"
+        );
+    }
+
+    // kill -9: the others declare it failed.
+    agents[4].kill9();
+    let t = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(15), || (0..4)
+            .all(|i| agents[i].status_of("b5").as_deref() == Some("failed"))),
+        "b5 not failed everywhere: {:?}",
+        agents[0].members()
+    );
+    eprintln!("kill -9 -> failed everywhere in {:?}", t.elapsed());
+
+    // SIGTERM: a graceful leave, exit code 0, `left` (not failed) at the others.
+    let t = Instant::now();
+    let code = agents[3].terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0), "log:\n{}", agents[3].log_text());
+    assert!(
+        wait_for(Duration::from_secs(5), || (0..3)
+            .all(|i| agents[i].status_of("b4").as_deref() == Some("left"))),
+        "b4 not left everywhere: {:?}",
+        agents[0].members()
+    );
+    eprintln!("SIGTERM -> left everywhere in {:?}", t.elapsed());
+
+    // force-leave turns the failed member into left; refused for a live one.
+    let out = agents[0].cli(&["force-leave", "b5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(agents[0].status_of("b5").as_deref(), Some("left"));
+    let out = agents[0].cli(&["force-leave", "b2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("alive"));
+}
+
+#[test]
+fn restart_with_same_name_and_new_address_replaces_the_old_entry() {
+    let seed = vec![format!("{}:7946", ip(3, 1))];
+    let a = Agent::start("c1", &ip(3, 1), &seed, &[]);
+    let b = Agent::start("c2", &ip(3, 2), &seed, &[]);
+    let mut c = Agent::start("c3", &ip(3, 3), &seed, &["--tag", "service=web"]);
+    assert!(wait_for(CONVERGE, || converged(
+        &[&a, &b, &c],
+        &["c1", "c2", "c3"]
+    )));
+    c.kill9();
+    // Same name, another address, as a rescheduled container gets.
+    let c2 = Agent::start("c3", &ip(3, 9), &seed, &["--tag", "service=web"]);
+    let t = Instant::now();
+    let moved = |x: &Agent| {
+        x.member("c3")
+            .is_some_and(|m| m["addr"] == format!("{}:7946", ip(3, 9)) && m["status"] == "alive")
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || moved(&a) && moved(&b)),
+        "new address not adopted: {:?}",
+        a.members()
+    );
+    eprintln!("restart with new address accepted in {:?}", t.elapsed());
+    // One entry per name, and it stays on the new address (no flapping back).
+    std::thread::sleep(Duration::from_secs(2));
+    for x in [&a, &b, &c2] {
+        let ms = x.members();
+        assert_eq!(ms.iter().filter(|m| m["name"] == "c3").count(), 1);
+        assert_eq!(ms.len(), 3, "{ms:?}");
+    }
+    assert!(moved(&a) && moved(&b));
+}
+
+#[test]
+fn tag_changes_reach_every_member_and_persist() {
+    let seed = vec![format!("{}:7946", ip(4, 1))];
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let tags_file = dir.path().join("tags.json");
+    let tf = tags_file.to_string_lossy().to_string();
+    let a = Agent::start("d1", &ip(4, 1), &seed, &[]);
+    let b = Agent::start("d2", &ip(4, 2), &seed, &[]);
+    let c = Agent::start_in(
+        dir.clone(),
+        "d3",
+        &ip(4, 3),
+        &seed,
+        &["--tags-file", &tf, "--tag", "service=web"],
+    );
+    assert!(wait_for(CONVERGE, || converged(
+        &[&a, &b, &c],
+        &["d1", "d2", "d3"]
+    )));
+    let out = c.cli(&["tags", "--set", "port=3000", "--set", "state=ready"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = Instant::now();
+    let seen = |x: &Agent| {
+        x.member("d3").is_some_and(|m| {
+            m["tags"]["port"] == "3000"
+                && m["tags"]["state"] == "ready"
+                && m["tags"]["service"] == "web"
+                && m["status"] == "alive"
+        })
+    };
+    assert!(
+        wait_for(Duration::from_secs(10), || seen(&a) && seen(&b) && seen(&c)),
+        "tag update not seen: {:?}",
+        a.members()
+    );
+    eprintln!("tag update seen by all in {:?}", t.elapsed());
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tags_file).unwrap()).unwrap();
+    assert_eq!(saved["port"], "3000");
+    // Oversize tags are refused with the limit named, exit 2, nothing changed.
+    let big = format!("big={}", "x".repeat(300));
+    let out = c.cli(&["tags", "--set", &big]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("256"));
+    // Deleting a tag is an update too.
+    let out = c.cli(&["tags", "--delete", "port"]);
+    assert!(out.status.success());
+    assert!(wait_for(Duration::from_secs(10), || a
+        .member("d3")
+        .is_some_and(|m| m["tags"].get("port").is_none())));
+}
+
+/// Drops traffic between two halves with nftables rules on loopback
+/// addresses, then lifts them. Needs root and `nft` (CI installs nftables).
+struct Partition {
+    table: String,
+}
+
+impl Partition {
+    fn cut(left: &[String], right: &[String]) -> Option<Partition> {
+        let table = format!("shoal_test_{}", std::process::id());
+        let set = |v: &[String]| v.join(", ");
+        let script = format!(
+            "table inet {table} {{\n chain input {{ type filter hook input priority 0; policy accept;\n  ip saddr {{ {l} }} ip daddr {{ {r} }} drop\n  ip saddr {{ {r} }} ip daddr {{ {l} }} drop\n }}\n}}\n",
+            l = set(left),
+            r = set(right)
+        );
+        let mut child = std::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .ok()?;
+        use std::io::Write;
+        child.stdin.take()?.write_all(script.as_bytes()).ok()?;
+        child.wait().ok()?.success().then_some(Partition { table })
+    }
+}
+
+impl Drop for Partition {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("nft")
+            .args(["delete", "table", "inet", &self.table])
+            .status();
+    }
+}
+
+#[test]
+fn a_partition_heals_after_it_is_lifted() {
+    let ips: Vec<String> = (1..=4).map(|n| ip(5, n)).collect();
+    let all: Vec<String> = ips.iter().map(|i| format!("{i}:7946")).collect();
+    let names = ["e1", "e2", "e3", "e4"];
+    let agents: Vec<Agent> = (0..4)
+        .map(|i| Agent::start(names[i], &ips[i], &all, &[]))
+        .collect();
+    let refs: Vec<&Agent> = agents.iter().collect();
+    assert!(wait_for(CONVERGE, || converged(&refs, &names)));
+
+    let Some(cut) = Partition::cut(&ips[..2], &ips[2..]) else {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("nft is needed for the partition test (apt-get install nftables; run as root)");
+        }
+        eprintln!("SKIP: cannot install nftables rules (needs root and nft)");
+        return;
+    };
+    let split = |a: &Agent, other: &str| {
+        a.status_of(other)
+            .is_some_and(|s| s == "failed" || s == "left")
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || split(&agents[0], "e3")
+            && split(&agents[3], "e1")),
+        "partition not detected: {:?}",
+        agents[0].members()
+    );
+    drop(cut);
+    let t = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(60), || converged(&refs, &names)),
+        "partition did not heal: e1 sees {:?}, e4 sees {:?}",
+        agents[0].members(),
+        agents[3].members()
+    );
+    eprintln!("partition healed in {:?}", t.elapsed());
+}
+
+#[test]
+fn api_and_cli_follow_the_contract() {
+    let seed = vec![format!("{}:7946", ip(6, 1))];
+    let a = Agent::start(
+        "f1",
+        &ip(6, 1),
+        &seed,
+        &["--tag", "service=web", "--tag", "port=3000"],
+    );
+    let b = Agent::start("f2", &ip(6, 2), &seed, &[]);
+    assert!(wait_for(CONVERGE, || converged(&[&a, &b], &["f1", "f2"])));
+
+    // `members --format json` is exactly one object with the contract's fields.
+    let out = b.cli(&["members", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let obj = doc.as_object().unwrap();
+    assert_eq!(obj.keys().collect::<Vec<_>>(), ["members"]);
+    let f1 = doc["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "f1")
+        .unwrap();
+    let mut keys: Vec<&String> = f1.as_object().unwrap().keys().collect();
+    keys.sort();
+    assert_eq!(keys, ["addr", "name", "status", "tags"]);
+    assert_eq!(f1["addr"], format!("{}:7946", ip(6, 1)));
+    assert_eq!(f1["tags"]["service"], "web");
+
+    // Filters and the table.
+    let out = b.cli(&["members", "--tag", "service=w.*"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("NAME") && text.contains("f1") && !text.contains("f2"),
+        "{text}"
+    );
+    let out = b.cli(&["members", "--status", "bogus"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // HTTP API errors are JSON with proper codes.
+    let (code, body) = http(&a.api(), "GET", "/v1/nope", "");
+    assert_eq!(code, 404);
+    assert!(body.contains("\"error\""));
+    let (code, _) = http(&a.api(), "DELETE", "/v1/members", "");
+    assert_eq!(code, 405);
+    let (code, body) = http(&a.api(), "PUT", "/v1/tags", "{not json");
+    assert_eq!((code, body.contains("invalid JSON")), (400, true));
+    let (code, _) = http(&a.api(), "PUT", "/v1/tags", &"x".repeat(70_000));
+    assert_eq!(code, 413);
+    let (code, _) = http(&a.api(), "POST", "/v1/force-leave/f2", "");
+    assert_eq!(code, 409);
+    let (code, _) = http(&a.api(), "POST", "/v1/force-leave/ghost", "");
+    assert_eq!(code, 404);
+    let (code, body) = http(&a.api(), "GET", "/v1/health", "");
+    assert_eq!(code, 200);
+    assert!(body.contains("\"joined\":true"));
+    let (code, body) = http(&a.api(), "GET", "/v1/info", "");
+    assert_eq!(code, 200);
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(info["self"]["name"], "f1");
+    assert_eq!(info["members"]["alive"], 2);
+    assert!(info["stats"]["packets_in"].as_u64().unwrap() > 0);
+
+    // The event stream replays from an index and carries monotonic indexes.
+    let mut s = std::net::TcpStream::connect(a.api()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /v1/events?index=0 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let mut got = String::new();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && !got.contains("\"f2\"") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    let events: Vec<serde_json::Value> = got
+        .lines()
+        .filter_map(|l| serde_json::from_str(l.trim()).ok())
+        .filter(|v: &serde_json::Value| v.get("index").is_some() && v["type"] != "keepalive")
+        .collect();
+    assert!(events.len() >= 2, "{got}");
+    assert!(events
+        .windows(2)
+        .all(|w| w[0]["index"].as_u64() < w[1]["index"].as_u64()));
+    assert!(events
+        .iter()
+        .any(|e| e["type"] == "member-join" && e["member"]["name"] == "f2"));
+    let (code, _) = http(&a.api(), "GET", "/v1/events?index=abc", "");
+    assert_eq!(code, 400);
+
+    // `shoal monitor` prints live events.
+    let mut mon = std::process::Command::new(common::shoal_bin())
+        .args(["--api", &a.api(), "monitor", "--format", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(b.cli(&["tags", "--set", "role=x"]).status.success());
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = mon.kill();
+    let out = mon.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("member-update") && text.contains("\"role\":\"x\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_cli_explains_a_missing_agent_and_bad_flags() {
+    let out = std::process::Command::new(common::shoal_bin())
+        .args(["--api", &format!("{}:7373", ip(7, 1)), "members"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no shoal agent answers"), "{err}");
+
+    for (args, needle) in [
+        (vec!["agent", "--node", "x", "--bind", "nonsense"], "--bind"),
+        (vec!["agent", "--node", "bad name"], "--node"),
+        (vec!["agent", "--node", "x", "--tag", "k"], "--tag"),
+        (vec!["agent", "--node", "x", "--join", "h:99999"], "--join"),
+        (
+            vec!["agent", "--node", "x", "--profile", "fast"],
+            "--profile",
+        ),
+        (
+            vec!["agent", "--node", "x", "--retry-interval", "soon"],
+            "--retry-interval",
+        ),
+    ] {
+        let out = std::process::Command::new(common::shoal_bin())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn garbage_packets_are_dropped_counted_and_harmless() {
+    let seed = vec![format!("{}:7946", ip(8, 1))];
+    let a = Agent::start("g1", &ip(8, 1), &seed, &[]);
+    let b = Agent::start("g2", &ip(8, 2), &seed, &[]);
+    assert!(wait_for(CONVERGE, || converged(&[&a, &b], &["g1", "g2"])));
+    let sock = std::net::UdpSocket::bind(format!("{}:0", ip(8, 9))).unwrap();
+    let mut seed_state = 0x9E37_79B9_7F4A_7C15u64;
+    for i in 0..2000u32 {
+        seed_state ^= seed_state << 13;
+        seed_state ^= seed_state >> 7;
+        seed_state ^= seed_state << 17;
+        let len = (seed_state % 1500) as usize;
+        let mut pkt: Vec<u8> = (0..len).map(|j| (seed_state >> (j % 56)) as u8).collect();
+        if i % 3 == 0 && !pkt.is_empty() {
+            pkt[0] = 0xD5; // our magic byte, so deeper decoders are exercised
+            if pkt.len() > 2 {
+                pkt[1] = 1;
+                pkt[2] = (i % 4) as u8;
+            }
+        }
+        let _ = sock.send_to(&pkt, a.gossip());
+    }
+    // Truncated and garbage push-pull frames on TCP.
+    for junk in [
+        &b"\xd5\x01\xff\xff\xff\xff"[..],
+        b"hello",
+        b"\xd5\x01\x00\x00\x00\x10abc",
+    ] {
+        if let Ok(mut s) = std::net::TcpStream::connect(a.gossip()) {
+            use std::io::Write;
+            let _ = s.write_all(junk);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, body) = http(&a.api(), "GET", "/v1/info", "");
+    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        info["stats"]["dropped_in"].as_u64().unwrap() >= 1000,
+        "{info}"
+    );
+    // Still a healthy member of the cluster.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(converged(&[&a, &b], &["g1", "g2"]));
+}
+
+#[test]
+fn a_second_live_node_with_the_same_name_is_reported() {
+    let seed = vec![format!("{}:7946", ip(9, 1))];
+    let a = Agent::start("h1", &ip(9, 1), &seed, &[]);
+    let twin1 = Agent::start("twin", &ip(9, 2), &seed, &[]);
+    let twin2 = Agent::start("twin", &ip(9, 3), &seed, &[]);
+    let reported = |x: &Agent| x.log_text().contains("duplicate node name");
+    assert!(
+        wait_for(Duration::from_secs(20), || reported(&twin1)
+            && reported(&twin2)),
+        "twin1 log:\n{}\ntwin2 log:\n{}",
+        twin1.log_text(),
+        twin2.log_text()
+    );
+    drop(a);
+}
