@@ -135,10 +135,9 @@ fn a_file_plus_a_command_may_not_name_a_second_main() {
         Some(&fixture("good.toml")),
         &["/bin/true".into()],
     ));
-    assert!(
-        errs.iter().any(|e| e.key == "services.haproxy.main"),
-        "{errs:?}"
-    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].key, "services.haproxy.main");
+    assert_eq!(errs[0].line, Some(13), "{errs:?}");
 }
 
 #[test]
@@ -215,4 +214,30 @@ fn the_documented_lb_example_parses() {
         }
         Err(e) => panic!("{e}"),
     }
+}
+
+#[test]
+fn two_mains_and_a_self_dependency_are_both_reported() {
+    let text = r#"[services.a]
+command = ["/bin/true"]
+main = true
+
+[services.b]
+command = ["/bin/true"]
+main = true
+depends_on = ["b"]
+"#;
+    let errs = config_errors(SupervisorSpec::from_toml_str("t.toml", text));
+    assert!(
+        errs.iter()
+            .any(|e| e.key == "services.b.main" && e.line == Some(5)),
+        "{errs:?}"
+    );
+    assert!(
+        errs.iter().any(|e| e.key == "services.b.depends_on"
+            && e.line == Some(8)
+            && e.message.contains("itself")),
+        "{errs:?}"
+    );
+    assert_eq!(errs.len(), 2, "{errs:?}");
 }

@@ -643,6 +643,7 @@ fn finish(
         .into_iter()
         .map(|p| (p.spec, p.name_span))
         .collect();
+    let has_cmd = cmd_main.is_some();
     if let Some(m) = cmd_main {
         if let Some((other, sp)) = all.iter().find(|(s, _)| s.main) {
             let (name, sp) = (other.name.clone(), sp.clone());
@@ -663,7 +664,7 @@ fn finish(
         all.push((m, None));
     }
     let mains: Vec<_> = all.iter().filter(|(s, _)| s.main).collect();
-    if mains.len() > 1 {
+    if mains.len() > 1 && !has_cmd {
         let (s, sp) = (mains[1].0.name.clone(), mains[1].1.clone());
         src.err(
             sp,
