@@ -28,11 +28,11 @@ fn an_unknown_key_is_reported_with_file_line_and_key() {
     let e = &errs[0];
     assert_eq!(e.file, path.display().to_string());
     assert_eq!(e.line, Some(5), "{e}");
-    assert_eq!(e.key, "services.web");
+    assert_eq!(e.key, "services.web.stop_sigal");
     assert!(e.message.contains("stop_sigal"), "{e}");
     let shown = e.to_string();
     assert!(
-        shown.starts_with(&format!("{}:5: services.web: ", path.display())),
+        shown.starts_with(&format!("{}:5: services.web.stop_sigal: ", path.display())),
         "{shown}"
     );
     assert_eq!(SupervisorError::Config(errs).exit_code(), 2);
@@ -150,6 +150,7 @@ fn unknown_top_level_keys_and_bad_values_are_errors() {
     let text = "[services.x]\ncommand = [\"/bin/true\"]\nrestart = \"sometimes\"\n";
     let errs = config_errors(SupervisorSpec::from_toml_str("t.toml", text));
     assert_eq!(errs[0].line, Some(3), "{:?}", errs);
+    assert_eq!(errs[0].key, "services.x.restart", "{:?}", errs);
     assert!(errs[0].message.contains("sometimes"), "{:?}", errs);
 
     let text = "[services.x]\ncommand = [\"/bin/true\"]\nstop_timeout = \"soon\"\n";

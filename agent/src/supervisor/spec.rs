@@ -291,8 +291,28 @@ impl Src<'_> {
 
     fn toml_err(&mut self, key: &str, e: toml::de::Error) {
         // toml's Display repeats the source; the plain message is enough
-        // next to file:line.
-        self.err(e.span(), key, e.message().trim().to_string());
+        // next to file:line. Name the exact key when the error's line is a
+        // `key = value` line inside the table (`prefix` is the table's key).
+        let full_key = match (
+            key.is_empty(),
+            e.span().and_then(|sp| self.key_at(sp.start)),
+        ) {
+            (false, Some(k)) => format!("{key}.{k}"),
+            _ => key.to_string(),
+        };
+        self.err(e.span(), full_key, e.message().trim().to_string());
+    }
+
+    /// The bare key that starts the line holding `offset`, if any.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let start = self.text.get(..offset)?.rfind('\n').map_or(0, |i| i + 1);
+        let line = self.text.get(start..)?.lines().next()?;
+        let (k, _) = line.split_once('=')?;
+        let k = k.trim();
+        let bare = !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        bare.then(|| k.to_string())
     }
 }
 
