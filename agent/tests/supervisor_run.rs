@@ -297,3 +297,49 @@ async fn what_a_service_left_in_its_process_group_dies_with_it() {
     wait_until(|| !Path::new(&stat).exists()).await;
     assert_eq!(bounded(sup.shutdown()).await, 5);
 }
+
+#[tokio::test]
+async fn a_forwarded_signal_reaches_every_service() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let log = dir.path().join("hups");
+    let svc = |name: &str| {
+        format!(
+            "[services.{name}]\ncommand = [\"/bin/sh\", \"-c\", \"trap 'echo {name} >> {log}' HUP; echo up >> {log}; while :; do sleep 0.05; done\"]\nrestart = \"never\"\n\n",
+            log = log.display()
+        )
+    };
+    let sup = Supervisor::start(toml(&format!("{}{}", svc("one"), svc("two")))).expect("start");
+    wait_until(|| read(&log).lines().filter(|l| *l == "up").count() == 2).await;
+    sup.forward_signal(Signal::SIGHUP);
+    wait_until(|| {
+        let text = read(&log);
+        text.lines().any(|l| l == "one") && text.lines().any(|l| l == "two")
+    })
+    .await;
+    // The services trapped the signal and run on.
+    assert!(sup
+        .status()
+        .iter()
+        .all(|s| s.state == ServiceState::Running));
+    assert_eq!(bounded(sup.shutdown()).await, 0);
+}
+
+#[tokio::test]
+async fn without_main_or_critical_services_the_container_ends_when_all_have_ended() {
+    let spec = toml(
+        r#"
+[services.a]
+command = ["/bin/sh", "-c", "exit 0"]
+restart = "never"
+
+[services.b]
+command = ["/bin/sh", "-c", "sleep 0.2; exit 6"]
+restart = "never"
+"#,
+    );
+    let sup = Supervisor::start(spec).expect("start");
+    assert_eq!(bounded(sup.wait_exit()).await, 0);
+    let st = sup.status();
+    assert_eq!(st[1].last_exit, Some(ExitStatus::Code(6)));
+    assert_eq!(bounded(sup.shutdown()).await, 0);
+}
