@@ -97,7 +97,8 @@ pub struct Report {
     pub outcome: Outcome,
     /// When the first signal of this batch arrived.
     pub signalled: Instant,
-    /// When the outcome was reached (config live / commands applied).
+    /// When the change was live in HAProxy (new worker verified / runtime commands answered),
+    /// or when the attempt ended for other outcomes.
     pub done: Instant,
 }
 
@@ -133,7 +134,10 @@ pub fn log_model(model: &Model) {
     }
 }
 
+/// First retry after a transient failure (agent or master socket unreachable); doubles up
+/// to [`RETRY_MAX`] while failures continue.
 const RETRY: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Runs until `shutdown` resolves. Startup problems (template, paths, master socket) are
 /// returned as one error before anything is touched.
@@ -161,6 +165,7 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
     // (first signal, quiet deadline)
     let mut pending: Option<(Instant, Instant)> = None;
     let mut retry_at: Option<(Instant, Instant)> = None;
+    let mut retry_delay = RETRY;
     tokio::pin!(shutdown);
     loop {
         let deadline = match (pending, retry_at) {
@@ -189,20 +194,28 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
                     .or(retry_at.map(|r| r.0))
                     .unwrap_or_else(Instant::now);
                 retry_at = None;
-                let outcome = match apply(&cfg, &source, master.as_ref(), &mut st).await {
-                    Ok(o) => o,
+                let mut live_at = None;
+                let started = Instant::now();
+                let outcome = match apply(&cfg, &source, master.as_ref(), &mut st, &mut live_at).await {
+                    Ok(o) => {
+                        retry_delay = RETRY;
+                        tracing::debug!(outcome = ?o, took_ms = started.elapsed().as_millis() as u64, "applied");
+                        o
+                    }
                     Err(Failure::Permanent(e)) => {
                         tracing::error!(error = %e, "change not applied; live config kept");
                         Outcome::Failed(e.0)
                     }
                     Err(Failure::Transient(e)) => {
-                        tracing::error!(error = %e, retry_in = ?RETRY, "change not applied; live config kept");
-                        retry_at = Some((signalled, Instant::now() + RETRY));
+                        tracing::error!(error = %e, retry_in = ?retry_delay, "change not applied; live config kept");
+                        retry_at = Some((signalled, Instant::now() + retry_delay));
+                        retry_delay = (retry_delay * 2).min(RETRY_MAX);
                         Outcome::Failed(e.0)
                     }
                 };
                 if let Some(r) = &cfg.reports {
-                    let _ = r.send(Report { outcome, signalled, done: Instant::now() });
+                    let done = live_at.unwrap_or_else(Instant::now);
+                    let _ = r.send(Report { outcome, signalled, done });
                 }
             }
         }
@@ -214,6 +227,7 @@ async fn apply(
     source: &Source,
     master: Option<&Master>,
     st: &mut State,
+    live_at: &mut Option<Instant>,
 ) -> Result<Outcome, Failure> {
     let mut template_changed = false;
     if st.template_dirty {
@@ -254,6 +268,7 @@ async fn apply(
         Plan::Nothing => {}
         Plan::Runtime(cmds) => match runtime(master, &cmds).await {
             Ok(()) => {
+                *live_at = Some(Instant::now());
                 if let Some(live) = st.live.as_mut() {
                     live.apply_runtime(&model);
                 }
@@ -279,6 +294,7 @@ async fn apply(
         .map_err(Failure::Permanent)?;
     match master.reload(cfg.reload_timeout).await {
         Ok(p) => {
+            *live_at = Some(Instant::now());
             let worker = p.current_worker().unwrap_or(0);
             tracing::info!(
                 worker,
