@@ -4,7 +4,8 @@
 //! - state change → runtime-API update applied (no reload),
 //! - requests failed during the reloads (target 0).
 //!
-//! Flags: `--reloads N` (default 20), `--workers N` load concurrency (default 4).
+//! Flags: `--reloads N` (default 20), `--workers N` load concurrency (default 4),
+//! `--keepalive` (reuse client connections instead of one connection per request).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -54,6 +55,7 @@ async fn report(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Report>) -> Report
 async fn main() {
     let n_reloads = arg("--reloads", 20);
     let workers = arg("--workers", 4);
+    let keepalive = std::env::args().any(|a| a == "--keepalive");
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let backends = [
@@ -109,7 +111,13 @@ async fn main() {
         r.outcome
     );
 
-    let load = Load::start(http_port, workers, 10_000_000, Duration::from_secs(600));
+    let load = Load::start_mode(
+        http_port,
+        workers,
+        10_000_000,
+        Duration::from_secs(600),
+        keepalive,
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Membership events that need a reload: a new server each time.
@@ -167,15 +175,26 @@ async fn main() {
     stats("  of which render+check+reload+verify", apply_only);
     stats("state change -> runtime API applied", state_change);
     println!(
-        "load: {} requests ({:.0} req/s, {workers} workers, new connection per request); {} during {reloads} reloads",
+        "load: {} requests ({:.0} req/s, {workers} workers, {}); {} during {reloads} reloads",
         res.ok + res.failed,
         (res.ok + res.failed) as f64 / res.elapsed.as_secs_f64(),
+        if keepalive {
+            "keep-alive connections"
+        } else {
+            "new connection per request"
+        },
         during_reloads
     );
     println!(
         "failed requests during {reloads} reloads: {failed_during_reloads}; failed overall: {}",
         res.failed
     );
+    if keepalive {
+        println!(
+            "idle keep-alive connections closed by old workers before a request was answered: {} (clients retry these)",
+            res.idle_closed
+        );
+    }
     if !res.errors.is_empty() {
         println!("first errors: {:?}", res.errors);
     }

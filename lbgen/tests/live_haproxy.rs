@@ -100,7 +100,10 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
         r.outcome
     );
 
-    let load = Load::start(http_port, 4, 2_000_000, Duration::from_secs(120));
+    // Two kinds of clients: a new connection per request, and reused keep-alive connections
+    // (which a reload must not close under a client that is sending).
+    let load = Load::start(http_port, 2, 2_000_000, Duration::from_secs(120));
+    let ka_load = Load::start_mode(http_port, 2, 2_000_000, Duration::from_secs(120), true);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // ≥20 reloads: each round adds a new server (a reload) and drops the previous extra one.
@@ -205,13 +208,23 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let res = load.finish().await;
+    let ka = ka_load.finish().await;
     let _ = stop_tx.send(());
     watcher.await.unwrap().unwrap();
     eprintln!(
         "live test: {} ok, {} failed in {:?} across {reloads} reloads and {runtime_changes} runtime changes",
         res.ok, res.failed, res.elapsed
     );
+    eprintln!(
+        "keep-alive clients: {} ok, {} failed, {} idle connections closed before a response",
+        ka.ok, ka.failed, ka.idle_closed
+    );
     assert_eq!(res.failed, 0, "failed requests: {:?}", res.errors);
+    assert_eq!(ka.failed, 0, "failed keep-alive requests: {:?}", ka.errors);
+    assert_eq!(
+        ka.idle_closed, 0,
+        "keep-alive connections closed under the client"
+    );
     assert!(res.ok > 500, "too little load: {}", res.ok);
     drop(haproxy);
 }

@@ -179,6 +179,9 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     pub ok: Arc<AtomicU64>,
     pub failed: Arc<AtomicU64>,
+    /// Keep-alive mode only: a reused idle connection closed by HAProxy before any response
+    /// byte (a soft-stopping old worker). HTTP clients retry these; not counted as failed.
+    pub idle_closed: Arc<AtomicU64>,
     pub errors: Arc<Mutex<Vec<String>>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     started: Instant,
@@ -187,29 +190,56 @@ pub struct Load {
 pub struct LoadResult {
     pub ok: u64,
     pub failed: u64,
+    pub idle_closed: u64,
     pub errors: Vec<String>,
     pub elapsed: Duration,
 }
 
 impl Load {
     pub fn start(port: u16, workers: usize, max_requests: u64, max_time: Duration) -> Load {
+        Load::start_mode(port, workers, max_requests, max_time, false)
+    }
+
+    /// `keepalive`: each worker reuses one connection (reconnecting when it is closed).
+    pub fn start_mode(
+        port: u16,
+        workers: usize,
+        max_requests: u64,
+        max_time: Duration,
+        keepalive: bool,
+    ) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
+        let idle_closed = Arc::new(AtomicU64::new(0));
         let errors = Arc::new(Mutex::new(Vec::new()));
         let started = Instant::now();
         let tasks = (0..workers)
             .map(|_| {
-                let (stop, ok, failed, errors) =
-                    (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+                let (stop, ok, failed, errors, idle) = (
+                    stop.clone(),
+                    ok.clone(),
+                    failed.clone(),
+                    errors.clone(),
+                    idle_closed.clone(),
+                );
                 tokio::spawn(async move {
+                    let mut conn: Option<KeepAlive> = None;
                     while !stop.load(Ordering::SeqCst)
                         && started.elapsed() < max_time
                         && ok.load(Ordering::SeqCst) + failed.load(Ordering::SeqCst) < max_requests
                     {
-                        match one_request(port).await {
+                        let res = if keepalive {
+                            keepalive_request(port, &mut conn).await
+                        } else {
+                            one_request(port).await
+                        };
+                        match res {
                             Ok(()) => {
                                 ok.fetch_add(1, Ordering::SeqCst);
+                            }
+                            Err(e) if e == IDLE_CLOSED => {
+                                idle.fetch_add(1, Ordering::SeqCst);
                             }
                             Err(e) => {
                                 failed.fetch_add(1, Ordering::SeqCst);
@@ -227,6 +257,7 @@ impl Load {
             stop,
             ok,
             failed,
+            idle_closed,
             errors,
             tasks,
             started,
@@ -245,6 +276,7 @@ impl Load {
         LoadResult {
             ok: self.ok.load(Ordering::SeqCst),
             failed: self.failed.load(Ordering::SeqCst),
+            idle_closed: self.idle_closed.load(Ordering::SeqCst),
             errors: self.errors.lock().unwrap().clone(),
             elapsed: self.started.elapsed(),
         }
@@ -276,6 +308,85 @@ async fn one_request(port: u16) -> Result<(), String> {
     tokio::time::timeout(Duration::from_secs(5), fut)
         .await
         .map_err(|_| "timeout".to_string())?
+}
+
+const IDLE_CLOSED: &str = "idle connection closed before the response";
+
+struct KeepAlive {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One request on a reused connection; a fresh connection if there is none.
+async fn keepalive_request(port: u16, conn: &mut Option<KeepAlive>) -> Result<(), String> {
+    let reused = conn.is_some();
+    if conn.is_none() {
+        let s = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        *conn = Some(KeepAlive { s, buf: Vec::new() });
+    }
+    let c = conn.as_mut().unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), async {
+        c.s.write_all(b"GET / HTTP/1.1\r\nHost: lbgen-test\r\n\r\n")
+            .await
+            .map_err(|e| (false, format!("write: {e}")))?;
+        let mut tmp = [0u8; 4096];
+        let head_end = loop {
+            if let Some(p) = c.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            match c.s.read(&mut tmp).await {
+                Ok(0) => return Err((c.buf.is_empty(), "closed".to_string())),
+                Err(e) => return Err((c.buf.is_empty(), format!("read: {e}"))),
+                Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&c.buf[..head_end]).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while c.buf.len() < head_end + len {
+            match c.s.read(&mut tmp).await {
+                Ok(0) | Err(_) => return Err((false, "body cut".to_string())),
+                Ok(n) => c.buf.extend_from_slice(&tmp[..n]),
+            }
+        }
+        c.buf.drain(..head_end + len);
+        let close = head.contains("connection: close");
+        Ok((
+            head.starts_with("http/1.1 200"),
+            close,
+            head.lines().next().unwrap_or("").to_string(),
+        ))
+    })
+    .await;
+    match res {
+        Err(_) => {
+            *conn = None;
+            Err("timeout".into())
+        }
+        Ok(Err((nothing_read, e))) => {
+            *conn = None;
+            if reused && nothing_read {
+                Err(IDLE_CLOSED.into())
+            } else {
+                Err(e)
+            }
+        }
+        Ok(Ok((ok, close, status))) => {
+            if close {
+                *conn = None;
+            }
+            if ok {
+                Ok(())
+            } else {
+                Err(format!("bad response: {status:?}"))
+            }
+        }
+    }
 }
 
 /// Writes a members document the way a careful producer does: temp file + rename.
