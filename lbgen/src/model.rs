@@ -155,38 +155,40 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         "alive" => ServerState::Ready,
         "suspect" => ServerState::Drain,
         "failed" | "left" => return Ok(None),
-        other => return Err(format!("unknown status {other:?}")),
+        other => return Err(format!("unknown status {}", q(other))),
     };
     if !valid_name(service) {
         return Err(format!(
-            "tag service={service:?} must be 1-64 of [A-Za-z0-9._-]"
+            "tag service={} must be 1-64 of [A-Za-z0-9._-]",
+            q(service)
         ));
     }
     if RESERVED_POOLS.contains(&service.as_str()) {
         return Err(format!(
-            "tag service={service:?} is reserved (the default template's own sections)"
+            "tag service={} is reserved (the default template's own sections)",
+            q(service)
         ));
     }
     let sa: SocketAddr = m
         .addr
         .parse()
-        .map_err(|_| format!("addr {:?} is not IP:PORT", m.addr))?;
+        .map_err(|_| format!("addr {} is not IP:PORT", q(&m.addr)))?;
     let ip = sa.ip();
     if ip.is_unspecified() || ip.is_multicast() {
-        return Err(format!("addr {:?} is not a usable host address", m.addr));
+        return Err(format!("addr {} is not a usable host address", q(&m.addr)));
     }
     let port = match m.tags.get("port") {
         None => return Err("tag port is missing".into()),
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => return Err(format!("tag port={p:?} must be 1-65535")),
+            _ => return Err(format!("tag port={} must be 1-65535", q(p))),
         },
     };
     let weight = match m.tags.get("weight") {
         None => DEFAULT_WEIGHT,
         Some(w) => match w.parse::<u16>() {
             Ok(n) if n <= MAX_WEIGHT && w.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => return Err(format!("tag weight={w:?} must be 0-{MAX_WEIGHT}")),
+            _ => return Err(format!("tag weight={} must be 0-{MAX_WEIGHT}", q(w))),
         },
     };
     let route = match m.tags.get("route") {
@@ -194,7 +196,8 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         Some(r) => {
             if !valid_path(r, false) {
                 return Err(format!(
-                    "tag route={r:?} must be a path of [A-Za-z0-9/._~-] starting with /"
+                    "tag route={} must be a path of [A-Za-z0-9/._~-] starting with /",
+                    q(r)
                 ));
             }
             // `/api/v2/` and `/api/v2` are the same prefix.
@@ -207,24 +210,25 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         Some(c) if valid_path(c, true) => c.clone(),
         Some(c) => {
             return Err(format!(
-                "tag check={c:?} must be a path of [A-Za-z0-9/._~?=&%-] starting with /"
+                "tag check={} must be a path of [A-Za-z0-9/._~?=&%-] starting with /",
+                q(c)
             ))
         }
     };
     let sticky = match m.tags.get("sticky").map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
-        Some(s) => return Err(format!("tag sticky={s:?} must be true or false")),
+        Some(s) => return Err(format!("tag sticky={} must be true or false", q(s))),
     };
     let balance = match m.tags.get("balance") {
         None => "roundrobin".to_string(),
         Some(b) if BALANCES.contains(&b.as_str()) => b.clone(),
-        Some(b) => return Err(format!("tag balance={b:?} must be one of {BALANCES:?}")),
+        Some(b) => return Err(format!("tag balance={} must be one of {BALANCES:?}", q(b))),
     };
     let state = match m.tags.get("state").map(String::as_str) {
         None | Some("ready") => alive_state,
         Some("draining") => ServerState::Drain,
-        Some(s) => return Err(format!("tag state={s:?} must be ready or draining")),
+        Some(s) => return Err(format!("tag state={} must be ready or draining", q(s))),
     };
     let addr = match ip {
         IpAddr::V4(v4) => format!("{v4}:{port}"),
@@ -366,6 +370,16 @@ impl Model {
         let p = self.pools.iter().find(|p| p.name == pool)?;
         let s = p.servers.iter().find(|s| s.name == server)?;
         Some((p, s))
+    }
+}
+
+/// Quotes a network-supplied value for an error message: escaped, at most 64 chars.
+fn q(s: &str) -> String {
+    let short: String = s.chars().take(64).collect();
+    if short.len() < s.len() {
+        format!("{short:?}…")
+    } else {
+        format!("{short:?}")
     }
 }
 
