@@ -53,6 +53,12 @@ async fn report(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Report>) -> Report
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::var_os("LBGEN_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_env("LBGEN_LOG"))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let n_reloads = arg("--reloads", 20);
     let workers = arg("--workers", 4);
     let keepalive = std::env::args().any(|a| a == "--keepalive");

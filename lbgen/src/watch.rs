@@ -289,9 +289,11 @@ async fn apply(
         },
         Plan::Reload => {}
     }
+    let t_write = Instant::now();
     write_atomic(&cfg.out, &text, cfg.check.as_ref())
         .await
         .map_err(Failure::Permanent)?;
+    let t_reload = Instant::now();
     match master.reload(cfg.reload_timeout).await {
         Ok(p) => {
             *live_at = Some(Instant::now());
@@ -300,6 +302,8 @@ async fn apply(
                 worker,
                 reloads = p.reloads,
                 pools = model.pools.len(),
+                check_write_ms = (t_reload - t_write).as_millis() as u64,
+                reload_ms = t_reload.elapsed().as_millis() as u64,
                 "config live (reloaded)"
             );
             st.live = Some(Live::from_model(&model));
