@@ -168,9 +168,10 @@ async fn run_agent(args: AgentArgs, api_addr: &str) -> i32 {
             info_hook,
         },
     ));
-    if let Some(health) = supervisor.as_ref().and_then(|s| s.health()) {
-        tokio::spawn(gossip_health(handle.clone(), health));
-    }
+    let health_task = supervisor
+        .as_ref()
+        .and_then(|s| s.health())
+        .map(|health| tokio::spawn(gossip_health(handle.clone(), health)));
 
     let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2), Ok(mut quit)) = (
         signal(SignalKind::terminate()),
@@ -208,6 +209,11 @@ async fn run_agent(args: AgentArgs, api_addr: &str) -> i32 {
     }
 
     drop(sup_exit);
+    // From here on `state` is ours to set: the health check must not turn
+    // `draining` back into `ready`.
+    if let Some(task) = health_task {
+        task.abort();
+    }
     // Graceful stop: draining first, so the load balancer stops routing,
     // then leave, wait for the drain, then stop the services.
     if supervisor.is_some() && app_exited.is_none() {

@@ -2,7 +2,7 @@
 //! produce for a given cluster size.
 //!
 //! The LAN profile is tuned for containers on one host or a data-centre
-//! network: a killed node is declared failed in about 1.5-2 s (Serf: ~6.5 s),
+//! network: a killed node is declared failed in about 1.5 s (Serf: ~6.5 s),
 //! while the suspicion window and indirect probes keep 10% packet loss from
 //! producing false failures (see `bench/`).
 
@@ -40,13 +40,13 @@ impl Profile {
     pub fn timing(self) -> Timing {
         match self {
             Profile::Lan => Timing {
-                probe_period: Duration::from_millis(500),
-                probe_rtt: Duration::from_millis(200),
-                suspicion: Duration::from_millis(1000),
+                probe_period: Duration::from_millis(400),
+                probe_rtt: Duration::from_millis(150),
+                suspicion: Duration::from_millis(800),
                 gossip_interval: Duration::from_millis(100),
                 push_pull_interval: Duration::from_secs(30),
                 join_backoff: Duration::from_millis(500),
-                reconcile_interval: Duration::from_millis(50),
+                reconcile_interval: Duration::from_millis(100),
             },
             Profile::Local => Timing {
                 probe_period: Duration::from_millis(200),
@@ -135,7 +135,7 @@ mod tests {
         let t = Profile::Lan.timing();
         let small = foca_config(&t, 10).suspect_to_down_after;
         let big = foca_config(&t, 1000).suspect_to_down_after;
-        assert_eq!(small, Duration::from_secs(1));
-        assert_eq!(big, Duration::from_secs(3));
+        assert_eq!(small, Duration::from_millis(800));
+        assert_eq!(big, Duration::from_millis(2400));
     }
 }
