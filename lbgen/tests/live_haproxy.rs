@@ -228,3 +228,59 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     assert!(res.ok > 500, "too little load: {}", res.ok);
     drop(haproxy);
 }
+
+fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purpose (only its exit status is left).
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit(')')
+            .next()
+            .map(|rest| !rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_failing_test_leaves_no_haproxy_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("h.cfg");
+    let port = common::free_port();
+    std::fs::write(
+        &cfg,
+        format!(
+            "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\nfrontend f\n    bind 127.0.0.1:{port}\n"
+        ),
+    )
+    .unwrap();
+    let d = dir.path().to_path_buf();
+    let pids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let p2 = pids.clone();
+    let res = std::thread::spawn(move || {
+        let h = Haproxy::start(&d, &cfg);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let proc_info = rt
+            .block_on(lbgen::haproxy::Master::new(&h.master_sock).show_proc())
+            .unwrap();
+        let mut v = p2.lock().unwrap();
+        v.push(proc_info.master_pid);
+        v.extend(proc_info.workers.iter().map(|(p, _)| *p));
+        drop(v);
+        panic!("simulated test failure");
+    })
+    .join();
+    assert!(res.is_err());
+    let pids = pids.lock().unwrap().clone();
+    assert!(pids.len() >= 2, "{pids:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "haproxy processes survive: {pids:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

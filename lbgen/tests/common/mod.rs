@@ -134,7 +134,8 @@ impl Haproxy {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::os::unix::net::UnixStream::connect(&h.master_sock).is_err() {
+        // Ready = the master answers and a worker is listed.
+        while !h.show_proc().contains("worker") {
             assert!(
                 Instant::now() < deadline,
                 "haproxy did not start: {}",
@@ -145,6 +146,20 @@ impl Haproxy {
         h
     }
 
+    /// `show proc` over the master socket ("" if it does not answer).
+    pub fn show_proc(&self) -> String {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(&self.master_sock) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut out = String::new();
+        if s.write_all(b"show proc\n").is_ok() && s.shutdown(std::net::Shutdown::Write).is_ok() {
+            let _ = s.read_to_string(&mut out);
+        }
+        out
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -153,10 +168,15 @@ impl Haproxy {
 impl Drop for Haproxy {
     fn drop(&mut self) {
         let pg = format!("-{}", self.child.id());
-        let _ = Command::new("kill")
-            .args(["-TERM", "--", &pg])
-            .stderr(Stdio::null())
-            .status();
+        // The shell's `kill` builtin signals a process group without needing procps.
+        let signal = |sig: &str| {
+            let _ = Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -{sig} {pg}"))
+                .stderr(Stdio::null())
+                .status();
+        };
+        signal("TERM");
         let deadline = Instant::now() + Duration::from_secs(2);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -164,10 +184,7 @@ impl Drop for Haproxy {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &pg])
-            .stderr(Stdio::null())
-            .status();
+        signal("KILL");
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
