@@ -103,10 +103,17 @@ pub struct Report {
 }
 
 struct State {
+    /// The last template whose output was accepted (or the start-up one).
     renderer: Renderer,
+    /// The template file changed since the last apply.
     template_dirty: bool,
+    applied: Applied,
+}
+
+/// What is live.
+struct Applied {
     /// Contents of the live file (what HAProxy runs, modulo runtime changes).
-    live_text: Option<String>,
+    text: Option<String>,
     /// What HAProxy runs; None until the first verified reload.
     live: Option<Live>,
 }
@@ -159,8 +166,10 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut st = State {
         renderer,
         template_dirty: false,
-        live_text: std::fs::read_to_string(&cfg.out).ok(),
-        live: None,
+        applied: Applied {
+            text: std::fs::read_to_string(&cfg.out).ok(),
+            live: None,
+        },
     };
     // (first signal, quiet deadline)
     let mut pending: Option<(Instant, Instant)> = None;
@@ -229,23 +238,84 @@ async fn apply(
     st: &mut State,
     live_at: &mut Option<Instant>,
 ) -> Result<Outcome, Failure> {
-    let mut template_changed = false;
-    if st.template_dirty {
-        st.template_dirty = false;
-        // A broken template is reported once; membership changes keep rendering with the
-        // last good one until the file is fixed.
-        st.renderer = load_renderer(&cfg.template).map_err(Failure::Permanent)?;
-        template_changed = true;
-        tracing::info!("template reloaded");
-    }
     let doc = source.snapshot().await.map_err(Failure::Transient)?;
     let model = Model::build(&doc);
     log_model(&model);
-    let text = st
-        .renderer
-        .render(&model, &cfg.vars)
+    if !std::mem::take(&mut st.template_dirty) {
+        return apply_with(
+            cfg,
+            &st.renderer,
+            false,
+            &model,
+            master,
+            &mut st.applied,
+            live_at,
+        )
+        .await;
+    }
+    // The template file changed. Its output must pass rendering and the check before it
+    // replaces the last good template; if it fails, the membership is applied with the last
+    // good template and the template's problem is what gets reported.
+    let template_err = match load_renderer(&cfg.template) {
+        Ok(candidate) => {
+            match apply_with(
+                cfg,
+                &candidate,
+                true,
+                &model,
+                master,
+                &mut st.applied,
+                live_at,
+            )
+            .await
+            {
+                Ok(o) => {
+                    tracing::info!("template reloaded");
+                    st.renderer = candidate;
+                    return Ok(o);
+                }
+                Err(Failure::Transient(e)) => {
+                    // Not the template's fault: try it again on the retry.
+                    st.template_dirty = true;
+                    return Err(Failure::Transient(e));
+                }
+                Err(Failure::Permanent(e)) => e,
+            }
+        }
+        Err(e) => e,
+    };
+    tracing::error!(error = %template_err, "new template rejected; keeping the previous one");
+    match apply_with(
+        cfg,
+        &st.renderer,
+        false,
+        &model,
+        master,
+        &mut st.applied,
+        live_at,
+    )
+    .await?
+    {
+        Outcome::Unchanged => Err(Failure::Permanent(template_err)),
+        o => Ok(o),
+    }
+}
+
+/// Renders `model` with `renderer` and makes it live. Mutates `applied` only on success
+/// (or, after a failed reload, to record that the live state is unknown).
+async fn apply_with(
+    cfg: &WatchConfig,
+    renderer: &Renderer,
+    template_changed: bool,
+    model: &Model,
+    master: Option<&Master>,
+    applied: &mut Applied,
+    live_at: &mut Option<Instant>,
+) -> Result<Outcome, Failure> {
+    let text = renderer
+        .render(model, &cfg.vars)
         .map_err(Failure::Permanent)?;
-    let same_text = st.live_text.as_deref() == Some(text.as_str());
+    let same_text = applied.text.as_deref() == Some(text.as_str());
 
     let Some(master) = master else {
         if same_text {
@@ -254,40 +324,38 @@ async fn apply(
         write_atomic(&cfg.out, &text, cfg.check.as_ref())
             .await
             .map_err(Failure::Permanent)?;
-        st.live_text = Some(text);
+        applied.text = Some(text);
         tracing::info!(out = %cfg.out.display(), "config written");
         return Ok(Outcome::Written);
     };
 
-    let plan = match &st.live {
-        Some(live) if !template_changed => live.plan(&model),
-        _ => Plan::Reload,
+    let plan = match &applied.live {
+        // The first apply always reloads: we cannot know what the running HAProxy loaded.
+        None => Plan::Reload,
+        Some(_) if same_text => return Ok(Outcome::Unchanged),
+        Some(_) if template_changed => Plan::Reload,
+        Some(live) => live.plan(model),
     };
-    match plan {
-        Plan::Nothing if same_text => return Ok(Outcome::Unchanged),
-        Plan::Nothing => {}
-        Plan::Runtime(cmds) => match runtime(master, &cmds).await {
+    if let Plan::Runtime(cmds) = plan {
+        match runtime(master, &cmds).await {
             Ok(()) => {
                 *live_at = Some(Instant::now());
-                if let Some(live) = st.live.as_mut() {
-                    live.apply_runtime(&model);
+                if let Some(live) = applied.live.as_mut() {
+                    live.apply_runtime(model);
                 }
                 tracing::info!(commands = ?cmds, "server states changed through the runtime API");
                 // Keep the file in step so a later reload or restart agrees; the running
                 // HAProxy already has the change.
-                if !same_text {
-                    match write_atomic(&cfg.out, &text, cfg.check.as_ref()).await {
-                        Ok(()) => st.live_text = Some(text),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "runtime change applied but config file not updated")
-                        }
+                match write_atomic(&cfg.out, &text, cfg.check.as_ref()).await {
+                    Ok(()) => applied.text = Some(text),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "runtime change applied but config file not updated")
                     }
                 }
                 return Ok(Outcome::Runtime { commands: cmds });
             }
             Err(e) => tracing::warn!(error = %e, "runtime API change failed; reloading instead"),
-        },
-        Plan::Reload => {}
+        }
     }
     let t_write = Instant::now();
     write_atomic(&cfg.out, &text, cfg.check.as_ref())
@@ -306,14 +374,14 @@ async fn apply(
                 reload_ms = t_reload.elapsed().as_millis() as u64,
                 "config live (reloaded)"
             );
-            st.live = Some(Live::from_model(&model));
-            st.live_text = Some(text);
+            applied.live = Some(Live::from_model(model));
+            applied.text = Some(text);
             Ok(Outcome::Reloaded { worker })
         }
         Err(e) => {
-            restore_last_good(&cfg.out, st.live_text.as_deref());
+            restore_last_good(&cfg.out, applied.text.as_deref());
             // We no longer know exactly what runs: force a reload on the next change.
-            st.live = None;
+            applied.live = None;
             Err(Failure::Transient(e))
         }
     }

@@ -197,6 +197,19 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
         gen_before,
         "haproxy was reloaded"
     );
+    // Membership changes meanwhile still apply, with the last good template.
+    ms.push(member("extra-y", backends[3].port, "alive", &[]));
+    write_members(&members_file, &ms);
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, Outcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+    reloads += 1;
+    let cfg_now = std::fs::read_to_string(&out).unwrap();
+    assert!(cfg_now.contains("server extra-y "), "{cfg_now}");
+    assert!(!cfg_now.contains("bogus-keyword"), "{cfg_now}");
     // Fixing the template applies again.
     std::fs::write(&template, &good_template).unwrap();
     let r = next_report(&mut reports).await;
