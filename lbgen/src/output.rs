@@ -32,7 +32,7 @@ impl CheckCmd {
         if !self.0.iter().any(|a| a.contains("{}")) {
             args.push(f.clone());
         }
-        let mut cmd = tokio::process::Command::new(&self.0[0]);
+        let mut cmd = tokio::process::Command::new(resolve_program(&self.0[0]));
         cmd.args(&args).kill_on_drop(true);
         let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
             .await
@@ -65,6 +65,26 @@ impl CheckCmd {
             self.0[0], out.status
         )))
     }
+}
+
+/// A bare program name as found on `PATH`, else in `/usr/sbin` or `/sbin` (where Debian puts
+/// `haproxy`, often not on a non-root user's `PATH`).
+pub fn resolve_program(name: &str) -> PathBuf {
+    if name.contains('/') {
+        return PathBuf::from(name);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false);
+    if !on_path {
+        for d in ["/usr/sbin", "/sbin", "/usr/local/sbin"] {
+            let p = Path::new(d).join(name);
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    PathBuf::from(name)
 }
 
 pub fn backup_path(path: &Path) -> PathBuf {

@@ -31,7 +31,7 @@ fn lbgen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 }
 
 fn haproxy_check(cfg: &Path) {
-    let out = Command::new("haproxy")
+    let out = Command::new(lbgen::output::resolve_program("haproxy"))
         .args(["-c", "-f"])
         .arg(cfg)
         .output()

@@ -116,7 +116,7 @@ impl Haproxy {
         let master_sock = dir.join("master.sock");
         let log = dir.join("haproxy.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new("haproxy")
+        let child = Command::new(lbgen::output::resolve_program("haproxy"))
             .arg("-W")
             .arg("-S")
             .arg(&master_sock)
