@@ -1,6 +1,10 @@
-//! `lbgen watch` startup errors: one clear line, exit status 1, nothing written.
+//! The `lbgen watch` binary: startup errors are one clear line with exit status 1 and nothing
+//! written; with a real HAProxy it reloads on a members-file change and exits 0 on SIGTERM.
 
-use std::process::Command;
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 fn watch(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lbgen"))
@@ -48,4 +52,115 @@ fn startup_errors_are_one_line_and_touch_nothing() {
         assert!(lines[0].contains(needle), "{args:?}: {err}");
         assert!(!out.exists());
     }
+}
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_binary_follows_a_members_file_and_reloads_haproxy() {
+    let d = tempfile::tempdir().unwrap();
+    let members = d.path().join("members.json");
+    let out = d.path().join("haproxy.cfg");
+    let port = common::free_port();
+    let vars = format!(
+        "bind=127.0.0.1,http_port={port},stats_port={},stats_socket={}",
+        common::free_port(),
+        d.path().join("admin.sock").display()
+    );
+    common::write_members(&members, &[common::member("web-1", 3001, "alive", &[])]);
+    let st = Command::new(env!("CARGO_BIN_EXE_lbgen"))
+        .args([
+            "render",
+            "--members",
+            members.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("LBGEN_VAR", &vars)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let haproxy = common::Haproxy::start(d.path(), &out);
+    let log = d.path().join("lbgen.log");
+    let mut w = Killed(
+        Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .args(["--log-format", "json", "watch"])
+            .env("LBGEN_VAR", &vars)
+            .env("LBGEN_MEMBERS", &members)
+            .env("LBGEN_OUT", &out)
+            .env("LBGEN_HAPROXY_MASTER", &haproxy.master_sock)
+            .env("LBGEN_WAIT", "20ms:200ms")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let reloads = || {
+        haproxy
+            .show_proc()
+            .lines()
+            .find(|l| l.contains("master"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .and_then(|n| n.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    wait_for("the first reload", Duration::from_secs(15), || {
+        reloads() >= 1
+    });
+    common::write_members(
+        &members,
+        &[
+            common::member("web-1", 3001, "alive", &[]),
+            common::member("web-2", 3002, "alive", &[]),
+        ],
+    );
+    wait_for("web-2 in the config", Duration::from_secs(15), || {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("server web-2 ")
+    });
+    wait_for("the second reload", Duration::from_secs(15), || {
+        reloads() >= 2
+    });
+    assert!(std::fs::read_to_string(format!("{}.bak", out.display()))
+        .unwrap()
+        .contains("server web-1 "));
+
+    let pid = w.0.id().to_string();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -TERM {pid}"))
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = w.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "lbgen ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let logs = std::fs::read_to_string(&log).unwrap();
+    let first = logs.lines().next().unwrap_or("");
+    assert!(first.starts_with('{'), "not JSON logs: {first}");
+    assert!(logs.contains("config live (reloaded)"), "{logs}");
 }
