@@ -118,11 +118,11 @@ class Cluster:
         return None
 
 
-def rss_kb(pid):
+def rss_kb(pid, field="VmRSS:"):
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field):
                     return int(line.split()[1])
     except OSError:
         pass
@@ -167,6 +167,7 @@ def measure(system, args, workdir, net):
         t1 = [cpu_ticks(p) for p in pids]
         hz = os.sysconf("SC_CLK_TCK")
         res["rss_kb"] = statistics.median(rss_kb(p) for p in pids)
+        res["anon_kb"] = statistics.median(rss_kb(p, "RssAnon:") for p in pids)
         res["cpu_pct"] = statistics.median((b - a) / hz / args.idle_seconds * 100
                                            for a, b in zip(t0, t1))
         for r in range(args.rounds):
@@ -271,6 +272,8 @@ def main():
         print(f"| {label} | {fmt(results['shoal'][key])} | {fmt(results['serf'][key])} |")
     print(f"| RSS per agent, idle | {results['shoal'].get('rss_kb', 0) / 1024:.1f} MB "
           f"| {results['serf'].get('rss_kb', 0) / 1024:.1f} MB |")
+    print(f"| private (anonymous) memory per agent | {results['shoal'].get('anon_kb', 0) / 1024:.1f} MB "
+          f"| {results['serf'].get('anon_kb', 0) / 1024:.1f} MB |")
     print(f"| CPU per agent, idle | {results['shoal'].get('cpu_pct', 0):.2f} % "
           f"| {results['serf'].get('cpu_pct', 0):.2f} % |")
     if loss is not None:

@@ -1,0 +1,26 @@
+//! Every byte string a peer can send: UDP packets (envelope, leave notices,
+//! foca messages through our validating codec) and push-pull frame bodies.
+//! Nothing may panic; whatever decodes must re-validate.
+#![no_main]
+
+use foca::Codec;
+use libfuzzer_sys::fuzz_target;
+use shoal::wire::{self, Packet, ShoalCodec};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(Packet::Foca(body)) = wire::decode_packet(data) {
+        let mut buf = body;
+        if let Ok(header) = ShoalCodec.decode_header(&mut buf) {
+            assert!(header.src.validate().is_ok());
+            while !buf.is_empty() {
+                match ShoalCodec.decode_member(&mut buf) {
+                    Ok(m) => assert!(m.id().validate().is_ok()),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    if let Ok(msg) = wire::decode_frame_body(data) {
+        assert!(msg.entries.len() <= wire::MAX_SYNC_ENTRIES);
+    }
+});
