@@ -1,0 +1,671 @@
+//! Harness for the Docker end-to-end tests (`tests/docker.rs`).
+//!
+//! - [`setup`]: is a Docker engine there (skip, or fail under `CI=true`), and the images
+//!   built once per test run by `docker/build-images.sh` (the script `./demo up` uses).
+//! - [`Project`]: one compose project with a unique name and its own 127.0.0.1 host ports
+//!   (`LB_HTTP_PORT=0`), removed (containers, networks, volumes; never the shared images)
+//!   when dropped, also when a test panics.
+//! - [`Load`]: a bounded closed-loop HTTP load against the LB's published port that records
+//!   every response; [`http_get`] is a one-shot std-only HTTP/1.1 client.
+//! - [`stats`] / [`Project::members`]: what HAProxy runs (its stats CSV) and what the LB's
+//!   agent sees (`shoal members --format json`).
+//!
+//! Every external command runs with a deadline, so no test can hang.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The repository root (this crate is `tests/e2e`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repository root")
+}
+
+/// Runs `cmd` with a deadline; on timeout the process is killed and the output so far is
+/// returned with a failed status. Output is read on threads so a full pipe cannot block.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = err.read_to_end(&mut v);
+        v
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let s = child.wait().expect("wait");
+            eprintln!("timeout after {timeout:?}: {desc}");
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+    }
+}
+
+/// Like [`run`] but panics (with both outputs) unless the command succeeds; returns stdout.
+pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
+    let desc = format!("{cmd:?}");
+    let out = run(cmd, timeout);
+    if !out.status.success() {
+        panic!(
+            "command failed ({}): {desc}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Checks for a usable Docker engine and docker-compose. `Ok(false)`: skip (message
+/// printed). Under `CI=true` a missing engine is a panic (a failure), never a skip.
+pub fn docker_ready() -> bool {
+    let ci = std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false);
+    let problem = if which("docker").is_none() {
+        Some("the docker CLI is not installed".to_string())
+    } else if which("docker-compose").is_none() {
+        Some("docker-compose is not installed".to_string())
+    } else {
+        let out = run(
+            Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]),
+            Duration::from_secs(20),
+        );
+        (!out.status.success()).then(|| {
+            format!(
+                "no Docker engine reachable: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })
+    };
+    match problem {
+        None => true,
+        Some(p) if ci => panic!("CI=true and {p}: the end-to-end tests need a Docker engine"),
+        Some(p) => {
+            eprintln!("SKIPPED: shoal end-to-end tests: {p} (set CI=true to make this a failure)");
+            false
+        }
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(bin))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Builds the base images, release binaries and the `shoal-webapp`/`shoal-lb` images once
+/// per test process (the script itself takes a lock, so parallel runs build one at a time).
+pub fn build_images_once() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let t = Instant::now();
+        let script = repo_root().join("docker/build-images.sh");
+        let out = run(&mut Command::new(&script), Duration::from_secs(1500));
+        if !out.status.success() {
+            panic!(
+                "{} failed ({}):\n{}\n{}",
+                script.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        eprintln!("images ready in {:.1}s", t.elapsed().as_secs_f64());
+    });
+}
+
+/// Serialises the scenarios (2 cores: parallel clusters would only measure each other) and
+/// prepares Docker. `None`: skip this test.
+pub fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    if !docker_ready() {
+        return None;
+    }
+    build_images_once();
+    Some(guard)
+}
+
+/// Records a measured figure: printed (`FIGURE name: value`) and, if `SHOAL_E2E_FIGURES`
+/// names a file, appended to it (bench/e2e.sh collects them there).
+pub fn figure(name: &str, value: impl std::fmt::Display) {
+    let line = format!("FIGURE {name}: {value}");
+    eprintln!("{line}");
+    println!("{line}");
+    if let Ok(path) = std::env::var("SHOAL_E2E_FIGURES") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Polls `f` every `every` until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(every);
+    }
+}
+
+/// One member as `shoal members --format json` prints it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub addr: String,
+    pub status: String,
+    pub tags: BTreeMap<String, String>,
+}
+
+impl Member {
+    pub fn ip(&self) -> &str {
+        self.addr
+            .rsplit_once(':')
+            .map(|(ip, _)| ip)
+            .unwrap_or(&self.addr)
+    }
+}
+
+/// Parses the members document (the README's contract).
+pub fn parse_members(json: &str) -> Option<Vec<Member>> {
+    let v: serde_json::Value = serde_json::from_str(json).ok()?;
+    v["members"]
+        .as_array()?
+        .iter()
+        .map(|m| {
+            Some(Member {
+                name: m["name"].as_str()?.to_string(),
+                addr: m["addr"].as_str()?.to_string(),
+                status: m["status"].as_str()?.to_string(),
+                tags: m["tags"]
+                    .as_object()?
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// A compose project of the demo (`compose/docker-compose.yml` plus optional extra files).
+pub struct Project {
+    pub name: String,
+    files: Vec<PathBuf>,
+    env: Vec<(String, String)>,
+    /// Containers a test started outside compose (removed before `down`).
+    pub extra_containers: Mutex<Vec<String>>,
+}
+
+impl Project {
+    /// `scenario` becomes part of the unique project name; `extra_files` are relative to
+    /// `tests/e2e/compose/`; `env` is added to the compose environment.
+    pub fn new(scenario: &str, extra_files: &[&str], env: &[(&str, &str)]) -> Project {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("shoal-e2e-{scenario}-{}-{nanos:x}", std::process::id());
+        let root = repo_root();
+        let mut files = vec![root.join("compose/docker-compose.yml")];
+        files.extend(
+            extra_files
+                .iter()
+                .map(|f| root.join("tests/e2e/compose").join(f)),
+        );
+        let mut all_env = vec![
+            ("LB_HTTP_PORT".to_string(), "0".to_string()),
+            ("LB_STATS_PORT".to_string(), "0".to_string()),
+        ];
+        all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        eprintln!("compose project {name}");
+        Project {
+            name,
+            files,
+            env: all_env,
+            extra_containers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("-p").arg(&self.name);
+        for f in &self.files {
+            c.arg("-f").arg(f);
+        }
+        c.args(args);
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs `docker-compose ARGS` (deadline 180 s), panicking on failure; returns stdout.
+    pub fn compose(&self, args: &[&str]) -> String {
+        run_ok(&mut self.command(args), Duration::from_secs(180))
+    }
+
+    /// Runs `docker-compose ARGS` with a deadline, whatever its exit status.
+    pub fn compose_raw(&self, args: &[&str], timeout: Duration) -> Output {
+        run(&mut self.command(args), timeout)
+    }
+
+    /// `docker-compose up -d --no-recreate --scale webapp=N [more...]`.
+    pub fn up(&self, extra: &[&str]) {
+        let mut args = vec!["up", "-d", "--no-recreate", "--no-build"];
+        args.extend_from_slice(extra);
+        self.compose(&args);
+    }
+
+    /// The 127.0.0.1 address the LB's container `port` is published on.
+    pub fn lb_addr(&self, port: u16) -> SocketAddr {
+        let p = port.to_string();
+        let out = self.compose(&["port", "lb", &p]);
+        out.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("docker-compose port lb {p}: {out:?}"))
+    }
+
+    /// Full container ids of a service, in compose's order.
+    pub fn containers(&self, service: &str) -> Vec<String> {
+        self.compose(&["ps", "-q", service])
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Member names of a service's containers (= their hostnames: the short container id).
+    pub fn hostnames(&self, service: &str) -> BTreeSet<String> {
+        self.containers(service)
+            .iter()
+            .map(|id| id[..12].to_string())
+            .collect()
+    }
+
+    /// The LB agent's members (`None` while the LB or its agent is not answering).
+    pub fn members(&self) -> Option<Vec<Member>> {
+        let out = self.compose_raw(
+            &["exec", "-T", "lb", "shoal", "members", "--format", "json"],
+            Duration::from_secs(20),
+        );
+        if !out.status.success() {
+            return None;
+        }
+        parse_members(&String::from_utf8_lossy(&out.stdout))
+    }
+
+    /// Runs a command in the LB container; stdout.
+    pub fn exec_lb(&self, cmd: &[&str]) -> String {
+        let mut args = vec!["exec", "-T", "lb"];
+        args.extend_from_slice(cmd);
+        self.compose(&args)
+    }
+
+    /// The network compose made for this project.
+    pub fn network(&self) -> String {
+        format!("{}_default", self.name.replace('.', ""))
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        let extra = std::mem::take(
+            &mut *self
+                .extra_containers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        if !extra.is_empty() {
+            let mut c = Command::new("docker");
+            c.args(["rm", "-f"]).args(&extra);
+            let _ = run(&mut c, Duration::from_secs(60));
+        }
+        if std::thread::panicking() {
+            // Leave a trace of what the cluster saw before it is removed.
+            let logs = self.compose_raw(
+                &["logs", "--no-color", "--tail=40"],
+                Duration::from_secs(30),
+            );
+            eprintln!(
+                "--- logs of {} ---\n{}",
+                self.name,
+                String::from_utf8_lossy(&logs.stdout)
+            );
+        }
+        let out = self.compose_raw(
+            &["down", "-v", "--remove-orphans", "-t", "5"],
+            Duration::from_secs(120),
+        );
+        if !out.status.success() {
+            eprintln!(
+                "cleanup of {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+/// Docker-level helpers on single containers.
+pub fn docker(args: &[&str]) -> String {
+    run_ok(Command::new("docker").args(args), Duration::from_secs(60))
+}
+
+/// A container's IP on `network`.
+pub fn container_ip(id: &str, network: &str) -> String {
+    let fmt = format!("{{{{(index .NetworkSettings.Networks \"{network}\").IPAddress}}}}");
+    docker(&["inspect", "-f", &fmt, id]).trim().to_string()
+}
+
+/// One HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub set_cookies: Vec<String>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> Option<serde_json::Value> {
+        serde_json::from_str(&self.body).ok()
+    }
+    /// The `hostname` the demo webapp reports.
+    pub fn hostname(&self) -> Option<String> {
+        self.json()?["hostname"].as_str().map(str::to_string)
+    }
+    /// Value of a cookie this answer sets (`name=value; ...`).
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.set_cookies.iter().find_map(|c| {
+            let first = c.split(';').next()?;
+            let (k, v) = first.split_once('=')?;
+            (k.trim() == name).then(|| v.trim().to_string())
+        })
+    }
+}
+
+/// `GET path` on a new connection (`Connection: close`), with the given `Cookie` header.
+pub fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    cookie: Option<&str>,
+    timeout: Duration,
+) -> Result<Resp, String> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{cookie}Connection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("write: {e}"))?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(|e| format!("read: {e}"))?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no header end in {raw:?}"))?;
+    let mut lines = head.lines();
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("bad status line {status_line:?}"))?;
+    let headers: Vec<(&str, &str)> = lines.filter_map(|l| l.split_once(':')).collect();
+    let header = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    };
+    let set_cookies = header("set-cookie").map(str::to_string).collect();
+    let chunked = header("transfer-encoding").any(|v| v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok(Resp {
+        status,
+        set_cookies,
+        body,
+    })
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body (HAProxy's stats page uses it).
+fn dechunk(mut rest: &str) -> Result<String, String> {
+    let mut out = String::new();
+    loop {
+        let (size_line, after) = rest.split_once("\r\n").ok_or("truncated chunk size")?;
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| format!("bad chunk size {size_line:?}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = after.get(..size).ok_or("truncated chunk")?;
+        out.push_str(chunk);
+        rest = after
+            .get(size..)
+            .unwrap_or_default()
+            .trim_start_matches("\r\n");
+    }
+}
+
+/// One HAProxy server (or FRONTEND/BACKEND row) from the stats CSV.
+#[derive(Debug, Clone)]
+pub struct StatRow {
+    pub pool: String,
+    pub server: String,
+    pub status: String,
+    pub addr: String,
+}
+
+/// HAProxy's view: the stats page's CSV (`/;csv`) on the published stats port.
+pub fn stats(addr: SocketAddr) -> Option<Vec<StatRow>> {
+    let resp = http_get(addr, "/;csv", None, Duration::from_secs(3)).ok()?;
+    if resp.status != 200 {
+        return None;
+    }
+    let mut lines = resp.body.lines();
+    let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (px, sv, st, ad) = (col("pxname")?, col("svname")?, col("status")?, col("addr"));
+    Some(
+        lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                let get = |i: usize| f.get(i).copied().unwrap_or_default().to_string();
+                StatRow {
+                    pool: get(px),
+                    server: get(sv),
+                    status: get(st),
+                    addr: ad.map(get).unwrap_or_default(),
+                }
+            })
+            .collect(),
+    )
+}
+
+/// Servers of `pool` HAProxy has UP (not FRONTEND/BACKEND rows).
+pub fn up_servers(rows: &[StatRow], pool: &str) -> BTreeSet<String> {
+    rows.iter()
+        .filter(|r| r.pool == pool && r.server != "BACKEND" && r.server != "FRONTEND")
+        .filter(|r| r.status.starts_with("UP"))
+        .map(|r| r.server.clone())
+        .collect()
+}
+
+/// One request of a [`Load`].
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// When the request was sent, since the load started.
+    pub at: Duration,
+    pub latency: Duration,
+    /// `Ok(hostname)` for a 200 with the demo's JSON; `Err(reason)` for anything else.
+    pub result: Result<String, String>,
+}
+
+/// A bounded closed-loop load: `workers` threads, each sending one request at a time with
+/// `pause` between requests, until [`Load::stop`] or `max_time` or `max_requests`.
+pub struct Load {
+    pub started: Instant,
+    stop: Arc<AtomicBool>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(
+        addr: SocketAddr,
+        workers: usize,
+        pause: Duration,
+        max_time: Duration,
+        max_requests: usize,
+    ) -> Load {
+        let started = Instant::now();
+        let stop = Arc::new(AtomicBool::new(false));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..workers)
+            .map(|_| {
+                let (stop, samples) = (stop.clone(), samples.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < max_time {
+                        if samples.lock().unwrap().len() >= max_requests {
+                            break;
+                        }
+                        let t = Instant::now();
+                        // 20 s: longer than HAProxy's connect timeout × retries, so a failure
+                        // counted here is HAProxy's answer, not the client giving up early.
+                        let result = match http_get(addr, "/", None, Duration::from_secs(20)) {
+                            Ok(r) if r.status == 200 => r
+                                .hostname()
+                                .ok_or_else(|| format!("200 without hostname: {:?}", r.body)),
+                            Ok(r) => Err(format!("status {}", r.status)),
+                            Err(e) => Err(e),
+                        };
+                        samples.lock().unwrap().push(Sample {
+                            at: t - started,
+                            latency: t.elapsed(),
+                            result,
+                        });
+                        std::thread::sleep(pause);
+                    }
+                })
+            })
+            .collect();
+        Load {
+            started,
+            stop,
+            samples,
+            threads,
+        }
+    }
+
+    /// Time since the load started (to mark phases).
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// A copy of the samples so far.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples.lock().unwrap().clone()
+    }
+
+    /// Hostnames that answered requests sent at or after `since`.
+    pub fn hosts_since(&self, since: Duration) -> BTreeSet<String> {
+        self.samples
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.at >= since)
+            .filter_map(|s| s.result.as_ref().ok().cloned())
+            .collect()
+    }
+
+    /// Stops the workers and returns every sample.
+    pub fn stop(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.samples()
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Failed samples sent within `[from, to)`.
+pub fn failures(samples: &[Sample], from: Duration, to: Duration) -> Vec<&Sample> {
+    samples
+        .iter()
+        .filter(|s| s.at >= from && s.at < to && s.result.is_err())
+        .collect()
+}
+
+/// A short summary of failures for assertion messages.
+pub fn describe_failures(f: &[&Sample]) -> String {
+    f.iter()
+        .take(10)
+        .map(|s| format!("{:.2}s: {:?}", s.at.as_secs_f64(), s.result))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
