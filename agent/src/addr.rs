@@ -66,6 +66,15 @@ pub async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
     }
 }
 
+/// Resolves every target; the union of their addresses.
+pub async fn resolve_all(targets: &[(String, u16)]) -> Vec<SocketAddr> {
+    let mut addrs = Vec::new();
+    for (host, port) in targets {
+        addrs.extend(resolve(host, *port).await);
+    }
+    addrs
+}
+
 /// The IP to advertise when none was given.
 pub fn detect_advertise_ip(iface: Option<&str>) -> Result<IpAddr, String> {
     let addrs: Vec<(String, Ipv4Addr)> = nix::ifaddrs::getifaddrs()

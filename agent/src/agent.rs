@@ -207,7 +207,7 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         conflicts_logged: HashMap::new(),
         cfg,
     };
-    node.publish(first);
+    node.apply_outcome(first);
     let task = tokio::spawn(async move { node.run(rx).await });
     Ok((handle, task))
 }
@@ -363,7 +363,7 @@ impl Node {
             && !self.resolving
             && now >= self.next_join
         {
-            self.start_join_round(self.cfg.join.clone(), false);
+            self.start_join_round();
             self.next_join = now + self.join_backoff;
             self.join_backoff = (self.join_backoff * 2).min(self.cfg.retry_max);
         }
@@ -373,22 +373,23 @@ impl Node {
         }
     }
 
-    /// Resolves targets off the loop; the result comes back as `Resolved`.
-    fn start_join_round(&mut self, targets: Vec<(String, u16)>, explicit: bool) {
-        self.resolving = !explicit;
+    /// Resolves the join targets off the loop; the result comes back as `Resolved`.
+    fn start_join_round(&mut self) {
+        self.resolving = true;
         self.join_attempts += 1;
         let attempt = self.join_attempts;
+        let targets = self.cfg.join.clone();
         let commands = self.commands.clone();
         tokio::spawn(async move {
-            let mut addrs = Vec::new();
-            for (host, port) in &targets {
-                addrs.extend(addr::resolve(host, *port).await);
-            }
+            let addrs = addr::resolve_all(&targets).await;
             let names: Vec<String> = targets.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-            if !explicit {
-                info!(attempt, targets = ?names, resolved = ?addrs, "join attempt");
-            }
-            let _ = commands.send(Command::Resolved { addrs, explicit }).await;
+            info!(attempt, targets = ?names, resolved = ?addrs, "join attempt");
+            let _ = commands
+                .send(Command::Resolved {
+                    addrs,
+                    explicit: false,
+                })
+                .await;
         });
     }
 
@@ -420,10 +421,7 @@ impl Node {
             let commands = self.commands.clone();
             let me = self.local.addr;
             tokio::spawn(async move {
-                let mut addrs = Vec::new();
-                for (host, port) in &targets {
-                    addrs.extend(addr::resolve(host, *port).await);
-                }
+                let mut addrs = addr::resolve_all(&targets).await;
                 addrs.retain(|a| *a != me && !live.contains(a));
                 if let Some(a) = addrs.get(rand::random_range(0..addrs.len().max(1))) {
                     let _ = commands
@@ -521,10 +519,7 @@ impl Node {
                 // Resolve inline in a task, then contact; answer with the count.
                 let commands = self.commands.clone();
                 tokio::spawn(async move {
-                    let mut addrs = Vec::new();
-                    for (host, port) in &targets {
-                        addrs.extend(addr::resolve(host, *port).await);
-                    }
+                    let addrs = addr::resolve_all(&targets).await;
                     if addrs.is_empty() {
                         let _ = reply.send(Err(format!(
                             "none of {:?} resolved to an address",
@@ -729,10 +724,6 @@ impl Node {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn publish(&mut self, out: Outcome) {
-        self.apply_outcome(out);
     }
 
     /// Drains what foca asked for: packets, timers, notifications.
