@@ -105,6 +105,7 @@ async fn main() {
         check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
         wait,
         reload_timeout: Duration::from_secs(10),
+        resync: None,
         reports: Some(rtx),
     };
     let w = tokio::spawn(lbgen::watch::run(cfg, async {

@@ -74,6 +74,9 @@ struct WatchArgs {
     /// How long to wait for the new worker generation after a reload.
     #[arg(long, env = "LBGEN_RELOAD_TIMEOUT", default_value = "10s")]
     reload_timeout: String,
+    /// Re-check membership, the file and HAProxy this often without a signal ("0" = never).
+    #[arg(long, env = "LBGEN_RESYNC", default_value = "10s")]
+    resync: String,
 }
 
 #[derive(clap::Args)]
@@ -185,6 +188,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         check,
         wait: Wait::parse(&a.wait)?,
         reload_timeout: parse_duration(&a.reload_timeout)?,
+        resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
         reports: None,
     };
     lbgen::watch::run(cfg, shutdown_signal()).await

@@ -74,7 +74,12 @@ pub struct WatchConfig {
     pub check: Option<CheckCmd>,
     pub wait: Wait,
     pub reload_timeout: Duration,
-    /// Every apply is reported here too (tests, benchmarks).
+    /// Re-check everything this often even without a signal (a missed event, HAProxy
+    /// restarted by its supervisor from another config, the file changed by someone else).
+    /// None = never.
+    pub resync: Option<Duration>,
+    /// Every apply is reported here too (tests, benchmarks); a periodic resync only when it
+    /// changed something.
     pub reports: Option<UnboundedSender<Report>>,
 }
 
@@ -107,6 +112,8 @@ struct State {
     renderer: Renderer,
     /// The template file changed since the last apply.
     template_dirty: bool,
+    /// The last model built, to log only new warnings.
+    last_model: Option<Model>,
     applied: Applied,
 }
 
@@ -116,6 +123,8 @@ struct Applied {
     text: Option<String>,
     /// What HAProxy runs; None until the first verified reload.
     live: Option<Live>,
+    /// The HAProxy master that `live` describes; another PID means HAProxy was restarted.
+    master_pid: Option<u32>,
 }
 
 /// Whether a failure is worth retrying without a new signal.
@@ -133,6 +142,17 @@ fn load_renderer(p: &Option<PathBuf>) -> Result<Renderer, Error> {
 
 /// Logs what validation skipped (network input, so sanitized).
 pub fn log_model(model: &Model) {
+    log_model_changes(model, None);
+}
+
+/// Logs skipped members and warnings, but only those not already logged for `previous`
+/// (a periodic resync must not repeat the same warnings forever).
+fn log_model_changes(model: &Model, previous: Option<&Model>) {
+    if let Some(p) = previous {
+        if p.rejected == model.rejected && p.warnings == model.warnings {
+            return;
+        }
+    }
     for r in &model.rejected {
         tracing::warn!(member = %sanitize_for_log(&r.member), reason = %r.reason, "member skipped");
     }
@@ -166,21 +186,28 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut st = State {
         renderer,
         template_dirty: false,
+        last_model: None,
         applied: Applied {
-            text: std::fs::read_to_string(&cfg.out).ok(),
+            text: None,
             live: None,
+            master_pid: None,
         },
     };
     // (first signal, quiet deadline)
     let mut pending: Option<(Instant, Instant)> = None;
     let mut retry_at: Option<(Instant, Instant)> = None;
     let mut retry_delay = RETRY;
+    let mut resync_at = cfg.resync.map(|d| Instant::now() + d);
     tokio::pin!(shutdown);
     loop {
-        let deadline = match (pending, retry_at) {
+        let apply_at = match (pending, retry_at) {
             (Some((first, quiet)), _) => Some(quiet.min(first + cfg.wait.max)),
             (None, Some((_, at))) => Some(at),
             (None, None) => None,
+        };
+        let deadline = match (apply_at, resync_at) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
         };
         tokio::select! {
             _ = &mut shutdown => {
@@ -199,10 +226,15 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
                 pending = Some((first, now + cfg.wait.min));
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                let is_resync = apply_at.is_none_or(|a| a > Instant::now());
+                if is_resync {
+                    tracing::debug!("periodic resync");
+                }
                 let signalled = pending.take().map(|p| p.0)
                     .or(retry_at.map(|r| r.0))
                     .unwrap_or_else(Instant::now);
                 retry_at = None;
+                resync_at = cfg.resync.map(|d| Instant::now() + d);
                 let mut live_at = None;
                 let started = Instant::now();
                 let outcome = match apply(&cfg, &source, master.as_ref(), &mut st, &mut live_at).await {
@@ -222,6 +254,9 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
                         Outcome::Failed(e.0)
                     }
                 };
+                if is_resync && outcome == Outcome::Unchanged {
+                    continue;
+                }
                 if let Some(r) = &cfg.reports {
                     let done = live_at.unwrap_or_else(Instant::now);
                     let _ = r.send(Report { outcome, signalled, done });
@@ -240,7 +275,25 @@ async fn apply(
 ) -> Result<Outcome, Failure> {
     let doc = source.snapshot().await.map_err(Failure::Transient)?;
     let model = Model::build(&doc);
-    log_model(&model);
+    log_model_changes(&model, st.last_model.as_ref());
+    st.last_model = Some(model.clone());
+    // Compare against what is really on disk (someone, e.g. a supervisor's start-up script,
+    // may have rewritten it) ...
+    st.applied.text = std::fs::read_to_string(&cfg.out).ok();
+    // ... and against the HAProxy that really runs (restarted = unknown config).
+    if let Some(m) = master {
+        let p = m.show_proc().await.map_err(Failure::Transient)?;
+        if st.applied.master_pid != Some(p.master_pid) {
+            if st.applied.master_pid.is_some() {
+                tracing::warn!(
+                    master = p.master_pid,
+                    "haproxy was restarted; reloading to be sure"
+                );
+            }
+            st.applied.live = None;
+            st.applied.master_pid = Some(p.master_pid);
+        }
+    }
     if !std::mem::take(&mut st.template_dirty) {
         return apply_with(
             cfg,

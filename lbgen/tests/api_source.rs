@@ -135,6 +135,7 @@ async fn events_trigger_snapshot_renders_and_reconnects_resync() {
         check: None,
         wait: Wait::parse("20ms:200ms").unwrap(),
         reload_timeout: Duration::from_secs(5),
+        resync: None,
         reports: Some(rtx),
     };
     let w = tokio::spawn(lbgen::watch::run(cfg, async {

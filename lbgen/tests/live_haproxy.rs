@@ -87,6 +87,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
         check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
         wait: Wait::parse("20ms:200ms").unwrap(),
         reload_timeout: Duration::from_secs(10),
+        resync: None,
         reports: Some(rtx),
     };
     let watcher = tokio::spawn(lbgen::watch::run(cfg, async {
@@ -296,4 +297,92 @@ fn a_failing_test_leaves_no_haproxy_behind() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+async fn get(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// Regression: a supervisor restarting HAProxy from an empty-cluster config (as the lb image
+/// does) left it serving 503 until the next membership event. The periodic resync notices the
+/// new master and reloads the real config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let b0 = Backend::start("b0").await;
+    let http_port = common::free_port();
+    let vars = Vars::with_overrides(&[
+        "bind=127.0.0.1".to_string(),
+        format!("http_port={http_port}"),
+        format!("stats_port={}", common::free_port()),
+        format!("stats_socket={}", d.join("admin.sock").display()),
+    ])
+    .unwrap();
+    let members_file = d.join("members.json");
+    let out = d.join("haproxy.cfg");
+    write_members(&members_file, &[member("web-0", b0.port, "alive", &[])]);
+    let empty = Renderer::builtin()
+        .render(&Model::default(), &vars)
+        .unwrap();
+    std::fs::write(&out, &empty).unwrap();
+    let first = Haproxy::start(d, &out);
+    let (rtx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = WatchConfig {
+        template: None,
+        vars,
+        out: out.clone(),
+        source: SourceSpec::File(members_file.clone()),
+        master: Some(first.master_sock.clone()),
+        check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
+        wait: Wait::parse("20ms:200ms").unwrap(),
+        reload_timeout: Duration::from_secs(10),
+        resync: Some(Duration::from_millis(300)),
+        reports: Some(rtx),
+    };
+    let w = tokio::spawn(lbgen::watch::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, Outcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert!(get(http_port).await.starts_with("HTTP/1.1 200"));
+
+    // The supervisor restarts HAProxy from the empty-cluster config.
+    drop(first);
+    std::fs::write(&out, &empty).unwrap();
+    let second = Haproxy::start(d, &out);
+    // No membership event: the resync must notice and fix it.
+    let r = loop {
+        let r = next_report(&mut reports).await;
+        if !matches!(r.outcome, Outcome::Failed(_)) {
+            break r;
+        }
+    };
+    assert!(
+        matches!(r.outcome, Outcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("server web-0 "));
+    assert!(get(http_port).await.starts_with("HTTP/1.1 200"));
+
+    let _ = stop_tx.send(());
+    w.await.unwrap().unwrap();
+    drop(second);
 }
