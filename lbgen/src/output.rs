@@ -123,9 +123,15 @@ pub async fn write_atomic(
             c.run(&tmp).await?;
         }
         if path.exists() {
+            // The backup is replaced atomically too, so it is always a whole config.
             let bak = backup_path(path);
-            std::fs::copy(path, &bak)
-                .map_err(|e| Error::new(format!("backing up to {}: {e}", bak.display())))?;
+            let bak_tmp = temp_path(path, "bak");
+            std::fs::copy(path, &bak_tmp)
+                .and_then(|_| std::fs::rename(&bak_tmp, &bak))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&bak_tmp);
+                    Error::new(format!("backing up to {}: {e}", bak.display()))
+                })?;
         }
         std::fs::rename(&tmp, path)
             .map_err(|e| Error::new(format!("renaming into {}: {e}", path.display())))
