@@ -7,7 +7,9 @@ use shoal::tags::Tags;
 use shoal::wire::{self, ShoalCodec, SyncEntry, SyncMsg, SyncState};
 
 fn main() -> std::io::Result<()> {
-    let dir = std::env::args().nth(1).unwrap_or_else(|| "fuzz/corpus/packet_decoder".into());
+    let dir = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "fuzz/corpus/packet_decoder".into());
     std::fs::create_dir_all(&dir)?;
     let mut tags = Tags::new();
     tags.insert("service".into(), "web".into());
@@ -22,20 +24,39 @@ fn main() -> std::io::Result<()> {
         ("ping", Message::Ping(1)),
         ("announce", Message::Announce),
         ("gossip", Message::Gossip),
-        ("ping_req", Message::PingReq { target: b.clone(), probe_number: 3 }),
+        (
+            "ping_req",
+            Message::PingReq {
+                target: b.clone(),
+                probe_number: 3,
+            },
+        ),
     ] {
         let mut buf = bytes::BytesMut::new();
-        let header = Header { src: a.clone(), src_incarnation: 1, dst: b.clone(), message };
-        ShoalCodec.encode_header(&header, &mut buf).expect("encode header");
+        let header = Header {
+            src: a.clone(),
+            src_incarnation: 1,
+            dst: b.clone(),
+            message,
+        };
+        ShoalCodec
+            .encode_header(&header, &mut buf)
+            .expect("encode header");
         if name == "gossip" {
             buf.extend_from_slice(&1u16.to_be_bytes());
-            ShoalCodec.encode_member(&Member::alive(b.clone()), &mut buf).expect("member");
+            ShoalCodec
+                .encode_member(&Member::alive(b.clone()), &mut buf)
+                .expect("member");
         }
         seeds.push((name, wire::encode_foca(&buf)));
     }
     let frame = wire::encode_frame(&SyncMsg {
         from: a.clone(),
-        entries: vec![SyncEntry { id: b, incarnation: 2, state: SyncState::Left }],
+        entries: vec![SyncEntry {
+            id: b,
+            incarnation: 2,
+            state: SyncState::Left,
+        }],
     })
     .expect("frame");
     seeds.push(("frame_body", frame[wire::FRAME_HEADER..].to_vec()));
