@@ -456,3 +456,84 @@ fn a_second_live_node_with_the_same_name_is_reported() {
     );
     drop(a);
 }
+
+#[test]
+fn event_handlers_get_serf_env_and_stdin_and_never_block_each_other() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let fast = dir.path().join("fast.txt");
+    let slow = dir.path().join("slow.txt");
+    // A handler that records env + stdin, filtered to joins and leaves.
+    let record = format!(
+        "member-join,member-leave=echo \"event=$SERF_EVENT self=$SERF_SELF_NAME role=$SERF_SELF_ROLE \
+         tag=$SERF_TAG_SERVICE shoal=$SHOAL_EVENT\" >> {f}; cat >> {f}",
+        f = fast.display()
+    );
+    // A slow handler (3 s per run) and a failing one must not delay it.
+    let sleepy = format!("sleep 3; echo \"$SERF_EVENT\" >> {}", slow.display());
+    let seed = vec![format!("{}:7946", ip(10, 1))];
+    let a = Agent::start_in(
+        dir.clone(),
+        "k1",
+        &ip(10, 1),
+        &seed,
+        &[
+            "--tag",
+            "service=web",
+            "--tag",
+            "role=front",
+            "--event-handler",
+            &sleepy,
+            "--event-handler",
+            "member-join=echo broken >&2; exit 7",
+            "--event-handler",
+            &record,
+        ],
+    );
+    let t = Instant::now();
+    let mut b = Agent::start("k2", &ip(10, 2), &seed, &["--tag", "port=81"]);
+    assert!(
+        wait_for(Duration::from_secs(10), || std::fs::read_to_string(&fast)
+            .unwrap_or_default()
+            .contains("k2\t")),
+        "no join recorded; log:\n{}",
+        a.log_text()
+    );
+    let waited = t.elapsed();
+    let text = std::fs::read_to_string(&fast).unwrap();
+    assert!(
+        text.contains("event=member-join self=k1 role=front tag=web shoal=member-join"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("k2\t{}\t\tport=81\n", ip(10, 2))),
+        "{text}"
+    );
+    // The slow handler was still sleeping on the first event when k2's join was recorded.
+    assert!(
+        waited < Duration::from_secs(3),
+        "blocked behind the slow handler: {waited:?}"
+    );
+    // The failing handler is logged with its exit code and stderr.
+    assert!(wait_for(Duration::from_secs(5), || {
+        let log = a.log_text();
+        log.contains("event handler failed")
+            && log.contains("exit code 7")
+            && log.contains("broken")
+    }));
+    // Filters: k2's graceful leave reaches the join/leave handler; no failed event does.
+    assert_eq!(b.terminate(Duration::from_secs(10)), Some(0));
+    assert!(wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&fast)
+            .unwrap_or_default()
+            .contains("event=member-leave")
+    }));
+    assert!(!std::fs::read_to_string(&fast)
+        .unwrap()
+        .contains("member-failed"));
+    // The slow handler eventually saw the events too, in order.
+    assert!(wait_for(Duration::from_secs(15), || {
+        std::fs::read_to_string(&slow)
+            .unwrap_or_default()
+            .contains("member-leave")
+    }));
+}
