@@ -165,7 +165,6 @@ pub fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
 pub fn figure(name: &str, value: impl std::fmt::Display) {
     let line = format!("FIGURE {name}: {value}");
     eprintln!("{line}");
-    println!("{line}");
     if let Ok(path) = std::env::var("SHOAL_E2E_FIGURES") {
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
@@ -511,7 +510,6 @@ pub struct StatRow {
     pub pool: String,
     pub server: String,
     pub status: String,
-    pub addr: String,
 }
 
 /// HAProxy's view: the stats page's CSV (`/;csv`) on the published stats port.
@@ -523,7 +521,7 @@ pub fn stats(addr: SocketAddr) -> Option<Vec<StatRow>> {
     let mut lines = resp.body.lines();
     let header: Vec<&str> = lines.next()?.trim_start_matches("# ").split(',').collect();
     let col = |name: &str| header.iter().position(|h| *h == name);
-    let (px, sv, st, ad) = (col("pxname")?, col("svname")?, col("status")?, col("addr"));
+    let (px, sv, st) = (col("pxname")?, col("svname")?, col("status")?);
     Some(
         lines
             .filter(|l| !l.is_empty())
@@ -534,7 +532,6 @@ pub fn stats(addr: SocketAddr) -> Option<Vec<StatRow>> {
                     pool: get(px),
                     server: get(sv),
                     status: get(st),
-                    addr: ad.map(get).unwrap_or_default(),
                 }
             })
             .collect(),
