@@ -250,9 +250,10 @@ fn docker_kill_under_load_removes_the_backend_within_the_failure_bound() {
     figure(
         "docker kill: failed requests",
         format!(
-            "{} of {} after the kill (failure window {window}; {slow} requests slower than 1 s)",
+            "{} of {} after the kill (failure window {window}; {slow} requests slower than 1 s, slowest {:.2} s)",
             failed.len(),
-            after.len()
+            after.len(),
+            worst.as_secs_f64()
         ),
     );
     assert!(th < 15 * S, "out of HAProxy after {th:?}");
