@@ -228,6 +228,9 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
     let state = match m.tags.get("state").map(String::as_str) {
         None | Some("ready") => alive_state,
         Some("draining") => ServerState::Drain,
+        // The supervisor's other health states: not (or no longer) serving, so not a
+        // server; normal life-cycle states, not rejections (no "member skipped" warning).
+        Some("starting") | Some("unhealthy") => return Ok(None),
         Some(s) => return Err(format!("tag state={} must be ready or draining", q(s))),
     };
     let addr = match ip {
@@ -475,6 +478,17 @@ mod tests {
                 ("c", ServerState::Drain)
             ]
         );
+    }
+
+    #[test]
+    fn starting_and_unhealthy_members_are_quietly_not_servers() {
+        let mut d = vec![web("a", "10.0.0.1"), web("b", "10.0.0.2"), web("c", "10.0.0.3")];
+        d[1].tags.insert("state".into(), "starting".into());
+        d[2].tags.insert("state".into(), "unhealthy".into());
+        let m = Model::build(&doc(d));
+        let names: Vec<_> = m.pools[0].servers.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, vec!["a"]);
+        assert!(m.rejected.is_empty(), "{:?}", m.rejected);
     }
 
     #[test]
