@@ -482,7 +482,11 @@ mod tests {
 
     #[test]
     fn starting_and_unhealthy_members_are_quietly_not_servers() {
-        let mut d = vec![web("a", "10.0.0.1"), web("b", "10.0.0.2"), web("c", "10.0.0.3")];
+        let mut d = vec![
+            web("a", "10.0.0.1"),
+            web("b", "10.0.0.2"),
+            web("c", "10.0.0.3"),
+        ];
         d[1].tags.insert("state".into(), "starting".into());
         d[2].tags.insert("state".into(), "unhealthy".into());
         let m = Model::build(&doc(d));
