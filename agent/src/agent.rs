@@ -1,34 +1,31 @@
-//! The agent's runtime: one task that owns foca and the member table and
-//! drives them from the UDP socket, a single timer heap, operator commands
-//! and push-pull results. Everything slow (DNS, TCP exchanges, handlers) runs
-//! in other tasks and reports back through the command channel, so the gossip
-//! loop never waits on them.
+//! The agent's runtime: one task that owns the sans-I/O [`Core`] (foca and
+//! the member table) and drives it from the UDP socket, the core's single
+//! timer heap, operator commands and push-pull results. Everything slow (DNS,
+//! TCP exchanges, handlers) runs in other tasks and reports back through the
+//! command channel, so the gossip loop never waits on them.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, State, Timer};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info};
 
 use crate::addr;
+use crate::core::{Core, CoreConfig, Now, Output};
 use crate::events::{EventLog, MemberView};
 use crate::identity::{now_millis, NodeId};
-use crate::membership::{FocaState, Outcome, Status, Table};
-use crate::profile::{foca_config, size_bucket, Profile, Timing};
+use crate::membership::Status;
+use crate::profile::Profile;
 use crate::pushpull;
 use crate::stats::Stats;
 use crate::tags::{self, Tags};
-use crate::wire::{self, Packet, ShoalCodec, SyncEntry, SyncMsg, SyncState};
-
-type Core = Foca<NodeId, ShoalCodec, StdRng, foca::NoCustomBroadcast>;
+use crate::wire::SyncMsg;
 
 /// Settings derived from flags; see `cli::AgentArgs`.
 #[derive(Debug, Clone)]
@@ -150,9 +147,6 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         advertise.set_port(bound.port());
     }
     let local = NodeId::new(cfg.node.clone(), advertise, cfg.tags.clone());
-    let timing = cfg.profile.timing();
-    let now = now_millis();
-    let (table, first) = Table::new(&local, cfg.reap_after.as_millis() as u64, now);
     let shared = Arc::new(Mutex::new(Shared {
         local: local.clone(),
         members: Vec::new(),
@@ -178,212 +172,195 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
     );
     tokio::spawn(accept_push_pull(tcp, tx.clone(), stats.clone()));
 
-    let foca = Foca::new(
-        local.clone(),
-        foca_config(&timing, size_bucket(1)),
+    let core = Core::new(
+        local,
+        CoreConfig {
+            timing: cfg.profile.timing(),
+            has_join_targets: !cfg.join.is_empty(),
+            retry_max: cfg.retry_max,
+            reap_after: cfg.reap_after,
+            leave_timeout: cfg.leave_timeout,
+        },
         StdRng::from_rng(&mut rand::rng()),
-        ShoalCodec,
+        now(),
     );
     let mut node = Node {
-        foca,
-        rt: AccumulatingRuntime::new(),
-        timers: BinaryHeap::new(),
-        timer_seq: 0,
-        table,
+        core,
         udp: Arc::new(udp),
         shared,
         stats,
         commands: tx,
-        local,
-        timing,
-        bucket: size_bucket(1),
-        join_backoff: timing.join_backoff,
-        next_join: Instant::now(),
-        join_attempts: 0,
-        resolving: false,
-        next_push_pull: Instant::now() + timing.push_pull_interval,
-        push_pull_round: 0,
-        leaving: None,
-        conflicts_logged: HashMap::new(),
+        leave_reply: Vec::new(),
+        left: false,
         cfg,
     };
-    node.apply_outcome(first);
+    node.carry_out();
     let task = tokio::spawn(async move { node.run(rx).await });
     Ok((handle, task))
 }
 
-struct Leaving {
-    pending: HashSet<String>,
-    deadline: Instant,
-    next_resend: Instant,
-    reply: Option<oneshot::Sender<()>>,
+fn now() -> Now {
+    Now {
+        mono: std::time::Instant::now(),
+        wall_ms: now_millis(),
+    }
 }
 
+/// The I/O half: owns the socket and carries out what the core asks.
 struct Node {
-    foca: Core,
-    rt: AccumulatingRuntime<NodeId>,
-    /// The one timer heap: (due, insertion order, timer).
-    timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
-    timer_seq: u64,
-    table: Table,
+    core: Core,
     udp: Arc<UdpSocket>,
     shared: Arc<Mutex<Shared>>,
     stats: Arc<Stats>,
     commands: mpsc::Sender<Command>,
-    local: NodeId,
-    timing: Timing,
-    bucket: u32,
-    join_backoff: Duration,
-    next_join: Instant,
-    join_attempts: u64,
-    resolving: bool,
-    next_push_pull: Instant,
-    push_pull_round: u64,
-    leaving: Option<Leaving>,
-    conflicts_logged: HashMap<String, Instant>,
+    leave_reply: Vec<oneshot::Sender<()>>,
+    left: bool,
     cfg: AgentConfig,
-}
-
-/// foca's `Timer` with the ordering the heap needs (due time first, then FIFO).
-struct TimerKey(Timer<NodeId>);
-
-impl PartialEq for TimerKey {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for TimerKey {}
-impl PartialOrd for TimerKey {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for TimerKey {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
 }
 
 impl Node {
     async fn run(&mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; 65_536];
-        let mut tick = tokio::time::interval(self.timing.reconcile_interval);
+        let mut tick = tokio::time::interval(self.cfg.profile.timing().reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let udp = self.udp.clone();
         loop {
             let next_timer = self
-                .timers
-                .peek()
-                .map(|Reverse((due, _, _))| *due)
+                .core
+                .next_timer()
+                .map(Instant::from_std)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 received = udp.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => self.on_packet(&buf[..len], from),
+                    Ok((len, from)) => {
+                        Stats::add(&self.stats.packets_in, 1);
+                        Stats::add(&self.stats.bytes_in, len as u64);
+                        if let Err(e) = self.core.on_packet(&buf[..len], from, now()) {
+                            Stats::add(&self.stats.dropped_in, 1);
+                            debug!(%from, error = %e, "dropped packet");
+                        }
+                    }
                     Err(e) => debug!(error = %e, "UDP receive error"),
                 },
-                _ = tokio::time::sleep_until(next_timer) => self.fire_timers(),
+                _ = tokio::time::sleep_until(next_timer) => self.core.on_timers(now()),
                 command = commands.recv() => match command {
                     Some(c) => self.on_command(c),
                     None => return,
                 },
-                _ = tick.tick() => self.on_tick(),
+                _ = tick.tick() => self.core.on_tick(now()),
             }
-            self.flush();
-            if let Some(leaving) = &self.leaving {
-                if leaving.reply.is_none() {
-                    // Leave finished and answered: the loop is done.
-                    return;
-                }
+            self.carry_out();
+            if self.left {
+                return;
             }
         }
     }
 
-    fn on_packet(&mut self, data: &[u8], from: SocketAddr) {
-        Stats::add(&self.stats.packets_in, 1);
-        Stats::add(&self.stats.bytes_in, data.len() as u64);
-        match wire::decode_packet(data) {
-            Ok(Packet::Foca(body)) => {
-                if self.leaving.is_some() {
-                    return;
-                }
-                if let Err(e) = self.foca.handle_data(body, &mut self.rt) {
-                    Stats::add(&self.stats.dropped_in, 1);
-                    debug!(%from, error = %e, "dropped gossip packet");
-                }
-            }
-            Ok(Packet::Leave(id)) => {
-                debug!(node = %id.name, %from, "leave notice");
-                let out = self.table.leave_notice(&id, now_millis());
-                self.apply_outcome(out);
-                self.send_raw(
-                    from,
-                    &wire::encode_leave_ack(&self.local.name, id.generation),
-                );
-            }
-            Ok(Packet::LeaveAck { name, generation }) => {
-                if let Some(leaving) = &mut self.leaving {
-                    if generation == self.local.generation {
-                        leaving.pending.remove(&name);
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Join { targets, reply } => {
+                let commands = self.commands.clone();
+                tokio::spawn(async move {
+                    let addrs = addr::resolve_all(&targets).await;
+                    if addrs.is_empty() {
+                        let names: Vec<String> =
+                            targets.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+                        let _ =
+                            reply.send(Err(format!("none of {names:?} resolved to an address")));
+                        return;
                     }
+                    let n = addrs.len();
+                    let _ = commands
+                        .send(Command::Resolved {
+                            addrs,
+                            explicit: true,
+                        })
+                        .await;
+                    let _ = reply.send(Ok(n));
+                });
+            }
+            Command::Resolved { addrs, explicit } => {
+                self.core.contact(&addrs, !explicit, now());
+            }
+            Command::SetTags { set, delete, reply } => {
+                let result = self.set_tags(set, delete);
+                let _ = reply.send(result);
+            }
+            Command::ForceLeave { name, reply } => {
+                let _ = reply.send(self.core.force_leave(&name, now()));
+            }
+            Command::Leave { reply } => {
+                self.leave_reply.push(reply);
+                self.core.begin_leave(now());
+            }
+            Command::PushPullIn { remote, reply } => {
+                let _ = reply.send(self.core.sync_state());
+                self.core.apply_remote(remote, now());
+            }
+            Command::PushPullOut { remote } => self.core.apply_remote(remote, now()),
+        }
+    }
+
+    fn set_tags(&mut self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
+        // Persist first: a tag change that cannot be saved is refused whole.
+        let mut next = self.core.local().tags.clone();
+        for k in &delete {
+            next.remove(k);
+        }
+        next.extend(set.clone());
+        tags::validate(&next).map_err(|e| e.to_string())?;
+        if let Some(path) = &self.cfg.tags_file {
+            if next != self.core.local().tags {
+                tags::save_file(path, &next)
+                    .map_err(|e| format!("cannot write tags file {}: {e}", path.display()))?;
+            }
+        }
+        self.core.set_tags(set, &delete, now())
+    }
+
+    /// Carries out the core's outputs and refreshes what the API reads.
+    fn carry_out(&mut self) {
+        let outputs = self.core.take_outputs();
+        let mut events = Vec::new();
+        for output in outputs {
+            match output {
+                Output::Send { to, packet } => self.send_raw(to, &packet),
+                Output::Event(e) => events.push(e),
+                Output::JoinRound => self.join_round(),
+                Output::PushPull { to } => self.push_pull_with(to),
+                Output::SeedPushPull { exclude } => self.seed_push_pull(exclude),
+                Output::LeaveDone => {
+                    for reply in self.leave_reply.drain(..) {
+                        let _ = reply.send(());
+                    }
+                    self.left = true;
                 }
             }
-            Err(e) => {
-                Stats::add(&self.stats.dropped_in, 1);
-                debug!(%from, error = %e, "dropped packet");
-            }
+        }
+        let wall = now_millis();
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        for e in &events {
+            shared.events.push(e, wall);
+        }
+        if !events.is_empty() || shared.joined != self.core.joined() {
+            shared.local = self.core.local().clone();
+            shared.members = self.core.records().map(MemberView::from).collect();
+            shared.counts = [Status::Alive, Status::Suspect, Status::Failed, Status::Left]
+                .into_iter()
+                .map(|s| (s.as_str(), self.core.count(s)))
+                .collect();
+            shared.joined = self.core.joined();
         }
     }
 
-    fn fire_timers(&mut self) {
-        let now = Instant::now();
-        while let Some(Reverse((due, _, _))) = self.timers.peek() {
-            if *due > now {
-                break;
-            }
-            let Some(Reverse((_, _, TimerKey(timer)))) = self.timers.pop() else {
-                break;
-            };
-            if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
-                debug!(error = %e, "timer handling error");
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        self.reconcile();
-        let now = Instant::now();
-        if self.leaving.is_some() {
-            self.progress_leave(now);
-            return;
-        }
-        let out = self.table.reap(now_millis());
-        self.apply_outcome(out);
-        if self.foca.num_members() == 0
-            && !self.cfg.join.is_empty()
-            && !self.resolving
-            && now >= self.next_join
-        {
-            self.start_join_round();
-            self.next_join = now + self.join_backoff;
-            self.join_backoff = (self.join_backoff * 2).min(self.cfg.retry_max);
-        }
-        if now >= self.next_push_pull {
-            self.next_push_pull = now + self.timing.push_pull_interval;
-            self.periodic_push_pull();
-        }
-    }
-
-    /// Resolves the join targets off the loop; the result comes back as `Resolved`.
-    fn start_join_round(&mut self) {
-        self.resolving = true;
-        self.join_attempts += 1;
-        let attempt = self.join_attempts;
+    /// Resolves the join targets off the loop; the answer comes back as `Resolved`.
+    fn join_round(&self) {
         let targets = self.cfg.join.clone();
         let commands = self.commands.clone();
         tokio::spawn(async move {
             let addrs = addr::resolve_all(&targets).await;
             let names: Vec<String> = targets.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-            info!(attempt, targets = ?names, resolved = ?addrs, "join attempt");
+            info!(targets = ?names, resolved = ?addrs, "join attempt");
             let _ = commands
                 .send(Command::Resolved {
                     addrs,
@@ -393,63 +370,27 @@ impl Node {
         });
     }
 
-    fn on_resolved(&mut self, addrs: Vec<SocketAddr>, explicit: bool) -> usize {
-        if !explicit {
-            self.resolving = false;
-        }
-        let mut contacted = 0;
-        for addr in addrs {
-            if addr == self.local.addr || self.udp.local_addr().is_ok_and(|b| b == addr) {
-                continue;
+    fn seed_push_pull(&self, exclude: Vec<SocketAddr>) {
+        let targets = self.cfg.join.clone();
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            let mut addrs = addr::resolve_all(&targets).await;
+            addrs.retain(|a| !exclude.contains(a));
+            if addrs.is_empty() {
+                return;
             }
-            contacted += 1;
-            if let Err(e) = self.foca.announce(NodeId::seed(addr), &mut self.rt) {
-                debug!(%addr, error = %e, "announce failed");
-            }
-            self.push_pull_with(addr);
-        }
-        contacted
-    }
-
-    fn periodic_push_pull(&mut self) {
-        self.push_pull_round += 1;
-        // Every other round, talk to a seed that is not a live member: this is
-        // what merges two halves of a healed partition.
-        if self.push_pull_round.is_multiple_of(2) && !self.cfg.join.is_empty() {
-            let live: HashSet<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
-            let targets = self.cfg.join.clone();
-            let commands = self.commands.clone();
-            let me = self.local.addr;
-            tokio::spawn(async move {
-                let mut addrs = addr::resolve_all(&targets).await;
-                addrs.retain(|a| *a != me && !live.contains(a));
-                if let Some(a) = addrs.get(rand::random_range(0..addrs.len().max(1))) {
-                    let _ = commands
-                        .send(Command::Resolved {
-                            addrs: vec![*a],
-                            explicit: true,
-                        })
-                        .await;
-                }
-            });
-            return;
-        }
-        let members: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
-        if !members.is_empty() {
-            let target = members[rand::random_range(0..members.len())];
-            self.push_pull_with(target);
-        }
-    }
-
-    fn our_state(&self) -> SyncMsg {
-        SyncMsg {
-            from: self.local.clone(),
-            entries: self.table.sync_entries(),
-        }
+            let pick = addrs[rand::random_range(0..addrs.len())];
+            let _ = commands
+                .send(Command::Resolved {
+                    addrs: vec![pick],
+                    explicit: true,
+                })
+                .await;
+        });
     }
 
     fn push_pull_with(&self, addr: SocketAddr) {
-        let ours = self.our_state();
+        let ours = self.core.sync_state();
         let commands = self.commands.clone();
         let stats = self.stats.clone();
         tokio::spawn(async move {
@@ -464,310 +405,6 @@ impl Node {
                 }
             }
         });
-    }
-
-    /// Feeds a peer's full state to foca and the table.
-    fn apply_remote(&mut self, remote: SyncMsg) {
-        if remote.from.name == self.local.name && remote.from.addr == self.local.addr {
-            return;
-        }
-        let mut left = Vec::new();
-        let mut updates = vec![Member::alive(remote.from.clone())];
-        for SyncEntry {
-            id,
-            incarnation,
-            state,
-        } in remote.entries
-        {
-            if id.name == self.local.name {
-                continue;
-            }
-            let state = match state {
-                SyncState::Alive => State::Alive,
-                SyncState::Suspect => State::Suspect,
-                SyncState::Failed => State::Down,
-                SyncState::Left => {
-                    left.push(id.clone());
-                    State::Down
-                }
-            };
-            updates.push(Member::new(id, incarnation, state));
-        }
-        if let Err(e) = self
-            .foca
-            .apply_many(updates.into_iter(), true, &mut self.rt)
-        {
-            debug!(error = %e, "applying push-pull state failed");
-        }
-        let now = now_millis();
-        for id in left {
-            let known_active = self
-                .table
-                .get(&id.name)
-                .is_some_and(|r| r.id.generation <= id.generation);
-            if known_active {
-                let out = self.table.leave_notice(&id, now);
-                self.apply_outcome(out);
-            }
-        }
-        self.reconcile();
-    }
-
-    fn on_command(&mut self, command: Command) {
-        match command {
-            Command::Join { targets, reply } => {
-                // Resolve inline in a task, then contact; answer with the count.
-                let commands = self.commands.clone();
-                tokio::spawn(async move {
-                    let addrs = addr::resolve_all(&targets).await;
-                    if addrs.is_empty() {
-                        let _ = reply.send(Err(format!(
-                            "none of {:?} resolved to an address",
-                            targets
-                                .iter()
-                                .map(|(h, p)| format!("{h}:{p}"))
-                                .collect::<Vec<_>>()
-                        )));
-                        return;
-                    }
-                    let n = addrs.len();
-                    let _ = commands
-                        .send(Command::Resolved {
-                            addrs,
-                            explicit: true,
-                        })
-                        .await;
-                    let _ = reply.send(Ok(n));
-                });
-            }
-            Command::Resolved { addrs, explicit } => {
-                self.on_resolved(addrs, explicit);
-            }
-            Command::SetTags { set, delete, reply } => {
-                let _ = reply.send(self.set_tags(set, delete));
-            }
-            Command::ForceLeave { name, reply } => {
-                let result = self.table.force_leave(&name, now_millis()).map(|out| {
-                    info!(node = %name, "force-leave: marked left");
-                    self.apply_outcome(out);
-                });
-                let _ = reply.send(result);
-            }
-            Command::Leave { reply } => self.begin_leave(reply),
-            Command::PushPullIn { remote, reply } => {
-                let _ = reply.send(self.our_state());
-                self.apply_remote(remote);
-            }
-            Command::PushPullOut { remote } => self.apply_remote(remote),
-        }
-    }
-
-    fn set_tags(&mut self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
-        let mut next = self.local.tags.clone();
-        for k in &delete {
-            next.remove(k);
-        }
-        next.extend(set);
-        tags::validate(&next).map_err(|e| e.to_string())?;
-        if next == self.local.tags {
-            return Ok(next);
-        }
-        if let Some(path) = &self.cfg.tags_file {
-            tags::save_file(path, &next)
-                .map_err(|e| format!("cannot write tags file {}: {e}", path.display()))?;
-        }
-        let new_id = self.local.with_tags(next.clone());
-        self.foca
-            .change_identity(new_id.clone(), &mut self.rt)
-            .map_err(|e| format!("cannot change identity: {e}"))?;
-        info!(tags = ?next, "tags changed");
-        self.set_local(new_id);
-        Ok(next)
-    }
-
-    fn set_local(&mut self, id: NodeId) {
-        self.local = id.clone();
-        let out = self.table.set_local(&id, now_millis());
-        self.lock().local = id;
-        self.apply_outcome(out);
-    }
-
-    fn begin_leave(&mut self, reply: oneshot::Sender<()>) {
-        if self.leaving.is_some() {
-            // Already leaving: answer at once, the first caller gets the real wait.
-            let _ = reply.send(());
-            return;
-        }
-        let pending: HashSet<String> = self
-            .table
-            .records()
-            .filter(|r| r.status.is_active() && r.id.name != self.local.name)
-            .map(|r| r.id.name.clone())
-            .collect();
-        info!(members = pending.len(), "leaving the cluster");
-        let out = self.table.set_local_left(now_millis());
-        self.apply_outcome(out);
-        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
-            warn!(error = %e, "foca leave failed");
-        }
-        let now = Instant::now();
-        self.leaving = Some(Leaving {
-            pending,
-            deadline: now + self.cfg.leave_timeout,
-            next_resend: now,
-            reply: Some(reply),
-        });
-        self.progress_leave(now);
-    }
-
-    /// Sends leave notices to members that have not acknowledged yet; answers
-    /// the leave once all did or the deadline passed.
-    fn progress_leave(&mut self, now: Instant) {
-        let Some(leaving) = &mut self.leaving else {
-            return;
-        };
-        if leaving.pending.is_empty() || now >= leaving.deadline {
-            if !leaving.pending.is_empty() {
-                warn!(unacknowledged = ?leaving.pending, "leave timeout: some members did not confirm");
-            } else {
-                info!("leave acknowledged by every member");
-            }
-            if let Some(reply) = leaving.reply.take() {
-                let _ = reply.send(());
-            }
-            return;
-        }
-        if now >= leaving.next_resend {
-            leaving.next_resend = now + Duration::from_millis(200);
-            let notice = wire::encode_leave(&self.local);
-            let targets: Vec<SocketAddr> = leaving
-                .pending
-                .iter()
-                .filter_map(|n| self.table.get(n).map(|r| r.id.addr))
-                .collect();
-            for to in targets {
-                self.send_raw(to, &notice);
-            }
-        }
-    }
-
-    /// Brings the table in line with foca's full state.
-    fn reconcile(&mut self) {
-        let now = now_millis();
-        let mut out = Outcome::default();
-        let snapshot: Vec<(NodeId, State, u16)> = self
-            .foca
-            .iter_membership_state()
-            .map(|m| (m.id().clone(), m.state(), m.incarnation()))
-            .collect();
-        for (id, state, inc) in &snapshot {
-            out.merge(self.table.observe(id, FocaState::from(*state), *inc, now));
-        }
-        self.apply_outcome(out);
-        let bucket = size_bucket(self.foca.num_members() + 1);
-        if bucket != self.bucket {
-            self.bucket = bucket;
-            if let Err(e) = self.foca.set_config(foca_config(&self.timing, bucket)) {
-                warn!(error = %e, "cannot rescale foca config");
-            }
-        }
-    }
-
-    fn apply_outcome(&mut self, out: Outcome) {
-        if !out.declare_down.is_empty() {
-            let downs = out.declare_down.into_iter().map(Member::down);
-            if let Err(e) = self.foca.apply_many(downs, true, &mut self.rt) {
-                debug!(error = %e, "declaring stale identities down failed");
-            }
-        }
-        for c in out.conflicts {
-            let now = Instant::now();
-            let recent = self
-                .conflicts_logged
-                .get(&c)
-                .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(30));
-            if !recent {
-                error!("{c}");
-                self.conflicts_logged.insert(c, now);
-            }
-        }
-        let now = now_millis();
-        let changed = !out.events.is_empty();
-        let mut shared = self.lock();
-        for event in &out.events {
-            let r = &event.record;
-            info!(
-                event = event.kind.as_str(),
-                node = %r.id.name,
-                addr = %r.id.addr,
-                status = r.status.as_str(),
-                "member event"
-            );
-            shared.events.push(event, now);
-        }
-        if changed || shared.joined != (self.foca.num_members() > 0) {
-            shared.members = self.table.records().map(MemberView::from).collect();
-            let mut counts = HashMap::new();
-            for s in [Status::Alive, Status::Suspect, Status::Failed, Status::Left] {
-                counts.insert(s.as_str(), self.table.count(s));
-            }
-            shared.counts = counts;
-            let joined = self.foca.num_members() > 0;
-            if joined && !shared.joined {
-                info!(members = self.foca.num_members(), "joined the cluster");
-            } else if !joined && shared.joined && self.leaving.is_none() {
-                warn!("no live members left; retrying the join targets");
-            }
-            shared.joined = joined;
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Drains what foca asked for: packets, timers, notifications.
-    fn flush(&mut self) {
-        while let Some((to, data)) = self.rt.to_send() {
-            let packet = wire::encode_foca(&data);
-            self.send_raw(to.addr, &packet);
-        }
-        let now = Instant::now();
-        while let Some((after, timer)) = self.rt.to_schedule() {
-            self.timer_seq += 1;
-            self.timers
-                .push(Reverse((now + after, self.timer_seq, TimerKey(timer))));
-        }
-        let mut dirty = false;
-        while let Some(n) = self.rt.to_notify() {
-            match n {
-                OwnedNotification::Rejoin(id) => {
-                    warn!(
-                        generation = id.generation,
-                        "the cluster declared this node down; rejoined with a new generation"
-                    );
-                    self.set_local(id);
-                }
-                OwnedNotification::Defunct if self.leaving.is_none() => {
-                    warn!("this node is considered down by the cluster");
-                }
-                OwnedNotification::Idle if self.leaving.is_none() => {
-                    // Back to joining: reset the backoff so it is quick.
-                    self.join_backoff = self.timing.join_backoff;
-                    self.next_join = Instant::now();
-                }
-                _ => {}
-            }
-            dirty = true;
-        }
-        if dirty {
-            self.reconcile();
-            // Reconcile may have queued packets (declare_down gossip).
-            while let Some((to, data)) = self.rt.to_send() {
-                let packet = wire::encode_foca(&data);
-                self.send_raw(to.addr, &packet);
-            }
-        }
     }
 
     fn send_raw(&self, to: SocketAddr, packet: &[u8]) {

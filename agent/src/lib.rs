@@ -4,7 +4,8 @@
 //! Layout:
 //! - protocol logic, pure and unit-tested: [`identity`], [`tags`], [`wire`]
 //!   (packets, frames, foca codec), [`membership`] (the Serf-style member
-//!   table), [`profile`] (timers);
+//!   table), [`profile`] (timers), [`core`] (the sans-I/O node: foca + table,
+//!   driven by explicit time; the agent and the simulator both run it);
 //! - the runtime: [`agent`] (the one task that owns foca), [`pushpull`] (TCP
 //!   state exchange), [`events`] (indexed event log), [`handlers`] (Serf-style
 //!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses);
@@ -16,6 +17,7 @@ pub mod api;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod core;
 pub mod events;
 pub mod handlers;
 pub mod identity;

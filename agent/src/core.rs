@@ -1,0 +1,698 @@
+//! The sans-I/O node: foca, the member table, the leave protocol, join retry
+//! and push-pull scheduling, all driven by explicit time. It never touches a
+//! socket, a clock or a task: the agent's runtime (`agent.rs`) and the
+//! simulator feed it packets, timers and commands, and carry out the
+//! [`Output`]s it asks for. So the simulated cluster runs the very code the
+//! agent runs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, State, Timer};
+use rand::rngs::StdRng;
+use tracing::{debug, info, warn};
+
+use crate::identity::NodeId;
+use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table};
+use crate::profile::{foca_config, size_bucket, Timing};
+use crate::tags::{self, Tags};
+use crate::wire::{self, DecodeError, Packet, ShoalCodec, SyncEntry, SyncMsg, SyncState};
+
+type Swim = Foca<NodeId, ShoalCodec, StdRng, foca::NoCustomBroadcast>;
+
+/// The two clocks the core needs: monotonic for timers, wall (ms since the
+/// epoch) for event times and reaping. The simulator passes virtual ones.
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub mono: Instant,
+    pub wall_ms: u64,
+}
+
+/// What the runtime must do for the core.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send one UDP packet (already enveloped).
+    Send { to: SocketAddr, packet: Vec<u8> },
+    /// A member event for the event log and handlers.
+    Event(MemberEvent),
+    /// Time for a join round: resolve the join targets, then [`Core::contact`].
+    JoinRound,
+    /// Exchange full state over TCP with this address ([`Core::sync_state`] /
+    /// [`Core::apply_remote`]).
+    PushPull { to: SocketAddr },
+    /// Resolve the join targets, drop `exclude`, and push-pull with one of
+    /// the rest: how two halves of a healed partition find each other.
+    SeedPushPull { exclude: Vec<SocketAddr> },
+    /// The graceful leave is complete (acknowledged or timed out).
+    LeaveDone,
+}
+
+/// foca's `Timer` in the heap; order comes from (due, sequence) only.
+struct TimerKey(Timer<NodeId>);
+
+impl PartialEq for TimerKey {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for TimerKey {}
+impl PartialOrd for TimerKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for TimerKey {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+
+struct Leaving {
+    pending: HashSet<String>,
+    deadline: Instant,
+    next_resend: Instant,
+    done: bool,
+}
+
+/// Static settings of a core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub timing: Timing,
+    /// Whether there are join targets to retry.
+    pub has_join_targets: bool,
+    /// Longest join retry delay.
+    pub retry_max: Duration,
+    pub reap_after: Duration,
+    pub leave_timeout: Duration,
+}
+
+pub struct Core {
+    foca: Swim,
+    rt: AccumulatingRuntime<NodeId>,
+    /// The one timer heap: (due, insertion order, timer).
+    timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
+    timer_seq: u64,
+    table: Table,
+    local: NodeId,
+    cfg: CoreConfig,
+    bucket: u32,
+    join_backoff: Duration,
+    next_join: Instant,
+    join_pending: bool,
+    next_push_pull: Instant,
+    push_pull_round: u64,
+    leaving: Option<Leaving>,
+    conflicts_logged: HashMap<String, Instant>,
+    joined: bool,
+    out: Vec<Output>,
+}
+
+impl Core {
+    pub fn new(local: NodeId, cfg: CoreConfig, rng: StdRng, now: Now) -> Core {
+        let (table, first) = Table::new(&local, cfg.reap_after.as_millis() as u64, now.wall_ms);
+        let foca = Foca::new(
+            local.clone(),
+            foca_config(&cfg.timing, size_bucket(1)),
+            rng,
+            ShoalCodec,
+        );
+        let mut core = Core {
+            foca,
+            rt: AccumulatingRuntime::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            table,
+            local,
+            bucket: size_bucket(1),
+            join_backoff: cfg.timing.join_backoff,
+            next_join: now.mono,
+            join_pending: false,
+            next_push_pull: now.mono + cfg.timing.push_pull_interval,
+            push_pull_round: 0,
+            leaving: None,
+            conflicts_logged: HashMap::new(),
+            joined: false,
+            out: Vec::new(),
+            cfg,
+        };
+        core.apply_outcome(first, now);
+        core
+    }
+
+    pub fn local(&self) -> &NodeId {
+        &self.local
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &Record> {
+        self.table.records()
+    }
+
+    pub fn record(&self, name: &str) -> Option<&Record> {
+        self.table.get(name)
+    }
+
+    pub fn count(&self, status: Status) -> usize {
+        self.table.count(status)
+    }
+
+    /// Live members other than ourselves, as foca sees them.
+    pub fn live_members(&self) -> usize {
+        self.foca.num_members()
+    }
+
+    pub fn joined(&self) -> bool {
+        self.joined
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.is_some()
+    }
+
+    /// When [`Core::on_timers`] should next be called.
+    pub fn next_timer(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((due, _, _))| *due)
+    }
+
+    /// Everything the core asked for since the last call.
+    pub fn take_outputs(&mut self) -> Vec<Output> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// One UDP packet from `from`. An error means it was dropped (count it).
+    pub fn on_packet(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        now: Now,
+    ) -> Result<(), DecodeError> {
+        let result = match wire::decode_packet(data)? {
+            Packet::Foca(body) => {
+                if self.leaving.is_some() {
+                    return Ok(());
+                }
+                self.foca
+                    .handle_data(body, &mut self.rt)
+                    .map_err(|e| DecodeError::Malformed(format!("refused by SWIM: {e}")))
+            }
+            Packet::Leave(id) => {
+                debug!(node = %id.name, %from, "leave notice");
+                let out = self.table.leave_notice(&id, now.wall_ms);
+                self.apply_outcome(out, now);
+                let ack = wire::encode_leave_ack(&self.local.name, id.generation);
+                self.out.push(Output::Send {
+                    to: from,
+                    packet: ack,
+                });
+                Ok(())
+            }
+            Packet::LeaveAck { name, generation } => {
+                if let Some(leaving) = &mut self.leaving {
+                    if generation == self.local.generation {
+                        leaving.pending.remove(&name);
+                    }
+                }
+                self.progress_leave(now);
+                Ok(())
+            }
+        };
+        self.flush(now);
+        result
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn on_timers(&mut self, now: Now) {
+        while let Some(Reverse((due, _, _))) = self.timers.peek() {
+            if *due > now.mono {
+                break;
+            }
+            let Some(Reverse((_, _, TimerKey(timer)))) = self.timers.pop() else {
+                break;
+            };
+            if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
+                debug!(error = %e, "timer handling error");
+            }
+        }
+        self.flush(now);
+    }
+
+    /// The periodic tick: reconcile, reap, join retries, push-pull, leave progress.
+    pub fn on_tick(&mut self, now: Now) {
+        self.reconcile(now);
+        if self.leaving.is_some() {
+            self.progress_leave(now);
+            self.flush(now);
+            return;
+        }
+        let out = self.table.reap(now.wall_ms);
+        self.apply_outcome(out, now);
+        if self.foca.num_members() == 0
+            && self.cfg.has_join_targets
+            && !self.join_pending
+            && now.mono >= self.next_join
+        {
+            self.join_pending = true;
+            self.out.push(Output::JoinRound);
+            self.next_join = now.mono + self.join_backoff;
+            self.join_backoff = (self.join_backoff * 2).min(self.cfg.retry_max);
+        }
+        if now.mono >= self.next_push_pull {
+            self.next_push_pull = now.mono + self.cfg.timing.push_pull_interval;
+            self.periodic_push_pull();
+        }
+        self.flush(now);
+    }
+
+    /// Contacts resolved addresses: a SWIM announce and a TCP push-pull each.
+    /// Returns how many were contacted (ourselves excluded).
+    pub fn contact(&mut self, addrs: &[SocketAddr], join_round: bool, now: Now) -> usize {
+        if join_round {
+            self.join_pending = false;
+        }
+        let mut contacted = 0;
+        for &addr in addrs {
+            if addr == self.local.addr {
+                continue;
+            }
+            contacted += 1;
+            if let Err(e) = self.foca.announce(NodeId::seed(addr), &mut self.rt) {
+                debug!(%addr, error = %e, "announce failed");
+            }
+            self.out.push(Output::PushPull { to: addr });
+        }
+        self.flush(now);
+        contacted
+    }
+
+    fn periodic_push_pull(&mut self) {
+        self.push_pull_round += 1;
+        let live: Vec<SocketAddr> = self.foca.iter_members().map(|m| m.id().addr).collect();
+        if self.push_pull_round.is_multiple_of(2) && self.cfg.has_join_targets {
+            let mut exclude = live;
+            exclude.push(self.local.addr);
+            self.out.push(Output::SeedPushPull { exclude });
+        } else if !live.is_empty() {
+            let to = live[rand::random_range(0..live.len())];
+            self.out.push(Output::PushPull { to });
+        }
+    }
+
+    /// Our whole table, for a push-pull.
+    pub fn sync_state(&self) -> SyncMsg {
+        SyncMsg {
+            from: self.local.clone(),
+            entries: self.table.sync_entries(),
+        }
+    }
+
+    /// Feeds a peer's full state to foca and the table.
+    pub fn apply_remote(&mut self, remote: SyncMsg, now: Now) {
+        if remote.from.name == self.local.name && remote.from.addr == self.local.addr {
+            return;
+        }
+        let mut left = Vec::new();
+        let mut updates = vec![Member::alive(remote.from.clone())];
+        for SyncEntry {
+            id,
+            incarnation,
+            state,
+        } in remote.entries
+        {
+            if id.name == self.local.name {
+                continue;
+            }
+            let state = match state {
+                SyncState::Alive => State::Alive,
+                SyncState::Suspect => State::Suspect,
+                SyncState::Failed => State::Down,
+                SyncState::Left => {
+                    left.push(id.clone());
+                    State::Down
+                }
+            };
+            updates.push(Member::new(id, incarnation, state));
+        }
+        if let Err(e) = self
+            .foca
+            .apply_many(updates.into_iter(), true, &mut self.rt)
+        {
+            debug!(error = %e, "applying push-pull state failed");
+        }
+        for id in left {
+            let newer_or_same = self
+                .table
+                .get(&id.name)
+                .is_some_and(|r| r.id.generation <= id.generation);
+            if newer_or_same {
+                let out = self.table.leave_notice(&id, now.wall_ms);
+                self.apply_outcome(out, now);
+            }
+        }
+        self.reconcile(now);
+        self.flush(now);
+    }
+
+    /// Applies a tag change; the new identity is gossiped as an update.
+    pub fn set_tags(&mut self, set: Tags, delete: &[String], now: Now) -> Result<Tags, String> {
+        let mut next = self.local.tags.clone();
+        for k in delete {
+            next.remove(k);
+        }
+        next.extend(set);
+        tags::validate(&next).map_err(|e| e.to_string())?;
+        if next == self.local.tags {
+            return Ok(next);
+        }
+        let new_id = self.local.with_tags(next.clone());
+        self.foca
+            .change_identity(new_id.clone(), &mut self.rt)
+            .map_err(|e| format!("cannot change identity: {e}"))?;
+        info!(tags = ?next, "tags changed");
+        self.set_local(new_id, now);
+        self.flush(now);
+        Ok(next)
+    }
+
+    fn set_local(&mut self, id: NodeId, now: Now) {
+        self.local = id.clone();
+        let out = self.table.set_local(&id, now.wall_ms);
+        self.apply_outcome(out, now);
+    }
+
+    pub fn force_leave(&mut self, name: &str, now: Now) -> Result<(), String> {
+        let out = self.table.force_leave(name, now.wall_ms)?;
+        info!(node = %name, "force-leave: marked left");
+        self.apply_outcome(out, now);
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Starts a graceful leave; [`Output::LeaveDone`] follows when every
+    /// member acknowledged or the leave timeout passed.
+    pub fn begin_leave(&mut self, now: Now) {
+        if self.leaving.is_some() {
+            return;
+        }
+        let pending: HashSet<String> = self
+            .table
+            .records()
+            .filter(|r| r.status.is_active() && r.id.name != self.local.name)
+            .map(|r| r.id.name.clone())
+            .collect();
+        info!(members = pending.len(), "leaving the cluster");
+        let out = self.table.set_local_left(now.wall_ms);
+        self.apply_outcome(out, now);
+        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
+            warn!(error = %e, "foca leave failed");
+        }
+        self.leaving = Some(Leaving {
+            pending,
+            deadline: now.mono + self.cfg.leave_timeout,
+            next_resend: now.mono,
+            done: false,
+        });
+        self.progress_leave(now);
+        self.flush(now);
+    }
+
+    /// Sends leave notices to members that have not acknowledged yet.
+    fn progress_leave(&mut self, now: Now) {
+        let Some(leaving) = &mut self.leaving else {
+            return;
+        };
+        if leaving.done {
+            return;
+        }
+        if leaving.pending.is_empty() || now.mono >= leaving.deadline {
+            if leaving.pending.is_empty() {
+                info!("leave acknowledged by every member");
+            } else {
+                warn!(unacknowledged = ?leaving.pending, "leave timeout: some members did not confirm");
+            }
+            leaving.done = true;
+            self.out.push(Output::LeaveDone);
+            return;
+        }
+        if now.mono >= leaving.next_resend {
+            leaving.next_resend = now.mono + Duration::from_millis(200);
+            let notice = wire::encode_leave(&self.local);
+            let targets: Vec<SocketAddr> = leaving
+                .pending
+                .iter()
+                .filter_map(|n| self.table.get(n).map(|r| r.id.addr))
+                .collect();
+            for to in targets {
+                self.out.push(Output::Send {
+                    to,
+                    packet: notice.clone(),
+                });
+            }
+        }
+    }
+
+    /// Brings the table in line with foca's full state.
+    fn reconcile(&mut self, now: Now) {
+        let mut out = Outcome::default();
+        let snapshot: Vec<(NodeId, State, u16)> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| (m.id().clone(), m.state(), m.incarnation()))
+            .collect();
+        for (id, state, inc) in &snapshot {
+            out.merge(
+                self.table
+                    .observe(id, FocaState::from(*state), *inc, now.wall_ms),
+            );
+        }
+        self.apply_outcome(out, now);
+        let bucket = size_bucket(self.foca.num_members() + 1);
+        if bucket != self.bucket {
+            self.bucket = bucket;
+            if let Err(e) = self.foca.set_config(foca_config(&self.cfg.timing, bucket)) {
+                warn!(error = %e, "cannot rescale foca config");
+            }
+        }
+        let joined = self.foca.num_members() > 0;
+        if joined != self.joined {
+            if joined {
+                info!(members = self.foca.num_members(), "joined the cluster");
+            } else if self.leaving.is_none() {
+                warn!("no live members left; retrying the join targets");
+            }
+            self.joined = joined;
+        }
+    }
+
+    fn apply_outcome(&mut self, out: Outcome, now: Now) {
+        if !out.declare_down.is_empty() {
+            let downs = out.declare_down.into_iter().map(Member::down);
+            if let Err(e) = self.foca.apply_many(downs, true, &mut self.rt) {
+                debug!(error = %e, "declaring stale identities down failed");
+            }
+        }
+        for c in out.conflicts {
+            let recent = self
+                .conflicts_logged
+                .get(&c)
+                .is_some_and(|t| now.mono.duration_since(*t) < Duration::from_secs(30));
+            if !recent {
+                tracing::error!("{c}");
+                self.conflicts_logged.insert(c, now.mono);
+            }
+        }
+        for event in out.events {
+            let r = &event.record;
+            info!(
+                event = event.kind.as_str(),
+                node = %r.id.name,
+                addr = %r.id.addr,
+                status = r.status.as_str(),
+                "member event"
+            );
+            self.out.push(Output::Event(event));
+        }
+    }
+
+    /// Drains what foca asked for: packets, timers, notifications.
+    fn flush(&mut self, now: Now) {
+        let mut dirty = false;
+        loop {
+            while let Some((to, data)) = self.rt.to_send() {
+                self.out.push(Output::Send {
+                    to: to.addr,
+                    packet: wire::encode_foca(&data),
+                });
+            }
+            while let Some((after, timer)) = self.rt.to_schedule() {
+                self.timer_seq += 1;
+                self.timers
+                    .push(Reverse((now.mono + after, self.timer_seq, TimerKey(timer))));
+            }
+            let mut notified = false;
+            while let Some(n) = self.rt.to_notify() {
+                notified = true;
+                match n {
+                    OwnedNotification::Rejoin(id) => {
+                        warn!(
+                            generation = id.generation,
+                            "the cluster declared this node down; rejoined with a new generation"
+                        );
+                        self.set_local(id, now);
+                    }
+                    OwnedNotification::Defunct if self.leaving.is_none() => {
+                        warn!("this node is considered down by the cluster");
+                    }
+                    OwnedNotification::Idle if self.leaving.is_none() => {
+                        // Back to joining: retry at once, with a short backoff.
+                        self.join_backoff = self.cfg.timing.join_backoff;
+                        self.next_join = now.mono;
+                    }
+                    _ => {}
+                }
+            }
+            if notified && !dirty {
+                // Membership changed: reconcile now (it may queue more packets).
+                dirty = true;
+                self.reconcile(now);
+                continue;
+            }
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::Profile;
+    use rand::SeedableRng;
+
+    /// Two cores on a perfect in-memory network, on virtual time.
+    struct Net {
+        cores: Vec<Core>,
+        t0: Instant,
+        now_ms: u64,
+        /// Cores whose packets are dropped (a dead node).
+        dead: Vec<usize>,
+    }
+
+    impl Net {
+        fn new(n: usize) -> Net {
+            let t0 = Instant::now();
+            let cores = (0..n)
+                .map(|i| {
+                    let id = NodeId {
+                        name: format!("n{i}"),
+                        addr: format!("10.0.0.{}:7946", i + 1).parse().unwrap(),
+                        generation: 1,
+                        tags: Tags::new(),
+                    };
+                    let cfg = CoreConfig {
+                        timing: Profile::Lan.timing(),
+                        has_join_targets: false,
+                        retry_max: Duration::from_secs(5),
+                        reap_after: Duration::from_secs(3600),
+                        leave_timeout: Duration::from_secs(2),
+                    };
+                    let now = Now {
+                        mono: t0,
+                        wall_ms: 0,
+                    };
+                    Core::new(id, cfg, StdRng::seed_from_u64(i as u64), now)
+                })
+                .collect();
+            Net {
+                cores,
+                t0,
+                now_ms: 0,
+                dead: Vec::new(),
+            }
+        }
+
+        fn now(&self) -> Now {
+            Now {
+                mono: self.t0 + Duration::from_millis(self.now_ms),
+                wall_ms: self.now_ms,
+            }
+        }
+
+        /// Delivers every output instantly, then advances time by 10 ms.
+        fn step(&mut self) {
+            let now = self.now();
+            for i in 0..self.cores.len() {
+                self.cores[i].on_timers(now);
+                if self.now_ms % 100 == 0 {
+                    self.cores[i].on_tick(now);
+                }
+            }
+            let mut queue: Vec<(usize, Output)> = Vec::new();
+            for (i, c) in self.cores.iter_mut().enumerate() {
+                queue.extend(c.take_outputs().into_iter().map(|o| (i, o)));
+            }
+            while let Some((from, out)) = queue.pop() {
+                if self.dead.contains(&from) {
+                    continue;
+                }
+                let from_addr = self.cores[from].local().addr;
+                match out {
+                    Output::Send { to, packet } => {
+                        if let Some(j) = self.cores.iter().position(|c| c.local().addr == to) {
+                            if !self.dead.contains(&j) {
+                                let _ = self.cores[j].on_packet(&packet, from_addr, now);
+                                queue.extend(
+                                    self.cores[j].take_outputs().into_iter().map(|o| (j, o)),
+                                );
+                            }
+                        }
+                    }
+                    Output::PushPull { to } => {
+                        if let Some(j) = self.cores.iter().position(|c| c.local().addr == to) {
+                            let theirs = self.cores[j].sync_state();
+                            let ours = self.cores[from].sync_state();
+                            self.cores[j].apply_remote(ours, now);
+                            self.cores[from].apply_remote(theirs, now);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            self.now_ms += 10;
+        }
+
+        fn status(&self, at: usize, name: &str) -> Option<Status> {
+            self.cores[at].record(name).map(|r| r.status)
+        }
+    }
+
+    #[test]
+    fn cores_join_detect_a_failure_and_see_a_leave_on_virtual_time() {
+        let mut net = Net::new(3);
+        let seed = net.cores[0].local().addr;
+        let now = net.now();
+        net.cores[1].contact(&[seed], true, now);
+        net.cores[2].contact(&[seed], true, now);
+        for _ in 0..100 {
+            net.step();
+        }
+        for i in 0..3 {
+            for n in ["n0", "n1", "n2"] {
+                assert_eq!(net.status(i, n), Some(Status::Alive), "n{i} about {n}");
+            }
+        }
+        // n2 dies silently: failed at the others within probe + suspicion (~1.2-2 s).
+        net.dead.push(2);
+        let died = net.now_ms;
+        while net.status(0, "n2") != Some(Status::Failed) {
+            net.step();
+            assert!(net.now_ms - died < 5_000, "not failed after 5 s");
+        }
+        let took = net.now_ms - died;
+        assert!(took >= 800, "failed too early: {took} ms");
+        // n1 leaves gracefully: left (not failed) at n0 at once.
+        let now = net.now();
+        net.cores[1].begin_leave(now);
+        net.step();
+        assert_eq!(net.status(0, "n1"), Some(Status::Left));
+    }
+}
