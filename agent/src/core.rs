@@ -622,7 +622,7 @@ mod tests {
             let now = self.now();
             for i in 0..self.cores.len() {
                 self.cores[i].on_timers(now);
-                if self.now_ms % 100 == 0 {
+                if self.now_ms.is_multiple_of(100) {
                     self.cores[i].on_tick(now);
                 }
             }
