@@ -19,10 +19,13 @@ COPY templates/haproxy.cfg.hbs /etc/lbgen/haproxy.cfg.hbs
 COPY docker/lb-services.toml /etc/shoal/services.toml
 
 # Not a backend (no `service` tag). The stats page is this node's health check.
+# timeout_connect=1s: a connection on a container network takes well under 1 ms, while a
+# killed container's address stays silent, so each try at it costs the full connect timeout
+# before HAProxy retries elsewhere (5 s with the template's default).
 ENV SHOAL_SERVICES=/etc/shoal/services.toml \
     SHOAL_TAG=role=lb \
     SHOAL_DRAIN=2s \
-    LBGEN_VAR=http_port=80,stats_port=1936 \
+    LBGEN_VAR=http_port=80,stats_port=1936,timeout_connect=1s \
     LBGEN_WAIT=200ms:2s
 
 EXPOSE 80 1936 7946/tcp 7946/udp

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs the Docker end-to-end scenarios (tests/e2e) and prints the figures they measure:
+# time from `up --scale` to all backends serving, failed requests during scale-down and
+# after `docker kill`, time from kill to removal, LB restart, image sizes, agent RSS.
+#
+#   bench/e2e.sh            # all scenarios (~5 min on 2 cores, after the images are built)
+#   bench/e2e.sh scale      # only the tests whose name contains "scale"
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+FIGURES="$(mktemp /tmp/shoal-e2e-figures.XXXXXX)"
+trap 'rm -f "$FIGURES"' EXIT
+start=$SECONDS
+SHOAL_E2E_FIGURES="$FIGURES" cargo test --locked -p shoal-e2e --test docker -- --test-threads=1 "$@"
+echo
+echo "== shoal e2e figures ($(date -u +%FT%TZ), $(nproc) cores, $(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?') engine; suite took $((SECONDS - start)) s)"
+sed 's/^FIGURE /  /' "$FIGURES"
