@@ -4,7 +4,7 @@
 use foca::{Codec, Header, Member, Message};
 use shoal::identity::NodeId;
 use shoal::tags::Tags;
-use shoal::wire::{self, ShoalCodec, SyncEntry, SyncMsg, SyncState};
+use shoal::wire::{self, KeyOp, ShoalCodec, SyncEntry, SyncMsg, SyncState, TcpMsg};
 
 fn main() -> std::io::Result<()> {
     let dir = std::env::args()
@@ -50,16 +50,19 @@ fn main() -> std::io::Result<()> {
         }
         seeds.push((name, wire::encode_foca(&buf)));
     }
-    let frame = wire::encode_frame(&SyncMsg {
+    let sync = TcpMsg::Sync(SyncMsg {
         from: a.clone(),
         entries: vec![SyncEntry {
             id: b,
             incarnation: 2,
             state: SyncState::Left,
         }],
-    })
-    .expect("frame");
+    });
+    let frame = wire::encode_frame(&sync, None).expect("frame");
     seeds.push(("frame_body", frame[wire::FRAME_HEADER..].to_vec()));
+    let keyop = TcpMsg::KeyOp(KeyOp::Install(shoal::keyring::generate()));
+    let frame = wire::encode_frame(&keyop, None).expect("frame");
+    seeds.push(("frame_keyop", frame[wire::FRAME_HEADER..].to_vec()));
     for (name, bytes) in seeds {
         std::fs::write(format!("{dir}/{name}"), bytes)?;
     }

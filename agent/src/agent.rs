@@ -4,9 +4,9 @@
 //! TCP exchanges, handlers) runs in other tasks and reports back through the
 //! command channel, so the gossip loop never waits on them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
@@ -14,18 +14,19 @@ use rand::SeedableRng;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::addr;
 use crate::core::{Core, CoreConfig, Now, Output};
 use crate::events::{EventLog, MemberView};
 use crate::identity::{now_millis, NodeId};
+use crate::keyring::{Key, Keyring};
 use crate::membership::Status;
 use crate::profile::Profile;
-use crate::pushpull;
+use crate::pushpull::{self, FrameError, SharedKeyring};
 use crate::stats::Stats;
 use crate::tags::{self, Tags};
-use crate::wire::SyncMsg;
+use crate::wire::{self, DecodeError, KeyOp, KeyReply, SyncMsg, TcpMsg};
 
 /// Settings derived from flags; see `cli::AgentArgs`.
 #[derive(Debug, Clone)]
@@ -42,6 +43,10 @@ pub struct AgentConfig {
     pub reap_after: Duration,
     /// Longest wait for leave receipts on shutdown.
     pub leave_timeout: Duration,
+    /// Gossip encryption; None = clear text.
+    pub keyring: Option<Keyring>,
+    /// Where the keyring persists across restarts and rotations.
+    pub keyring_file: Option<std::path::PathBuf>,
 }
 
 /// What the API and CLI read without going through the loop.
@@ -78,6 +83,11 @@ pub enum Command {
     },
     /// An outbound push-pull finished.
     PushPullOut { remote: SyncMsg },
+    /// A cluster-wide keyring operation (`shoal keys`).
+    KeyOp {
+        op: KeyOp,
+        reply: oneshot::Sender<Result<KeySummary, String>>,
+    },
     /// Join targets resolved to addresses.
     Resolved {
         addrs: Vec<SocketAddr>,
@@ -121,6 +131,11 @@ impl Handle {
 
     pub async fn leave(&self) -> Result<(), String> {
         self.call(|reply| Command::Leave { reply }).await
+    }
+
+    /// Applies `op` here and on every live member; per-node results.
+    pub async fn key_op(&self, op: KeyOp) -> Result<KeySummary, String> {
+        self.call(|reply| Command::KeyOp { op, reply }).await?
     }
 
     pub fn local(&self) -> NodeId {
@@ -170,7 +185,15 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         profile = ?cfg.profile,
         "gossip listening on UDP and TCP"
     );
-    tokio::spawn(accept_push_pull(tcp, tx.clone(), stats.clone()));
+    let keys = Arc::new(KeyCtx {
+        ring: Arc::new(RwLock::new(cfg.keyring.clone())),
+        file: cfg.keyring_file.clone(),
+        node: local.name.clone(),
+    });
+    if cfg.keyring.is_some() {
+        info!("gossip encryption on (AES-GCM)");
+    }
+    tokio::spawn(accept_tcp(tcp, tx.clone(), stats.clone(), keys.clone()));
 
     let core = Core::new(
         local,
@@ -190,6 +213,8 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         shared,
         stats,
         commands: tx,
+        keys,
+        auth_warned: HashMap::new(),
         leave_reply: Vec::new(),
         left: false,
         cfg,
@@ -213,6 +238,10 @@ struct Node {
     shared: Arc<Mutex<Shared>>,
     stats: Arc<Stats>,
     commands: mpsc::Sender<Command>,
+    keys: Arc<KeyCtx>,
+    /// Last "wrong key?" warning per peer, so a misconfigured node is named
+    /// in the log without flooding it.
+    auth_warned: HashMap<std::net::IpAddr, std::time::Instant>,
     leave_reply: Vec<oneshot::Sender<()>>,
     left: bool,
     cfg: AgentConfig,
@@ -232,14 +261,7 @@ impl Node {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
             tokio::select! {
                 received = udp.recv_from(&mut buf) => match received {
-                    Ok((len, from)) => {
-                        Stats::add(&self.stats.packets_in, 1);
-                        Stats::add(&self.stats.bytes_in, len as u64);
-                        if let Err(e) = self.core.on_packet(&buf[..len], from, now()) {
-                            Stats::add(&self.stats.dropped_in, 1);
-                            debug!(%from, error = %e, "dropped packet");
-                        }
-                    }
+                    Ok((len, from)) => self.on_datagram(&buf[..len], from),
                     Err(e) => debug!(error = %e, "UDP receive error"),
                 },
                 _ = tokio::time::sleep_until(next_timer) => self.core.on_timers(now()),
@@ -253,6 +275,40 @@ impl Node {
             if self.left {
                 return;
             }
+        }
+    }
+
+    fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
+        Stats::add(&self.stats.packets_in, 1);
+        Stats::add(&self.stats.bytes_in, data.len() as u64);
+        let opened = {
+            let ring = self.keys.ring.read().unwrap_or_else(|p| p.into_inner());
+            wire::open_packet(ring.as_ref(), data).map(|p| p.into_owned())
+        };
+        let result = opened.and_then(|plain| self.core.on_packet(&plain, from, now()));
+        match result {
+            Ok(()) => {}
+            Err(e @ (DecodeError::Auth | DecodeError::Encrypted | DecodeError::Unencrypted)) => {
+                Stats::add(&self.stats.dropped_in, 1);
+                Stats::add(&self.stats.auth_failures, 1);
+                self.warn_auth(from, &e.to_string());
+            }
+            Err(e) => {
+                Stats::add(&self.stats.dropped_in, 1);
+                debug!(%from, error = %e, "dropped packet");
+            }
+        }
+    }
+
+    fn warn_auth(&mut self, from: SocketAddr, why: &str) {
+        let now = std::time::Instant::now();
+        let recent = self
+            .auth_warned
+            .get(&from.ip())
+            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(30));
+        if !recent {
+            self.auth_warned.insert(from.ip(), now);
+            warn!(%from, "packet dropped, {why}: every node needs the same --encrypt key (or keyring)");
         }
     }
 
@@ -298,6 +354,18 @@ impl Node {
                 self.core.apply_remote(remote, now());
             }
             Command::PushPullOut { remote } => self.core.apply_remote(remote, now()),
+            Command::KeyOp { op, reply } => {
+                let peers: Vec<(String, SocketAddr)> = self
+                    .core
+                    .records()
+                    .filter(|r| r.status.is_active() && r.id.name != self.core.local().name)
+                    .map(|r| (r.id.name.clone(), r.id.addr))
+                    .collect();
+                let keys = self.keys.clone();
+                tokio::spawn(async move {
+                    let _ = reply.send(cluster_key_op(keys, op, peers).await);
+                });
+            }
         }
     }
 
@@ -390,14 +458,24 @@ impl Node {
     }
 
     fn push_pull_with(&self, addr: SocketAddr) {
-        let ours = self.core.sync_state();
+        let ours = TcpMsg::Sync(self.core.sync_state());
         let commands = self.commands.clone();
         let stats = self.stats.clone();
+        let ring = pushpull::snapshot(&self.keys.ring);
         tokio::spawn(async move {
-            match pushpull::exchange(addr, ours).await {
-                Ok(remote) => {
+            match pushpull::exchange(addr, ours, ring).await {
+                Ok(TcpMsg::Sync(remote)) => {
                     Stats::add(&stats.push_pulls, 1);
                     let _ = commands.send(Command::PushPullOut { remote }).await;
+                }
+                Ok(_) => {
+                    Stats::add(&stats.push_pull_failures, 1);
+                    debug!(%addr, "push-pull answered with another message");
+                }
+                Err(FrameError::Decode(e)) => {
+                    Stats::add(&stats.push_pull_failures, 1);
+                    Stats::add(&stats.auth_failures, 1);
+                    warn!(%addr, error = %e, "push-pull refused: every node needs the same --encrypt key");
                 }
                 Err(e) => {
                     Stats::add(&stats.push_pull_failures, 1);
@@ -408,6 +486,14 @@ impl Node {
     }
 
     fn send_raw(&self, to: SocketAddr, packet: &[u8]) {
+        let sealed;
+        let packet = match &*self.keys.ring.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(ring) => {
+                sealed = wire::seal_packet(ring, packet);
+                &sealed[..]
+            }
+            None => packet,
+        };
         match self.udp.try_send_to(packet, to) {
             Ok(n) => {
                 Stats::add(&self.stats.packets_out, 1);
@@ -421,11 +507,132 @@ impl Node {
     }
 }
 
-/// Serves inbound push-pull exchanges; each connection in its own task.
-async fn accept_push_pull(
+/// The keyring and what key operations need besides it.
+pub struct KeyCtx {
+    pub ring: SharedKeyring,
+    pub file: Option<std::path::PathBuf>,
+    pub node: String,
+}
+
+/// Cluster-wide result of a key operation.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct KeySummary {
+    /// Members asked, this node included.
+    pub nodes: usize,
+    /// Members that applied it.
+    pub ok: usize,
+    /// Failures by node name.
+    pub errors: BTreeMap<String, String>,
+    /// Each key and on how many members it is installed.
+    pub keys: BTreeMap<String, usize>,
+    /// Each primary key and on how many members it is primary.
+    pub primary: BTreeMap<String, usize>,
+}
+
+/// Applies a key operation to this node's keyring (and its file).
+pub fn apply_key_op(ctx: &KeyCtx, op: &KeyOp) -> KeyReply {
+    let mut guard = ctx.ring.write().unwrap_or_else(|p| p.into_inner());
+    let reply = |error: Option<String>, keys: Vec<String>| KeyReply {
+        node: ctx.node.clone(),
+        error,
+        keys,
+    };
+    let Some(ring) = guard.as_mut() else {
+        return reply(
+            Some("encryption is not enabled on this node (start it with --encrypt)".into()),
+            Vec::new(),
+        );
+    };
+    let changed = match op {
+        KeyOp::List => Ok(false),
+        KeyOp::Install(k) => Key::parse(k).map(|key| ring.install(key)),
+        KeyOp::Use(k) => ring.use_key(k),
+        KeyOp::Remove(k) => ring.remove(k),
+    };
+    let mut error = changed.as_ref().err().cloned();
+    if changed == Ok(true) {
+        info!(op = ?std::mem::discriminant(op), "keyring changed");
+        if let Some(file) = &ctx.file {
+            if let Err(e) = ring.save(file) {
+                error = Some(format!(
+                    "keyring changed but not saved to {}: {e}",
+                    file.display()
+                ));
+            }
+        }
+    }
+    let keys = ring.keys().map(|k| k.as_str().to_string()).collect();
+    reply(error, keys)
+}
+
+/// Runs a key operation here, then on every live member in parallel.
+async fn cluster_key_op(
+    ctx: Arc<KeyCtx>,
+    op: KeyOp,
+    peers: Vec<(String, SocketAddr)>,
+) -> Result<KeySummary, String> {
+    if let KeyOp::Install(k) | KeyOp::Use(k) | KeyOp::Remove(k) = &op {
+        Key::parse(k)?;
+    }
+    let local = apply_key_op(&ctx, &op);
+    if ctx.ring.read().unwrap_or_else(|p| p.into_inner()).is_none() {
+        return Err(local.error.unwrap_or_default());
+    }
+    let ring = pushpull::snapshot(&ctx.ring);
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, addr) in peers {
+        let msg = TcpMsg::KeyOp(op.clone());
+        let ring = ring.clone();
+        tasks.spawn(async move {
+            match pushpull::exchange(addr, msg, ring).await {
+                Ok(TcpMsg::KeyReply(r)) => r,
+                Ok(_) => KeyReply {
+                    node: name,
+                    error: Some("unexpected answer".into()),
+                    keys: Vec::new(),
+                },
+                Err(e) => KeyReply {
+                    node: name,
+                    error: Some(e.to_string()),
+                    keys: Vec::new(),
+                },
+            }
+        });
+    }
+    let mut replies = vec![local];
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(r) = r {
+            replies.push(r);
+        }
+    }
+    let mut summary = KeySummary {
+        nodes: replies.len(),
+        ..KeySummary::default()
+    };
+    for r in replies {
+        match r.error {
+            Some(e) => {
+                summary.errors.insert(r.node, e);
+            }
+            None => summary.ok += 1,
+        }
+        for (i, k) in r.keys.iter().enumerate() {
+            *summary.keys.entry(k.clone()).or_default() += 1;
+            if i == 0 {
+                *summary.primary.entry(k.clone()).or_default() += 1;
+            }
+        }
+    }
+    Ok(summary)
+}
+
+/// Serves TCP on the gossip port (push-pull and key operations); each
+/// connection in its own task.
+async fn accept_tcp(
     listener: TcpListener,
     commands: mpsc::Sender<Command>,
     stats: Arc<Stats>,
+    keys: Arc<KeyCtx>,
 ) {
     loop {
         let (mut stream, peer) = match listener.accept().await {
@@ -438,27 +645,47 @@ async fn accept_push_pull(
         };
         let commands = commands.clone();
         let stats = stats.clone();
+        let keys = keys.clone();
         tokio::spawn(async move {
             let run = async {
-                let remote = pushpull::read_frame(&mut stream).await?;
-                let (tx, rx) = oneshot::channel();
-                commands
-                    .send(Command::PushPullIn { remote, reply: tx })
-                    .await
-                    .map_err(|_| "agent stopped".to_string())?;
-                let ours = rx.await.map_err(|_| "agent stopped".to_string())?;
-                pushpull::write_frame(&mut stream, &ours).await
+                let ring = pushpull::snapshot(&keys.ring);
+                let answer = match pushpull::read_frame(&mut stream, ring.as_ref()).await? {
+                    TcpMsg::Sync(remote) => {
+                        let (tx, rx) = oneshot::channel();
+                        let stopped = || FrameError::Io("agent stopped".into());
+                        commands
+                            .send(Command::PushPullIn { remote, reply: tx })
+                            .await
+                            .map_err(|_| stopped())?;
+                        TcpMsg::Sync(rx.await.map_err(|_| stopped())?)
+                    }
+                    TcpMsg::KeyOp(op) => TcpMsg::KeyReply(apply_key_op(&keys, &op)),
+                    TcpMsg::KeyReply(_) => {
+                        return Err(FrameError::Io("unexpected key reply".into()))
+                    }
+                };
+                // Answer with the keyring as it is now (a `use` just switched it).
+                let ring = pushpull::snapshot(&keys.ring);
+                pushpull::write_frame(&mut stream, &answer, ring.as_ref()).await
             };
             match tokio::time::timeout(pushpull::IO_TIMEOUT, run).await {
                 Ok(Ok(())) => Stats::add(&stats.push_pulls, 1),
                 Ok(Err(e)) => {
                     Stats::add(&stats.push_pull_failures, 1);
                     Stats::add(&stats.dropped_in, 1);
-                    debug!(%peer, error = %e, "inbound push-pull refused");
+                    if let FrameError::Decode(
+                        DecodeError::Auth | DecodeError::Encrypted | DecodeError::Unencrypted,
+                    ) = e
+                    {
+                        Stats::add(&stats.auth_failures, 1);
+                        warn!(%peer, error = %e, "TCP exchange refused: every node needs the same --encrypt key");
+                    } else {
+                        debug!(%peer, error = %e, "inbound TCP exchange refused");
+                    }
                 }
                 Err(_) => {
                     Stats::add(&stats.push_pull_failures, 1);
-                    debug!(%peer, "inbound push-pull timed out");
+                    debug!(%peer, "inbound TCP exchange timed out");
                 }
             }
         });

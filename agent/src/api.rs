@@ -28,6 +28,7 @@ use tracing::{debug, info};
 
 use crate::agent::Handle;
 use crate::tags::{self, Tags};
+use crate::wire::KeyOp;
 
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -43,6 +44,8 @@ pub struct ApiState {
     /// Asks `main` for a graceful shutdown; answered once the leave is done.
     pub shutdown: mpsc::Sender<oneshot::Sender<()>>,
     pub info_hook: Option<InfoHook>,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
 }
 
 /// Serves the API until the listener fails.
@@ -95,7 +98,28 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json_reply(status, &json!({ "error": message.into() }))
 }
 
+/// Compares in constant time, so the token cannot be guessed byte by byte.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    req.headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
+}
+
 async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
+    if let Some(token) = &state.token {
+        if !authorized(&req, token) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API token (Authorization: Bearer ...; the CLI sends --api-token / SHOAL_API_TOKEN)",
+            );
+        }
+    }
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
     let method = req.method().clone();
@@ -126,6 +150,19 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
             let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
             json_reply(StatusCode::OK, &json!({ "left": true }))
         }
+        (Method::GET, "/v1/keys") => key_op(state, KeyOp::List).await,
+        (Method::POST, "/v1/keys/install" | "/v1/keys/use" | "/v1/keys/remove") => {
+            let body = match read_json::<KeyRequest>(req).await {
+                Ok(b) => b,
+                Err(e) => return e,
+            };
+            let op = match path.as_str() {
+                "/v1/keys/install" => KeyOp::Install(body.key),
+                "/v1/keys/use" => KeyOp::Use(body.key),
+                _ => KeyOp::Remove(body.key),
+            };
+            key_op(state, op).await
+        }
         (Method::POST, p) if p.starts_with("/v1/force-leave/") => {
             let name = &p["/v1/force-leave/".len()..];
             if name.is_empty() {
@@ -149,6 +186,27 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
             format!("{} is not allowed on {path}", req_method_name(&path)),
         ),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyRequest {
+    key: String,
+}
+
+async fn key_op(state: &ApiState, op: KeyOp) -> Reply {
+    match state.agent.key_op(op).await {
+        Ok(summary) => {
+            let status = if summary.errors.is_empty() {
+                StatusCode::OK
+            } else {
+                // Some members failed: the caller must see it and retry.
+                StatusCode::MULTI_STATUS
+            };
+            json_reply(status, &json!(summary))
+        }
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
     }
 }
 

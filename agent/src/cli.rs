@@ -10,6 +10,7 @@ use crate::addr;
 use crate::agent::AgentConfig;
 use crate::handlers::HandlerSpec;
 use crate::identity;
+use crate::keyring::{Key, Keyring};
 use crate::profile::Profile;
 use crate::tags::{self, Tags};
 
@@ -31,6 +32,10 @@ pub struct Cli {
         default_value = "127.0.0.1:7373"
     )]
     pub api: String,
+    /// Bearer token for the API: the agent requires it (mandatory when --api is
+    /// not a loopback address), the CLI sends it.
+    #[arg(long, global = true, env = "SHOAL_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
     /// Log format.
     #[arg(long, global = true, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -94,6 +99,25 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Print a new random 32-byte encryption key (base64) for --encrypt.
+    Keygen,
+    /// Rotate the gossip encryption key on every member: --install NEW,
+    /// then --use NEW, then --remove OLD. Reports each node's result.
+    #[command(group(clap::ArgGroup::new("op").required(true).args(["list", "install", "use_key", "remove"])))]
+    Keys {
+        /// List the keys installed across the cluster.
+        #[arg(long)]
+        list: bool,
+        /// Install a key on every member (it decrypts, it does not encrypt yet).
+        #[arg(long, value_name = "KEY")]
+        install: Option<String>,
+        /// Make an installed key the primary (used to encrypt) on every member.
+        #[arg(long = "use", value_name = "KEY")]
+        use_key: Option<String>,
+        /// Remove a key from every member; the primary key cannot be removed.
+        #[arg(long, value_name = "KEY")]
+        remove: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +159,19 @@ pub struct AgentArgs {
         value_name = "[FILTER=]CMD"
     )]
     pub event_handlers: Vec<String>,
+    /// Encrypt gossip with this key (base64 of 16, 24 or 32 bytes; `shoal keygen`).
+    #[arg(
+        long,
+        env = "SHOAL_ENCRYPT",
+        hide_env_values = true,
+        value_name = "BASE64KEY"
+    )]
+    pub encrypt: Option<String>,
+    /// Keyring file (JSON array of base64 keys, primary first): loaded at start
+    /// if it exists (then --encrypt is ignored), else created from --encrypt;
+    /// every rotation is saved there.
+    #[arg(long, env = "SHOAL_KEYRING_FILE")]
+    pub keyring_file: Option<PathBuf>,
     /// Timer profile.
     #[arg(long, env = "SHOAL_PROFILE", value_enum, default_value_t = Profile::Lan)]
     pub profile: Profile,
@@ -173,12 +210,13 @@ pub struct AgentArgs {
 pub struct AgentSettings {
     pub agent: AgentConfig,
     pub api: std::net::SocketAddr,
+    pub api_token: Option<String>,
     pub handlers: Vec<HandlerSpec>,
     pub handler_timeout: Duration,
 }
 
 impl AgentArgs {
-    pub fn to_settings(&self, api: &str) -> Result<AgentSettings, String> {
+    pub fn to_settings(&self, api: &str, api_token: Option<&str>) -> Result<AgentSettings, String> {
         let node = match &self.node {
             Some(n) => n.clone(),
             None => nix::unistd::gethostname()
@@ -227,6 +265,14 @@ impl AgentArgs {
             .map(|h| HandlerSpec::parse(h).map_err(|e| format!("--event-handler: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         let api = addr::parse_ip_port(api, 7373).map_err(|e| format!("--api: {e}"))?;
+        let api_token = api_token.map(str::to_string).filter(|t| !t.is_empty());
+        if !api.ip().is_loopback() && api_token.is_none() {
+            return Err(format!(
+                "--api {api} is not a loopback address: set --api-token (or SHOAL_API_TOKEN) \
+                 so that every request must authenticate"
+            ));
+        }
+        let keyring = self.keyring()?;
         if self.drain > Duration::from_secs(300) {
             return Err("--drain: at most 300s".into());
         }
@@ -245,11 +291,44 @@ impl AgentArgs {
                 profile: self.profile,
                 reap_after: self.reap_after,
                 leave_timeout: self.leave_timeout,
+                keyring,
+                keyring_file: self.keyring_file.clone(),
             },
             api,
+            api_token,
             handlers,
             handler_timeout: self.handler_timeout,
         })
+    }
+}
+
+impl AgentArgs {
+    /// The keyring from `--keyring-file` and/or `--encrypt`; a new keyring
+    /// file is written from `--encrypt`.
+    fn keyring(&self) -> Result<Option<Keyring>, String> {
+        let key = match &self.encrypt {
+            Some(k) => Some(Key::parse(k).map_err(|e| format!("--encrypt: {e}"))?),
+            None => None,
+        };
+        let Some(file) = &self.keyring_file else {
+            return Ok(key.map(Keyring::new));
+        };
+        if let Some(ring) = Keyring::load(file).map_err(|e| format!("--keyring-file: {e}"))? {
+            if key.is_some() {
+                tracing::warn!(file = %file.display(), "the keyring file exists: --encrypt is ignored");
+            }
+            return Ok(Some(ring));
+        }
+        let Some(key) = key else {
+            return Err(format!(
+                "--keyring-file: {} does not exist; give --encrypt KEY to create it",
+                file.display()
+            ));
+        };
+        let ring = Keyring::new(key);
+        ring.save(file)
+            .map_err(|e| format!("--keyring-file: cannot write {}: {e}", file.display()))?;
+        Ok(Some(ring))
     }
 }
 
@@ -308,7 +387,7 @@ mod tests {
             panic!()
         };
         assert!(args
-            .to_settings("127.0.0.1:7373")
+            .to_settings("127.0.0.1:7373", None)
             .err()
             .unwrap()
             .starts_with("--node"));
@@ -317,7 +396,7 @@ mod tests {
             panic!()
         };
         assert!(args
-            .to_settings("127.0.0.1:7373")
+            .to_settings("127.0.0.1:7373", None)
             .err()
             .unwrap()
             .starts_with("--join"));
@@ -326,7 +405,7 @@ mod tests {
             panic!()
         };
         assert!(args
-            .to_settings("127.0.0.1:7373")
+            .to_settings("127.0.0.1:7373", None)
             .err()
             .unwrap()
             .starts_with("--tag"));

@@ -15,12 +15,15 @@ const TIMEOUT: Duration = Duration::from_secs(35);
 
 pub struct Client {
     pub addr: String,
+    /// Sent as `Authorization: Bearer ...` when set.
+    pub token: Option<String>,
 }
 
 impl Client {
-    pub fn new(addr: &str) -> Client {
+    pub fn new(addr: &str, token: Option<String>) -> Client {
         Client {
             addr: addr.to_string(),
+            token,
         }
     }
 
@@ -46,13 +49,15 @@ impl Client {
             Some(v) => Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
             None => Bytes::new(),
         };
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(method)
             .uri(path)
             .header("host", &self.addr)
-            .header("content-type", "application/json")
-            .body(Full::new(payload))
-            .map_err(|e| e.to_string())?;
+            .header("content-type", "application/json");
+        if let Some(token) = &self.token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(payload)).map_err(|e| e.to_string())?;
         sender
             .send_request(req)
             .await

@@ -230,6 +230,62 @@ pub async fn set_tags(client: &Client, set: &[String], delete: &[String]) -> Cli
     Ok(())
 }
 
+/// `shoal keys`: one operation, then the per-node results; exit 1 if any
+/// member failed (the operation is idempotent: run it again).
+pub async fn keys(
+    client: &Client,
+    list: bool,
+    install: Option<String>,
+    use_key: Option<String>,
+    remove: Option<String>,
+) -> CliResult {
+    let (path, key, verb) = match (list, install, use_key, remove) {
+        (true, None, None, None) => ("/v1/keys", None, "list"),
+        (false, Some(k), None, None) => ("/v1/keys/install", Some(k), "install"),
+        (false, None, Some(k), None) => ("/v1/keys/use", Some(k), "use"),
+        (false, None, None, Some(k)) => ("/v1/keys/remove", Some(k), "remove"),
+        _ => {
+            return Err(usage(
+                "give exactly one of --list, --install, --use, --remove".into(),
+            ))
+        }
+    };
+    if let Some(k) = &key {
+        crate::keyring::Key::parse(k).map_err(usage)?;
+    }
+    let v = match key {
+        None => client.call(Method::GET, path, None).await?,
+        Some(k) => {
+            client
+                .call(Method::POST, path, Some(&json!({ "key": k })))
+                .await?
+        }
+    };
+    let nodes = v["nodes"].as_u64().unwrap_or(0);
+    let ok = v["ok"].as_u64().unwrap_or(0);
+    println!("{verb}: {ok}/{nodes} nodes ok");
+    if let Some(errors) = v["errors"].as_object() {
+        for (node, e) in errors {
+            println!("  {node}: error: {}", e.as_str().unwrap_or_default());
+        }
+    }
+    if let Some(keys) = v["keys"].as_object() {
+        println!("keys installed (nodes):");
+        for (k, n) in keys {
+            let primary = v["primary"][k].as_u64().unwrap_or(0);
+            println!("  {k}  {n}/{nodes}  primary on {primary}");
+        }
+    }
+    if ok == nodes {
+        Ok(())
+    } else {
+        Err(CliError::from(format!(
+            "{} of {nodes} nodes failed to {verb}",
+            nodes - ok
+        )))
+    }
+}
+
 pub async fn info(client: &Client, format: OutputFormat) -> CliResult {
     let v = client.call(Method::GET, "/v1/info", None).await?;
     match format {

@@ -21,6 +21,7 @@ pub mod core;
 pub mod events;
 pub mod handlers;
 pub mod identity;
+pub mod keyring;
 pub mod membership;
 pub mod process;
 pub mod profile;

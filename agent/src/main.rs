@@ -51,9 +51,9 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let client = Client::new(&cli.api);
+    let client = Client::new(&cli.api, cli.api_token.clone());
     let result = match cli.command {
-        Command::Agent(args) => return run_agent(*args, &cli.api).await,
+        Command::Agent(args) => return run_agent(*args, &cli.api, cli.api_token.as_deref()).await,
         Command::Members {
             format,
             status,
@@ -65,6 +65,16 @@ async fn run(cli: Cli) -> i32 {
         Command::ForceLeave { name } => commands::force_leave(&client, &name).await,
         Command::Tags { set, delete } => commands::set_tags(&client, &set, &delete).await,
         Command::Info { format } => commands::info(&client, format).await,
+        Command::Keygen => {
+            println!("{}", shoal::keyring::generate());
+            Ok(())
+        }
+        Command::Keys {
+            list,
+            install,
+            use_key,
+            remove,
+        } => commands::keys(&client, list, install, use_key, remove).await,
     };
     match result {
         Ok(()) => 0,
@@ -81,8 +91,8 @@ async fn run(cli: Cli) -> i32 {
 
 /// Everything is checked before anything starts; then the agent, the API,
 /// handlers and services start, and we wait for a reason to stop.
-async fn run_agent(args: AgentArgs, api_addr: &str) -> i32 {
-    let settings = match args.to_settings(api_addr) {
+async fn run_agent(args: AgentArgs, api_addr: &str, api_token: Option<&str>) -> i32 {
+    let settings = match args.to_settings(api_addr, api_token) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("shoal: error: {e}");
@@ -166,6 +176,7 @@ async fn run_agent(args: AgentArgs, api_addr: &str) -> i32 {
             agent: handle.clone(),
             shutdown: shutdown_tx,
             info_hook,
+            token: settings.api_token.clone(),
         },
     ));
     let health_task = supervisor

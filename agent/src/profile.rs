@@ -9,7 +9,7 @@
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
 
-use crate::wire::{ENVELOPE_LEN, MAX_PACKET};
+use crate::wire::{ENVELOPE_LEN, MAX_PACKET, SEAL_OVERHEAD};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
@@ -94,7 +94,8 @@ pub fn foca_config(timing: &Timing, cluster_size: u32) -> foca::Config {
         max_transmissions: NonZeroU8::new(max_tx).unwrap_or(NonZeroU8::MIN),
         suspect_to_down_after: timing.suspicion.mul_f64(scale),
         remove_down_after: Some(Duration::from_secs(24 * 3600)),
-        max_packet_size: nz(MAX_PACKET - ENVELOPE_LEN),
+        // Room for our envelope and, with encryption, the sealed one around it.
+        max_packet_size: nz(MAX_PACKET - ENVELOPE_LEN - SEAL_OVERHEAD),
         notify_down_members: true,
         periodic_announce: Some(foca::PeriodicParams {
             frequency: timing.push_pull_interval,

@@ -14,6 +14,8 @@ pub struct Stats {
     pub dropped_in: AtomicU64,
     /// Packets we could not send (socket buffer full, unreachable).
     pub dropped_out: AtomicU64,
+    /// Packets and frames that failed decryption/authentication (part of `dropped_in`).
+    pub auth_failures: AtomicU64,
     pub push_pulls: AtomicU64,
     pub push_pull_failures: AtomicU64,
 }
@@ -26,6 +28,7 @@ pub struct StatsView {
     pub bytes_out: u64,
     pub dropped_in: u64,
     pub dropped_out: u64,
+    pub auth_failures: u64,
     pub push_pulls: u64,
     pub push_pull_failures: u64,
 }
@@ -43,6 +46,7 @@ impl Stats {
             bytes_out: self.bytes_out.load(Relaxed),
             dropped_in: self.dropped_in.load(Relaxed),
             dropped_out: self.dropped_out.load(Relaxed),
+            auth_failures: self.auth_failures.load(Relaxed),
             push_pulls: self.push_pulls.load(Relaxed),
             push_pull_failures: self.push_pull_failures.load(Relaxed),
         }

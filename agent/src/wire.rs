@@ -8,6 +8,7 @@ use foca::{Codec, Header, Member, Message, PostcardCodec};
 use serde::{Deserialize, Serialize};
 
 use crate::identity::NodeId;
+use crate::keyring::Keyring;
 
 /// First byte of every shoal packet and frame.
 pub const MAGIC: u8 = 0xD5;
@@ -25,6 +26,11 @@ pub const MAX_SYNC_ENTRIES: usize = 100_000;
 const KIND_FOCA: u8 = 1;
 const KIND_LEAVE: u8 = 2;
 const KIND_LEAVE_ACK: u8 = 3;
+/// An encrypted packet: the envelope header in clear (authenticated), then
+/// nonce and ciphertext of a whole inner packet.
+const KIND_SEALED: u8 = 0x10;
+/// What encryption adds to a packet: the outer envelope, nonce and tag.
+pub const SEAL_OVERHEAD: usize = ENVELOPE_LEN + crate::keyring::OVERHEAD;
 
 /// A decoded UDP packet.
 #[derive(Debug, PartialEq)]
@@ -40,6 +46,12 @@ pub enum Packet<'a> {
 /// Why a packet was dropped. Counted in the agent's stats.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
+    /// Encrypted, but no installed key authenticates it (wrong key, forged, corrupted).
+    Auth,
+    /// Encrypted, but this node has no key configured.
+    Encrypted,
+    /// In clear, but this node requires encryption.
+    Unencrypted,
     Empty,
     Oversize(usize),
     Foreign,
@@ -51,6 +63,16 @@ pub enum DecodeError {
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            DecodeError::Auth => write!(
+                f,
+                "failed authentication: encrypted with a key this node does not have"
+            ),
+            DecodeError::Encrypted => {
+                write!(f, "encrypted, but this node has no key (--encrypt)")
+            }
+            DecodeError::Unencrypted => {
+                write!(f, "not encrypted, but this node requires encryption")
+            }
             DecodeError::Empty => write!(f, "empty packet"),
             DecodeError::Oversize(n) => write!(f, "packet of {n} bytes exceeds {MAX_PACKET}"),
             DecodeError::Foreign => write!(f, "not a shoal packet (bad magic byte)"),
@@ -62,6 +84,37 @@ impl std::fmt::Display for DecodeError {
 }
 
 impl std::error::Error for DecodeError {}
+
+/// Encrypts a whole packet with the keyring's primary key.
+pub fn seal_packet(ring: &Keyring, packet: &[u8]) -> Vec<u8> {
+    ring.seal(&[MAGIC, VERSION, KIND_SEALED], packet)
+}
+
+/// Unwraps an encrypted packet (or passes a clear one through when no
+/// keyring is set). Mixed clusters are refused both ways, so a node without
+/// the key never joins silently.
+pub fn open_packet<'a>(
+    ring: Option<&Keyring>,
+    data: &'a [u8],
+) -> Result<std::borrow::Cow<'a, [u8]>, DecodeError> {
+    if data.len() > MAX_PACKET {
+        return Err(DecodeError::Oversize(data.len()));
+    }
+    let sealed = data.len() >= ENVELOPE_LEN && data[0] == MAGIC && data[2] == KIND_SEALED;
+    match (ring, sealed) {
+        (Some(ring), true) => {
+            if data[1] != VERSION {
+                return Err(DecodeError::Version(data[1]));
+            }
+            ring.open(&data[..ENVELOPE_LEN], &data[ENVELOPE_LEN..])
+                .map(std::borrow::Cow::Owned)
+                .ok_or(DecodeError::Auth)
+        }
+        (None, true) => Err(DecodeError::Encrypted),
+        (Some(_), false) if data.first() == Some(&MAGIC) => Err(DecodeError::Unencrypted),
+        _ => Ok(std::borrow::Cow::Borrowed(data)),
+    }
+}
 
 pub fn decode_packet(data: &[u8]) -> Result<Packet<'_>, DecodeError> {
     if data.is_empty() {
@@ -222,11 +275,45 @@ pub struct SyncMsg {
     pub entries: Vec<SyncEntry>,
 }
 
-/// Frame header: magic, version, then a big-endian u32 body length.
-pub const FRAME_HEADER: usize = 6;
+/// What travels over TCP: state exchanges and cluster-wide key operations.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TcpMsg {
+    Sync(SyncMsg),
+    KeyOp(KeyOp),
+    KeyReply(KeyReply),
+}
 
-pub fn encode_frame(msg: &SyncMsg) -> Result<Vec<u8>, String> {
-    let body = postcard::to_stdvec(msg).map_err(|e| e.to_string())?;
+/// A keyring operation, applied by every member (`shoal keys ...`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyOp {
+    List,
+    Install(String),
+    Use(String),
+    Remove(String),
+}
+
+/// One member's answer to a [`KeyOp`]; `keys` is its keyring, primary first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyReply {
+    pub node: String,
+    pub error: Option<String>,
+    pub keys: Vec<String>,
+}
+
+/// Frame header: magic, version, then a big-endian u32 body length. The
+/// body's first byte says whether it is sealed (1) or clear (0).
+pub const FRAME_HEADER: usize = 6;
+const FRAME_CLEAR: u8 = 0;
+const FRAME_SEALED: u8 = 1;
+
+pub fn encode_frame(msg: &TcpMsg, ring: Option<&Keyring>) -> Result<Vec<u8>, String> {
+    let plain = postcard::to_stdvec(msg).map_err(|e| e.to_string())?;
+    let body = match ring {
+        Some(ring) => {
+            ring.seal(&[MAGIC, VERSION, FRAME_SEALED], &plain)[ENVELOPE_LEN - 1..].to_vec()
+        }
+        None => [&[FRAME_CLEAR][..], &plain].concat(),
+    };
     if body.len() > MAX_FRAME {
         return Err(format!("state of {} bytes exceeds {MAX_FRAME}", body.len()));
     }
@@ -252,17 +339,30 @@ pub fn frame_len(header: &[u8; FRAME_HEADER]) -> Result<usize, DecodeError> {
     Ok(len)
 }
 
-pub fn decode_frame_body(body: &[u8]) -> Result<SyncMsg, DecodeError> {
-    let msg: SyncMsg = decode_all(body)?;
-    msg.from.validate().map_err(DecodeError::Malformed)?;
-    if msg.entries.len() > MAX_SYNC_ENTRIES {
-        return Err(DecodeError::Malformed(format!(
-            "{} entries exceed {MAX_SYNC_ENTRIES}",
-            msg.entries.len()
-        )));
-    }
-    for e in &msg.entries {
-        e.id.validate().map_err(DecodeError::Malformed)?;
+/// Opens (if sealed) and decodes a frame body, validating every identity.
+pub fn decode_frame_body(body: &[u8], ring: Option<&Keyring>) -> Result<TcpMsg, DecodeError> {
+    let (&flag, rest) = body.split_first().ok_or(DecodeError::Empty)?;
+    let plain = match (flag, ring) {
+        (FRAME_SEALED, Some(ring)) => ring
+            .open(&[MAGIC, VERSION, FRAME_SEALED], rest)
+            .ok_or(DecodeError::Auth)?,
+        (FRAME_SEALED, None) => return Err(DecodeError::Encrypted),
+        (FRAME_CLEAR, Some(_)) => return Err(DecodeError::Unencrypted),
+        (FRAME_CLEAR, None) => rest.to_vec(),
+        (k, _) => return Err(DecodeError::UnknownKind(k)),
+    };
+    let msg: TcpMsg = decode_all(&plain)?;
+    if let TcpMsg::Sync(sync) = &msg {
+        sync.from.validate().map_err(DecodeError::Malformed)?;
+        if sync.entries.len() > MAX_SYNC_ENTRIES {
+            return Err(DecodeError::Malformed(format!(
+                "{} entries exceed {MAX_SYNC_ENTRIES}",
+                sync.entries.len()
+            )));
+        }
+        for e in &sync.entries {
+            e.id.validate().map_err(DecodeError::Malformed)?;
+        }
     }
     Ok(msg)
 }
@@ -325,15 +425,46 @@ mod tests {
                 state: SyncState::Left,
             }],
         };
-        let bytes = encode_frame(&msg).unwrap();
-        let header: [u8; FRAME_HEADER] = bytes[..FRAME_HEADER].try_into().unwrap();
-        let len = frame_len(&header).unwrap();
-        assert_eq!(
-            decode_frame_body(&bytes[FRAME_HEADER..FRAME_HEADER + len]).unwrap(),
-            msg
-        );
+        let msg = TcpMsg::Sync(msg);
+        let ring = Keyring::new(crate::keyring::Key::parse(&crate::keyring::generate()).unwrap());
+        for ring in [None, Some(&ring)] {
+            let bytes = encode_frame(&msg, ring).unwrap();
+            let header: [u8; FRAME_HEADER] = bytes[..FRAME_HEADER].try_into().unwrap();
+            let len = frame_len(&header).unwrap();
+            let body = &bytes[FRAME_HEADER..FRAME_HEADER + len];
+            assert_eq!(decode_frame_body(body, ring).unwrap(), msg);
+            // A node with the other setting refuses it.
+            let other = if ring.is_some() { None } else { Some(ring_b()) };
+            assert!(decode_frame_body(body, other.as_ref()).is_err());
+        }
         let huge = [MAGIC, VERSION, 0xff, 0xff, 0xff, 0xff];
         assert!(matches!(frame_len(&huge), Err(DecodeError::Oversize(_))));
+    }
+
+    fn ring_b() -> Keyring {
+        Keyring::new(crate::keyring::Key::parse(&crate::keyring::generate()).unwrap())
+    }
+
+    #[test]
+    fn sealed_packets_open_only_with_the_key() {
+        let ring = ring_b();
+        let plain = encode_leave(&id("a"));
+        let sealed = seal_packet(&ring, &plain);
+        assert_eq!(sealed.len(), plain.len() + SEAL_OVERHEAD);
+        assert_eq!(&*open_packet(Some(&ring), &sealed).unwrap(), &plain[..]);
+        assert_eq!(
+            open_packet(Some(&ring_b()), &sealed),
+            Err(DecodeError::Auth)
+        );
+        assert_eq!(open_packet(None, &sealed), Err(DecodeError::Encrypted));
+        assert_eq!(
+            open_packet(Some(&ring), &plain),
+            Err(DecodeError::Unencrypted)
+        );
+        assert_eq!(&*open_packet(None, &plain).unwrap(), &plain[..]);
+        let mut flipped = sealed.clone();
+        flipped[10] ^= 0x40;
+        assert_eq!(open_packet(Some(&ring), &flipped), Err(DecodeError::Auth));
     }
 
     #[test]

@@ -20,7 +20,16 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    if let Ok(msg) = wire::decode_frame_body(data) {
+    if let Ok(wire::TcpMsg::Sync(msg)) = wire::decode_frame_body(data, None) {
         assert!(msg.entries.len() <= wire::MAX_SYNC_ENTRIES);
     }
+    // The encrypted paths: a fixed key, so the fuzzer can also reach the
+    // "authenticates but is garbage inside" branch via the seeds.
+    let ring = shoal::keyring::Keyring::new(
+        shoal::keyring::Key::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("key"),
+    );
+    if let Ok(plain) = wire::open_packet(Some(&ring), data) {
+        let _ = wire::decode_packet(&plain);
+    }
+    let _ = wire::decode_frame_body(data, Some(&ring));
 });

@@ -1,0 +1,291 @@
+//! Gossip encryption: a keyring of AES-GCM keys (16, 24 or 32 bytes, base64
+//! on the command line and in the keyring file). Every UDP packet and TCP
+//! frame is sealed with the primary key and a fresh random 96-bit nonce, and
+//! opened with whichever installed key authenticates it, so keys can be
+//! rotated across a live cluster: install everywhere, switch the primary,
+//! remove the old one. Pure: no I/O except loading and saving the file.
+
+use std::path::Path;
+
+use aes_gcm::aead::consts::U12;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aes::Aes192;
+use aes_gcm::{Aes128Gcm, Aes256Gcm, AesGcm, Nonce};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+
+type Aes192Gcm = AesGcm<Aes192, U12>;
+
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// What sealing adds to a message: nonce + authentication tag.
+pub const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+#[derive(Clone)]
+enum Cipher {
+    A128(Box<Aes128Gcm>),
+    A192(Box<Aes192Gcm>),
+    A256(Box<Aes256Gcm>),
+}
+
+/// One key, kept with its base64 form (how operators name keys).
+#[derive(Clone)]
+pub struct Key {
+    text: String,
+    cipher: Cipher,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material in logs.
+        write!(f, "Key({}…)", &self.text[..4.min(self.text.len())])
+    }
+}
+
+impl Key {
+    /// Parses a base64 key of 16, 24 or 32 bytes.
+    pub fn parse(text: &str) -> Result<Key, String> {
+        let text = text.trim();
+        let raw = B64
+            .decode(text)
+            .map_err(|e| format!("encryption key is not valid base64: {e}"))?;
+        let cipher = match raw.len() {
+            16 => Aes128Gcm::new_from_slice(&raw).map(|c| Cipher::A128(Box::new(c))),
+            24 => Aes192Gcm::new_from_slice(&raw).map(|c| Cipher::A192(Box::new(c))),
+            32 => Aes256Gcm::new_from_slice(&raw).map(|c| Cipher::A256(Box::new(c))),
+            n => {
+                return Err(format!(
+                    "encryption key is {n} bytes; it must be 16, 24 or 32 bytes (base64), \
+                     e.g. from `shoal keygen`"
+                ))
+            }
+        }
+        .map_err(|e| format!("bad key: {e}"))?;
+        Ok(Key {
+            text: text.to_string(),
+            cipher,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    fn seal(&self, nonce: &[u8; NONCE_LEN], msg: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        let nonce = Nonce::from_slice(nonce);
+        let payload = Payload { msg, aad };
+        match &self.cipher {
+            Cipher::A128(c) => c.encrypt(nonce, payload).ok(),
+            Cipher::A192(c) => c.encrypt(nonce, payload).ok(),
+            Cipher::A256(c) => c.encrypt(nonce, payload).ok(),
+        }
+    }
+
+    fn open(&self, nonce: &[u8], msg: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        let nonce = Nonce::from_slice(nonce);
+        let payload = Payload { msg, aad };
+        match &self.cipher {
+            Cipher::A128(c) => c.decrypt(nonce, payload).ok(),
+            Cipher::A192(c) => c.decrypt(nonce, payload).ok(),
+            Cipher::A256(c) => c.decrypt(nonce, payload).ok(),
+        }
+    }
+}
+
+/// A new random 32-byte key, base64 (`shoal keygen`).
+pub fn generate() -> String {
+    let mut raw = [0u8; 32];
+    rand::fill(&mut raw[..]);
+    B64.encode(raw)
+}
+
+/// The installed keys; the first is the primary (Serf's keyring order).
+#[derive(Debug, Clone)]
+pub struct Keyring {
+    keys: Vec<Key>,
+}
+
+impl Keyring {
+    pub fn new(primary: Key) -> Keyring {
+        Keyring {
+            keys: vec![primary],
+        }
+    }
+
+    pub fn primary(&self) -> &Key {
+        &self.keys[0]
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.keys.iter()
+    }
+
+    fn position(&self, text: &str) -> Option<usize> {
+        self.keys.iter().position(|k| k.text == text.trim())
+    }
+
+    /// Adds a key (no-op if present). Returns whether it changed anything.
+    pub fn install(&mut self, key: Key) -> bool {
+        if self.position(&key.text).is_some() {
+            return false;
+        }
+        self.keys.push(key);
+        true
+    }
+
+    /// Makes an installed key the primary.
+    pub fn use_key(&mut self, text: &str) -> Result<bool, String> {
+        let i = self
+            .position(text)
+            .ok_or_else(|| "key is not installed; install it first".to_string())?;
+        if i == 0 {
+            return Ok(false);
+        }
+        let key = self.keys.remove(i);
+        self.keys.insert(0, key);
+        Ok(true)
+    }
+
+    /// Removes a key; the primary cannot be removed.
+    pub fn remove(&mut self, text: &str) -> Result<bool, String> {
+        match self.position(text) {
+            Some(0) => Err("refusing to remove the primary key; `use` another key first".into()),
+            Some(i) => {
+                self.keys.remove(i);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// `aad` || nonce || ciphertext+tag; `aad` (the envelope header) is
+    /// authenticated but sent in clear.
+    pub fn seal(&self, aad: &[u8], msg: &[u8]) -> Vec<u8> {
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::fill(&mut nonce[..]);
+        let sealed = self.primary().seal(&nonce, msg, aad).unwrap_or_default();
+        let mut out = Vec::with_capacity(aad.len() + NONCE_LEN + sealed.len());
+        out.extend_from_slice(aad);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&sealed);
+        out
+    }
+
+    /// Opens `nonce || ciphertext+tag` with any installed key.
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < OVERHEAD {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        self.keys.iter().find_map(|k| k.open(nonce, body, aad))
+    }
+
+    /// Loads a keyring file: a JSON array of base64 keys, primary first
+    /// (the format of Serf's keyring file).
+    pub fn load(path: &Path) -> Result<Option<Keyring>, String> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read keyring file {}: {e}", path.display())),
+        };
+        let texts: Vec<String> = serde_json::from_str(&text).map_err(|e| {
+            format!(
+                "keyring file {} is not a JSON array of base64 keys: {e}",
+                path.display()
+            )
+        })?;
+        let mut keys = Vec::new();
+        for (i, t) in texts.iter().enumerate() {
+            keys.push(
+                Key::parse(t)
+                    .map_err(|e| format!("keyring file {}, key {i}: {e}", path.display()))?,
+            );
+        }
+        if keys.is_empty() {
+            return Err(format!("keyring file {} holds no key", path.display()));
+        }
+        Ok(Some(Keyring { keys }))
+    }
+
+    /// Writes the keyring file atomically, readable by its owner only.
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let texts: Vec<&str> = self.keys.iter().map(|k| k.text.as_str()).collect();
+        let body = serde_json::to_vec_pretty(&texts).map_err(std::io::Error::other)?;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seals_and_opens_with_any_installed_key() {
+        let k1 = Key::parse(&generate()).unwrap();
+        let k2 = Key::parse(&generate()).unwrap();
+        let mut ring = Keyring::new(k1.clone());
+        let sealed = ring.seal(b"hdr", b"hello");
+        assert_eq!(sealed.len(), 3 + OVERHEAD + 5);
+        assert_eq!(ring.open(b"hdr", &sealed[3..]).unwrap(), b"hello");
+        assert!(
+            ring.open(b"HDR", &sealed[3..]).is_none(),
+            "header is authenticated"
+        );
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(ring.open(b"hdr", &tampered[3..]).is_none());
+        // Rotation: install k2, switch, old packets still open, then remove k1.
+        ring.install(k2.clone());
+        ring.use_key(k2.as_str()).unwrap();
+        assert_eq!(ring.open(b"hdr", &sealed[3..]).unwrap(), b"hello");
+        let new = ring.seal(b"hdr", b"x");
+        assert!(ring.remove(k2.as_str()).unwrap_err().contains("primary"));
+        assert!(ring.remove(k1.as_str()).unwrap());
+        assert!(ring.open(b"hdr", &sealed[3..]).is_none());
+        assert_eq!(ring.open(b"hdr", &new[3..]).unwrap(), b"x");
+    }
+
+    #[test]
+    fn nonces_are_fresh() {
+        let ring = Keyring::new(Key::parse(&generate()).unwrap());
+        assert_ne!(ring.seal(b"", b"same"), ring.seal(b"", b"same"));
+    }
+
+    #[test]
+    fn key_sizes_and_encoding_are_checked() {
+        assert!(Key::parse(&B64.encode([0u8; 16])).is_ok());
+        assert!(Key::parse(&B64.encode([0u8; 24])).is_ok());
+        assert!(Key::parse(&B64.encode([0u8; 32])).is_ok());
+        assert!(Key::parse(&B64.encode([0u8; 20]))
+            .unwrap_err()
+            .contains("16, 24 or 32"));
+        assert!(Key::parse("not base64!").unwrap_err().contains("base64"));
+        assert!(!format!("{:?}", Key::parse(&generate()).unwrap()).contains('='));
+    }
+
+    #[test]
+    fn keyring_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keyring.json");
+        assert!(Keyring::load(&path).unwrap().is_none());
+        let mut ring = Keyring::new(Key::parse(&generate()).unwrap());
+        ring.install(Key::parse(&generate()).unwrap());
+        ring.save(&path).unwrap();
+        let back = Keyring::load(&path).unwrap().unwrap();
+        assert_eq!(back.primary().as_str(), ring.primary().as_str());
+        assert_eq!(back.keys().count(), 2);
+        std::fs::write(&path, "[\"abc\"]").unwrap();
+        assert!(Keyring::load(&path).unwrap_err().contains("key 0"));
+    }
+}
