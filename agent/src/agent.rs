@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -649,7 +650,21 @@ async fn accept_tcp(
         tokio::spawn(async move {
             let run = async {
                 let ring = pushpull::snapshot(&keys.ring);
-                let answer = match pushpull::read_frame(&mut stream, ring.as_ref()).await? {
+                let msg = match pushpull::read_frame(&mut stream, ring.as_ref()).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        if let FrameError::Decode(
+                            DecodeError::Auth | DecodeError::Encrypted | DecodeError::Unencrypted,
+                        ) = &e
+                        {
+                            // Tell the peer why, in clear: it cannot read anything else from us.
+                            let reason = format!("this node could not authenticate the frame: {e}");
+                            let _ = stream.write_all(&wire::encode_refusal(&reason)).await;
+                        }
+                        return Err(e);
+                    }
+                };
+                let answer = match msg {
                     TcpMsg::Sync(remote) => {
                         let (tx, rx) = oneshot::channel();
                         let stopped = || FrameError::Io("agent stopped".into());

@@ -52,6 +52,8 @@ pub enum DecodeError {
     Encrypted,
     /// In clear, but this node requires encryption.
     Unencrypted,
+    /// The peer could not authenticate our frame and said why (in clear).
+    Refused(String),
     Empty,
     Oversize(usize),
     Foreign,
@@ -73,6 +75,7 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Unencrypted => {
                 write!(f, "not encrypted, but this node requires encryption")
             }
+            DecodeError::Refused(why) => write!(f, "refused by the peer: {why}"),
             DecodeError::Empty => write!(f, "empty packet"),
             DecodeError::Oversize(n) => write!(f, "packet of {n} bytes exceeds {MAX_PACKET}"),
             DecodeError::Foreign => write!(f, "not a shoal packet (bad magic byte)"),
@@ -305,6 +308,18 @@ pub struct KeyReply {
 pub const FRAME_HEADER: usize = 6;
 const FRAME_CLEAR: u8 = 0;
 const FRAME_SEALED: u8 = 1;
+/// A clear-text refusal (at most 200 bytes of text): sent back when a frame
+/// cannot be authenticated, so a node with the wrong key learns why.
+const FRAME_REFUSED: u8 = 2;
+
+pub fn encode_refusal(reason: &str) -> Vec<u8> {
+    let text: String = reason.chars().take(200).collect();
+    let mut out = vec![MAGIC, VERSION];
+    out.extend_from_slice(&((text.len() + 1) as u32).to_be_bytes());
+    out.push(FRAME_REFUSED);
+    out.extend_from_slice(text.as_bytes());
+    out
+}
 
 pub fn encode_frame(msg: &TcpMsg, ring: Option<&Keyring>) -> Result<Vec<u8>, String> {
     let plain = postcard::to_stdvec(msg).map_err(|e| e.to_string())?;
@@ -349,6 +364,13 @@ pub fn decode_frame_body(body: &[u8], ring: Option<&Keyring>) -> Result<TcpMsg, 
         (FRAME_SEALED, None) => return Err(DecodeError::Encrypted),
         (FRAME_CLEAR, Some(_)) => return Err(DecodeError::Unencrypted),
         (FRAME_CLEAR, None) => rest.to_vec(),
+        (FRAME_REFUSED, _) => {
+            let text: String = String::from_utf8_lossy(&rest[..rest.len().min(200)])
+                .chars()
+                .filter(|c| !c.is_control())
+                .collect();
+            return Err(DecodeError::Refused(text));
+        }
         (k, _) => return Err(DecodeError::UnknownKind(k)),
     };
     let msg: TcpMsg = decode_all(&plain)?;
@@ -465,6 +487,31 @@ mod tests {
         let mut flipped = sealed.clone();
         flipped[10] ^= 0x40;
         assert_eq!(open_packet(Some(&ring), &flipped), Err(DecodeError::Auth));
+    }
+
+    #[test]
+    fn refusals_are_read_as_clear_text_reasons() {
+        let frame = encode_refusal("wrong key\nbackend evil");
+        let header: [u8; FRAME_HEADER] = frame[..FRAME_HEADER].try_into().unwrap();
+        let len = frame_len(&header).unwrap();
+        match decode_frame_body(&frame[FRAME_HEADER..FRAME_HEADER + len], Some(&ring_b())) {
+            Err(DecodeError::Refused(why)) => assert_eq!(why, "wrong keybackend evil"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_utf8_tags_are_refused() {
+        use bytes::BytesMut;
+        let mut member = id("a");
+        member.tags.insert("k".into(), "AAAA".into());
+        let mut buf = BytesMut::new();
+        ShoalCodec
+            .encode_member(&Member::alive(member), &mut buf)
+            .unwrap();
+        let at = buf.windows(4).position(|w| w == b"AAAA").unwrap();
+        buf[at] = 0xff;
+        assert!(ShoalCodec.decode_member(&buf[..]).is_err());
     }
 
     #[test]

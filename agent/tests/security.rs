@@ -1,0 +1,297 @@
+//! Encryption, key rotation, API tokens and hostile tags, with real agents.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{converged, http, ip, wait_for, Agent};
+
+fn keygen() -> String {
+    let out = std::process::Command::new(common::shoal_bin())
+        .arg("keygen")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+fn info(a: &Agent) -> serde_json::Value {
+    let (_, body) = http(&a.api(), "GET", "/v1/info", "");
+    serde_json::from_str(&body).unwrap_or_default()
+}
+
+#[test]
+fn clusters_with_different_keys_stay_apart_and_say_why() {
+    let k1 = keygen();
+    let k2 = keygen();
+    assert_ne!(k1, k2);
+    let seed = vec![format!("{}:7946", ip(40, 1))];
+    let a = Agent::start("x1", &ip(40, 1), &seed, &["--encrypt", &k1]);
+    let b = Agent::start("x2", &ip(40, 2), &seed, &["--encrypt", &k1]);
+    assert!(wait_for(Duration::from_secs(20), || converged(
+        &[&a, &b],
+        &["x1", "x2"]
+    )));
+    // Wrong key and no key: both try to join x1 and must stay out.
+    let wrong = Agent::start("wrong", &ip(40, 3), &seed, &["--encrypt", &k2]);
+    let clear = Agent::start("clear", &ip(40, 4), &seed, &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    for x in [&a, &b] {
+        let names: Vec<String> = x
+            .members()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["x1", "x2"], "intruder got in");
+    }
+    assert_eq!(wrong.members().len(), 1);
+    assert_eq!(clear.members().len(), 1);
+    assert!(
+        wrong.log_text().contains("same --encrypt key"),
+        "the wrong-key node must say why:\n{}",
+        wrong.log_text()
+    );
+    assert!(info(&a)["stats"]["auth_failures"].as_u64().unwrap() > 0);
+    assert!(info(&wrong)["stats"]["auth_failures"].as_u64().unwrap() > 0);
+    // A bad key is refused at start, exit 2.
+    let out = std::process::Command::new(common::shoal_bin())
+        .args(["agent", "--node", "bad", "--encrypt", "c2hvcnQ="])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("16, 24 or 32"));
+}
+
+#[test]
+fn key_rotation_across_a_live_cluster_never_splits_it() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let k1 = keygen();
+    let k2 = keygen();
+    let names = ["r1", "r2", "r3", "r4", "r5"];
+    let seed = vec![format!("{}:7946", ip(41, 1))];
+    let agents: Vec<Agent> = (0..5)
+        .map(|i| {
+            let ring = dir.path().join(format!("{}.keyring", names[i]));
+            let ring = ring.to_string_lossy().to_string();
+            Agent::start_in(
+                dir.clone(),
+                names[i],
+                &ip(41, i as u8 + 1),
+                &seed,
+                &["--encrypt", &k1, "--keyring-file", &ring],
+            )
+        })
+        .collect();
+    let refs: Vec<&Agent> = agents.iter().collect();
+    assert!(wait_for(Duration::from_secs(20), || converged(
+        &refs, &names
+    )));
+
+    // Watch every node's view during the whole rotation.
+    let stop = Arc::new(AtomicBool::new(false));
+    let violations = Arc::new(AtomicUsize::new(0));
+    let apis: Vec<String> = agents.iter().map(|a| a.api()).collect();
+    let watcher = {
+        let (stop, violations) = (stop.clone(), violations.clone());
+        std::thread::spawn(move || {
+            let mut polls = 0;
+            while !stop.load(Ordering::SeqCst) {
+                for api in &apis {
+                    let (_, body) = http(api, "GET", "/v1/members", "");
+                    let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                    let ms = doc["members"].as_array().cloned().unwrap_or_default();
+                    if ms.len() != 5 || ms.iter().any(|m| m["status"] != "alive") {
+                        violations.fetch_add(1, Ordering::SeqCst);
+                        eprintln!("split seen at {api}: {ms:?}");
+                    }
+                }
+                polls += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            polls
+        })
+    };
+    let keys = |args: &[&str]| agents[2].cli(&[&["keys"], args].concat());
+    let out = keys(&["--install", &k2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("install: 5/5 nodes ok"));
+    std::thread::sleep(Duration::from_secs(1));
+    let out = keys(&["--use", &k2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    // The primary cannot be removed, anywhere.
+    let out = keys(&["--remove", &k2]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("primary"));
+    let out = keys(&["--remove", &k1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::SeqCst);
+    let polls = watcher.join().unwrap();
+    assert!(polls > 20);
+    assert_eq!(
+        violations.load(Ordering::SeqCst),
+        0,
+        "some pair could not talk during the rotation"
+    );
+
+    let out = keys(&["--list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("{k2}  5/5  primary on 5")), "{text}");
+    assert!(!text.contains(&k1), "{text}");
+    // Persisted: every keyring file now holds only the new key.
+    for n in names {
+        let saved = std::fs::read_to_string(dir.path().join(format!("{n}.keyring"))).unwrap();
+        assert!(saved.contains(&k2) && !saved.contains(&k1), "{n}: {saved}");
+    }
+    // Still one cluster, gossiping with the new key.
+    assert!(converged(&refs, &names));
+}
+
+#[test]
+fn the_api_token_is_checked_and_required_off_loopback() {
+    let seed = vec![format!("{}:7946", ip(42, 1))];
+    let a = Agent::start("y1", &ip(42, 1), &seed, &["--api-token", "s3cret"]);
+    let (code, body) = http(&a.api(), "GET", "/v1/members", "");
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("token"));
+    let mut s = std::net::TcpStream::connect(a.api()).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /v1/members HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer wrong\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
+    // The CLI sends the token.
+    let out = std::process::Command::new(common::shoal_bin())
+        .args(["--api", &a.api(), "--api-token", "s3cret", "members"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = a.cli(&["members"]);
+    assert_eq!(out.status.code(), Some(1));
+    // Off loopback, no token: refused before anything starts.
+    let out = std::process::Command::new(common::shoal_bin())
+        .args([
+            "agent",
+            "--node",
+            "y2",
+            "--bind",
+            &format!("{}:7946", ip(42, 2)),
+            "--api",
+            "0.0.0.0:7373",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token"));
+}
+
+#[test]
+fn hostile_tags_never_reach_the_haproxy_config() {
+    // Tags the agent accepts (printable) but that could break a config line.
+    let seed = vec![format!("{}:7946", ip(43, 1))];
+    let lb = Agent::start("lb", &ip(43, 1), &seed, &[]);
+    let _ok = Agent::start(
+        "good",
+        &ip(43, 2),
+        &seed,
+        &["--tag", "service=web", "--tag", "port=3000"],
+    );
+    let _q = Agent::start(
+        "quote",
+        &ip(43, 3),
+        &seed,
+        &[
+            "--tag",
+            "service=web",
+            "--tag",
+            "port=3000",
+            "--tag",
+            "check=/h\" x",
+        ],
+    );
+    let _h = Agent::start(
+        "hash",
+        &ip(43, 4),
+        &seed,
+        &[
+            "--tag",
+            "service=web",
+            "--tag",
+            "port=3000 #",
+            "--tag",
+            "route=/a#b",
+        ],
+    );
+    let _s = Agent::start(
+        "space",
+        &ip(43, 5),
+        &seed,
+        &["--tag", "service=web x", "--tag", "port=3000"],
+    );
+    // Control characters never even get into the cluster.
+    let out = std::process::Command::new(common::shoal_bin())
+        .args(["agent", "--node", "nl", "--tag", "check=/a\nbackend evil"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(wait_for(Duration::from_secs(20), || lb.members().len() == 5));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("haproxy.cfg");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = lbgen::watch::WatchConfig {
+        template: None,
+        vars: lbgen::render::Vars::default(),
+        out: out.clone(),
+        source: lbgen::source::SourceSpec::Api(lb.api()),
+        master: None,
+        check: None,
+        wait: lbgen::watch::Wait::parse("20ms:200ms").unwrap(),
+        reload_timeout: Duration::from_secs(5),
+        resync: None,
+        reports: None,
+    };
+    let out2 = out.clone();
+    runtime.block_on(async move {
+        let w = tokio::spawn(lbgen::watch::run(cfg, async {
+            let _ = stop_rx.await;
+        }));
+        for _ in 0..100 {
+            if std::fs::read_to_string(&out2).is_ok_and(|t| t.contains("server good ")) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = stop_tx.send(());
+        let _ = w.await;
+    });
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("server good "), "{text}");
+    for bad in ["quote", "hash", "space", "\" x", "#b", "web x"] {
+        assert!(!text.contains(bad), "{bad:?} reached the config:\n{text}");
+    }
+}
