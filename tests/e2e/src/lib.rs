@@ -87,9 +87,14 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Checks for a usable Docker engine and docker-compose. `Ok(false)`: skip (message
-/// printed). Under `CI=true` a missing engine is a panic (a failure), never a skip.
+/// Checks for a usable Docker engine and docker-compose. `false`: skip (message printed).
+/// Under `CI=true` a missing engine is a panic (a failure), never a skip. `SHOAL_E2E=0`
+/// skips on purpose (e.g. a quick `cargo test --workspace` on a laptop).
 pub fn docker_ready() -> bool {
+    if std::env::var("SHOAL_E2E").is_ok_and(|v| v == "0") {
+        eprintln!("SKIPPED: shoal end-to-end tests: SHOAL_E2E=0");
+        return false;
+    }
     let ci = std::env::var("CI")
         .map(|v| v == "true" || v == "1")
         .unwrap_or(false);
