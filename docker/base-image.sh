@@ -74,7 +74,8 @@ slim() {
 }
 
 import() {
-  local tag="$1"
+  local tag="$1" old
+  old=$(docker image inspect -f '{{.Id}}' "$tag" 2>/dev/null || true)
   log "docker import -> $tag"
   tar -C "$ROOTFS" --numeric-owner -c . \
     | docker import \
@@ -83,6 +84,8 @@ import() {
         --message "debootstrap --variant=minbase $SUITE ($MIRROR)" \
         - "$tag" >/dev/null
   log "$tag: $(docker image inspect -f '{{.Size}}' "$tag" | awk '{printf "%.1f MB", $1/1e6}')"
+  # FORCE=1: the image it replaced is untagged now; remove it unless something uses it.
+  if [[ -n "$old" ]]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
 }
 
 log "debootstrap --variant=minbase $SUITE from $MIRROR into $ROOTFS (a few minutes)"

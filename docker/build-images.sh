@@ -47,11 +47,17 @@ cp "$ROOT/docker/lb-services.toml" "$CTX/docker/"
 
 build() {
   local image="$1" dockerfile="$2" base="$3"
+  local old
+  old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
   log "docker build $image (base $base)"
   # The legacy builder is what a Docker engine without buildx has; it reads ARG BASE.
   DOCKER_BUILDKIT="${DOCKER_BUILDKIT:-0}" docker build -q --build-arg "BASE=$base" \
     -f "$ROOT/docker/$dockerfile" -t "$image" "$CTX" >/dev/null 2> >(grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e BuildKit -e 'environment-variable' -e '^ *$' >&2)
   log "$image: $(docker image inspect -f '{{.Size}}' "$image" | awk '{printf "%.1f MB", $1/1e6}')"
+  # The image it replaced is now untagged: remove it unless a container still uses it.
+  if [[ -n "$old" && "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]]; then
+    docker rmi "$old" >/dev/null 2>&1 || true
+  fi
 }
 build "shoal-webapp:$TAG" webapp.Dockerfile "$BASE"
 build "shoal-lb:$TAG" lb.Dockerfile "$LB_BASE"
