@@ -312,6 +312,24 @@ fn webapps_started_before_the_lb_and_an_lb_restart_rebuild_the_backend_list() {
         "LB restart: restart command to all 3 UP again",
         format!("{:.1} s", restarted.as_secs_f64()),
     );
+
+    // HAProxy alone dies (SIGKILL to its master): the supervisor restarts it with lbgen's
+    // last config, not an empty one, and lbgen reloads it.
+    let master = p.exec_lb(&["pgrep", "-o", "haproxy"]).trim().to_string();
+    let t = Instant::now();
+    p.exec_lb(&["kill", "-9", &master]);
+    wait_for("a new HAProxy master with all 3 UP", 60 * S, POLL, || {
+        let now = p.exec_lb(&["sh", "-c", "pgrep -o haproxy || true"]);
+        let rows = stats(stats_addr)?;
+        (!now.trim().is_empty() && now.trim() != master && up_servers(&rows, "web") == all)
+            .then_some(())
+    });
+    let seen: BTreeSet<_> = hosts_of(p.lb_addr(80), "/", 9).into_iter().collect();
+    assert_eq!(seen, all);
+    figure(
+        "HAProxy master killed in the lb: back with all 3 UP",
+        format!("{:.1} s", t.elapsed().as_secs_f64()),
+    );
 }
 
 #[test]
