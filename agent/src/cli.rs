@@ -381,33 +381,19 @@ mod tests {
 
     #[test]
     fn bad_agent_flags_name_the_flag() {
-        let cli = Cli::try_parse_from(["shoal", "agent", "--node", "a b", "--bind", "127.0.0.1:0"])
-            .unwrap();
-        let Command::Agent(args) = cli.command else {
-            panic!()
-        };
-        assert!(args
-            .to_settings("127.0.0.1:7373", None)
-            .err()
-            .unwrap()
-            .starts_with("--node"));
-        let cli = Cli::try_parse_from(["shoal", "agent", "--node", "a", "--join", "x:y"]).unwrap();
-        let Command::Agent(args) = cli.command else {
-            panic!()
-        };
-        assert!(args
-            .to_settings("127.0.0.1:7373", None)
-            .err()
-            .unwrap()
-            .starts_with("--join"));
-        let cli = Cli::try_parse_from(["shoal", "agent", "--node", "a", "--tag", "oops"]).unwrap();
-        let Command::Agent(args) = cli.command else {
-            panic!()
-        };
-        assert!(args
-            .to_settings("127.0.0.1:7373", None)
-            .err()
-            .unwrap()
-            .starts_with("--tag"));
+        let cases: [(&[&str], &str); 4] = [
+            (&["--node", "a b", "--bind", "127.0.0.1:0"], "--node"),
+            (&["--node", "a", "--join", "x:y"], "--join"),
+            (&["--node", "a", "--tag", "oops"], "--tag"),
+            (&["--node", "a", "--encrypt", "c2hvcnQ="], "--encrypt"),
+        ];
+        for (flags, flag) in cases {
+            let argv = [&["shoal", "agent"][..], flags].concat();
+            let Command::Agent(args) = Cli::try_parse_from(argv).unwrap().command else {
+                panic!("not the agent command")
+            };
+            let err = args.to_settings("127.0.0.1:7373", None).err().unwrap();
+            assert!(err.starts_with(flag), "{flags:?}: {err}");
+        }
     }
 }

@@ -7,8 +7,6 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{ip, wait_for, Agent};
-use lbgen::source::SourceSpec;
-use lbgen::watch::{Wait, WatchConfig};
 
 fn config_has(out: &std::path::Path, needle: &str) -> bool {
     std::fs::read_to_string(out).is_ok_and(|t| t.contains(needle))
@@ -54,18 +52,7 @@ fn lbgen_renders_what_the_agents_gossip() {
         .build()
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = WatchConfig {
-        template: None,
-        vars: lbgen::render::Vars::default(),
-        out: out.clone(),
-        source: SourceSpec::Api(lb.api()),
-        master: None,
-        check: None,
-        wait: Wait::parse("20ms:200ms").unwrap(),
-        reload_timeout: Duration::from_secs(5),
-        resync: None,
-        reports: None,
-    };
+    let cfg = common::lbgen_watch_config(lb.api(), out.clone());
     let watcher = runtime.spawn(lbgen::watch::run(cfg, async {
         let _ = stop_rx.await;
     }));

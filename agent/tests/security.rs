@@ -263,18 +263,7 @@ fn hostile_tags_never_reach_the_haproxy_config() {
         .build()
         .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let cfg = lbgen::watch::WatchConfig {
-        template: None,
-        vars: lbgen::render::Vars::default(),
-        out: out.clone(),
-        source: lbgen::source::SourceSpec::Api(lb.api()),
-        master: None,
-        check: None,
-        wait: lbgen::watch::Wait::parse("20ms:200ms").unwrap(),
-        reload_timeout: Duration::from_secs(5),
-        resync: None,
-        reports: None,
-    };
+    let cfg = common::lbgen_watch_config(lb.api(), out.clone());
     let out2 = out.clone();
     runtime.block_on(async move {
         let w = tokio::spawn(lbgen::watch::run(cfg, async {

@@ -209,3 +209,20 @@ pub fn http(addr: &str, method: &str, path: &str, body: &str) -> (u16, String) {
         .unwrap_or_default();
     (status, body)
 }
+
+/// lbgen's follow loop (the code `lbgen watch` runs) pointed at an agent's
+/// API, writing `out` only (no HAProxy), with a short debounce.
+pub fn lbgen_watch_config(api: String, out: PathBuf) -> lbgen::watch::WatchConfig {
+    lbgen::watch::WatchConfig {
+        template: None,
+        vars: lbgen::render::Vars::default(),
+        out,
+        source: lbgen::source::SourceSpec::Api(api),
+        master: None,
+        check: None,
+        wait: lbgen::watch::Wait::parse("20ms:200ms").expect("wait"),
+        reload_timeout: Duration::from_secs(5),
+        resync: None,
+        reports: None,
+    }
+}
