@@ -131,9 +131,15 @@ pub struct AgentArgs {
     /// Address other nodes reach this one at, IP[:PORT] [default: detected, see --iface].
     #[arg(long, env = "SHOAL_ADVERTISE")]
     pub advertise: Option<String>,
-    /// Interface whose IPv4 address is advertised [default: the default route's].
+    /// Interface whose IPv4 address is advertised [default: the address the
+    /// kernel routes to the --join targets from, else the default route's].
     #[arg(long, env = "SHOAL_IFACE")]
     pub iface: Option<String>,
+    /// Longest wait at start for a --join name to resolve, to pick the
+    /// advertise address from the route to it, when neither the join names
+    /// nor the host name gave one at once; then the default route's interface.
+    #[arg(long, env = "SHOAL_ADVERTISE_WAIT", default_value = "5s", value_parser = parse_duration)]
+    pub advertise_wait: Duration,
     /// Node(s) to join, HOST[:PORT]; repeatable or comma-separated. A DNS name
     /// means all its A records, re-resolved on every retry.
     #[arg(long, env = "SHOAL_JOIN", value_delimiter = ',')]
@@ -227,25 +233,6 @@ impl AgentArgs {
         identity::validate_name(&node).map_err(|e| format!("--node: {e}"))?;
         let bind = addr::parse_ip_port(&self.bind, addr::DEFAULT_PORT)
             .map_err(|e| format!("--bind: {e}"))?;
-        let advertise = match &self.advertise {
-            Some(a) => {
-                let sa = addr::parse_ip_port(a, 0).map_err(|e| format!("--advertise: {e}"))?;
-                if sa.ip().is_unspecified() {
-                    return Err(format!("--advertise: {a:?} is not a reachable address"));
-                }
-                if sa.port() == 0 {
-                    std::net::SocketAddr::new(sa.ip(), bind.port())
-                } else {
-                    sa
-                }
-            }
-            None if !bind.ip().is_unspecified() => bind,
-            None => {
-                let ip = addr::detect_advertise_ip(self.iface.as_deref())
-                    .map_err(|e| format!("--advertise: {e}"))?;
-                std::net::SocketAddr::new(ip, bind.port())
-            }
-        };
         let mut join = Vec::new();
         for j in self.join.iter().filter(|j| !j.trim().is_empty()) {
             join.push(addr::parse_host_port(j).map_err(|e| format!("--join: {e}"))?);
@@ -279,6 +266,9 @@ impl AgentArgs {
         if self.retry_interval.is_zero() {
             return Err("--retry-interval must be more than 0".into());
         }
+        // Last: detection may wait for the join names to resolve, and every
+        // other flag error should be reported at once.
+        let advertise = self.advertise_addr(bind, &join)?;
         Ok(AgentSettings {
             agent: AgentConfig {
                 node,
@@ -303,6 +293,40 @@ impl AgentArgs {
 }
 
 impl AgentArgs {
+    /// `--advertise`, else a specific `--bind` IP, else detected (see
+    /// [`addr::detect_advertise`]); the choice and its reason are logged.
+    fn advertise_addr(
+        &self,
+        bind: std::net::SocketAddr,
+        join: &[(String, u16)],
+    ) -> Result<std::net::SocketAddr, String> {
+        let (advertise, why) = match &self.advertise {
+            Some(a) => {
+                let sa = addr::parse_ip_port(a, 0).map_err(|e| format!("--advertise: {e}"))?;
+                if sa.ip().is_unspecified() {
+                    return Err(format!("--advertise: {a:?} is not a reachable address"));
+                }
+                let port = if sa.port() == 0 {
+                    bind.port()
+                } else {
+                    sa.port()
+                };
+                (
+                    std::net::SocketAddr::new(sa.ip(), port),
+                    "--advertise".to_string(),
+                )
+            }
+            None if !bind.ip().is_unspecified() => (bind, "the --bind address".to_string()),
+            None => {
+                let d = addr::detect_advertise(self.iface.as_deref(), join, self.advertise_wait)
+                    .map_err(|e| format!("--advertise: {e}"))?;
+                (std::net::SocketAddr::new(d.ip, bind.port()), d.why)
+            }
+        };
+        tracing::info!(advertise = %advertise, why = %why, "advertise address chosen");
+        Ok(advertise)
+    }
+
     /// The keyring from `--keyring-file` and/or `--encrypt`; a new keyring
     /// file is written from `--encrypt`.
     fn keyring(&self) -> Result<Option<Keyring>, String> {
