@@ -202,7 +202,9 @@ def wait_all(clusters, actions, deadline):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--nodes", type=int, default=100)
+    ap.add_argument("--nodes", default="100",
+                    type=lambda v: [int(x) for x in v.split(",")],
+                    help="agents per system; a comma list runs each size in turn")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--idle-seconds", type=float, default=20)
     ap.add_argument("--max-seconds", type=float, default=900,
@@ -210,9 +212,9 @@ def main():
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
     ap.add_argument("--shoal-bin", default=os.path.join(ROOT, "target/release/shoal"))
     args = ap.parse_args()
-    if args.nodes < 2:
+    if min(args.nodes) < 2:
         ap.error("--nodes must be at least 2")
-    if args.nodes + 2 * args.rounds + 1 > 254:
+    if max(args.nodes) + 2 * args.rounds + 1 > 254:
         ap.error("--nodes + 2 * --rounds must stay below 254 (one 127.0.x.0/24 per system)")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
@@ -220,10 +222,10 @@ def main():
         ap.error(f"{args.shoal_bin} not found: cargo build --release -p shoal")
     if shutil.which("serf") is None:
         ap.error("serf not found: apt-get install serf")
-    need_fds = 2 * (args.nodes + args.rounds) * 8
+    need_fds = 2 * (max(args.nodes) + args.rounds) * 8
     soft, hard = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)
     if soft < need_fds:
-        print(f"warning: open-files limit {soft} may be low for {args.nodes} agents",
+        print(f"warning: open-files limit {soft} may be low for {max(args.nodes)} agents",
               file=sys.stderr)
 
     def on_signal(signum, _frame):
@@ -233,12 +235,26 @@ def main():
     signal.signal(signal.SIGHUP, on_signal)
     started = time.time()
     deadline = started + args.max_seconds
+    obs_rows, resources = [], []
+    try:
+        for n in args.nodes:
+            if time.time() > deadline:
+                print(f"max-seconds reached; N={n} skipped", file=sys.stderr)
+                break
+            print(f"== N = {n}: {n} shoal + {n} Serf agents", file=sys.stderr)
+            if not run_one(args, n, deadline, obs_rows, resources):
+                break
+    finally:
+        write(args, obs_rows, resources)
+
+
+def run_one(args, n, deadline, obs_rows, resources):
+    """One size; appends to the row lists. False if interrupted."""
+    started = time.time()
     workdir = tempfile.mkdtemp(prefix="shoal-scale-")
     clusters = [Cluster("shoal", 10, workdir, args.shoal_bin),
                 Cluster("serf", 20, workdir, args.shoal_bin)]
-    n = args.nodes
-    obs_rows = []
-    resources = []
+    ok = True
     steps = 2 + 3 * args.rounds
     step = 0
     try:
@@ -327,11 +343,12 @@ def main():
         print(file=sys.stderr)
     except KeyboardInterrupt as e:
         print(f"\ninterrupted ({e}); cleaning up", file=sys.stderr)
+        ok = False
     finally:
         for c in clusters:
             c.stop_all()
-    write(args, obs_rows, resources)
-    shutil.rmtree(workdir, ignore_errors=True)
+        shutil.rmtree(workdir, ignore_errors=True)
+    return ok
 
 
 def write(args, obs_rows, resources):

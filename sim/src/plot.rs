@@ -147,6 +147,7 @@ fn log_n_chart(
         .x_desc("members (N, log scale)")
         .y_desc(y_label)
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .light_line_style(RGBColor(238, 238, 238))
         .label_style(("sans-serif", 15))
         .draw()
         .map_err(|e| e.to_string())?;
@@ -224,6 +225,34 @@ pub fn convergence(dir: &Path) -> Res<PathBuf> {
     log_n_chart(
         &out,
         &format!("Simulated: time until members know (from the action), gossip {gossip:.0} ms"),
+        "seconds",
+        &series,
+        Some((3.0, "3 s target")),
+    )?;
+    Ok(out)
+}
+
+/// dissemination_vs_n.png from sim_summary.csv: p99.9 delay after the
+/// first member knew (the spread itself, without detection time).
+pub fn dissemination(dir: &Path) -> Res<PathBuf> {
+    let csv = Csv::read(&dir.join("sim_summary.csv"))?;
+    let mut series = Vec::new();
+    for phase in ["join", "fail", "leave"] {
+        let pts = csv
+            .xy("n", "after_first_p999_ms", &[("phase", phase)])?
+            .into_iter()
+            .map(|(x, y)| (x, y / 1000.0))
+            .collect();
+        series.push(Series {
+            label: format!("{phase}: p99.9 after the first member knew"),
+            points: pts,
+            dashed: false,
+        });
+    }
+    let out = dir.join("dissemination_vs_n.png");
+    log_n_chart(
+        &out,
+        "Simulated: spread once the first member knows (p99.9 over members)",
         "seconds",
         &series,
         Some((3.0, "3 s target")),
@@ -360,8 +389,9 @@ pub fn all(dir: &Path) -> (Vec<PathBuf>, Vec<String>) {
     let mut done = Vec::new();
     let mut skipped = Vec::new();
     type PlotFn = fn(&Path) -> Res<PathBuf>;
-    let plots: [(&str, PlotFn); 3] = [
+    let plots: [(&str, PlotFn); 4] = [
         ("convergence", convergence),
+        ("dissemination", dissemination),
         ("bytes", bytes),
         ("detection", detection),
     ];
