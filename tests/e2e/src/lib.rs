@@ -10,6 +10,8 @@
 //! - [`stats`] / [`Project::members`]: what HAProxy runs (its stats CSV) and what the LB's
 //!   agent sees (`shoal members --format json`).
 //!
+//! - [`swarm`]: a single-node swarm made (and left) by the test, and a stack deployed on it.
+//!
 //! Every external command runs with a deadline, so no test can hang.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,6 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub mod swarm;
 
 /// The repository root (this crate is `tests/e2e`).
 pub fn repo_root() -> PathBuf {
@@ -95,9 +99,7 @@ pub fn docker_ready() -> bool {
         eprintln!("SKIPPED: shoal end-to-end tests: SHOAL_E2E=0");
         return false;
     }
-    let ci = std::env::var("CI")
-        .map(|v| v == "true" || v == "1")
-        .unwrap_or(false);
+    let ci = ci();
     let problem = if which("docker").is_none() {
         Some("the docker CLI is not installed".to_string())
     } else if which("docker-compose").is_none() {
@@ -122,6 +124,13 @@ pub fn docker_ready() -> bool {
             false
         }
     }
+}
+
+/// `CI=true` (or `1`): a missing Docker engine or an unusable one is a failure, not a skip.
+pub fn ci() -> bool {
+    std::env::var("CI")
+        .map(|v| v == "true" || v == "1")
+        .unwrap_or(false)
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -153,16 +162,93 @@ pub fn build_images_once() {
     });
 }
 
+/// What [`setup`] returns: hold it for the whole scenario.
+pub struct Serial {
+    _machine: MachineLock,
+    _process: std::sync::MutexGuard<'static, ()>,
+}
+
 /// Serialises the scenarios (2 cores: parallel clusters would only measure each other) and
-/// prepares Docker. `None`: skip this test.
-pub fn setup() -> Option<std::sync::MutexGuard<'static, ()>> {
+/// prepares Docker. `None`: skip this test. Scenarios of other test processes (the compose
+/// binary `docker`, the Swarm binary `swarm`, another checkout's run) wait too: see
+/// [`MachineLock`].
+pub fn setup() -> Option<Serial> {
     static SERIAL: Mutex<()> = Mutex::new(());
     let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     if !docker_ready() {
         return None;
     }
+    let machine = MachineLock::acquire(Duration::from_secs(1800));
     build_images_once();
-    Some(guard)
+    Some(Serial {
+        _machine: machine,
+        _process: guard,
+    })
+}
+
+/// A lock shared by every e2e test process on this machine: a directory made with `mkdir`
+/// (atomic) that holds the owner's pid, removed on drop. A lock whose owner is gone (a
+/// killed test run) is stale and taken over. One Docker engine serves them all: a Swarm
+/// scenario turns the engine into a swarm manager, and timings measured while another
+/// cluster runs on the same 2 cores mean nothing.
+pub struct MachineLock {
+    dir: PathBuf,
+}
+
+impl MachineLock {
+    pub fn acquire(timeout: Duration) -> MachineLock {
+        let dir = std::env::temp_dir().join("shoal-e2e-docker.lock");
+        let deadline = Instant::now() + timeout;
+        let mut announced = false;
+        loop {
+            match std::fs::create_dir(&dir) {
+                Ok(()) => {
+                    let _ = std::fs::write(dir.join("pid"), std::process::id().to_string());
+                    return MachineLock { dir };
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    if Self::stale(&dir) {
+                        eprintln!("e2e lock {}: owner gone, taking it over", dir.display());
+                        let _ = std::fs::remove_dir_all(&dir);
+                        continue;
+                    }
+                }
+                Err(e) => panic!("cannot create the e2e lock {}: {e}", dir.display()),
+            }
+            if !announced {
+                eprintln!(
+                    "waiting for another e2e test process (lock {})",
+                    dir.display()
+                );
+                announced = true;
+            }
+            if Instant::now() > deadline {
+                panic!("e2e lock {} still held after {timeout:?}", dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// The owner's pid is gone, or the pid file never appeared (10 s after mkdir).
+    fn stale(dir: &Path) -> bool {
+        match std::fs::read_to_string(dir.join("pid")) {
+            Ok(pid) => {
+                let pid = pid.trim();
+                !pid.is_empty() && !Path::new("/proc").join(pid).exists()
+            }
+            Err(_) => std::fs::metadata(dir)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(10)),
+        }
+    }
+}
+
+impl Drop for MachineLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Records a measured figure: printed (`FIGURE name: value`) and, if `SHOAL_E2E_FIGURES`
