@@ -100,11 +100,17 @@ enum Cmd {
         partition_sizes: Vec<usize>,
         #[arg(long, default_value = "60", value_parser = positive_secs)]
         cut_secs: u64,
+        /// Skip the partition runs.
+        #[arg(long)]
+        no_partition: bool,
         /// Worker threads.
         #[arg(long, default_value = "2", value_parser = clap::value_parser!(u64).range(1..=64))]
         jobs: u64,
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// File name prefix of the CSVs (plots read the default `sim_`).
+        #[arg(long, default_value = "sim_")]
+        prefix: String,
         /// Do not draw the PNG plots.
         #[arg(long)]
         no_plots: bool,
@@ -253,8 +259,10 @@ fn run(cli: Cli) -> Result<(), String> {
             full_loss_max_n,
             partition_sizes,
             cut_secs,
+            no_partition,
             jobs,
             out,
+            prefix,
             no_plots,
             font,
             quiet,
@@ -273,7 +281,11 @@ fn run(cli: Cli) -> Result<(), String> {
                 losses,
                 loss_window: Duration::from_secs(loss_window_secs),
                 full_loss_max_n,
-                partition_sizes,
+                partition_sizes: if no_partition {
+                    Vec::new()
+                } else {
+                    partition_sizes
+                },
                 partition_cut: Duration::from_secs(cut_secs),
                 jobs: jobs as usize,
                 quiet,
@@ -283,14 +295,14 @@ fn run(cli: Cli) -> Result<(), String> {
             let w = |name: &str, body: String| {
                 sweep::write(&out, name, &body).map_err(|e| format!("{}: {e}", out.display()))
             };
-            w("sim_spread.csv", sweep::spread_csv(&res, g))?;
+            w(&format!("{prefix}spread.csv"), sweep::spread_csv(&res, g))?;
             w(
-                "sim_summary.csv",
+                &format!("{prefix}summary.csv"),
                 sweep::summary_csv(&sweep::summarize(&res), g),
             )?;
-            w("sim_steady.csv", sweep::steady_csv(&res, g))?;
+            w(&format!("{prefix}steady.csv"), sweep::steady_csv(&res, g))?;
             w(
-                "sim_partition.csv",
+                &format!("{prefix}partition.csv"),
                 sweep::partition_csv(&res, g, cfg.partition_cut),
             )?;
             print!("{}", sweep::summary_csv(&sweep::summarize(&res), g));

@@ -296,6 +296,8 @@ pub fn detection(dir: &Path) -> Res<PathBuf> {
     let ni = csv.col("n")?;
     let vi = csv.col("seconds")?;
     let mut groups: BTreeMap<(String, String, String), Vec<f64>> = BTreeMap::new();
+    // Observations per (system, n), and how many never saw the event.
+    let mut missing: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     for r in &csv.rows {
         let (Some(s), Some(c), Some(n), Some(v)) = (r.get(si), r.get(sc), r.get(ni), r.get(vi))
         else {
@@ -304,6 +306,9 @@ pub fn detection(dir: &Path) -> Res<PathBuf> {
         if c == "join" {
             continue;
         }
+        let m = missing.entry((s.clone(), n.clone())).or_default();
+        m.0 += 1;
+        m.1 += usize::from(v.is_empty());
         if let Ok(v) = v.parse::<f64>() {
             groups
                 .entry((c.clone(), s.clone(), n.clone()))
@@ -311,9 +316,20 @@ pub fn detection(dir: &Path) -> Res<PathBuf> {
                 .push(v);
         }
     }
-    if groups.is_empty() {
-        return Err("real_observations.csv: no fail/leave rows".into());
-    }
+    // The largest N where both systems delivered (almost) every event: one
+    // size keeps the chart readable, and an overloaded run says nothing.
+    let sizes: Vec<usize> = groups.keys().filter_map(|k| k.2.parse().ok()).collect();
+    let both = |n: usize| {
+        ["shoal", "serf"].iter().all(|s| {
+            missing
+                .get(&(s.to_string(), n.to_string()))
+                .is_some_and(|&(total, miss)| total > 0 && miss * 20 < total)
+        })
+    };
+    let Some(n_max) = sizes.iter().copied().filter(|&n| both(n)).max() else {
+        return Err("real_observations.csv: no fail/leave delays for both systems".into());
+    };
+    groups.retain(|k, _| k.2 == n_max.to_string());
     let xmax = groups
         .values()
         .flat_map(|v| v.iter().copied())
@@ -335,7 +351,7 @@ pub fn detection(dir: &Path) -> Res<PathBuf> {
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
-        .x_desc("seconds after kill -9 (failed) / SIGTERM (leave)")
+        .x_desc("seconds after kill -9 (failed: solid) / graceful stop (leave: dashed)")
         .y_desc("fraction of members")
         .label_style(("sans-serif", 15))
         .draw()
