@@ -70,6 +70,9 @@ enum Cmd {
         /// Steady-state window, seconds of virtual time.
         #[arg(long, default_value = "30", value_parser = positive_secs)]
         window_secs: u64,
+        /// Steady state: virtual seconds before traffic is counted.
+        #[arg(long, default_value = "2", value_parser = positive_secs)]
+        warmup_secs: u64,
         #[arg(long, default_value = "60", value_parser = positive_secs)]
         cut_secs: u64,
         #[command(flatten)]
@@ -201,6 +204,7 @@ fn run(cli: Cli) -> Result<(), String> {
             seed,
             loss,
             window_secs,
+            warmup_secs,
             cut_secs,
             net,
         } => {
@@ -225,7 +229,11 @@ fn run(cli: Cli) -> Result<(), String> {
                     }
                 }
                 Scenario::Steady => {
-                    let s = scenario::steady(&p, Duration::from_secs(window_secs));
+                    let s = scenario::steady_after(
+                        &p,
+                        Duration::from_secs(warmup_secs),
+                        Duration::from_secs(window_secs),
+                    );
                     println!(
                         "loss={loss}% window={window_secs}s false_failed_events={} false_failed_members={} udp_msgs/member/s={:.2} udp_B/member/s={:.0} tcp_B/member/s={:.0}",
                         s.false_failed_events,

@@ -160,10 +160,14 @@ pub struct Steady {
 }
 
 pub fn steady(p: &Params, window: Duration) -> Steady {
+    steady_after(p, Duration::from_secs(2), window)
+}
+
+/// [`steady`] with traffic counted only after `warm`: right after forming,
+/// every member still gossips the N members it just learned.
+pub fn steady_after(p: &Params, warm: Duration, window: Duration) -> Steady {
     let mut sim = p.sim();
     sim.recording = true;
-    // Let the first push-pulls and probes settle before counting traffic.
-    let warm = Duration::from_secs(2);
     sim.run_for(warm);
     sim.traffic = Default::default();
     sim.run_for(window);
