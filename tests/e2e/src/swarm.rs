@@ -31,7 +31,9 @@ pub fn local_node_state() -> String {
 
 /// A swarm this process created (single node, manager), left when dropped.
 pub struct Swarm {
-    _private: (),
+    /// `swarm init` creates the `docker_gwbridge` network and `leave` keeps it: removed
+    /// on drop when it was not there before.
+    remove_gwbridge: bool,
 }
 
 impl Swarm {
@@ -54,6 +56,11 @@ impl Swarm {
             eprintln!("SKIPPED: shoal Swarm end-to-end test: {msg}");
             return None;
         }
+        let remove_gwbridge = docker_out(
+            &["network", "inspect", "docker_gwbridge"],
+            Duration::from_secs(20),
+        )
+        .is_none();
         let out = run(
             Command::new("docker").args([
                 "swarm",
@@ -66,7 +73,7 @@ impl Swarm {
             Duration::from_secs(90),
         );
         // From here on a swarm may exist: the guard leaves it whatever happens next.
-        let swarm = Swarm { _private: () };
+        let swarm = Swarm { remove_gwbridge };
         if !out.status.success() {
             panic!(
                 "docker swarm init failed: {}",
@@ -86,6 +93,12 @@ impl Drop for Swarm {
         );
         if out.status.success() {
             eprintln!("swarm left");
+            if self.remove_gwbridge {
+                let _ = docker_out(
+                    &["network", "rm", "docker_gwbridge"],
+                    Duration::from_secs(30),
+                );
+            }
         } else {
             eprintln!(
                 "docker swarm leave --force failed: {}",
