@@ -33,6 +33,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from membership import cpu_ticks, rss_kb  # noqa: E402  (one /proc reader for both benches)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Not 7946/7373: Docker's swarm listens on *:7946 on this kind of host.
 PORT, API = 17946, 17373
@@ -149,26 +152,6 @@ class Cluster:
 
     def known(self, observer):
         return {n for _, k, n in self.poll(observer) if k == "member-join"}
-
-
-def rss_kb(pid, field="VmRSS:"):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_ticks(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])
-    except OSError:
-        return 0
 
 
 def bar(done, total, label, started):
