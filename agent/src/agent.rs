@@ -372,19 +372,15 @@ impl Node {
 
     fn set_tags(&mut self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
         // Persist first: a tag change that cannot be saved is refused whole.
-        let mut next = self.core.local().tags.clone();
-        for k in &delete {
-            next.remove(k);
-        }
-        next.extend(set.clone());
-        tags::validate(&next).map_err(|e| e.to_string())?;
+        let next =
+            tags::merged(&self.core.local().tags, set, &delete).map_err(|e| e.to_string())?;
         if let Some(path) = &self.cfg.tags_file {
             if next != self.core.local().tags {
                 tags::save_file(path, &next)
                     .map_err(|e| format!("cannot write tags file {}: {e}", path.display()))?;
             }
         }
-        self.core.set_tags(set, &delete, now())
+        self.core.set_tags(next, now())
     }
 
     /// Carries out the core's outputs and refreshes what the API reads.

@@ -360,13 +360,9 @@ impl Core {
         self.flush(now);
     }
 
-    /// Applies a tag change; the new identity is gossiped as an update.
-    pub fn set_tags(&mut self, set: Tags, delete: &[String], now: Now) -> Result<Tags, String> {
-        let mut next = self.local.tags.clone();
-        for k in delete {
-            next.remove(k);
-        }
-        next.extend(set);
+    /// Replaces our tags (see [`tags::merged`]); the new identity is gossiped
+    /// as an update.
+    pub fn set_tags(&mut self, next: Tags, now: Now) -> Result<Tags, String> {
         tags::validate(&next).map_err(|e| e.to_string())?;
         if next == self.local.tags {
             return Ok(next);

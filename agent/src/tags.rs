@@ -95,6 +95,17 @@ fn check_value(k: &str, v: &str) -> Result<(), TagError> {
     Ok(())
 }
 
+/// `current` with `delete` removed and `set` applied, checked against every limit.
+pub fn merged(current: &Tags, set: Tags, delete: &[String]) -> Result<Tags, TagError> {
+    let mut next = current.clone();
+    for k in delete {
+        next.remove(k);
+    }
+    next.extend(set);
+    validate(&next)?;
+    Ok(next)
+}
+
 /// Checks every limit on a whole tag set.
 pub fn validate(tags: &Tags) -> Result<(), TagError> {
     if tags.len() > MAX_TAGS {
