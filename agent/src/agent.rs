@@ -190,6 +190,7 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         ring: Arc::new(RwLock::new(cfg.keyring.clone())),
         file: cfg.keyring_file.clone(),
         node: local.name.clone(),
+        op_lock: tokio::sync::Mutex::new(()),
     });
     if cfg.keyring.is_some() {
         info!("gossip encryption on (AES-GCM)");
@@ -509,6 +510,8 @@ pub struct KeyCtx {
     pub ring: SharedKeyring,
     pub file: Option<std::path::PathBuf>,
     pub node: String,
+    /// Serialises key operations (see [`apply_key_op`]).
+    pub op_lock: tokio::sync::Mutex<()>,
 }
 
 /// Cluster-wide result of a key operation.
@@ -526,40 +529,58 @@ pub struct KeySummary {
     pub primary: BTreeMap<String, usize>,
 }
 
-/// Applies a key operation to this node's keyring (and its file).
-pub fn apply_key_op(ctx: &KeyCtx, op: &KeyOp) -> KeyReply {
-    let mut guard = ctx.ring.write().unwrap_or_else(|p| p.into_inner());
-    let reply = |error: Option<String>, keys: Vec<String>| KeyReply {
+/// Applies a key operation to this node's keyring and its file. The change
+/// is made on a copy, saved (fsync, off the runtime thread: the gossip loop
+/// must keep answering probes while the disk is slow), and only then swapped
+/// in, so a keyring that cannot be saved is left exactly as it was.
+pub async fn apply_key_op(ctx: &KeyCtx, op: &KeyOp) -> KeyReply {
+    // One operation at a time: two concurrent edits of copies would lose one.
+    let _serial = ctx.op_lock.lock().await;
+    let reply = |error: Option<String>, ring: Option<&Keyring>| KeyReply {
         node: ctx.node.clone(),
         error,
-        keys,
+        keys: ring
+            .map(|r| r.keys().map(|k| k.as_str().to_string()).collect())
+            .unwrap_or_default(),
     };
-    let Some(ring) = guard.as_mut() else {
+    let Some(mut ring) = pushpull::snapshot(&ctx.ring) else {
         return reply(
             Some("encryption is not enabled on this node (start it with --encrypt)".into()),
-            Vec::new(),
+            None,
         );
     };
+    let before = ring.clone();
     let changed = match op {
         KeyOp::List => Ok(false),
         KeyOp::Install(k) => Key::parse(k).map(|key| ring.install(key)),
         KeyOp::Use(k) => ring.use_key(k),
         KeyOp::Remove(k) => ring.remove(k),
     };
-    let mut error = changed.as_ref().err().cloned();
-    if changed == Ok(true) {
-        info!(op = ?std::mem::discriminant(op), "keyring changed");
-        if let Some(file) = &ctx.file {
-            if let Err(e) = ring.save(file) {
-                error = Some(format!(
-                    "keyring changed but not saved to {}: {e}",
-                    file.display()
-                ));
+    match changed {
+        Err(e) => reply(Some(e), Some(&before)),
+        Ok(false) => reply(None, Some(&ring)),
+        Ok(true) => {
+            if let Some(file) = ctx.file.clone() {
+                let copy = ring.clone();
+                let shown = file.display().to_string();
+                let saved = tokio::task::spawn_blocking(move || copy.save(&file))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(e) = saved {
+                    return reply(
+                        Some(format!(
+                            "keyring left unchanged: cannot save it to {shown}: {e}"
+                        )),
+                        Some(&before),
+                    );
+                }
             }
+            *ctx.ring.write().unwrap_or_else(|p| p.into_inner()) = Some(ring.clone());
+            info!(op = ?std::mem::discriminant(op), "keyring changed");
+            reply(None, Some(&ring))
         }
     }
-    let keys = ring.keys().map(|k| k.as_str().to_string()).collect();
-    reply(error, keys)
 }
 
 /// Runs a key operation here, then on every live member in parallel.
@@ -571,7 +592,7 @@ async fn cluster_key_op(
     if let KeyOp::Install(k) | KeyOp::Use(k) | KeyOp::Remove(k) = &op {
         Key::parse(k)?;
     }
-    let local = apply_key_op(&ctx, &op);
+    let local = apply_key_op(&ctx, &op).await;
     if ctx.ring.read().unwrap_or_else(|p| p.into_inner()).is_none() {
         return Err(local.error.unwrap_or_default());
     }
@@ -670,7 +691,7 @@ async fn accept_tcp(
                             .map_err(|_| stopped())?;
                         TcpMsg::Sync(rx.await.map_err(|_| stopped())?)
                     }
-                    TcpMsg::KeyOp(op) => TcpMsg::KeyReply(apply_key_op(&keys, &op)),
+                    TcpMsg::KeyOp(op) => TcpMsg::KeyReply(apply_key_op(&keys, &op).await),
                     TcpMsg::KeyReply(_) => {
                         return Err(FrameError::Io("unexpected key reply".into()))
                     }

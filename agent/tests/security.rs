@@ -89,6 +89,8 @@ fn key_rotation_across_a_live_cluster_never_splits_it() {
         &refs, &names
     )));
 
+    let auth_failures = |a: &Agent| info(a)["stats"]["auth_failures"].as_u64().unwrap_or(0);
+    let failures_before: Vec<u64> = agents.iter().map(auth_failures).collect();
     // Watch every node's view during the whole rotation.
     let stop = Arc::new(AtomicBool::new(false));
     let violations = Arc::new(AtomicUsize::new(0));
@@ -102,7 +104,14 @@ fn key_rotation_across_a_live_cluster_never_splits_it() {
                     let (_, body) = http(api, "GET", "/v1/members", "");
                     let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
                     let ms = doc["members"].as_array().cloned().unwrap_or_default();
-                    if ms.len() != 5 || ms.iter().any(|m| m["status"] != "alive") {
+                    // A split is a member lost or declared failed. A brief
+                    // `suspect` can come from a loaded machine alone; a key
+                    // that does not open shows up in `auth_failures` below.
+                    if ms.len() != 5
+                        || ms
+                            .iter()
+                            .any(|m| m["status"] != "alive" && m["status"] != "suspect")
+                    {
                         violations.fetch_add(1, Ordering::SeqCst);
                         eprintln!("split seen at {api}: {ms:?}");
                     }
@@ -147,6 +156,12 @@ fn key_rotation_across_a_live_cluster_never_splits_it() {
         violations.load(Ordering::SeqCst),
         0,
         "some pair could not talk during the rotation"
+    );
+    // Not one packet or frame failed to open on any node.
+    let failures_after: Vec<u64> = agents.iter().map(auth_failures).collect();
+    assert_eq!(
+        failures_before, failures_after,
+        "packets failed to authenticate"
     );
 
     let out = keys(&["--list"]);
