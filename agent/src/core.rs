@@ -6,7 +6,7 @@
 //! agent runs.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -78,6 +78,21 @@ struct Leaving {
     done: bool,
 }
 
+/// A member our own probe failed, until foca declares it down or it refutes.
+struct Suspicion {
+    generation: u64,
+    incarnation: u16,
+    addr: SocketAddr,
+    deadline: Instant,
+    next_notice: Instant,
+}
+
+/// How often a suspected member is told directly: several times within the
+/// suspicion window, so lost packets do not turn into a false failure.
+fn notice_interval(timing: &Timing) -> Duration {
+    timing.probe_rtt
+}
+
 /// Static settings of a core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -107,6 +122,8 @@ pub struct Core {
     push_pull_round: u64,
     leaving: Option<Leaving>,
     conflicts_logged: HashMap<String, Instant>,
+    /// Members we suspect, by name (ordered: same notices on every run).
+    suspicions: BTreeMap<String, Suspicion>,
     joined: bool,
     out: Vec<Output>,
     /// Our own choices (push-pull targets), seeded from the caller's RNG so a
@@ -139,6 +156,7 @@ impl Core {
             push_pull_round: 0,
             leaving: None,
             conflicts_logged: HashMap::new(),
+            suspicions: BTreeMap::new(),
             joined: false,
             out: Vec::new(),
             rng: own_rng,
@@ -223,9 +241,63 @@ impl Core {
                 self.progress_leave(now);
                 Ok(())
             }
+            Packet::Suspect {
+                name,
+                generation,
+                incarnation,
+            } => {
+                self.refute(&name, generation, incarnation, from);
+                Ok(())
+            }
         };
         self.flush(now);
         result
+    }
+
+    /// A member tells us it suspects us: refute now (a higher incarnation,
+    /// gossiped by foca) and answer it directly with a SWIM announce, whose
+    /// header carries the new incarnation, so the suspicion ends at its
+    /// source whatever happens to the gossip.
+    fn refute(&mut self, name: &str, generation: u64, incarnation: u16, from: SocketAddr) {
+        if self.leaving.is_some() || name != self.local.name || generation != self.local.generation
+        {
+            // About an earlier life of ours (or another node's name): the
+            // generation rule already settles it.
+            return;
+        }
+        debug!(%from, incarnation, "suspected by a peer; refuting");
+        let me = Member::new(self.local.clone(), incarnation, State::Suspect);
+        if let Err(e) = self
+            .foca
+            .apply_many(std::iter::once(me), true, &mut self.rt)
+        {
+            debug!(error = %e, "refuting failed");
+        }
+        if let Err(e) = self.foca.announce(NodeId::seed(from), &mut self.rt) {
+            debug!(%from, error = %e, "refutation announce failed");
+        }
+    }
+
+    /// Tells each member we suspect, again every [`notice_interval`] until
+    /// it refutes or foca declares it down.
+    fn notify_suspects(&mut self, now: Now) {
+        let interval = notice_interval(&self.cfg.timing);
+        let table = &self.table;
+        self.suspicions.retain(|name, s| {
+            now.mono < s.deadline
+                && table
+                    .get(name)
+                    .is_some_and(|r| r.status == Status::Suspect && r.id.generation == s.generation)
+        });
+        for (name, s) in &mut self.suspicions {
+            if now.mono >= s.next_notice {
+                s.next_notice = now.mono + interval;
+                self.out.push(Output::Send {
+                    to: s.addr,
+                    packet: wire::encode_suspect(name, s.generation, s.incarnation),
+                });
+            }
+        }
     }
 
     /// Fires every timer due at `now`.
@@ -237,6 +309,24 @@ impl Core {
             let Some(Reverse((_, _, TimerKey(timer)))) = self.timers.pop() else {
                 break;
             };
+            if let Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } = &timer
+            {
+                // foca 2.0 sends TurnUndead when this timer fires even if the
+                // member refuted meanwhile, which makes a live member rejoin
+                // under a new identity: a storm on a lossy network. Only a
+                // suspicion still standing reaches foca.
+                let standing = self
+                    .foca
+                    .iter_membership_state()
+                    .any(|m| m.id() == member_id && m.incarnation() == *incarnation);
+                if !standing {
+                    continue;
+                }
+            }
             if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
                 debug!(error = %e, "timer handling error");
             }
@@ -252,6 +342,7 @@ impl Core {
             self.flush(now);
             return;
         }
+        self.notify_suspects(now);
         let out = self.table.reap(now.wall_ms);
         self.apply_outcome(out, now);
         if self.foca.num_members() == 0
@@ -527,6 +618,26 @@ impl Core {
                 });
             }
             while let Some((after, timer)) = self.rt.to_schedule() {
+                if let Timer::ChangeSuspectToDown {
+                    member_id,
+                    incarnation,
+                    ..
+                } = &timer
+                {
+                    // Our probe failed: tell the member now, not only by gossip.
+                    let s = Suspicion {
+                        generation: member_id.generation,
+                        incarnation: *incarnation,
+                        addr: member_id.addr,
+                        deadline: now.mono + after,
+                        next_notice: now.mono + notice_interval(&self.cfg.timing),
+                    };
+                    self.out.push(Output::Send {
+                        to: s.addr,
+                        packet: wire::encode_suspect(&member_id.name, s.generation, s.incarnation),
+                    });
+                    self.suspicions.insert(member_id.name.clone(), s);
+                }
                 self.timer_seq += 1;
                 self.timers
                     .push(Reverse((now.mono + after, self.timer_seq, TimerKey(timer))));
@@ -577,6 +688,8 @@ mod tests {
         now_ms: u64,
         /// Cores whose packets are dropped (a dead node).
         dead: Vec<usize>,
+        /// Cores that receive no SWIM packet (only shoal's own kinds).
+        deaf_to_swim: Vec<usize>,
     }
 
     impl Net {
@@ -609,6 +722,7 @@ mod tests {
                 t0,
                 now_ms: 0,
                 dead: Vec::new(),
+                deaf_to_swim: Vec::new(),
             }
         }
 
@@ -640,7 +754,10 @@ mod tests {
                 match out {
                     Output::Send { to, packet } => {
                         if let Some(j) = self.cores.iter().position(|c| c.local().addr == to) {
-                            if !self.dead.contains(&j) {
+                            let swim = matches!(wire::decode_packet(&packet), Ok(Packet::Foca(_)));
+                            let dropped =
+                                self.dead.contains(&j) || (swim && self.deaf_to_swim.contains(&j));
+                            if !dropped {
                                 let _ = self.cores[j].on_packet(&packet, from_addr, now);
                                 queue.extend(
                                     self.cores[j].take_outputs().into_iter().map(|o| (j, o)),
@@ -696,5 +813,64 @@ mod tests {
         net.cores[1].begin_leave(now);
         net.step();
         assert_eq!(net.status(0, "n1"), Some(Status::Left));
+    }
+
+    #[test]
+    fn a_suspected_member_refutes_through_the_direct_notice() {
+        let mut net = Net::new(3);
+        let seed = net.cores[0].local().addr;
+        let now = net.now();
+        net.cores[1].contact(&[seed], true, now);
+        net.cores[2].contact(&[seed], true, now);
+        for _ in 0..100 {
+            net.step();
+        }
+        // n2 hears no SWIM at all: no ping, no gossip of its own suspicion.
+        // Only the suspectors' direct notices reach it, and its answers get
+        // out. Without the notices it is failed within ~2 s.
+        net.deaf_to_swim.push(2);
+        let mut suspected = false;
+        for _ in 0..800 {
+            net.step();
+            for at in [0, 1] {
+                let s = net.status(at, "n2");
+                assert_ne!(s, Some(Status::Failed), "n2 failed at n{at}");
+                suspected |= s == Some(Status::Suspect);
+            }
+        }
+        assert!(suspected, "the test must make n2 suspect");
+    }
+
+    #[test]
+    fn a_member_that_refuted_is_not_told_it_is_down() {
+        // foca sends TurnUndead when a suspicion timer fires even after the
+        // member refuted; the core drops such timers, so no rejoin follows.
+        let mut net = Net::new(3);
+        let seed = net.cores[0].local().addr;
+        let now = net.now();
+        net.cores[1].contact(&[seed], true, now);
+        net.cores[2].contact(&[seed], true, now);
+        for _ in 0..100 {
+            net.step();
+        }
+        let generation = net.cores[2].local().generation;
+        // Deaf long enough for probes of n2 to fail, then well again.
+        net.deaf_to_swim.push(2);
+        let mut suspected = false;
+        while !suspected {
+            net.step();
+            suspected = net.status(0, "n2") == Some(Status::Suspect);
+            assert!(net.now_ms < 10_000, "n2 never suspected");
+        }
+        net.deaf_to_swim.clear();
+        for _ in 0..500 {
+            net.step();
+        }
+        assert_eq!(net.status(0, "n2"), Some(Status::Alive));
+        assert_eq!(
+            net.cores[2].local().generation,
+            generation,
+            "n2 was made to rejoin under a new identity"
+        );
     }
 }

@@ -26,7 +26,8 @@ pub enum Profile {
 pub struct Timing {
     pub probe_period: Duration,
     pub probe_rtt: Duration,
-    /// Suspicion time for clusters of up to 10 nodes; grows with log10(N).
+    /// Suspicion time for clusters of up to 10 nodes; grows with log10(N)
+    /// up to [`MAX_SUSPICION_SCALE`] times this.
     pub suspicion: Duration,
     pub gossip_interval: Duration,
     pub push_pull_interval: Duration,
@@ -82,9 +83,17 @@ pub fn size_bucket(members: usize) -> u32 {
     }
 }
 
+/// Largest multiple of [`Timing::suspicion`] used, whatever the cluster size.
+pub const MAX_SUSPICION_SCALE: f64 = 1.5;
+
 /// foca's config for `cluster_size` members under `timing`.
 pub fn foca_config(timing: &Timing, cluster_size: u32) -> foca::Config {
-    let scale = f64::max(1.0, f64::from(cluster_size).log10());
+    // A suspected member hears of it directly from its suspector (see
+    // `core::Suspicion`), so refuting no longer waits for gossip to cross the
+    // cluster twice: the window grows a little with size, then stops.
+    let scale = f64::from(cluster_size)
+        .log10()
+        .clamp(1.0, MAX_SUSPICION_SCALE);
     let max_tx = (f64::from(cluster_size + 1).log10() * 4.0).clamp(6.0, 255.0) as u8;
     foca::Config {
         probe_period: timing.probe_period,
@@ -132,11 +141,12 @@ mod tests {
     }
 
     #[test]
-    fn suspicion_grows_with_cluster_size() {
+    fn suspicion_grows_with_cluster_size_then_stops() {
         let t = Profile::Lan.timing();
-        let small = foca_config(&t, 10).suspect_to_down_after;
-        let big = foca_config(&t, 1000).suspect_to_down_after;
-        assert_eq!(small, Duration::from_millis(800));
-        assert_eq!(big, Duration::from_millis(2400));
+        let at = |n| foca_config(&t, size_bucket(n)).suspect_to_down_after;
+        assert_eq!(at(10), Duration::from_millis(800));
+        assert_eq!(at(30), Duration::from_millis(1200));
+        assert_eq!(at(1000), Duration::from_millis(1200));
+        assert_eq!(at(5000), Duration::from_millis(1200));
     }
 }

@@ -26,6 +26,7 @@ pub const MAX_SYNC_ENTRIES: usize = 100_000;
 const KIND_FOCA: u8 = 1;
 const KIND_LEAVE: u8 = 2;
 const KIND_LEAVE_ACK: u8 = 3;
+const KIND_SUSPECT: u8 = 4;
 /// An encrypted packet: the envelope header in clear (authenticated), then
 /// nonce and ciphertext of a whole inner packet.
 const KIND_SEALED: u8 = 0x10;
@@ -41,6 +42,14 @@ pub enum Packet<'a> {
     Leave(NodeId),
     /// Receipt of a leave notice: who heard it, and the leaver's generation.
     LeaveAck { name: String, generation: u64 },
+    /// "I suspect you": sent straight to a suspected member by the member
+    /// whose probe failed (Lifeguard's buddy system), so it can refute at
+    /// once instead of waiting for the suspicion to reach it by gossip.
+    Suspect {
+        name: String,
+        generation: u64,
+        incarnation: u16,
+    },
 }
 
 /// Why a packet was dropped. Counted in the agent's stats.
@@ -148,6 +157,15 @@ pub fn decode_packet(data: &[u8]) -> Result<Packet<'_>, DecodeError> {
             crate::identity::validate_name(&name).map_err(DecodeError::Malformed)?;
             Ok(Packet::LeaveAck { name, generation })
         }
+        KIND_SUSPECT => {
+            let (name, generation, incarnation): (String, u64, u16) = decode_all(body)?;
+            crate::identity::validate_name(&name).map_err(DecodeError::Malformed)?;
+            Ok(Packet::Suspect {
+                name,
+                generation,
+                incarnation,
+            })
+        }
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -183,6 +201,13 @@ pub fn encode_leave_ack(name: &str, generation: u64) -> Vec<u8> {
     envelope(
         KIND_LEAVE_ACK,
         &postcard::to_stdvec(&(name, generation)).unwrap_or_default(),
+    )
+}
+
+pub fn encode_suspect(name: &str, generation: u64, incarnation: u16) -> Vec<u8> {
+    envelope(
+        KIND_SUSPECT,
+        &postcard::to_stdvec(&(name, generation, incarnation)).unwrap_or_default(),
     )
 }
 
@@ -409,6 +434,14 @@ mod tests {
                 generation: 7
             }
         );
+        assert_eq!(
+            decode_packet(&encode_suspect("a", 7, 3)).unwrap(),
+            Packet::Suspect {
+                name: "a".into(),
+                generation: 7,
+                incarnation: 3
+            }
+        );
     }
 
     /// The bad-packet corpus: every entry must be refused, none may panic.
@@ -427,6 +460,11 @@ mod tests {
             (good[..good.len() - 2].to_vec(), "truncated leave"),
             ([good.clone(), vec![0]].concat(), "trailing"),
             (encode_leave(&bad_name), "hostile name"),
+            (encode_suspect("a\nb", 1, 1), "hostile suspect name"),
+            (
+                [encode_suspect("a", 1, 1), vec![0]].concat(),
+                "trailing suspect",
+            ),
             (
                 vec![MAGIC, VERSION, KIND_LEAVE, 0xff, 0xff, 0xff, 0xff, 0x0f],
                 "huge length",
