@@ -35,6 +35,9 @@ pub struct Timing {
     pub join_backoff: Duration,
     /// How often the member table is reconciled with foca's state.
     pub reconcile_interval: Duration,
+    /// How often a push-pull is tried with one failed member (Serf's
+    /// reconnect): what merges two halves of a healed partition.
+    pub reconnect_interval: Duration,
 }
 
 impl Profile {
@@ -48,6 +51,7 @@ impl Profile {
                 push_pull_interval: Duration::from_secs(30),
                 join_backoff: Duration::from_millis(500),
                 reconcile_interval: Duration::from_millis(100),
+                reconnect_interval: Duration::from_secs(5),
             },
             Profile::Local => Timing {
                 probe_period: Duration::from_millis(200),
@@ -57,6 +61,7 @@ impl Profile {
                 push_pull_interval: Duration::from_secs(5),
                 join_backoff: Duration::from_millis(100),
                 reconcile_interval: Duration::from_millis(20),
+                reconnect_interval: Duration::from_secs(2),
             },
             Profile::Wan => Timing {
                 probe_period: Duration::from_secs(3),
@@ -66,6 +71,7 @@ impl Profile {
                 push_pull_interval: Duration::from_secs(60),
                 join_backoff: Duration::from_secs(2),
                 reconcile_interval: Duration::from_millis(200),
+                reconnect_interval: Duration::from_secs(30),
             },
         }
     }
