@@ -38,15 +38,30 @@ fn main() -> ExitCode {
     ExitCode::from(code.clamp(0, 255) as u8)
 }
 
+/// Logs on stderr, text or JSON; the level from `SHOAL_LOG` (`debug`,
+/// `warn,shoal=debug`: tracing's target directives, no regex engine needed).
+/// A bad value is reported and `info` used, rather than silently ignored.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SHOAL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    let (filter, bad) = match std::env::var("SHOAL_LOG") {
+        Ok(v) if !v.trim().is_empty() => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                info(),
+                Some(format!("SHOAL_LOG={v:?} ignored ({e}); logging at info")),
+            ),
+        },
+        _ => (info(), None),
+    };
+    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr);
     match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Json => fmt.json().finish().with(filter).init(),
+        LogFormat::Text => fmt.finish().with(filter).init(),
+    }
+    if let Some(msg) = bad {
+        tracing::warn!("{msg}");
     }
 }
 

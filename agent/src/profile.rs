@@ -100,7 +100,7 @@ pub fn foca_config(timing: &Timing, cluster_size: u32) -> foca::Config {
     let scale = f64::from(cluster_size)
         .log10()
         .clamp(1.0, MAX_SUSPICION_SCALE);
-    let max_tx = (f64::from(cluster_size + 1).log10() * 4.0).clamp(6.0, 255.0) as u8;
+    let max_tx = (f64::from(cluster_size + 1).log10() * 4.0).clamp(10.0, 255.0) as u8;
     foca::Config {
         probe_period: timing.probe_period,
         probe_rtt: timing.probe_rtt,

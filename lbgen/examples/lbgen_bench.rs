@@ -53,10 +53,14 @@ async fn report(rx: &mut tokio::sync::mpsc::UnboundedReceiver<Report>) -> Report
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    if std::env::var_os("LBGEN_LOG").is_some() {
+    if let Ok(v) = std::env::var("LBGEN_LOG") {
+        use tracing_subscriber::prelude::*;
+        let filter: tracing_subscriber::filter::Targets =
+            v.parse().expect("LBGEN_LOG: a level or target=level list");
         tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_env("LBGEN_LOG"))
             .with_writer(std::io::stderr)
+            .finish()
+            .with(filter)
             .init();
     }
     let n_reloads = arg("--reloads", 20);

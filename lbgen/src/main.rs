@@ -112,15 +112,30 @@ struct RenderArgs {
     check_cmd: Option<String>,
 }
 
+/// Logs on stderr, text or JSON; the level from `LBGEN_LOG` (`debug`,
+/// `warn,shoal=debug`: tracing's target directives, no regex engine needed).
+/// A bad value is reported and `info` used, rather than silently ignored.
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LBGEN_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+    let info = || Targets::new().with_default(LevelFilter::INFO);
+    let (filter, bad) = match std::env::var("LBGEN_LOG") {
+        Ok(v) if !v.trim().is_empty() => match v.parse::<Targets>() {
+            Ok(t) => (t, None),
+            Err(e) => (
+                info(),
+                Some(format!("LBGEN_LOG={v:?} ignored ({e}); logging at info")),
+            ),
+        },
+        _ => (info(), None),
+    };
+    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().init(),
+        LogFormat::Json => fmt.json().finish().with(filter).init(),
+        LogFormat::Text => fmt.finish().with(filter).init(),
+    }
+    if let Some(msg) = bad {
+        tracing::warn!("{msg}");
     }
 }
 
