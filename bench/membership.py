@@ -13,7 +13,7 @@ Measured, per system, over several rounds:
   namespace; this kernel has no netem), for --loss-seconds
 
 Usage: bench/membership.py [--nodes 5] [--rounds 5] [--loss-seconds 300]
-Needs: target/release/shoal (cargo build --release), serf (apt-get install
+Needs: target/static/shoal (docker/build-binaries.sh), serf (apt-get install
 serf), and for the loss run root + nftables + iproute2. Traffic stays on
 127.0.0.0/8 (and inside the namespace). Every process started is killed.
 """
@@ -29,6 +29,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The static release build the images ship (docker/build-binaries.sh).
+SHOAL_BIN = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target/static/shoal"))
 HANDLER = """#!/bin/sh
 now=$(date +%s.%N)
 while IFS= read -r line; do echo "$now $SERF_EVENT $line" >> "$1"; done
@@ -59,7 +61,7 @@ class Cluster:
         ev = self.events_file(i)
         seed = self.ip(1) if i != 1 else self.ip(2)
         if self.system == "shoal":
-            cmd = [os.path.join(ROOT, "target/release/shoal"), "agent", "--node", name,
+            cmd = [SHOAL_BIN, "agent", "--node", name,
                    "--bind", f"{self.ip(i)}:7946", "--api", f"{self.ip(i)}:7373",
                    "--join", f"{seed}:7946", "--event-handler", f"{self.handler} {ev}"]
             env = dict(os.environ, SHOAL_LOG="warn")
@@ -129,6 +131,20 @@ def rss_kb(pid, field="VmRSS:"):
     return 0
 
 
+def pss_kb(pid):
+    """Proportional set size: shared pages (the binary, libc) split between
+    the processes that map them, so N agents of one binary sum to their
+    real footprint."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def cpu_ticks(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -168,6 +184,7 @@ def measure(system, args, workdir, net):
         hz = os.sysconf("SC_CLK_TCK")
         res["rss_kb"] = statistics.median(rss_kb(p) for p in pids)
         res["anon_kb"] = statistics.median(rss_kb(p, "RssAnon:") for p in pids)
+        res["pss_kb"] = statistics.median(pss_kb(p) for p in pids)
         res["cpu_pct"] = statistics.median((b - a) / hz / args.idle_seconds * 100
                                            for a, b in zip(t0, t1))
         for r in range(args.rounds):
@@ -251,8 +268,8 @@ def main():
         ap.error("--loss must be in 0..99")
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
-    if not os.path.exists(os.path.join(ROOT, "target/release/shoal")):
-        ap.error("build first: cargo build --release -p shoal")
+    if not os.path.exists(SHOAL_BIN):
+        ap.error(f"build first: docker/build-binaries.sh ({SHOAL_BIN} not found)")
     if shutil.which("serf") is None:
         ap.error("serf not found: apt-get install serf")
     workdir = tempfile.mkdtemp(prefix="shoal-bench-")
@@ -274,6 +291,9 @@ def main():
           f"| {results['serf'].get('rss_kb', 0) / 1024:.1f} MB |")
     print(f"| private (anonymous) memory per agent | {results['shoal'].get('anon_kb', 0) / 1024:.1f} MB "
           f"| {results['serf'].get('anon_kb', 0) / 1024:.1f} MB |")
+    print(f"| PSS per agent ({args.nodes} agents share the binary's pages) | "
+          f"{results['shoal'].get('pss_kb', 0) / 1024:.1f} MB "
+          f"| {results['serf'].get('pss_kb', 0) / 1024:.1f} MB |")
     print(f"| CPU per agent, idle | {results['shoal'].get('cpu_pct', 0):.2f} % "
           f"| {results['serf'].get('cpu_pct', 0):.2f} % |")
     if loss is not None:

@@ -19,7 +19,7 @@ plus RSS and CPU of every agent at idle. Writes to --out:
   real_resources.csv     per system: RSS / private memory / idle CPU per agent
 
 Bounded by --max-seconds; every process started is killed on exit, error or
-Ctrl-C. Needs target/release/shoal (or --shoal-bin) and serf (apt-get
+Ctrl-C. Needs target/static/shoal (docker/build-binaries.sh, or --shoal-bin) and serf (apt-get
 install serf).
 """
 
@@ -193,7 +193,7 @@ def main():
     ap.add_argument("--max-seconds", type=float, default=900,
                     help="hard bound for the whole run")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench/results"))
-    ap.add_argument("--shoal-bin", default=os.path.join(ROOT, "target/release/shoal"))
+    ap.add_argument("--shoal-bin", default=os.path.join(ROOT, "target/static/shoal"))
     args = ap.parse_args()
     if min(args.nodes) < 2:
         ap.error("--nodes must be at least 2")
@@ -202,7 +202,7 @@ def main():
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
     if not os.access(args.shoal_bin, os.X_OK):
-        ap.error(f"{args.shoal_bin} not found: cargo build --release -p shoal")
+        ap.error(f"{args.shoal_bin} not found: docker/build-binaries.sh")
     if shutil.which("serf") is None:
         ap.error("serf not found: apt-get install serf")
     need_fds = 2 * (max(args.nodes) + args.rounds) * 8

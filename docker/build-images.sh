@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the demo and the end-to-end tests run, in order:
 #   1. the local base images (docker/base-image.sh; reused when present),
-#   2. the release binaries on the host (cargo build --release -p shoal -p lbgen -p webapp),
+#   2. the release binaries on the host, static (docker/build-binaries.sh -> target/static/),
 #   3. the images shoal-webapp:$TAG and shoal-lb:$TAG from a small staged context
 #      (bin/ + templates/ + docker/lb-services.toml), so the build context is a few MB.
 #
@@ -28,19 +28,18 @@ if [[ -z "${SKIP_BASE:-}" ]]; then
 fi
 
 if [[ -z "${SKIP_CARGO:-}" ]]; then
-  log "cargo build --release -p shoal -p lbgen -p webapp"
-  (cd "$ROOT" && cargo build --release --locked -p shoal -p lbgen -p webapp)
+  "$ROOT/docker/build-binaries.sh"
 fi
 
 CTX="$(mktemp -d "${TMPDIR:-/tmp}/shoal-ctx.XXXXXX")"
 trap 'rm -rf "$CTX"' EXIT
 mkdir -p "$CTX/bin" "$CTX/templates" "$CTX/docker"
 for b in shoal lbgen webapp; do
-  if [[ ! -x "$TARGET_DIR/release/$b" ]]; then
-    log "missing $TARGET_DIR/release/$b (build it, or unset SKIP_CARGO)"
+  if [[ ! -x "$TARGET_DIR/static/$b" ]]; then
+    log "missing $TARGET_DIR/static/$b (run docker/build-binaries.sh, or unset SKIP_CARGO)"
     exit 1
   fi
-  cp "$TARGET_DIR/release/$b" "$CTX/bin/$b"
+  cp "$TARGET_DIR/static/$b" "$CTX/bin/$b"
 done
 cp "$ROOT/templates/haproxy.cfg.hbs" "$CTX/templates/"
 cp "$ROOT/docker/lb-services.toml" "$CTX/docker/"

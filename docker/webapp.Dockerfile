@@ -1,7 +1,7 @@
 # The demo backend: `webapp` supervised by `shoal agent` (PID 1).
 #
 # Build context: a folder with bin/shoal and bin/webapp (docker/build-images.sh stages it
-# from `cargo build --release`). Base: shoal-base:bookworm is made locally by
+# from docker/build-binaries.sh: static release builds). Base: shoal-base:bookworm is made locally by
 # docker/base-image.sh; with a registry, --build-arg BASE=debian:bookworm-slim works as is.
 #
 # Without host binaries (a registry and a Rust image at hand), build them in a first stage
@@ -9,8 +9,8 @@
 #   FROM rust:1-bookworm AS build
 #   WORKDIR /src
 #   COPY . .
-#   RUN cargo build --release -p shoal -p webapp && mkdir -p /out/bin \
-#       && cp target/release/shoal target/release/webapp /out/bin/
+#   RUN docker/build-binaries.sh && mkdir -p /out/bin \
+#       && cp target/static/shoal target/static/webapp /out/bin/
 #   ...then below: COPY --from=build /out/bin/ /usr/local/bin/
 ARG BASE=shoal-base:bookworm
 FROM ${BASE}
