@@ -963,4 +963,30 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn a_replayed_leave_notice_costs_a_live_member_a_rejoin_only() {
+        let mut net = Net::new(3);
+        let seed = net.cores[0].local().addr;
+        let now = net.now();
+        net.cores[1].contact(&[seed], true, now);
+        net.cores[2].contact(&[seed], true, now);
+        for _ in 0..100 {
+            net.step();
+        }
+        // Someone resends n2's leave notice (as captured) to n0: n2 is left there...
+        let old = net.cores[2].local().clone();
+        let notice = wire::encode_leave(&old);
+        let now = net.now();
+        net.cores[0].on_packet(&notice, old.addr, now).unwrap();
+        assert_eq!(net.status(0, "n2"), Some(Status::Left));
+        // ...until it hears it was declared down and rejoins as a new generation.
+        let t0 = net.now_ms;
+        while net.status(0, "n2") != Some(Status::Alive) {
+            net.step();
+            assert!(net.now_ms - t0 < 5_000, "n2 not back at n0 after 5 s");
+        }
+        assert!(net.cores[2].local().generation > old.generation);
+        assert_eq!(net.status(1, "n2"), Some(Status::Alive));
+    }
 }
