@@ -442,7 +442,19 @@ impl Core {
             .foca
             .iter_membership_state()
             .any(|m| m.id().addr == remote.from.addr && m.state() == State::Down);
-        let mut updates = vec![Member::alive(remote.from.clone())];
+        // A node with no member yet (joining) takes the table without
+        // gossiping it on: the cluster knows it already, and re-sending a
+        // thousand entries from every joiner is a burst for nothing. The
+        // peer itself is news either way.
+        let bootstrap = self.foca.num_members() == 0;
+        if let Err(e) = self.foca.apply_many(
+            std::iter::once(Member::alive(remote.from.clone())),
+            true,
+            &mut self.rt,
+        ) {
+            debug!(error = %e, "applying the push-pull peer failed");
+        }
+        let mut updates = Vec::new();
         for SyncEntry {
             id,
             incarnation,
@@ -474,7 +486,7 @@ impl Core {
         }
         if let Err(e) = self
             .foca
-            .apply_many(updates.into_iter(), true, &mut self.rt)
+            .apply_many(updates.into_iter(), !bootstrap, &mut self.rt)
         {
             debug!(error = %e, "applying push-pull state failed");
         }
