@@ -787,6 +787,20 @@ mod tests {
             }
         }
 
+        /// `n` cores that joined through the first one, one virtual second later.
+        fn joined(n: usize) -> Net {
+            let mut net = Net::new(n);
+            let seed = net.cores[0].local().addr;
+            let now = net.now();
+            for i in 1..n {
+                net.cores[i].contact(&[seed], true, now);
+            }
+            for _ in 0..100 {
+                net.step();
+            }
+            net
+        }
+
         fn now(&self) -> Now {
             Now {
                 mono: self.t0 + Duration::from_millis(self.now_ms),
@@ -847,14 +861,7 @@ mod tests {
 
     #[test]
     fn cores_join_detect_a_failure_and_see_a_leave_on_virtual_time() {
-        let mut net = Net::new(3);
-        let seed = net.cores[0].local().addr;
-        let now = net.now();
-        net.cores[1].contact(&[seed], true, now);
-        net.cores[2].contact(&[seed], true, now);
-        for _ in 0..100 {
-            net.step();
-        }
+        let mut net = Net::joined(3);
         for i in 0..3 {
             for n in ["n0", "n1", "n2"] {
                 assert_eq!(net.status(i, n), Some(Status::Alive), "n{i} about {n}");
@@ -878,14 +885,7 @@ mod tests {
 
     #[test]
     fn a_suspected_member_refutes_through_the_direct_notice() {
-        let mut net = Net::new(3);
-        let seed = net.cores[0].local().addr;
-        let now = net.now();
-        net.cores[1].contact(&[seed], true, now);
-        net.cores[2].contact(&[seed], true, now);
-        for _ in 0..100 {
-            net.step();
-        }
+        let mut net = Net::joined(3);
         // n2 hears no SWIM at all: no ping, no gossip of its own suspicion.
         // Only the suspectors' direct notices reach it, and its answers get
         // out. Without the notices it is failed within ~2 s.
@@ -906,14 +906,7 @@ mod tests {
     fn a_member_that_refuted_is_not_told_it_is_down() {
         // foca sends TurnUndead when a suspicion timer fires even after the
         // member refuted; the core drops such timers, so no rejoin follows.
-        let mut net = Net::new(3);
-        let seed = net.cores[0].local().addr;
-        let now = net.now();
-        net.cores[1].contact(&[seed], true, now);
-        net.cores[2].contact(&[seed], true, now);
-        for _ in 0..100 {
-            net.step();
-        }
+        let mut net = Net::joined(3);
         let generation = net.cores[2].local().generation;
         // Deaf long enough for probes of n2 to fail, then well again.
         net.deaf_to_swim.push(2);
@@ -940,14 +933,7 @@ mod tests {
         // n2 is cut off until both sides declare each other failed, then the
         // cut heals. Periodic push-pull alone would take 30 s; the reconnect
         // push-pull with a failed member merges within a few seconds.
-        let mut net = Net::new(3);
-        let seed = net.cores[0].local().addr;
-        let now = net.now();
-        net.cores[1].contact(&[seed], true, now);
-        net.cores[2].contact(&[seed], true, now);
-        for _ in 0..100 {
-            net.step();
-        }
+        let mut net = Net::joined(3);
         net.dead.push(2);
         let apart = |net: &Net| {
             [(0, "n2"), (1, "n2"), (2, "n0"), (2, "n1")]
@@ -978,14 +964,7 @@ mod tests {
 
     #[test]
     fn a_replayed_leave_notice_costs_a_live_member_a_rejoin_only() {
-        let mut net = Net::new(3);
-        let seed = net.cores[0].local().addr;
-        let now = net.now();
-        net.cores[1].contact(&[seed], true, now);
-        net.cores[2].contact(&[seed], true, now);
-        for _ in 0..100 {
-            net.step();
-        }
+        let mut net = Net::joined(3);
         // Someone resends n2's leave notice (as captured) to n0: n2 is left there...
         let old = net.cores[2].local().clone();
         let notice = wire::encode_leave(&old);
