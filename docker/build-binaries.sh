@@ -30,13 +30,16 @@ echo "[build-binaries] cargo build --release --target $HOST (static) -p shoal -p
 mkdir -p "$TARGET_DIR/static"
 for b in shoal lbgen webapp; do
   src="$TARGET_DIR/$HOST/release/$b"
-  if ! file -b "$src" 2>/dev/null | grep -q 'static'; then
-    # `file` may be missing; ldd says "not a dynamic executable" for static ones.
-    if ldd "$src" >/dev/null 2>&1; then
-      echo "build-binaries: $src is dynamically linked" >&2
-      exit 1
-    fi
-  fi
+  # `file` may be missing; then ldd decides (it fails on a static executable).
+  case "$(file -b "$src" 2>/dev/null || true)" in
+    *static*) ;;
+    *)
+      if ldd "$src" >/dev/null 2>&1; then
+        echo "build-binaries: $src is dynamically linked" >&2
+        exit 1
+      fi
+      ;;
+  esac
   # Replace atomically: a running benchmark may be executing the old file.
   cp "$src" "$TARGET_DIR/static/.$b.tmp"
   mv -f "$TARGET_DIR/static/.$b.tmp" "$TARGET_DIR/static/$b"
