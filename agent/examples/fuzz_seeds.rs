@@ -19,6 +19,7 @@ fn main() -> std::io::Result<()> {
     let mut seeds: Vec<(&str, Vec<u8>)> = vec![
         ("leave", wire::encode_leave(&a)),
         ("leave_ack", wire::encode_leave_ack("lb", 42)),
+        ("suspect", wire::encode_suspect("web-1", 42, 3)),
     ];
     for (name, message) in [
         ("ping", Message::Ping(1)),
