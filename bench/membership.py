@@ -60,17 +60,8 @@ class Cluster:
         name = f"{self.system[0]}{i}"
         ev = self.events_file(i)
         seed = self.ip(1) if i != 1 else self.ip(2)
-        if self.system == "shoal":
-            cmd = [SHOAL_BIN, "agent", "--node", name,
-                   "--bind", f"{self.ip(i)}:7946", "--api", f"{self.ip(i)}:7373",
-                   "--join", f"{seed}:7946", "--event-handler", f"{self.handler} {ev}"]
-            env = dict(os.environ, SHOAL_LOG="warn")
-        else:
-            cmd = ["serf", "agent", f"-node={name}", f"-bind={self.ip(i)}:7946",
-                   f"-rpc-addr={self.ip(i)}:7373", f"-retry-join={seed}:7946",
-                   "-retry-interval=1s", f"-event-handler={self.handler} {ev}",
-                   "-log-level=warn"]
-            env = dict(os.environ)
+        cmd, env = agent_command(self.system, SHOAL_BIN, name, self.ip(i), seed,
+                                 f"{self.handler} {ev}")
         if self.ns:
             cmd = ["ip", "netns", "exec", self.ns] + cmd
         log = open(os.path.join(self.dir, f"agent-{i}.log"), "a")
@@ -129,6 +120,21 @@ def rss_kb(pid, field="VmRSS:"):
     except OSError:
         pass
     return 0
+
+
+def agent_command(system, shoal_bin, name, ip, seed_ip, handler, port=7946, api=7373):
+    """The command line and environment of one agent, shoal or Serf, each with
+    its default (LAN) timing, quiet logs and the given event handler; shared by
+    both benches so they run the two systems the same way."""
+    if system == "shoal":
+        cmd = [shoal_bin, "agent", "--node", name,
+               "--bind", f"{ip}:{port}", "--api", f"{ip}:{api}",
+               "--join", f"{seed_ip}:{port}", "--event-handler", handler]
+        return cmd, dict(os.environ, SHOAL_LOG="warn")
+    cmd = ["serf", "agent", f"-node={name}", f"-bind={ip}:{port}",
+           f"-rpc-addr={ip}:{api}", f"-retry-join={seed_ip}:{port}",
+           "-retry-interval=1s", f"-event-handler={handler}", "-log-level=warn"]
+    return cmd, dict(os.environ)
 
 
 def pss_kb(pid):

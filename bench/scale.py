@@ -34,7 +34,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from membership import cpu_ticks, rss_kb  # noqa: E402  (one /proc reader for both benches)
+from membership import agent_command, cpu_ticks, rss_kb  # noqa: E402  (shared with the 5-agent bench)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Not 7946/7373: Docker's swarm listens on *:7946 on this kind of host.
@@ -70,18 +70,8 @@ class Cluster:
     def start(self, i):
         ev = self.events_file(i)
         seed = self.ip(1) if i != 1 else self.ip(2)
-        if self.system == "shoal":
-            cmd = [self.bin, "agent", "--node", self.name(i),
-                   "--bind", f"{self.ip(i)}:{PORT}", "--api", f"{self.ip(i)}:{API}",
-                   "--join", f"{seed}:{PORT}", "--profile", "lan",
-                   "--event-handler", f"{self.handler} {ev}"]
-            env = dict(os.environ, SHOAL_LOG="warn")
-        else:
-            cmd = ["serf", "agent", f"-node={self.name(i)}", f"-bind={self.ip(i)}:{PORT}",
-                   f"-rpc-addr={self.ip(i)}:{API}", f"-retry-join={seed}:{PORT}",
-                   "-retry-interval=1s", f"-event-handler={self.handler} {ev}",
-                   "-log-level=warn"]
-            env = dict(os.environ)
+        cmd, env = agent_command(self.system, self.bin, self.name(i), self.ip(i), seed,
+                                 f"{self.handler} {ev}", port=PORT, api=API)
         log = open(os.path.join(self.dir, f"agent-{i}.log"), "a")
         self.procs[i] = subprocess.Popen(cmd, stdout=log, stderr=log, env=env,
                                          stdin=subprocess.DEVNULL, start_new_session=True)
