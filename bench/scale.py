@@ -263,6 +263,17 @@ def run_one(args, n, deadline, obs_rows, resources):
             resources.append((c.system, n, statistics.median(rss), max(rss),
                               statistics.median(anon), statistics.median(cpu), max(cpu)))
         step += 1
+        def observe(scenario, event, subject, t, timeout, r, live, reap=False):
+            """Waits until every live observer saw `event` about `subject`
+            (or the timeout), then records one row per observer and system."""
+            res = wait_all(clusters, {c.system: (event, c.name(subject), t, sorted(live))
+                                      for c in clusters}, min(deadline, t + timeout))
+            for c in clusters:
+                if reap:
+                    c.reap(subject)
+                for o in sorted(live):
+                    obs_rows.append((c.system, n, scenario, r, o, res[c.system].get(o)))
+
         live = set(range(1, n + 1))
         for r in range(1, args.rounds + 1):
             if time.time() > deadline:
@@ -274,11 +285,7 @@ def run_one(args, n, deadline, obs_rows, resources):
             for c in clusters:
                 c.start(new)
             bar(step, steps, f"round {r}: join", started)
-            res = wait_all(clusters, {c.system: ("member-join", c.name(new), t, sorted(live))
-                                      for c in clusters}, min(deadline, t + 30))
-            for c in clusters:
-                for o in sorted(live):
-                    obs_rows.append((c.system, n, "join", r, o, res[c.system].get(o)))
+            observe("join", "member-join", new, t, 30, r, live)
             live.add(new)
             step += 1
             time.sleep(2)
@@ -289,12 +296,7 @@ def run_one(args, n, deadline, obs_rows, resources):
                 c.signal(victim, signal.SIGKILL)
             live.discard(victim)
             bar(step, steps, f"round {r}: kill -9", started)
-            res = wait_all(clusters, {c.system: ("member-failed", c.name(victim), t, sorted(live))
-                                      for c in clusters}, min(deadline, t + 60))
-            for c in clusters:
-                c.reap(victim)
-                for o in sorted(live):
-                    obs_rows.append((c.system, n, "fail", r, o, res[c.system].get(o)))
+            observe("fail", "member-failed", victim, t, 60, r, live, reap=True)
             step += 1
             time.sleep(2)
             # leave: graceful stop
@@ -304,12 +306,7 @@ def run_one(args, n, deadline, obs_rows, resources):
                 c.signal(leaver, signal.SIGTERM if c.system == "shoal" else signal.SIGINT)
             live.discard(leaver)
             bar(step, steps, f"round {r}: leave", started)
-            res = wait_all(clusters, {c.system: ("member-leave", c.name(leaver), t, sorted(live))
-                                      for c in clusters}, min(deadline, t + 30))
-            for c in clusters:
-                c.reap(leaver)
-                for o in sorted(live):
-                    obs_rows.append((c.system, n, "leave", r, o, res[c.system].get(o)))
+            observe("leave", "member-leave", leaver, t, 30, r, live, reap=True)
             step += 1
             time.sleep(2)
         bar(steps, steps, "done", started)
