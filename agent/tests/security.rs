@@ -225,44 +225,20 @@ fn hostile_tags_never_reach_the_haproxy_config() {
     // Tags the agent accepts (printable) but that could break a config line.
     let seed = vec![format!("{}:7946", ip(43, 1))];
     let lb = Agent::start("lb", &ip(43, 1), &seed, &[]);
-    let _ok = Agent::start(
-        "good",
-        &ip(43, 2),
-        &seed,
-        &["--tag", "service=web", "--tag", "port=3000"],
-    );
-    let _q = Agent::start(
-        "quote",
-        &ip(43, 3),
-        &seed,
-        &[
-            "--tag",
-            "service=web",
-            "--tag",
-            "port=3000",
-            "--tag",
-            "check=/h\" x",
-        ],
-    );
-    let _h = Agent::start(
-        "hash",
-        &ip(43, 4),
-        &seed,
-        &[
-            "--tag",
-            "service=web",
-            "--tag",
-            "port=3000 #",
-            "--tag",
-            "route=/a#b",
-        ],
-    );
-    let _s = Agent::start(
-        "space",
-        &ip(43, 5),
-        &seed,
-        &["--tag", "service=web x", "--tag", "port=3000"],
-    );
+    let members: [(&str, &[&str]); 4] = [
+        ("good", &["service=web", "port=3000"]),
+        ("quote", &["service=web", "port=3000", "check=/h\" x"]),
+        ("hash", &["service=web", "port=3000 #", "route=/a#b"]),
+        ("space", &["service=web x", "port=3000"]),
+    ];
+    let _members: Vec<Agent> = members
+        .iter()
+        .enumerate()
+        .map(|(i, (name, tags))| {
+            let args: Vec<&str> = tags.iter().flat_map(|t| ["--tag", *t]).collect();
+            Agent::start(name, &ip(43, i as u8 + 2), &seed, &args)
+        })
+        .collect();
     // Control characters never even get into the cluster.
     let out = std::process::Command::new(common::shoal_bin())
         .args(["agent", "--node", "nl", "--tag", "check=/a\nbackend evil"])
