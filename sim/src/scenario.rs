@@ -88,7 +88,6 @@ impl Spread {
 pub fn lifecycle(p: &Params) -> Vec<Spread> {
     let mut sim = p.sim();
     let mut rng = StdRng::seed_from_u64(p.seed ^ 0x11fe);
-    let step = Duration::from_millis(20);
     sim.run_for(Duration::from_secs(2));
     let mut out = Vec::new();
 
@@ -96,10 +95,7 @@ pub fn lifecycle(p: &Params) -> Vec<Spread> {
     sim.recording = true;
     let t0 = sim.now_us();
     let x = sim.join_new();
-    sim.run_while_not(Duration::from_secs(60), step, |s| {
-        s.learned(EventKind::Join, x, t0) >= s.up_count_except(x)
-    });
-    out.push(spread(&sim, "join", EventKind::Join, x, t0));
+    out.push(until_all_learned(&mut sim, "join", EventKind::Join, x, t0));
     sim.log.clear();
     sim.run_for(Duration::from_secs(1));
 
@@ -109,10 +105,13 @@ pub fn lifecycle(p: &Params) -> Vec<Spread> {
     sim.log.clear();
     let t0 = sim.now_us();
     sim.kill(victim);
-    sim.run_while_not(Duration::from_secs(60), step, |s| {
-        s.learned(EventKind::Failed, victim, t0) >= s.up_count_except(victim)
-    });
-    out.push(spread(&sim, "fail", EventKind::Failed, victim, t0));
+    out.push(until_all_learned(
+        &mut sim,
+        "fail",
+        EventKind::Failed,
+        victim,
+        t0,
+    ));
     sim.log.clear();
     sim.run_for(Duration::from_secs(1));
 
@@ -124,11 +123,29 @@ pub fn lifecycle(p: &Params) -> Vec<Spread> {
     sim.log.clear();
     let t0 = sim.now_us();
     sim.leave(leaver);
-    sim.run_while_not(Duration::from_secs(60), step, |s| {
-        s.learned(EventKind::Leave, leaver, t0) >= s.up_count_except(leaver)
-    });
-    out.push(spread(&sim, "leave", EventKind::Leave, leaver, t0));
+    out.push(until_all_learned(
+        &mut sim,
+        "leave",
+        EventKind::Leave,
+        leaver,
+        t0,
+    ));
     out
+}
+
+/// Runs until every live member learned `kind` about `subject` (at most 60 s
+/// of virtual time, checked every 20 ms), then collects the delays.
+fn until_all_learned(
+    sim: &mut Sim,
+    phase: &'static str,
+    kind: EventKind,
+    subject: usize,
+    t0: u64,
+) -> Spread {
+    sim.run_while_not(Duration::from_secs(60), Duration::from_millis(20), |s| {
+        s.learned(kind, subject, t0) >= s.up_count_except(subject)
+    });
+    spread(sim, phase, kind, subject, t0)
 }
 
 fn spread(sim: &Sim, phase: &'static str, kind: EventKind, subject: usize, t0: u64) -> Spread {
