@@ -87,6 +87,16 @@ struct Suspicion {
     next_notice: Instant,
 }
 
+impl Suspicion {
+    /// The direct "I suspect you" packet for member `name`.
+    fn notice(&self, name: &str) -> Output {
+        Output::Send {
+            to: self.addr,
+            packet: wire::encode_suspect(name, self.generation, self.incarnation),
+        }
+    }
+}
+
 /// How often a suspected member is told directly: several times within the
 /// suspicion window, so lost packets do not turn into a false failure.
 fn notice_interval(timing: &Timing) -> Duration {
@@ -294,10 +304,7 @@ impl Core {
         for (name, s) in &mut self.suspicions {
             if now.mono >= s.next_notice {
                 s.next_notice = now.mono + interval;
-                self.out.push(Output::Send {
-                    to: s.addr,
-                    packet: wire::encode_suspect(name, s.generation, s.incarnation),
-                });
+                self.out.push(s.notice(name));
             }
         }
     }
@@ -693,10 +700,7 @@ impl Core {
                         deadline: now.mono + after,
                         next_notice: now.mono + notice_interval(&self.cfg.timing),
                     };
-                    self.out.push(Output::Send {
-                        to: s.addr,
-                        packet: wire::encode_suspect(&member_id.name, s.generation, s.incarnation),
-                    });
+                    self.out.push(s.notice(&member_id.name));
                     self.suspicions.insert(member_id.name.clone(), s);
                 }
                 self.timer_seq += 1;
