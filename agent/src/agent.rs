@@ -48,6 +48,9 @@ pub struct AgentConfig {
     pub keyring: Option<Keyring>,
     /// Where the keyring persists across restarts and rotations.
     pub keyring_file: Option<std::path::PathBuf>,
+    /// Longest wait for a first push-pull with a peer before the table is
+    /// called synced anyway (a true one-node cluster).
+    pub sync_timeout: Duration,
 }
 
 /// What the API and CLI read without going through the loop.
@@ -58,6 +61,14 @@ pub struct Shared {
     pub events: EventLog,
     pub joined: bool,
     pub profile: Profile,
+    /// Identifies this run of the agent (random per start), so a client that
+    /// reconnects can tell a restarted agent, whose event index began again,
+    /// from the one it followed.
+    pub run: String,
+    /// False until the table came from the cluster: the first push-pull with
+    /// a peer completed, or [`AgentConfig::sync_timeout`] passed. A restarted
+    /// agent's table is nearly empty before that; clients must not act on it.
+    pub synced: bool,
 }
 
 pub enum Command {
@@ -101,6 +112,8 @@ pub enum Command {
 pub struct Handle {
     pub commands: mpsc::Sender<Command>,
     pub shared: Arc<Mutex<Shared>>,
+    /// Turns true once, when the table is synced (see [`Shared::synced`]).
+    pub synced: tokio::sync::watch::Receiver<bool>,
     pub stats: Arc<Stats>,
     pub gossip_addr: SocketAddr,
 }
@@ -170,12 +183,16 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         events: EventLog::new(),
         joined: false,
         profile: cfg.profile,
+        run: format!("{:016x}", rand::random::<u64>()),
+        synced: false,
     }));
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(1024);
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let handle = Handle {
         commands: tx.clone(),
         shared: shared.clone(),
+        synced: synced_rx,
         stats: stats.clone(),
         gossip_addr: bound,
     };
@@ -219,6 +236,9 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         auth_warned: HashMap::new(),
         leave_reply: Vec::new(),
         left: false,
+        started: std::time::Instant::now(),
+        synced: false,
+        synced_tx,
         cfg,
     };
     node.carry_out();
@@ -246,6 +266,10 @@ struct Node {
     auth_warned: HashMap<std::net::IpAddr, std::time::Instant>,
     leave_reply: Vec<oneshot::Sender<()>>,
     left: bool,
+    started: std::time::Instant,
+    synced: bool,
+    /// Published after [`Shared::synced`], so a client woken by it reads a synced table.
+    synced_tx: tokio::sync::watch::Sender<bool>,
     cfg: AgentConfig,
 }
 
@@ -271,7 +295,12 @@ impl Node {
                     Some(c) => self.on_command(c),
                     None => return,
                 },
-                _ = tick.tick() => self.core.on_tick(now()),
+                _ = tick.tick() => {
+                    self.core.on_tick(now());
+                    if self.started.elapsed() >= self.cfg.sync_timeout {
+                        self.mark_synced("no push-pull with a peer within --sync-timeout: serving the table as it is (a one-node cluster?)");
+                    }
+                }
             }
             self.carry_out();
             if self.left {
@@ -354,8 +383,12 @@ impl Node {
             Command::PushPullIn { remote, reply } => {
                 let _ = reply.send(self.core.sync_state());
                 self.core.apply_remote(remote, now());
+                self.mark_synced("first push-pull with a peer (inbound)");
             }
-            Command::PushPullOut { remote } => self.core.apply_remote(remote, now()),
+            Command::PushPullOut { remote } => {
+                self.core.apply_remote(remote, now());
+                self.mark_synced("first push-pull with a peer");
+            }
             Command::KeyOp { op, reply } => {
                 let peers: Vec<(String, SocketAddr)> = self
                     .core
@@ -368,6 +401,18 @@ impl Node {
                     let _ = reply.send(cluster_key_op(keys, op, peers).await);
                 });
             }
+        }
+    }
+
+    /// The table now reflects the cluster; said once, after the push-pull's
+    /// members are in the table (the carry-out that follows publishes both).
+    fn mark_synced(&mut self, why: &str) {
+        if !self.synced {
+            info!(
+                after_ms = self.started.elapsed().as_millis() as u64,
+                "member table synced: {why}"
+            );
+            self.synced = true;
         }
     }
 
@@ -408,7 +453,9 @@ impl Node {
         for e in &events {
             shared.events.push(e, wall);
         }
-        if !events.is_empty() || shared.joined != self.core.joined() {
+        let newly_synced = self.synced && !shared.synced;
+        if !events.is_empty() || shared.joined != self.core.joined() || newly_synced {
+            shared.synced = self.synced;
             shared.local = self.core.local().clone();
             shared.members = self.core.records().map(MemberView::from).collect();
             shared.counts = [Status::Alive, Status::Suspect, Status::Failed, Status::Left]
@@ -416,6 +463,10 @@ impl Node {
                 .map(|s| (s.as_str(), self.core.count(s)))
                 .collect();
             shared.joined = self.core.joined();
+        }
+        drop(shared);
+        if newly_synced {
+            self.synced_tx.send_replace(true);
         }
     }
 

@@ -128,8 +128,11 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
         (Method::GET, "/v1/events") => events(state, &query),
         (Method::GET, "/v1/info") => info_doc(state),
         (Method::GET, "/v1/health") => {
-            let joined = state.agent.lock().joined;
-            json_reply(StatusCode::OK, &json!({ "status": "ok", "joined": joined }))
+            let shared = state.agent.lock();
+            json_reply(
+                StatusCode::OK,
+                &json!({ "status": "ok", "joined": shared.joined, "synced": shared.synced }),
+            )
         }
         (Method::PUT, "/v1/tags") => match read_json::<TagsRequest>(req).await {
             Ok(body) => put_tags(state, body).await,
@@ -242,9 +245,20 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
+/// The table with what a client needs to trust it: which run of the agent it
+/// comes from, the last event index it includes, and whether it is synced
+/// with the cluster yet (a just-restarted agent knows almost nobody).
 fn members(state: &ApiState) -> Reply {
     let shared = state.agent.lock();
-    json_reply(StatusCode::OK, &json!({ "members": shared.members }))
+    json_reply(
+        StatusCode::OK,
+        &json!({
+            "members": shared.members,
+            "run": shared.run,
+            "index": shared.events.last_index(),
+            "synced": shared.synced,
+        }),
+    )
 }
 
 fn info_doc(state: &ApiState) -> Reply {
@@ -265,6 +279,8 @@ fn info_doc(state: &ApiState) -> Reply {
             "agent_version": env!("CARGO_PKG_VERSION"),
         },
         "joined": shared.joined,
+        "synced": shared.synced,
+        "run": shared.run,
         "members": shared.counts,
         "events": { "last_index": shared.events.last_index() },
         "stats": stats,
@@ -325,8 +341,10 @@ async fn join(state: &ApiState, body: JoinRequest) -> Reply {
 
 fn events(state: &ApiState, query: &str) -> Reply {
     let mut after = 0u64;
+    let mut client_run: Option<String> = None;
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         match pair.split_once('=') {
+            Some(("run", v)) => client_run = Some(v.to_string()),
             Some(("index", v)) => match v.parse() {
                 Ok(n) => after = n,
                 Err(_) => {
@@ -339,10 +357,17 @@ fn events(state: &ApiState, query: &str) -> Reply {
             _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    format!("unknown query parameter {pair:?}; only index=N"),
+                    format!("unknown query parameter {pair:?}; only index=N and run=ID"),
                 )
             }
         }
+    }
+    let run = state.agent.lock().run.clone();
+    // An index from another run of the agent means nothing here: its log began
+    // again at 1. Stream from the start and tell the client to refetch.
+    let restarted = client_run.as_ref().filter(|r| **r != run).cloned();
+    if restarted.is_some() {
+        after = 0;
     }
     let (backlog, mut live, oldest, last) = {
         let shared = state.agent.lock();
@@ -354,6 +379,8 @@ fn events(state: &ApiState, query: &str) -> Reply {
             shared.events.last_index(),
         )
     };
+    let mut synced = state.agent.synced.clone();
+    let header_run = run.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
         let line = |v: &Value| {
@@ -361,6 +388,12 @@ fn events(state: &ApiState, query: &str) -> Reply {
             b.push(b'\n');
             Bytes::from(b)
         };
+        if let Some(old) = restarted {
+            let gap = json!({ "type": "resync", "index": last, "run": run, "reason": format!("the agent restarted (run {old} ended); refetch /v1/members") });
+            if tx.send(line(&gap)).await.is_err() {
+                return;
+            }
+        }
         if after > 0 && oldest.is_some_and(|o| o > after + 1) {
             // The client asked to resume from events no longer buffered.
             let gap = json!({ "type": "resync", "index": last, "reason": "events were dropped from the buffer; refetch /v1/members" });
@@ -375,8 +408,23 @@ fn events(state: &ApiState, query: &str) -> Reply {
                 return;
             }
         }
+        // Once synced, the flag never changes again: stop watching it then.
+        let mut announce_sync = !*synced.borrow_and_update();
         loop {
-            match tokio::time::timeout(KEEPALIVE, live.recv()).await {
+            let received = tokio::select! {
+                changed = synced.changed(), if announce_sync => {
+                    announce_sync = false;
+                    if changed.is_ok() && *synced.borrow() {
+                        let note = json!({ "type": "synced", "index": sent, "run": run });
+                        if tx.send(line(&note)).await.is_err() {
+                            return;
+                        }
+                    }
+                    continue;
+                }
+                r = tokio::time::timeout(KEEPALIVE, live.recv()) => r,
+            };
+            match received {
                 Ok(Ok(e)) => {
                     if e.index <= sent {
                         continue;
@@ -395,7 +443,9 @@ fn events(state: &ApiState, query: &str) -> Reply {
                 Ok(Err(broadcast::error::RecvError::Closed)) => return,
                 Err(_) => {
                     if tx
-                        .send(line(&json!({ "type": "keepalive", "index": sent })))
+                        .send(line(
+                            &json!({ "type": "keepalive", "index": sent, "run": run }),
+                        ))
                         .await
                         .is_err()
                     {
@@ -408,6 +458,7 @@ fn events(state: &ApiState, query: &str) -> Reply {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/x-ndjson")
+        .header("x-shoal-run", header_run)
         .body(http_body_util::Either::Right(EventBody { rx }))
         .unwrap_or_else(|_| Response::new(http_body_util::Either::Left(Full::new(Bytes::new()))))
 }

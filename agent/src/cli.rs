@@ -187,6 +187,11 @@ pub struct AgentArgs {
     /// Longest wait for members to confirm a graceful leave.
     #[arg(long, env = "SHOAL_LEAVE_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     pub leave_timeout: Duration,
+    /// Longest wait for a first push-pull with a peer before the member table
+    /// is reported synced anyway (`"synced": true` in /v1/members; lbgen
+    /// applies nothing from an agent that is not synced).
+    #[arg(long, env = "SHOAL_SYNC_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub sync_timeout: Duration,
     /// Handler timeout: a handler still running after it is killed.
     #[arg(long, env = "SHOAL_HANDLER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub handler_timeout: Duration,
@@ -281,6 +286,7 @@ impl AgentArgs {
                 profile: self.profile,
                 reap_after: self.reap_after,
                 leave_timeout: self.leave_timeout,
+                sync_timeout: self.sync_timeout,
                 keyring,
                 keyring_file: self.keyring_file.clone(),
             },

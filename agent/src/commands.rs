@@ -167,6 +167,13 @@ pub async fn monitor(client: &Client, index: Option<u64>, format: OutputFormat) 
             }
             match format {
                 OutputFormat::Json => println!("{ev}"),
+                // Stream notices (synced, resync) carry no member.
+                OutputFormat::Table if ev["member"].is_null() => println!(
+                    "[{}] {} {}",
+                    ev["index"],
+                    ev["type"].as_str().unwrap_or("-"),
+                    ev["reason"].as_str().unwrap_or("")
+                ),
                 OutputFormat::Table => {
                     let m = &ev["member"];
                     println!(

@@ -69,11 +69,21 @@ fn base_url(addr: &str) -> String {
     }
 }
 
+/// What the agent says of its table besides the members (`/v1/members`).
+#[derive(Deserialize, Default)]
+struct SyncState {
+    /// `false` while a (re)started agent has not yet synced its table with the cluster: it
+    /// lists itself and few others. Absent (an older agent) = synced.
+    synced: Option<bool>,
+}
+
 #[derive(Deserialize)]
 struct EventLine {
     #[serde(rename = "type")]
     kind: String,
     index: Option<u64>,
+    /// The agent run (keepalives and notices carry it).
+    run: Option<String>,
 }
 
 impl Source {
@@ -122,7 +132,18 @@ impl Source {
                         .to_bytes();
                     let text = std::str::from_utf8(&body)
                         .map_err(|_| Error::new(format!("GET {url}: body is not UTF-8")))?;
-                    MembersDoc::from_json(text).map_err(|e| Error::new(format!("GET {url}: {e}")))
+                    let doc = MembersDoc::from_json(text)
+                        .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+                    let sync: SyncState = serde_json::from_str(text).unwrap_or_default();
+                    if sync.synced == Some(false) {
+                        // A restarted agent lists itself and few others until its first
+                        // push-pull: applying that would empty every pool.
+                        return Err(Error::new(format!(
+                            "agent {a} has not synced its member table with the cluster yet \
+                             (just started?); waiting for it"
+                        )));
+                    }
+                    Ok(doc)
                 };
                 tokio::time::timeout(Duration::from_secs(10), fut)
                     .await
@@ -150,13 +171,16 @@ impl Source {
 /// Follows `/v1/events` forever: every event (and every reconnect, which may have missed
 /// events) becomes one [`Signal::Members`]. Reconnects with capped exponential backoff.
 async fn follow_events(client: HttpClient, base: String, tx: UnboundedSender<Signal>) {
-    let mut index: u64 = 0;
+    let mut pos = StreamPos::default();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
-        let url = format!("{base}/v1/events?index={index}");
+        let url = match &pos.run {
+            Some(run) => format!("{base}/v1/events?index={}&run={run}", pos.index),
+            None => format!("{base}/v1/events?index={}", pos.index),
+        };
         let mut connected = false;
-        match stream_once(&client, &url, &mut index, &tx, first, &mut connected).await {
+        match stream_once(&client, &url, &mut pos, &tx, first, &mut connected).await {
             Ok(()) => tracing::warn!(%url, "event stream ended; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "event stream failed; reconnecting"),
         }
@@ -172,10 +196,42 @@ async fn follow_events(client: HttpClient, base: String, tx: UnboundedSender<Sig
     }
 }
 
+/// Where the client is in the agent's event log. An index is only meaningful within one run
+/// of the agent: a restarted agent numbers its events from 1 again.
+#[derive(Debug, Default)]
+struct StreamPos {
+    index: u64,
+    run: Option<String>,
+}
+
+impl StreamPos {
+    /// Takes the run the agent names (header or line); a new one means a restart: the
+    /// index is reset and the caller must resync. Returns whether it changed.
+    fn observe_run(&mut self, run: Option<&str>) -> bool {
+        let Some(run) = run.filter(|r| !r.is_empty() && r.len() <= 64) else {
+            return false;
+        };
+        if self.run.as_deref() == Some(run) {
+            return false;
+        }
+        let restarted = self.run.is_some();
+        if restarted {
+            tracing::info!(
+                old = ?self.run,
+                new = %crate::model::sanitize_for_log(run),
+                "the agent restarted (new run); resyncing from its table"
+            );
+            self.index = 0;
+        }
+        self.run = Some(run.to_string());
+        restarted
+    }
+}
+
 async fn stream_once(
     client: &HttpClient,
     url: &str,
-    index: &mut u64,
+    pos: &mut StreamPos,
     tx: &UnboundedSender<Signal>,
     first: bool,
     connected: &mut bool,
@@ -190,6 +246,11 @@ async fn stream_once(
     }
     *connected = true;
     tracing::info!(%url, "following agent events");
+    let header_run = resp
+        .headers()
+        .get("x-shoal-run")
+        .and_then(|v| v.to_str().ok());
+    pos.observe_run(header_run);
     if !first {
         // We may have missed events while disconnected: resync from the snapshot.
         let _ = tx.send(Signal::Members);
@@ -218,24 +279,29 @@ async fn stream_once(
             }
             match serde_json::from_str::<EventLine>(line) {
                 Ok(ev) if ev.kind == "keepalive" => {
-                    // An index going backwards means the agent restarted: resync.
+                    let restarted = pos.observe_run(ev.run.as_deref());
+                    // An index going backwards also means the agent restarted: resync.
                     if let Some(i) = ev.index {
-                        if i < *index {
+                        if i < pos.index {
                             tracing::info!(
-                                old = *index,
+                                old = pos.index,
                                 new = i,
                                 "agent index went back; resyncing"
                             );
-                            *index = i;
+                            pos.index = i;
                             let _ = tx.send(Signal::Members);
                         }
                     }
+                    if restarted {
+                        let _ = tx.send(Signal::Members);
+                    }
                 }
                 Ok(ev) => {
+                    pos.observe_run(ev.run.as_deref());
                     if let Some(i) = ev.index {
-                        *index = (*index).max(i);
+                        pos.index = pos.index.max(i);
                     }
-                    tracing::debug!(kind = %crate::model::sanitize_for_log(&ev.kind), index = *index, "member event");
+                    tracing::debug!(kind = %crate::model::sanitize_for_log(&ev.kind), index = pos.index, "member event");
                     let _ = tx.send(Signal::Members);
                 }
                 Err(e) => {
