@@ -149,15 +149,15 @@ pub fn log_model(model: &Model) {
 /// (a periodic resync must not repeat the same warnings forever).
 fn log_model_changes(model: &Model, previous: Option<&Model>) {
     if let Some(p) = previous {
-        if p.rejected == model.rejected && p.warnings == model.warnings {
+        if p.rejected == model.rejected && p.conflicts == model.conflicts {
             return;
         }
     }
     for r in &model.rejected {
         tracing::warn!(member = %sanitize_for_log(&r.member), reason = %r.reason, "member skipped");
     }
-    for w in &model.warnings {
-        tracing::warn!("{w}");
+    for c in &model.conflicts {
+        tracing::warn!(pool = %c.pool, member = %c.member, setting = %c.setting, "{c}");
     }
 }
 
