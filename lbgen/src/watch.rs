@@ -171,8 +171,16 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let renderer = load_renderer(&cfg.template)?;
     let master = cfg.master.as_ref().map(Master::new);
+    tokio::pin!(shutdown);
     if let Some(m) = &master {
-        let p = m.show_proc().await?;
+        // HAProxy may still be starting, or its socket file be left from a previous run.
+        let p = tokio::select! {
+            p = m.wait_ready() => p?,
+            _ = &mut shutdown => {
+                tracing::info!("shutting down (the haproxy master socket never answered)");
+                return Ok(());
+            }
+        };
         tracing::info!(master = p.master_pid, worker = ?p.current_worker(), "haproxy master reachable");
     }
     let (tx, mut rx) = unbounded_channel();
@@ -198,7 +206,6 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut retry_at: Option<(Instant, Instant)> = None;
     let mut retry_delay = RETRY;
     let mut resync_at = cfg.resync.map(|d| Instant::now() + d);
-    tokio::pin!(shutdown);
     loop {
         let apply_at = match (pending, retry_at) {
             (Some((first, quiet)), _) => Some(quiet.min(first + cfg.wait.max)),
