@@ -75,6 +75,24 @@ impl ProcInfo {
     }
 }
 
+/// Why a reload did not bring a new worker generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The master tried and reports failure (e.g. the new config binds a port that is taken):
+    /// the old worker still serves the old config, its runtime changes included.
+    Refused(Error),
+    /// Socket trouble or timeout: what runs now is unknown.
+    Unconfirmed(Error),
+}
+
+impl ReloadError {
+    pub fn into_error(self) -> Error {
+        match self {
+            ReloadError::Refused(e) | ReloadError::Unconfirmed(e) => e,
+        }
+    }
+}
+
 /// [`Master::wait_ready`]: first retry delay, longest delay, and how often a long wait is
 /// logged again.
 pub const WAIT_FIRST: Duration = Duration::from_millis(50);
@@ -254,10 +272,11 @@ impl Master {
         ProcInfo::parse(&self.command("show proc").await?)
     }
 
-    /// Reloads and waits until a new worker generation runs. Err if the master reports the
-    /// reload failed (the old worker keeps serving) or nothing happens within `timeout`.
-    pub async fn reload(&self, timeout: Duration) -> Result<ProcInfo, Error> {
-        let before = self.show_proc().await?;
+    /// Reloads and waits until a new worker generation runs. [`ReloadError::Refused`] if the
+    /// master reports the reload failed (the old worker keeps serving, unchanged);
+    /// [`ReloadError::Unconfirmed`] if nothing could be confirmed within `timeout`.
+    pub async fn reload(&self, timeout: Duration) -> Result<ProcInfo, ReloadError> {
+        let before = self.show_proc().await.map_err(ReloadError::Unconfirmed)?;
         let old: Vec<u32> = before.workers.iter().map(|(p, _)| *p).collect();
         // The master re-executes itself and drops the connection; the answer is irrelevant.
         let _ = self.command("reload").await;
@@ -268,10 +287,10 @@ impl Master {
             match self.show_proc().await {
                 Ok(now) if now.reloads > before.reloads => {
                     if now.failed > 0 {
-                        return Err(Error::new(format!(
-                            "haproxy reload failed (master reports {} failed reload(s)); the old worker keeps serving",
+                        return Err(ReloadError::Refused(Error::new(format!(
+                            "haproxy refused the reload (master reports {} failed reload(s); its own log says why); the old worker keeps serving",
                             now.failed
-                        )));
+                        ))));
                     }
                     if let Some(pid) = now.current_worker() {
                         if !old.contains(&pid) {
@@ -283,12 +302,12 @@ impl Master {
                 Err(e) => last_err = Some(e),
             }
             if Instant::now() >= deadline {
-                return Err(Error::new(format!(
+                return Err(ReloadError::Unconfirmed(Error::new(format!(
                     "haproxy reload not confirmed within {timeout:?}{}",
                     last_err
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default()
-                )));
+                ))));
             }
         }
     }
