@@ -75,6 +75,36 @@ impl ProcInfo {
     }
 }
 
+/// Why a reload did not bring a new worker generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The master tried and reports failure (e.g. the new config binds a port that is taken):
+    /// the old worker still serves the old config, its runtime changes included.
+    Refused(Error),
+    /// Socket trouble or timeout: what runs now is unknown.
+    Unconfirmed(Error),
+}
+
+impl ReloadError {
+    pub fn into_error(self) -> Error {
+        match self {
+            ReloadError::Refused(e) | ReloadError::Unconfirmed(e) => e,
+        }
+    }
+}
+
+/// [`Master::wait_ready`]: first retry delay, longest delay, and how often a long wait is
+/// logged again.
+pub const WAIT_FIRST: Duration = Duration::from_millis(50);
+pub const WAIT_MAX: Duration = Duration::from_secs(2);
+pub const WAIT_REMIND: Duration = Duration::from_secs(30);
+
+enum Probe {
+    Ready(ProcInfo),
+    /// Worth waiting for; what we wait for, in words.
+    Waiting(String),
+}
+
 /// A client for the master CLI socket.
 #[derive(Debug, Clone)]
 pub struct Master {
@@ -123,14 +153,130 @@ impl Master {
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
+    /// Waits until the master answers `show proc`: the socket may not be there yet (HAProxy
+    /// starting), or be a stale file left by an HAProxy that died (nothing listens on it).
+    /// Retries with backoff from [`WAIT_FIRST`] to [`WAIT_MAX`], logging what it waits for
+    /// whenever that changes and every [`WAIT_REMIND`]. Errors at once only where waiting
+    /// cannot help: the directory is missing, the path is not a socket, access is denied,
+    /// or what answers is not a master CLI.
+    pub async fn wait_ready(&self) -> Result<ProcInfo, Error> {
+        let started = Instant::now();
+        let mut delay = WAIT_FIRST;
+        let mut last_why: Option<String> = None;
+        let mut reminded = started;
+        loop {
+            match self.probe().await? {
+                Probe::Ready(p) => {
+                    if last_why.is_some() {
+                        tracing::info!(
+                            socket = %self.path.display(),
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            "haproxy master socket is answering"
+                        );
+                    }
+                    return Ok(p);
+                }
+                Probe::Waiting(why) => {
+                    if last_why.as_deref() != Some(why.as_str()) {
+                        tracing::info!(socket = %self.path.display(), "waiting for the haproxy master socket: {why}");
+                        reminded = Instant::now();
+                    } else if reminded.elapsed() >= WAIT_REMIND {
+                        tracing::warn!(
+                            socket = %self.path.display(),
+                            waited_s = started.elapsed().as_secs(),
+                            "still waiting for the haproxy master socket: {why}"
+                        );
+                        reminded = Instant::now();
+                    }
+                    last_why = Some(why);
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(WAIT_MAX);
+        }
+    }
+
+    /// One look at the socket: answering, worth waiting for, or hopeless (Err).
+    async fn probe(&self) -> Result<Probe, Error> {
+        use std::io::ErrorKind;
+        use std::os::unix::fs::FileTypeExt;
+        let shown = self.path.display();
+        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(d) = dir {
+            if !d.is_dir() {
+                return Err(Error::new(format!(
+                    "haproxy master socket {shown}: directory {} does not exist (HAProxy cannot create its socket there)",
+                    d.display()
+                )));
+            }
+        }
+        match std::fs::metadata(&self.path) {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Ok(Probe::Waiting(
+                    "not there yet (is HAProxy started with -W -S?)".into(),
+                ))
+            }
+            Err(e) => return Err(Error::new(format!("haproxy master socket {shown}: {e}"))),
+            Ok(m) if !m.file_type().is_socket() => {
+                return Err(Error::new(format!(
+                    "haproxy master socket {shown}: exists but is not a socket"
+                )))
+            }
+            Ok(_) => {}
+        }
+        let answer = tokio::time::timeout(self.io_timeout, async {
+            let mut s = UnixStream::connect(&self.path).await?;
+            s.write_all(b"show proc\n").await?;
+            s.shutdown().await?;
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).await?;
+            Ok::<_, std::io::Error>(out)
+        })
+        .await;
+        let out = match answer {
+            Err(_) => {
+                return Ok(Probe::Waiting(format!(
+                    "connected, but no answer within {:?} (HAProxy busy starting?)",
+                    self.io_timeout
+                )))
+            }
+            Ok(Err(e)) => {
+                return match e.kind() {
+                    ErrorKind::ConnectionRefused => Ok(Probe::Waiting(
+                        "stale: the socket file exists but nothing listens on it (a previous HAProxy's, or HAProxy still starting)".into(),
+                    )),
+                    ErrorKind::NotFound => Ok(Probe::Waiting("not there yet".into())),
+                    ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof => {
+                        Ok(Probe::Waiting(format!("connection dropped ({e}); HAProxy restarting?")))
+                    }
+                    _ => Err(Error::new(format!("haproxy master socket {shown}: {e}"))),
+                }
+            }
+            Ok(Ok(out)) => out,
+        };
+        let text = String::from_utf8_lossy(&out);
+        if text.trim().is_empty() {
+            // The master closes connections while it re-executes itself.
+            return Ok(Probe::Waiting(
+                "it closed the connection without an answer (HAProxy reloading?)".into(),
+            ));
+        }
+        ProcInfo::parse(&text).map(Probe::Ready).map_err(|e| {
+            Error::new(format!(
+                "haproxy master socket {shown}: does not answer as HAProxy's master CLI (the stats socket given instead?): {e}"
+            ))
+        })
+    }
+
     pub async fn show_proc(&self) -> Result<ProcInfo, Error> {
         ProcInfo::parse(&self.command("show proc").await?)
     }
 
-    /// Reloads and waits until a new worker generation runs. Err if the master reports the
-    /// reload failed (the old worker keeps serving) or nothing happens within `timeout`.
-    pub async fn reload(&self, timeout: Duration) -> Result<ProcInfo, Error> {
-        let before = self.show_proc().await?;
+    /// Reloads and waits until a new worker generation runs. [`ReloadError::Refused`] if the
+    /// master reports the reload failed (the old worker keeps serving, unchanged);
+    /// [`ReloadError::Unconfirmed`] if nothing could be confirmed within `timeout`.
+    pub async fn reload(&self, timeout: Duration) -> Result<ProcInfo, ReloadError> {
+        let before = self.show_proc().await.map_err(ReloadError::Unconfirmed)?;
         let old: Vec<u32> = before.workers.iter().map(|(p, _)| *p).collect();
         // The master re-executes itself and drops the connection; the answer is irrelevant.
         let _ = self.command("reload").await;
@@ -141,10 +287,10 @@ impl Master {
             match self.show_proc().await {
                 Ok(now) if now.reloads > before.reloads => {
                     if now.failed > 0 {
-                        return Err(Error::new(format!(
-                            "haproxy reload failed (master reports {} failed reload(s)); the old worker keeps serving",
+                        return Err(ReloadError::Refused(Error::new(format!(
+                            "haproxy refused the reload (master reports {} failed reload(s); its own log says why); the old worker keeps serving",
                             now.failed
-                        )));
+                        ))));
                     }
                     if let Some(pid) = now.current_worker() {
                         if !old.contains(&pid) {
@@ -156,12 +302,12 @@ impl Master {
                 Err(e) => last_err = Some(e),
             }
             if Instant::now() >= deadline {
-                return Err(Error::new(format!(
+                return Err(ReloadError::Unconfirmed(Error::new(format!(
                     "haproxy reload not confirmed within {timeout:?}{}",
                     last_err
                         .map(|e| format!(" (last error: {e})"))
                         .unwrap_or_default()
-                )));
+                ))));
             }
         }
     }

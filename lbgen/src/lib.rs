@@ -8,12 +8,14 @@
 //! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
 //! - [`haproxy`]: master CLI client: verified reload, runtime API.
 //! - [`plan`]: runtime-API commands vs reload for a model change (pure).
+//! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 pub mod haproxy;
 pub mod model;
 pub mod output;
 pub mod plan;
 pub mod render;
 pub mod source;
+pub mod status;
 pub mod watch;
 
 /// One clear, one-line error; `main` prints it and exits 1.

@@ -41,6 +41,28 @@ enum Cmd {
     Render(RenderArgs),
     /// Follow membership (agent events or a members file), re-render, validate, reload.
     Watch(WatchArgs),
+    /// Show what a snapshot makes: pools, routes, members outvoted on pool settings, skipped.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("src").required(true).args(["api", "members"])))]
+struct StatusArgs {
+    /// Agent API address (HOST:PORT): reads /v1/members.
+    #[arg(long, env = "LBGEN_API")]
+    api: Option<String>,
+    /// Members document (`shoal members --format json`), or `-` for stdin.
+    #[arg(long, env = "LBGEN_MEMBERS")]
+    members: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: StatusFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum StatusFormat {
+    Text,
+    Json,
 }
 
 #[derive(clap::Args)]
@@ -182,6 +204,32 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
     Ok(())
 }
 
+async fn status(a: StatusArgs) -> Result<(), Error> {
+    let doc = match (a.api, a.members) {
+        (Some(api), None) => {
+            lbgen::source::Source::new(lbgen::source::SourceSpec::Api(api))
+                .snapshot()
+                .await?
+        }
+        (None, Some(m)) => read_members(&m)?,
+        _ => return Err(Error::new("give exactly one of --api and --members")),
+    };
+    let model = Model::build(&doc);
+    let st = lbgen::status::Status::of(&model);
+    let text = match a.format {
+        StatusFormat::Text => st.text(),
+        StatusFormat::Json => {
+            serde_json::to_string_pretty(&st)
+                .map_err(|e| Error::new(format!("encoding the status: {e}")))?
+                + "\n"
+        }
+    };
+    use std::io::Write;
+    std::io::stdout()
+        .write_all(text.as_bytes())
+        .map_err(|e| Error::new(format!("writing the status: {e}")))
+}
+
 async fn watch(a: WatchArgs) -> Result<(), Error> {
     use lbgen::watch::{parse_duration, Wait, WatchConfig};
     let source = match (a.api, a.members) {
@@ -238,6 +286,7 @@ fn main() -> ExitCode {
         match cli.cmd {
             Cmd::Render(a) => render(a).await,
             Cmd::Watch(a) => watch(a).await,
+            Cmd::Status(a) => status(a).await,
         }
     });
     match res {

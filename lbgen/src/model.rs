@@ -80,6 +80,31 @@ pub struct Route {
     pub pool: String,
 }
 
+/// A member whose pool-wide setting (or whose pool's route) lost the vote described at
+/// [`Model::build`]. It stays a server of its pool, served with the pool's settings; its own
+/// value reconfigures nothing and is reported instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Conflict {
+    pub pool: String,
+    pub member: String,
+    /// `route`, `check`, `sticky` or `balance`.
+    pub setting: String,
+    /// The member's value (validated, so safe to print).
+    pub value: String,
+    /// What is used instead, in words (the pool's value, or who serves the route).
+    pub used: String,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "member {} of pool {}: {} {:?} not used; {}",
+            self.member, self.pool, self.setting, self.value, self.used
+        )
+    }
+}
+
 /// A member that was skipped, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Rejection {
@@ -97,9 +122,10 @@ pub struct Model {
     /// Members skipped by validation (logged by the caller).
     #[serde(skip)]
     pub rejected: Vec<Rejection>,
-    /// Routes or pool settings that members disagreed on (logged by the caller).
+    /// Members outvoted on a pool-wide setting or route (logged by the caller, shown by
+    /// `lbgen status`).
     #[serde(skip)]
-    pub warnings: Vec<String>,
+    pub conflicts: Vec<Conflict>,
 }
 
 pub const DEFAULT_WEIGHT: u16 = 100;
@@ -107,7 +133,8 @@ pub const MAX_WEIGHT: u16 = 256;
 const MAX_NAME_LEN: usize = 64;
 const MAX_PATH_LEN: usize = 200;
 /// Section names the default template uses itself; a pool may not shadow them.
-pub const RESERVED_POOLS: &[&str] = &["http-in", "stats"];
+/// `no-backend` answers 503 to requests that no route matches when no pool serves `/`.
+pub const RESERVED_POOLS: &[&str] = &["http-in", "stats", "no-backend"];
 pub const BALANCES: &[&str] = &["roundrobin", "leastconn", "source", "first", "random"];
 
 /// Names (members, services): ASCII letters, digits, `.`, `_`, `-`; 1–64 chars; no leading
@@ -167,6 +194,17 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         return Err(format!(
             "tag service={} is reserved (the default template's own sections)",
             q(service)
+        ));
+    }
+    if let Some((_, scope)) = m.addr.split_once('%') {
+        // HAProxy 2.6 refuses every scoped form on a server line ("could not resolve
+        // address"), and the scope names an interface of the member's host, not the LB's:
+        // dropping it would render an address that cannot be reached.
+        let scope = scope.split(']').next().unwrap_or_default();
+        return Err(format!(
+            "addr {} carries an IPv6 scope id (%{}), which an HAProxy server address cannot; advertise a global or unique-local address",
+            q(&m.addr),
+            sanitize_for_log(scope)
         ));
     }
     let sa: SocketAddr = m
@@ -255,20 +293,22 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
     }))
 }
 
-/// The value most members agree on; ties go to the smallest value (deterministic).
-fn consensus<T: Ord + Clone>(values: &[T]) -> (T, bool) {
-    let mut counts: BTreeMap<&T, usize> = BTreeMap::new();
-    for v in values {
-        *counts.entry(v).or_default() += 1;
+/// The pool-wide value of one setting: the value held by most members; a tie goes to the
+/// value of the member whose name sorts first. `held` is (member, value) in member-name order.
+/// Returns the value and how many members hold it.
+fn vote(held: &[(&str, String)]) -> (String, usize) {
+    // value → (members holding it, position of its first holder)
+    let mut counts: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for (i, (_, v)) in held.iter().enumerate() {
+        counts.entry(v.as_str()).or_insert((0, i)).0 += 1;
     }
-    let disagree = counts.len() > 1;
-    // BTreeMap iterates ascending; max_by_key keeps the last max, so reverse to prefer small.
-    let best = counts
-        .iter()
-        .rev()
-        .max_by_key(|(_, n)| **n)
-        .map(|(v, _)| (*v).clone());
-    (best.unwrap_or_else(|| values[0].clone()), disagree)
+    let (value, (n, _)) = counts
+        .into_iter()
+        .max_by(|a, b| {
+            (a.1 .0, std::cmp::Reverse(a.1 .1)).cmp(&(b.1 .0, std::cmp::Reverse(b.1 .1)))
+        })
+        .unwrap_or(("", (0, 0)));
+    (value.to_string(), n)
 }
 
 impl Model {
@@ -301,55 +341,31 @@ impl Model {
                 }),
             }
         }
-        let mut claimed: BTreeMap<String, String> = BTreeMap::new();
         for (name, backends) in by_pool {
-            let pick = |what: &str, vals: Vec<String>, warnings: &mut Vec<String>| {
-                let (v, disagree) = consensus(&vals);
-                if disagree {
-                    warnings.push(format!(
-                        "pool {name}: members disagree on {what}; using {v:?} (most common)"
-                    ));
-                }
-                v
-            };
-            let route = pick(
-                "route",
-                backends.iter().map(|b| b.route.clone()).collect(),
-                &mut model.warnings,
-            );
-            let check = pick(
-                "check",
-                backends.iter().map(|b| b.check.clone()).collect(),
-                &mut model.warnings,
-            );
-            let sticky = pick(
-                "sticky",
-                backends.iter().map(|b| b.sticky.to_string()).collect(),
-                &mut model.warnings,
-            ) == "true";
-            let balance = pick(
-                "balance",
-                backends.iter().map(|b| b.balance.clone()).collect(),
-                &mut model.warnings,
-            );
-            let mut servers: Vec<Server> = backends.into_iter().map(|b| b.server).collect();
-            servers.sort_by(|a, b| a.name.cmp(&b.name));
-            // Pools are visited in name order, so the first claimant of a prefix wins.
-            if let Some(owner) = claimed.get(&route) {
-                model.warnings.push(format!(
-                    "pool {name}: route {route} already served by pool {owner}; pool gets no route"
-                ));
-            } else {
-                claimed.insert(route.clone(), name.clone());
-                if route == "/" {
-                    model.default_pool = Some(name.clone());
-                } else {
-                    model.routes.push(Route {
-                        prefix: route.clone(),
+            let total = backends.len();
+            let mut pick = |setting: &str, of: fn(&Backend) -> String| {
+                let held: Vec<(&str, String)> = backends
+                    .iter()
+                    .map(|b| (b.server.name.as_str(), of(b)))
+                    .collect();
+                let (value, n) = vote(&held);
+                for (member, v) in held.iter().filter(|(_, v)| *v != value) {
+                    model.conflicts.push(Conflict {
                         pool: name.clone(),
+                        member: member.to_string(),
+                        setting: setting.to_string(),
+                        value: v.clone(),
+                        used: format!("the pool's {setting} is {value:?} (held by {n} of {total})"),
                     });
                 }
-            }
+                value
+            };
+            let route = pick("route", |b| b.route.clone());
+            let check = pick("check", |b| b.check.clone());
+            let sticky = pick("sticky", |b| b.sticky.to_string()) == "true";
+            let balance = pick("balance", |b| b.balance.clone());
+            let mut servers: Vec<Server> = backends.into_iter().map(|b| b.server).collect();
+            servers.sort_by(|a, b| a.name.cmp(&b.name));
             model.pools.push(Pool {
                 name,
                 route,
@@ -359,6 +375,7 @@ impl Model {
                 servers,
             });
         }
+        model.assign_routes();
         model.routes.sort_by(|a, b| {
             b.prefix
                 .len()
@@ -366,6 +383,48 @@ impl Model {
                 .then(a.prefix.cmp(&b.prefix))
         });
         model
+    }
+
+    /// Gives each route prefix to one pool: the pool with the most servers claiming it; a tie
+    /// goes to the pool whose name sorts first. Each member of a losing pool is reported; the
+    /// pool stays (reachable through the runtime API and stats) but gets no route. Only a pool
+    /// that won `/` becomes the default backend.
+    fn assign_routes(&mut self) {
+        let mut claims: BTreeMap<&str, Vec<&Pool>> = BTreeMap::new();
+        for p in &self.pools {
+            claims.entry(p.route.as_str()).or_default().push(p);
+        }
+        for (prefix, pools) in claims {
+            // Pools are in name order; max_by_key keeps the last maximum, so search reversed.
+            let Some(owner) = pools.iter().rev().max_by_key(|p| p.servers.len()) else {
+                continue;
+            };
+            for p in pools.iter().filter(|p| p.name != owner.name) {
+                for s in &p.servers {
+                    self.conflicts.push(Conflict {
+                        pool: p.name.clone(),
+                        member: s.name.clone(),
+                        setting: "route".into(),
+                        value: prefix.to_string(),
+                        used: format!(
+                            "pool {} ({} servers) serves it; pool {} ({}) gets no route",
+                            owner.name,
+                            owner.servers.len(),
+                            p.name,
+                            p.servers.len()
+                        ),
+                    });
+                }
+            }
+            if prefix == "/" {
+                self.default_pool = Some(owner.name.clone());
+            } else {
+                self.routes.push(Route {
+                    prefix: prefix.to_string(),
+                    pool: owner.name.clone(),
+                });
+            }
+        }
     }
 
     /// Looks up a server by pool and name.
@@ -708,7 +767,106 @@ mod tests {
         let m = Model::build(&doc(vec![a, b, c]));
         assert_eq!(m.pools[0].check, "/health");
         assert!(m.pools[0].sticky);
-        assert_eq!(m.warnings.len(), 2, "{:?}", m.warnings);
+        // c is outvoted on check and sticky: reported, still a server of the pool.
+        let c: Vec<_> = m
+            .conflicts
+            .iter()
+            .map(|c| (c.member.as_str(), c.setting.as_str()))
+            .collect();
+        assert_eq!(
+            c,
+            vec![("c", "check"), ("c", "sticky")],
+            "{:?}",
+            m.conflicts
+        );
+        assert_eq!(m.pools[0].servers.len(), 3);
+    }
+
+    #[test]
+    fn one_member_cannot_change_a_pools_health_check() {
+        let with = |name: &str, check: &str| {
+            let mut m = web(name, "10.0.0.1");
+            m.tags.insert("check".into(), check.into());
+            m
+        };
+        // Outnumbered.
+        let m = Model::build(&doc(vec![
+            with("web-1", "/health"),
+            with("web-2", "/health"),
+            with("evil", "/a"),
+        ]));
+        assert_eq!(m.pools[0].check, "/health");
+        // A tie goes to the member whose name sorts first, not to the smallest value
+        // ("/a" < "/health" would let any newcomer pick a winning value).
+        let m = Model::build(&doc(vec![with("web-1", "/health"), with("x-evil", "/a")]));
+        assert_eq!(m.pools[0].check, "/health");
+        assert_eq!(m.conflicts.len(), 1, "{:?}", m.conflicts);
+        let c = &m.conflicts[0];
+        assert_eq!((c.member.as_str(), c.value.as_str()), ("x-evil", "/a"));
+        assert!(
+            c.to_string().contains("\"/health\" (held by 1 of 2)"),
+            "{c}"
+        );
+    }
+
+    #[test]
+    fn a_pool_with_fewer_members_cannot_take_the_default_route() {
+        let aaa = member(
+            "zz",
+            "10.0.0.9:1",
+            "alive",
+            &[("service", "aaa"), ("port", "80")],
+        );
+        let m = Model::build(&doc(vec![
+            web("web-1", "10.0.0.1"),
+            web("web-2", "10.0.0.2"),
+            aaa,
+        ]));
+        assert_eq!(m.default_pool.as_deref(), Some("web"));
+        assert!(m.routes.is_empty());
+        assert_eq!(m.conflicts.len(), 1, "{:?}", m.conflicts);
+        assert_eq!(m.conflicts[0].pool, "aaa");
+        assert!(m.conflicts[0]
+            .used
+            .contains("pool web (2 servers) serves it"));
+    }
+
+    #[test]
+    fn a_pool_not_routed_at_slash_never_becomes_the_default() {
+        let api = |name: &str, route: Option<&str>| {
+            let mut tags = vec![("service", "api"), ("port", "80")];
+            if let Some(r) = route {
+                tags.push(("route", r));
+            }
+            member(name, "10.0.0.1:1", "alive", &tags)
+        };
+        // 1 : 1 between "/api" and the default "/": the first member by name decides.
+        let m = Model::build(&doc(vec![api("api-1", Some("/api")), api("api-2", None)]));
+        assert_eq!(m.pools[0].route, "/api");
+        assert_eq!(m.default_pool, None);
+        assert_eq!(m.routes.len(), 1);
+        // No pool at `/` at all: no default pool (the template answers 503 itself).
+        let m = Model::build(&doc(vec![api("api-1", Some("/api"))]));
+        assert_eq!(m.default_pool, None);
+    }
+
+    #[test]
+    fn a_scoped_ipv6_address_is_refused_not_stripped() {
+        for addr in ["[fe80::1%eth0]:7946", "[fe80::1%2]:7946"] {
+            let m = Model::build(&doc(vec![member(
+                "v6",
+                addr,
+                "alive",
+                &[("service", "web"), ("port", "80")],
+            )]));
+            assert!(m.pools.is_empty(), "{addr}: {:?}", m.pools);
+            assert_eq!(m.rejected.len(), 1);
+            assert!(
+                m.rejected[0].reason.contains("scope id"),
+                "{:?}",
+                m.rejected
+            );
+        }
     }
 
     #[test]
@@ -729,7 +887,7 @@ mod tests {
         ]));
         assert_eq!(m.default_pool.as_deref(), Some("alpha"));
         assert_eq!(m.pools.len(), 2);
-        assert_eq!(m.warnings.len(), 1);
+        assert_eq!(m.conflicts.len(), 1);
     }
 
     #[test]

@@ -26,9 +26,42 @@ impl CheckCmd {
     }
 
     /// Runs the check on `file`; Err carries the checker's own explanation on one line.
+    /// A checker that failed silently because of `-q` (HAProxy's default here prints nothing
+    /// at all then) is run once more without `-q`, so the reason is never empty.
     pub async fn run(&self, file: &Path) -> Result<(), Error> {
+        let (status, why) = self.run_once(file, false).await?;
+        if status.success() {
+            return Ok(());
+        }
+        let why = if why.is_empty() && self.0[1..].iter().any(|a| a == "-q") {
+            let (_, loud) = self.run_once(file, true).await?;
+            loud
+        } else {
+            why
+        };
+        let why = if why.is_empty() {
+            "(it printed nothing)".to_string()
+        } else {
+            why
+        };
+        Err(Error::new(format!(
+            "config check `{}` rejected the new config ({status}): {why}",
+            self.0[0]
+        )))
+    }
+
+    /// One run: exit status and its output on one line, at most 600 bytes.
+    async fn run_once(
+        &self,
+        file: &Path,
+        drop_quiet: bool,
+    ) -> Result<(std::process::ExitStatus, String), Error> {
         let f = file.display().to_string();
-        let mut args: Vec<String> = self.0[1..].iter().map(|a| a.replace("{}", &f)).collect();
+        let mut args: Vec<String> = self.0[1..]
+            .iter()
+            .filter(|a| !(drop_quiet && *a == "-q"))
+            .map(|a| a.replace("{}", &f))
+            .collect();
         if !self.0.iter().any(|a| a.contains("{}")) {
             args.push(f.clone());
         }
@@ -39,7 +72,7 @@ impl CheckCmd {
             .map_err(|_| Error::new(format!("config check `{}` timed out", self.0[0])))?
             .map_err(|e| Error::new(format!("config check `{}`: {e}", self.0[0])))?;
         if out.status.success() {
-            return Ok(());
+            return Ok((out.status, String::new()));
         }
         let text = format!(
             "{}{}",
@@ -60,10 +93,7 @@ impl CheckCmd {
             why.truncate(cut);
             why.push('…');
         }
-        Err(Error::new(format!(
-            "config check `{}` rejected the new config ({}): {why}",
-            self.0[0], out.status
-        )))
+        Ok((out.status, why))
     }
 }
 
@@ -190,5 +220,19 @@ mod tests {
         write_atomic(&p, "good\n", Some(&c)).await.unwrap();
         assert!(write_atomic(&p, "bad\n", Some(&c)).await.is_err());
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "good\n");
+    }
+
+    #[tokio::test]
+    async fn a_config_rejected_by_a_quiet_haproxy_check_is_logged_with_haproxys_reason() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.cfg");
+        let c = CheckCmd::parse(CheckCmd::DEFAULT).unwrap();
+        let err = write_atomic(&p, "global\n    bogus-keyword here\n", Some(&c))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown keyword 'bogus-keyword'"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        assert!(!p.exists());
     }
 }

@@ -214,4 +214,15 @@ mod tests {
             r.render(&b, &Vars::default()).unwrap()
         );
     }
+
+    #[test]
+    fn with_no_pool_at_slash_unmatched_requests_go_to_the_503_backend() {
+        let m = model(
+            r#"{"members":[{"name":"a","addr":"10.0.0.1:1","status":"alive","tags":{"service":"api","port":"80","route":"/api"}}]}"#,
+        );
+        let out = Renderer::builtin().render(&m, &Vars::default()).unwrap();
+        assert!(out.contains("    default_backend no-backend\n"), "{out}");
+        assert!(out.contains("\nbackend no-backend\n"), "{out}");
+        assert!(!out.contains("default_backend api"), "{out}");
+    }
 }

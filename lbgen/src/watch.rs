@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::time::Instant;
 
-use crate::haproxy::Master;
+use crate::haproxy::{Master, ReloadError};
 use crate::model::{sanitize_for_log, Model};
 use crate::output::{restore, write_atomic, CheckCmd};
 use crate::plan::{Live, Plan};
@@ -112,6 +112,9 @@ struct State {
     renderer: Renderer,
     /// The template file changed since the last apply.
     template_dirty: bool,
+    /// The source of the last template rejected (it did not render, failed the check, or
+    /// HAProxy refused its config at reload): not tried again until the file differs.
+    rejected_template: Option<String>,
     /// The last model built, to log only new warnings.
     last_model: Option<Model>,
     applied: Applied,
@@ -131,6 +134,11 @@ struct Applied {
 enum Failure {
     Transient(Error),
     Permanent(Error),
+    /// HAProxy refused the reload: the old worker serves on, unchanged, so `Applied::live`
+    /// still describes it. Retried like a transient failure.
+    Refused(Error),
+    /// Already logged where it happened (a rejected template): only reported.
+    Logged(Error),
 }
 
 fn load_renderer(p: &Option<PathBuf>) -> Result<Renderer, Error> {
@@ -149,15 +157,15 @@ pub fn log_model(model: &Model) {
 /// (a periodic resync must not repeat the same warnings forever).
 fn log_model_changes(model: &Model, previous: Option<&Model>) {
     if let Some(p) = previous {
-        if p.rejected == model.rejected && p.warnings == model.warnings {
+        if p.rejected == model.rejected && p.conflicts == model.conflicts {
             return;
         }
     }
     for r in &model.rejected {
         tracing::warn!(member = %sanitize_for_log(&r.member), reason = %r.reason, "member skipped");
     }
-    for w in &model.warnings {
-        tracing::warn!("{w}");
+    for c in &model.conflicts {
+        tracing::warn!(pool = %c.pool, member = %c.member, setting = %c.setting, "{c}");
     }
 }
 
@@ -171,8 +179,16 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let renderer = load_renderer(&cfg.template)?;
     let master = cfg.master.as_ref().map(Master::new);
+    tokio::pin!(shutdown);
     if let Some(m) = &master {
-        let p = m.show_proc().await?;
+        // HAProxy may still be starting, or its socket file be left from a previous run.
+        let p = tokio::select! {
+            p = m.wait_ready() => p?,
+            _ = &mut shutdown => {
+                tracing::info!("shutting down (the haproxy master socket never answered)");
+                return Ok(());
+            }
+        };
         tracing::info!(master = p.master_pid, worker = ?p.current_worker(), "haproxy master reachable");
     }
     let (tx, mut rx) = unbounded_channel();
@@ -186,6 +202,7 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut st = State {
         renderer,
         template_dirty: false,
+        rejected_template: None,
         last_model: None,
         applied: Applied {
             text: None,
@@ -198,7 +215,6 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
     let mut retry_at: Option<(Instant, Instant)> = None;
     let mut retry_delay = RETRY;
     let mut resync_at = cfg.resync.map(|d| Instant::now() + d);
-    tokio::pin!(shutdown);
     loop {
         let apply_at = match (pending, retry_at) {
             (Some((first, quiet)), _) => Some(quiet.min(first + cfg.wait.max)),
@@ -247,7 +263,8 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
                         tracing::error!(error = %e, "change not applied; live config kept");
                         Outcome::Failed(e.0)
                     }
-                    Err(Failure::Transient(e)) => {
+                    Err(Failure::Logged(e)) => Outcome::Failed(e.0),
+                    Err(Failure::Transient(e) | Failure::Refused(e)) => {
                         tracing::error!(error = %e, retry_in = ?retry_delay, "change not applied; live config kept");
                         retry_at = Some((signalled, Instant::now() + retry_delay));
                         retry_delay = (retry_delay * 2).min(RETRY_MAX);
@@ -306,10 +323,36 @@ async fn apply(
         )
         .await;
     }
-    // The template file changed. Its output must pass rendering and the check before it
-    // replaces the last good template; if it fails, the membership is applied with the last
-    // good template and the template's problem is what gets reported.
-    let template_err = match load_renderer(&cfg.template) {
+    // The template file changed. Its output must render, pass the check and be loaded by
+    // HAProxy before it replaces the last good template; if it fails, the membership is
+    // applied with the last good template and the template's problem is logged, once.
+    let (src, candidate) = match read_template(cfg.template.as_deref()) {
+        Ok(Some(src)) if st.rejected_template.as_ref() == Some(&src) => {
+            tracing::debug!("template file touched but unchanged since it was rejected");
+            return apply_with(
+                cfg,
+                &st.renderer,
+                false,
+                &model,
+                master,
+                &mut st.applied,
+                live_at,
+            )
+            .await;
+        }
+        Ok(Some(src)) => {
+            let name = cfg
+                .template
+                .as_deref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let r = Renderer::from_source(&name, &src);
+            (Some(src), r)
+        }
+        Ok(None) => (None, Ok(Renderer::builtin())),
+        Err(e) => (None, Err(e)),
+    };
+    let template_err = match candidate {
         Ok(candidate) => {
             match apply_with(
                 cfg,
@@ -325,6 +368,7 @@ async fn apply(
                 Ok(o) => {
                     tracing::info!("template reloaded");
                     st.renderer = candidate;
+                    st.rejected_template = None;
                     return Ok(o);
                 }
                 Err(Failure::Transient(e)) => {
@@ -332,12 +376,23 @@ async fn apply(
                     st.template_dirty = true;
                     return Err(Failure::Transient(e));
                 }
-                Err(Failure::Permanent(e)) => e,
+                Err(Failure::Refused(e)) => Error::new(format!(
+                    "template {}: its config passed the check, but {e}",
+                    cfg.template
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                )),
+                Err(Failure::Permanent(e) | Failure::Logged(e)) => e,
             }
         }
         Err(e) => e,
     };
-    tracing::error!(error = %template_err, "new template rejected; keeping the previous one");
+    st.rejected_template = src;
+    tracing::error!(
+        error = %template_err,
+        "new template rejected; the last good template stays in use until the file changes"
+    );
     match apply_with(
         cfg,
         &st.renderer,
@@ -349,9 +404,17 @@ async fn apply(
     )
     .await?
     {
-        Outcome::Unchanged => Err(Failure::Permanent(template_err)),
+        Outcome::Unchanged => Err(Failure::Logged(template_err)),
         o => Ok(o),
     }
+}
+
+/// The template file's source (None = the compiled-in template).
+fn read_template(p: Option<&Path>) -> Result<Option<String>, Error> {
+    p.map(|p| {
+        std::fs::read_to_string(p).map_err(|e| Error::new(format!("template {}: {e}", p.display())))
+    })
+    .transpose()
 }
 
 /// Renders `model` with `renderer` and makes it live. Mutates `applied` only on success
@@ -431,7 +494,13 @@ async fn apply_with(
             applied.text = Some(text);
             Ok(Outcome::Reloaded { worker })
         }
-        Err(e) => {
+        Err(ReloadError::Refused(e)) => {
+            restore_last_good(&cfg.out, applied.text.as_deref());
+            // The old worker serves on with what `applied.live` describes, so later state
+            // changes (drains) still go through the runtime API.
+            Err(Failure::Refused(e))
+        }
+        Err(ReloadError::Unconfirmed(e)) => {
             restore_last_good(&cfg.out, applied.text.as_deref());
             // We no longer know exactly what runs: force a reload on the next change.
             applied.live = None;

@@ -164,3 +164,98 @@ fn the_binary_follows_a_members_file_and_reloads_haproxy() {
     assert!(first.starts_with('{'), "not JSON logs: {first}");
     assert!(logs.contains("config live (reloaded)"), "{logs}");
 }
+
+/// Regression: `lbgen watch` exited when HAProxy's master socket was not there yet, and in the
+/// lb image once on every LB restart, because a stale socket file (nothing listening) passed
+/// the image's `[ -S sock ]` wait loop. Now it waits, says which of the two it waits for, and
+/// applies once HAProxy answers.
+#[test]
+fn watch_waits_for_a_missing_then_stale_master_socket_and_applies_once_haproxy_answers() {
+    let d = tempfile::tempdir().unwrap();
+    let members = d.path().join("members.json");
+    let out = d.path().join("haproxy.cfg");
+    let sock = d.path().join("master.sock");
+    let port = common::free_port();
+    let vars = format!(
+        "bind=127.0.0.1,http_port={port},stats_port={},stats_socket={}",
+        common::free_port(),
+        d.path().join("admin.sock").display()
+    );
+    common::write_members(&members, &[common::member("web-1", 3001, "alive", &[])]);
+    let log = d.path().join("lbgen.log");
+    let mut w = Killed(
+        Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .args(["watch"])
+            .env("LBGEN_VAR", &vars)
+            .env("LBGEN_MEMBERS", &members)
+            .env("LBGEN_OUT", &out)
+            .env("LBGEN_HAPROXY_MASTER", &sock)
+            .env("LBGEN_WAIT", "20ms:200ms")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the 'not there yet' line", Duration::from_secs(10), || {
+        logs().contains("not there yet")
+    });
+    // A socket file nobody listens on, as a killed HAProxy leaves behind.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    wait_for("the 'stale' line", Duration::from_secs(10), || {
+        logs().contains("stale")
+    });
+    assert!(
+        w.0.try_wait().unwrap().is_none(),
+        "lbgen gave up: {}",
+        logs()
+    );
+    assert!(!out.exists(), "wrote before HAProxy answered");
+
+    // HAProxy comes up (it replaces the stale file) from the empty-cluster config.
+    let st = Command::new(env!("CARGO_BIN_EXE_lbgen"))
+        .args(["render", "--members", "-", "--out", out.to_str().unwrap()])
+        .env("LBGEN_VAR", &vars)
+        .stdin(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(br#"{"members":[]}"#)?;
+            c.wait()
+        })
+        .unwrap();
+    assert!(st.success());
+    let haproxy = common::Haproxy::start(d.path(), &out);
+    assert_eq!(haproxy.master_sock, sock);
+    wait_for("web-1 live", Duration::from_secs(15), || {
+        logs().contains("config live (reloaded)")
+    });
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("server web-1 "));
+    assert!(
+        logs().contains("haproxy master socket is answering"),
+        "{}",
+        logs()
+    );
+    assert!(w.0.try_wait().unwrap().is_none(), "{}", logs());
+}
+
+#[test]
+fn a_master_socket_path_that_cannot_become_a_socket_is_an_error_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let members = d.path().join("members.json");
+    std::fs::write(&members, r#"{"members":[]}"#).unwrap();
+    let out = d.path().join("haproxy.cfg");
+    let not_a_socket = d.path().join("plain-file");
+    std::fs::write(&not_a_socket, "x").unwrap();
+    let (m, o, p) = (
+        members.to_str().unwrap(),
+        out.to_str().unwrap(),
+        not_a_socket.to_str().unwrap(),
+    );
+    let (ok, err) = watch(&["--members", m, "--out", o, "--haproxy-master", p]);
+    assert!(!ok);
+    assert!(err.contains("is not a socket"), "{err}");
+    assert!(!out.exists());
+}

@@ -386,3 +386,164 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
     w.await.unwrap().unwrap();
     drop(second);
 }
+
+/// `srv_admin_state` of `pool/server` in the running worker (`show servers state`).
+async fn admin_state(h: &Haproxy, pool: &str, server: &str) -> u32 {
+    let out = lbgen::haproxy::Master::new(&h.master_sock)
+        .command(&format!("@1 show servers state {pool}"))
+        .await
+        .expect("show servers state");
+    out.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.len() > 6 && c[1] == pool && c[3] == server)
+        .and_then(|c| c[6].parse().ok())
+        .unwrap_or_else(|| panic!("{pool}/{server} not in: {out}"))
+}
+
+/// (reloads, failed reloads) as the master counts them.
+async fn reload_counts(h: &Haproxy) -> (u64, u64) {
+    let p = lbgen::haproxy::Master::new(&h.master_sock)
+        .show_proc()
+        .await
+        .expect("show proc");
+    (p.reloads, p.failed)
+}
+
+/// Regression: a template whose config passes `haproxy -c` but that HAProxy refuses at reload
+/// (it binds a port another process holds) was retried on every change and blocked them all,
+/// drains included. Now it is rejected once, the last good config stays live, a drain still
+/// reaches HAProxy through the runtime API, later changes reload with the last good template,
+/// and the bad template is not tried again until the file changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_haproxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let backends = [
+        Backend::start("b0").await,
+        Backend::start("b1").await,
+        Backend::start("b2").await,
+    ];
+    let http_port = common::free_port();
+    let vars = Vars::with_overrides(&[
+        "bind=127.0.0.1".to_string(),
+        format!("http_port={http_port}"),
+        format!("stats_port={}", common::free_port()),
+        format!("stats_socket={}", d.join("admin.sock").display()),
+        "check_inter=500ms".to_string(),
+    ])
+    .unwrap();
+    let template = d.join("haproxy.cfg.hbs");
+    let good_template = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/haproxy.cfg.hbs"),
+    )
+    .unwrap();
+    std::fs::write(&template, &good_template).unwrap();
+    let members_file = d.join("members.json");
+    let out = d.join("haproxy.cfg");
+    let base = vec![
+        member("web-0", backends[0].port, "alive", &[]),
+        member("web-1", backends[1].port, "alive", &[]),
+    ];
+    write_members(&members_file, &base);
+    let empty = Renderer::builtin()
+        .render(&Model::default(), &vars)
+        .unwrap();
+    std::fs::write(&out, &empty).unwrap();
+    let haproxy = Haproxy::start(d, &out);
+
+    let (rtx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let cfg = WatchConfig {
+        template: Some(template.clone()),
+        vars,
+        out: out.clone(),
+        source: SourceSpec::File(members_file.clone()),
+        master: Some(haproxy.master_sock.clone()),
+        check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
+        wait: Wait::parse("20ms:200ms").unwrap(),
+        reload_timeout: Duration::from_secs(10),
+        resync: None,
+        reports: Some(rtx),
+    };
+    let watcher = tokio::spawn(lbgen::watch::run(cfg, async {
+        let _ = stop_rx.await;
+    }));
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, Outcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert!(get(http_port).await.starts_with("HTTP/1.1 200"));
+    let live_cfg = std::fs::read_to_string(&out).unwrap();
+    let (reloads0, _) = reload_counts(&haproxy).await;
+
+    // Another process holds this port: the check accepts the config, the reload cannot bind.
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = squatter.local_addr().unwrap().port();
+    let bad_template =
+        format!("{good_template}\nlisten squat\n    bind 127.0.0.1:{taken}\n    mode http\n");
+    std::fs::write(&template, &bad_template).unwrap();
+    let r = next_report(&mut reports).await;
+    match &r.outcome {
+        Outcome::Failed(e) => assert!(
+            e.contains("passed the check") && e.contains("refused the reload"),
+            "{e}"
+        ),
+        other => panic!("refused template: {other:?}"),
+    }
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), live_cfg);
+    assert_eq!(reload_counts(&haproxy).await, (reloads0 + 1, 1));
+    assert!(get(http_port).await.starts_with("HTTP/1.1 200"));
+
+    // A drain still reaches HAProxy, through the runtime API.
+    assert_eq!(admin_state(&haproxy, "web", "web-1").await & 0x08, 0);
+    let mut ms = base.clone();
+    ms[1] = member("web-1", backends[1].port, "alive", &[("state", "draining")]);
+    write_members(&members_file, &ms);
+    let r = next_report(&mut reports).await;
+    assert_eq!(
+        r.outcome,
+        Outcome::Runtime {
+            commands: vec!["set server web/web-1 state drain".into()]
+        }
+    );
+    assert_ne!(
+        admin_state(&haproxy, "web", "web-1").await & 0x08,
+        0,
+        "web-1 is not drained in HAProxy"
+    );
+
+    // A new member reloads with the last good template; the bad one is not tried again.
+    ms.push(member("web-2", backends[2].port, "alive", &[]));
+    write_members(&members_file, &ms);
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, Outcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+    let now = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        now.contains("server web-2 ") && !now.contains("listen squat"),
+        "{now}"
+    );
+    assert_eq!(reload_counts(&haproxy).await, (reloads0 + 2, 0));
+    // Rewriting the same bad template is no change: still not tried.
+    std::fs::write(&template, &bad_template).unwrap();
+    let r = next_report(&mut reports).await;
+    assert_eq!(r.outcome, Outcome::Unchanged);
+    assert_eq!(reload_counts(&haproxy).await, (reloads0 + 2, 0));
+    // The drain survived the reload (rendered with weight 0, still no new requests).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let hits = backends[1].hits();
+    for _ in 0..20 {
+        assert!(get(http_port).await.starts_with("HTTP/1.1 200"));
+    }
+    assert_eq!(backends[1].hits(), hits, "drained web-1 got new requests");
+
+    let _ = stop_tx.send(());
+    watcher.await.unwrap().unwrap();
+    drop(squatter);
+    drop(haproxy);
+}

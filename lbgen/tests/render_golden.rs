@@ -213,3 +213,45 @@ fn bad_input_gives_one_clear_error() {
         assert!(!out.exists(), "{args:?} wrote output");
     }
 }
+
+/// One member with its own `check` and a one-member pool at `/`: the pools keep the value most
+/// members hold, and `lbgen status` (and the log) name the outvoted members.
+#[test]
+fn one_members_tags_do_not_take_over_a_pool_and_status_names_it() {
+    let doc = r#"{"members":[
+{"name":"web-1","addr":"10.0.0.1:7946","status":"alive","tags":{"service":"web","port":"3000","check":"/health"}},
+{"name":"web-2","addr":"10.0.0.2:7946","status":"alive","tags":{"service":"web","port":"3000","check":"/health"}},
+{"name":"a-evil","addr":"10.0.0.9:7946","status":"alive","tags":{"service":"web","port":"3000","check":"/a"}},
+{"name":"b-evil","addr":"10.0.0.8:7946","status":"alive","tags":{"service":"aaa","port":"3000"}}]}"#;
+    let (ok, cfg, err) = lbgen(&["render", "--members", "-"], Some(doc));
+    assert!(ok, "{err}");
+    assert!(
+        cfg.contains("http-check send meth GET uri /health\n"),
+        "{cfg}"
+    );
+    assert!(!cfg.contains("uri /a\n"), "{cfg}");
+    assert!(cfg.contains("    default_backend web\n"), "{cfg}");
+    assert!(
+        err.contains("member a-evil of pool web: check \"/a\" not used"),
+        "{err}"
+    );
+    let (ok, out, err) = lbgen(&["status", "--members", "-"], Some(doc));
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("pool web: route / (default), check /health,"),
+        "{out}"
+    );
+    assert!(
+        out.contains("conflict: member a-evil of pool web: check \"/a\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("conflict: member b-evil of pool aaa: route \"/\""),
+        "{out}"
+    );
+    let (ok, out, _) = lbgen(&["status", "--members", "-", "--format", "json"], Some(doc));
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["default_pool"], "web");
+    assert_eq!(v["conflicts"].as_array().unwrap().len(), 2, "{out}");
+}
