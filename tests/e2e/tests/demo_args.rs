@@ -44,7 +44,10 @@ fn a_webapp_count_that_is_not_a_whole_number_up_to_100_is_refused_before_docker(
         assert!(!err.contains("Docker"), "{args:?} reached Docker: {err}");
     }
     let err = stderr(&demo(&["scale", "-1"], &[]));
-    assert!(err.contains("from 0 to 100") && err.contains("\"-1\""), "{err}");
+    assert!(
+        err.contains("from 0 to 100") && err.contains("\"-1\""),
+        "{err}"
+    );
 }
 
 #[test]
@@ -75,7 +78,10 @@ fn a_taken_host_port_is_named_with_the_variable_that_moves_it() {
         );
     }
     // Port 0 (a free one, picked by Docker) is never "taken": on to Docker.
-    let out = demo(&["up", "1"], &[("LB_HTTP_PORT", "0"), ("LB_STATS_PORT", "0")]);
+    let out = demo(
+        &["up", "1"],
+        &[("LB_HTTP_PORT", "0"), ("LB_STATS_PORT", "0")],
+    );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no Docker engine reachable"), "{err}");
