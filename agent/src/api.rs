@@ -181,7 +181,7 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
             _,
             "/v1/members" | "/v1/events" | "/v1/info" | "/v1/health" | "/v1/tags" | "/v1/join"
             | "/v1/leave",
-        ) => req_method_name(req.method(), &path),
+        ) => method_not_allowed(req.method(), &path),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
 }
@@ -209,7 +209,7 @@ async fn key_op(state: &ApiState, op: KeyOp) -> Reply {
 
 /// The 405 answer: names the method that was used and the one to use, and
 /// carries the `Allow` header HTTP asks for.
-fn req_method_name(method: &Method, path: &str) -> Reply {
+fn method_not_allowed(method: &Method, path: &str) -> Reply {
     let allowed = match path {
         "/v1/tags" => "PUT",
         "/v1/join" | "/v1/leave" => "POST",
@@ -362,6 +362,7 @@ async fn join(state: &ApiState, Object(body): JoinRequest) -> Reply {
             info!(
                 contacted = report.contacted,
                 joined = report.joined,
+                failed = report.failed.len(),
                 "join requested through the API"
             );
             json_reply(StatusCode::OK, &json!(report))

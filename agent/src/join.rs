@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::addr;
 use crate::agent::Command;
@@ -134,12 +134,6 @@ pub async fn run(ctx: JoinCtx, targets: Vec<(String, u16)>) -> Result<JoinReport
             }
         }
     }
-    info!(
-        contacted = report.contacted,
-        joined = report.joined,
-        failed = report.failed.len(),
-        "explicit join done"
-    );
     report.into_result()
 }
 
