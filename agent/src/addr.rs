@@ -27,12 +27,24 @@ pub fn parse_ip_port(s: &str, default_port: u16) -> Result<SocketAddr, String> {
     Err(format!("{s:?} is not an IP address or IP:PORT"))
 }
 
-/// Splits `HOST[:PORT]` for `--join`; checks the shape only (resolution happens on each retry).
+/// Splits `HOST[:PORT]` for `--join`, `shoal join` and `POST /v1/join`;
+/// checks the shape only (resolution happens on each retry). Port 0 is
+/// refused: no node listens there, so such a join could never succeed.
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty join address".into());
     }
+    let (host, port) = split_host_port(s)?;
+    if port == 0 {
+        return Err(format!(
+            "join address {s:?}: port 0 is not a port a node listens on (omit it for {DEFAULT_PORT})"
+        ));
+    }
+    Ok((host, port))
+}
+
+fn split_host_port(s: &str) -> Result<(String, u16), String> {
     if let Ok(sa) = s.parse::<SocketAddr>() {
         return Ok((sa.ip().to_string(), sa.port()));
     }
@@ -348,6 +360,15 @@ mod tests {
         assert!(parse_host_port("lb:http").unwrap_err().contains("port"));
         assert!(parse_host_port("a b").is_err());
         assert!(parse_host_port("").is_err());
+    }
+
+    #[test]
+    fn a_join_address_with_port_zero_is_refused_by_name() {
+        for bad in ["127.0.0.1:0", "lb:0", "[::1]:0", " lb:0 "] {
+            let e = parse_host_port(bad).unwrap_err();
+            assert!(e.contains("port 0") && e.contains(bad.trim()), "{bad}: {e}");
+        }
+        assert_eq!(parse_host_port("lb:1").unwrap(), ("lb".into(), 1));
     }
 
     #[test]

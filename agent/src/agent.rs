@@ -21,7 +21,9 @@ use crate::addr;
 use crate::core::{Core, CoreConfig, Now, Output};
 use crate::events::{EventLog, MemberView};
 use crate::identity::{now_millis, NodeId};
+use crate::join::{self, JoinReport};
 use crate::keyring::{Key, Keyring};
+use crate::loglist;
 use crate::membership::Status;
 use crate::profile::Profile;
 use crate::pushpull::{self, FrameError, SharedKeyring};
@@ -72,9 +74,10 @@ pub struct Shared {
 }
 
 pub enum Command {
+    /// An explicit join: answered once every address's push-pull is done.
     Join {
         targets: Vec<(String, u16)>,
-        reply: oneshot::Sender<Result<usize, String>>,
+        reply: oneshot::Sender<Result<JoinReport, String>>,
     },
     SetTags {
         set: Tags,
@@ -129,7 +132,7 @@ impl Handle {
             .map_err(|_| "the agent is shutting down".to_string())
     }
 
-    pub async fn join(&self, targets: Vec<(String, u16)>) -> Result<usize, String> {
+    pub async fn join(&self, targets: Vec<(String, u16)>) -> Result<JoinReport, String> {
         self.call(|reply| Command::Join { targets, reply }).await?
     }
 
@@ -346,24 +349,15 @@ impl Node {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Join { targets, reply } => {
-                let commands = self.commands.clone();
+                let ctx = join::JoinCtx {
+                    local: self.core.local().addr,
+                    ours: self.core.sync_state(),
+                    ring: pushpull::snapshot(&self.keys.ring),
+                    commands: self.commands.clone(),
+                    stats: self.stats.clone(),
+                };
                 tokio::spawn(async move {
-                    let addrs = addr::resolve_all(&targets).await;
-                    if addrs.is_empty() {
-                        let names: Vec<String> =
-                            targets.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-                        let _ =
-                            reply.send(Err(format!("none of {names:?} resolved to an address")));
-                        return;
-                    }
-                    let n = addrs.len();
-                    let _ = commands
-                        .send(Command::Resolved {
-                            addrs,
-                            explicit: true,
-                        })
-                        .await;
-                    let _ = reply.send(Ok(n));
+                    let _ = reply.send(join::run(ctx, targets).await);
                 });
             }
             Command::Resolved { addrs, explicit } => {
@@ -477,7 +471,12 @@ impl Node {
         tokio::spawn(async move {
             let addrs = addr::resolve_all(&targets).await;
             let names: Vec<String> = targets.iter().map(|(h, p)| format!("{h}:{p}")).collect();
-            info!(targets = ?names, resolved = ?addrs, "join attempt");
+            info!(
+                targets = %loglist::few(&names),
+                resolved = addrs.len(),
+                addrs = %loglist::few(&addrs),
+                "join attempt"
+            );
             let _ = commands
                 .send(Command::Resolved {
                     addrs,

@@ -184,10 +184,7 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
             _,
             "/v1/members" | "/v1/events" | "/v1/info" | "/v1/health" | "/v1/tags" | "/v1/join"
             | "/v1/leave",
-        ) => error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{} is not allowed on {path}", req_method_name(&path)),
-        ),
+        ) => method_not_allowed(req.method(), &path),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
 }
@@ -213,12 +210,23 @@ async fn key_op(state: &ApiState, op: KeyOp) -> Reply {
     }
 }
 
-fn req_method_name(path: &str) -> &'static str {
-    match path {
-        "/v1/tags" => "only PUT",
-        "/v1/join" | "/v1/leave" => "only POST",
-        _ => "only GET",
-    }
+/// The 405 answer: names the method that was used and the one to use, and
+/// carries the `Allow` header HTTP asks for.
+fn method_not_allowed(method: &Method, path: &str) -> Reply {
+    let allowed = match path {
+        "/v1/tags" => "PUT",
+        "/v1/join" | "/v1/leave" => "POST",
+        _ => "GET",
+    };
+    let mut reply = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{method} is not allowed on {path}; use {allowed}"),
+    );
+    reply.headers_mut().insert(
+        hyper::header::ALLOW,
+        hyper::header::HeaderValue::from_static(allowed),
+    );
+    reply
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Reply> {
@@ -292,16 +300,46 @@ fn info_doc(state: &ApiState) -> Reply {
     json_reply(StatusCode::OK, &doc)
 }
 
+/// A request body that must be a JSON object. serde's derive also reads a
+/// struct from an array (fields by position), so `[]` passed as an empty
+/// request; this refuses anything but `{...}` first.
+struct Object<T>(T);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let value = Value::deserialize(d)?;
+        let kind = match &value {
+            Value::Object(_) => {
+                return serde_json::from_value(value)
+                    .map(Object)
+                    .map_err(D::Error::custom)
+            }
+            Value::Array(_) => "an array",
+            Value::String(_) => "a string",
+            Value::Number(_) => "a number",
+            Value::Bool(_) => "a boolean",
+            Value::Null => "null",
+        };
+        Err(D::Error::custom(format!(
+            "the body must be a JSON object {{...}}, not {kind}"
+        )))
+    }
+}
+
+/// `PUT /v1/tags`: `{"set":{"k":"v"},"delete":["k2"]}`, an object only.
+type TagsRequest = Object<TagsFields>;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct TagsRequest {
+struct TagsFields {
     #[serde(default)]
     set: Tags,
     #[serde(default)]
     delete: Vec<String>,
 }
 
-async fn put_tags(state: &ApiState, body: TagsRequest) -> Reply {
+async fn put_tags(state: &ApiState, Object(body): TagsRequest) -> Reply {
     for (k, v) in &body.set {
         if let Err(e) = tags::parse_tag(&format!("{k}={v}")) {
             return error(StatusCode::BAD_REQUEST, e.to_string());
@@ -313,13 +351,18 @@ async fn put_tags(state: &ApiState, body: TagsRequest) -> Reply {
     }
 }
 
+/// `POST /v1/join`: `{"addrs":["host:port"]}`, an object only.
+type JoinRequest = Object<JoinFields>;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JoinRequest {
+struct JoinFields {
     addrs: Vec<String>,
 }
 
-async fn join(state: &ApiState, body: JoinRequest) -> Reply {
+/// Answers once every address's push-pull is done: 200 with the counts when
+/// at least one node answered, else 502 naming each address and why.
+async fn join(state: &ApiState, Object(body): JoinRequest) -> Reply {
     let mut targets = Vec::new();
     for a in &body.addrs {
         match crate::addr::parse_host_port(a) {
@@ -331,9 +374,14 @@ async fn join(state: &ApiState, body: JoinRequest) -> Reply {
         return error(StatusCode::BAD_REQUEST, "no address to join");
     }
     match state.agent.join(targets).await {
-        Ok(n) => {
-            info!(contacted = n, "join requested through the API");
-            json_reply(StatusCode::OK, &json!({ "contacted": n }))
+        Ok(report) => {
+            info!(
+                contacted = report.contacted,
+                joined = report.joined,
+                failed = report.failed.len(),
+                "join requested through the API"
+            );
+            json_reply(StatusCode::OK, &json!(report))
         }
         Err(e) => error(StatusCode::BAD_GATEWAY, e),
     }
@@ -394,14 +442,23 @@ fn events(state: &ApiState, query: &str) -> Reply {
                 return;
             }
         }
-        if after > 0 && oldest.is_some_and(|o| o > after + 1) {
-            // The client asked to resume from events no longer buffered.
-            let gap = json!({ "type": "resync", "index": last, "reason": "events were dropped from the buffer; refetch /v1/members" });
+        // An index beyond our last one was never ours (another run of this
+        // agent, or made up): resync, then go on from our real index, so
+        // keep-alives carry it and new events are not skipped as "seen".
+        let beyond = after > last;
+        let reason = if beyond {
+            format!("index {after} is beyond this agent's last index {last} (did the agent restart?); refetch /v1/members")
+        } else {
+            "events were dropped from the buffer; refetch /v1/members".to_string()
+        };
+        if beyond || (after > 0 && oldest.is_some_and(|o| o > after + 1)) {
+            // The client asked to resume from events we do not have.
+            let gap = json!({ "type": "resync", "index": last, "run": run, "reason": reason });
             if tx.send(line(&gap)).await.is_err() {
                 return;
             }
         }
-        let mut sent = after;
+        let mut sent = after.min(last);
         for e in backlog {
             sent = e.index;
             if tx.send(line(&json!(*e))).await.is_err() {

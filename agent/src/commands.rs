@@ -198,11 +198,31 @@ pub async fn join(client: &Client, addrs: Vec<String>) -> CliResult {
     for a in &addrs {
         crate::addr::parse_host_port(a).map_err(usage)?;
     }
+    // The agent answers once every push-pull is done; an error (exit 1)
+    // when no node answered, naming each address, as `serf join` fails.
     let v = client
         .call(Method::POST, "/v1/join", Some(&json!({ "addrs": addrs })))
         .await?;
-    println!("contacted {} node(s)", v["contacted"]);
+    print!("{}", join_text(&v));
     Ok(())
+}
+
+/// `joined 1 of 2 node(s) contacted` and one line per failed address.
+fn join_text(v: &Value) -> String {
+    let mut out = format!(
+        "joined {} of {} node(s) contacted\n",
+        v["joined"].as_u64().unwrap_or(0),
+        v["contacted"].as_u64().unwrap_or(0)
+    );
+    if let Some(failed) = v["failed"].as_object() {
+        for (addr, why) in failed {
+            out.push_str(&format!(
+                "  {addr}: failed: {}\n",
+                why.as_str().unwrap_or_default()
+            ));
+        }
+    }
+    out
 }
 
 pub async fn leave(client: &Client) -> CliResult {

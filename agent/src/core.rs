@@ -590,7 +590,11 @@ impl Core {
             if leaving.pending.is_empty() {
                 info!("leave acknowledged by every member");
             } else {
-                warn!(unacknowledged = ?leaving.pending, "leave timeout: some members did not confirm");
+                warn!(
+                    unacknowledged = leaving.pending.len(),
+                    names = %crate::loglist::few(&leaving.pending),
+                    "leave timeout: some members did not confirm"
+                );
             }
             leaving.done = true;
             self.out.push(Output::LeaveDone);
@@ -885,6 +889,75 @@ mod tests {
         net.cores[1].begin_leave(now);
         net.step();
         assert_eq!(net.status(0, "n1"), Some(Status::Left));
+    }
+
+    /// Runs `f` with every log line it emits written to a string.
+    fn logs_of(f: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
+        text
+    }
+
+    #[test]
+    fn a_leave_nobody_acknowledges_logs_a_count_and_a_few_names_not_every_member() {
+        let mut net = Net::new(1);
+        let now = net.now();
+        let id = |name: String, addr: String| NodeId {
+            name,
+            addr: addr.parse().unwrap(),
+            generation: 1,
+            tags: Tags::new(),
+        };
+        // 1,000 members with 100-byte names, none of which will answer.
+        let entries = (0..1000)
+            .map(|i| SyncEntry {
+                id: id(
+                    format!("{}-{i:04}", "m".repeat(95)),
+                    format!("10.1.{}.{}:7946", i / 200, i % 200 + 1),
+                ),
+                incarnation: 0,
+                state: SyncState::Alive,
+            })
+            .collect();
+        let from = id("peer".into(), "10.2.0.1:7946".into());
+        net.cores[0].apply_remote(SyncMsg { from, entries }, now);
+        assert_eq!(net.cores[0].count(Status::Alive), 1002);
+        let logs = logs_of(|| {
+            net.cores[0].begin_leave(now);
+            let later = Now {
+                mono: now.mono + Duration::from_secs(3),
+                wall_ms: now.wall_ms + 3_000,
+            };
+            net.cores[0].on_tick(later);
+        });
+        let line = logs
+            .lines()
+            .find(|l| l.contains("leave timeout"))
+            .unwrap_or_else(|| panic!("no leave timeout line in:\n{logs}"));
+        assert!(line.contains("unacknowledged=1001"), "{line}");
+        assert!(line.contains("and 996 more"), "{line}");
+        assert!(
+            logs.lines().all(|l| l.len() < 2_000),
+            "a log line of {} bytes",
+            logs.lines().map(str::len).max().unwrap_or(0)
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!   driven by explicit time; the agent and the simulator both run it);
 //! - the runtime: [`agent`] (the one task that owns foca), [`pushpull`] (TCP
 //!   state exchange), [`events`] (indexed event log), [`handlers`] (Serf-style
-//!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses);
+//!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses),
+//!   [`join`] (an explicit join, waited for), [`loglist`] (bounded lists in logs);
 //! - the CLI: [`cli`] (flags), [`client`] (talks to the API), [`commands`];
 //! - the supervisor: [`process`] (spawning and reaping), [`supervisor`].
 pub mod addr;
@@ -21,7 +22,9 @@ pub mod core;
 pub mod events;
 pub mod handlers;
 pub mod identity;
+pub mod join;
 pub mod keyring;
+pub mod loglist;
 pub mod membership;
 pub mod process;
 pub mod profile;
