@@ -158,11 +158,8 @@ async fn dispatch(
     mut rx: broadcast::Receiver<Arc<EventRecord>>,
     timeout: Duration,
 ) {
+    let mut schedule: Schedule<Arc<EventRecord>> = Schedule::new(&specs, MAX_PENDING);
     let specs: Vec<Arc<HandlerSpec>> = specs.into_iter().map(Arc::new).collect();
-    let mut schedule: Schedule<Arc<EventRecord>> = Schedule::new(
-        &specs.iter().map(|s| (**s).clone()).collect::<Vec<_>>(),
-        MAX_PENDING,
-    );
     let mut held = Coalescer::new(COALESCE_QUIET, COALESCE_MAX);
     let mut last = 0;
     for e in backlog {
