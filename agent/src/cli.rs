@@ -147,13 +147,10 @@ pub struct AgentArgs {
     /// Longest wait between join retries (backoff doubles up to it).
     #[arg(long, env = "SHOAL_RETRY_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub retry_interval: Duration,
-    /// A tag KEY=VALUE; repeatable.
-    #[arg(
-        long = "tag",
-        env = "SHOAL_TAG",
-        value_delimiter = ',',
-        value_name = "KEY=VALUE"
-    )]
+    /// A tag KEY=VALUE; repeatable; the value is taken whole, commas included.
+    /// [env: SHOAL_TAG=, used without --tag: a comma list, `\,` for a comma
+    /// and `\\` for a backslash in a value]
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
     pub tags: Vec<String>,
     /// File where tags persist across restarts (JSON); run-time changes are saved there.
     #[arg(long, env = "SHOAL_TAGS_FILE")]
@@ -246,11 +243,13 @@ impl AgentArgs {
             Some(path) => tags::load_file(path)?,
             None => Tags::new(),
         };
-        for t in &self.tags {
-            let (k, v) = tags::parse_tag(t).map_err(|e| format!("--tag: {e}"))?;
+        let env_tags = std::env::var(TAG_ENV).ok();
+        let (raw_tags, source) = tag_args(&self.tags, env_tags.as_deref());
+        for t in &raw_tags {
+            let (k, v) = tags::parse_tag(t).map_err(|e| format!("{source}: {e}"))?;
             tag_set.insert(k, v);
         }
-        tags::validate(&tag_set).map_err(|e| format!("--tag: {e}"))?;
+        tags::validate(&tag_set).map_err(|e| format!("{source}: {e}"))?;
         let handlers = self
             .event_handlers
             .iter()
@@ -362,6 +361,39 @@ impl AgentArgs {
     }
 }
 
+/// The environment variable behind `--tag`.
+pub const TAG_ENV: &str = "SHOAL_TAG";
+
+/// The tags to parse and where they came from (for error messages): the
+/// `--tag` flags, each taken whole, else `SHOAL_TAG` split as a list.
+pub fn tag_args(flags: &[String], env: Option<&str>) -> (Vec<String>, &'static str) {
+    match env {
+        Some(list) if flags.is_empty() => (split_env_list(list), TAG_ENV),
+        _ => (flags.to_vec(), "--tag"),
+    }
+}
+
+/// Splits an env var's comma list; `\,` is a comma and `\\` a backslash
+/// inside an item, any other backslash stays as it is. Empty items are
+/// dropped (`a=1,,b=2`, a trailing comma).
+pub fn split_env_list(s: &str) -> Vec<String> {
+    let mut items = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if matches!(chars.peek(), Some(',') | Some('\\')) => {
+                cur.extend(chars.next());
+            }
+            ',' => items.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    items.push(cur);
+    items.retain(|i| !i.is_empty());
+    items
+}
+
 /// Parses `500ms`, `5s`, `2m`, `24h`, `1d` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
@@ -401,6 +433,22 @@ mod tests {
         assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86_400));
         assert!(parse_duration("5 parsecs").unwrap_err().contains("unit"));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_tag_flag_keeps_its_commas_and_the_env_list_splits_on_unescaped_ones() {
+        let flags = vec!["note=x,role=admin".to_string()];
+        assert_eq!(
+            tag_args(&flags, Some("service=web")),
+            (flags.clone(), "--tag"),
+            "flags win over the env var, taken whole"
+        );
+        let (items, source) = tag_args(&[], Some(r"service=web,note=a\,b,path=c:\\d\e,"));
+        assert_eq!(source, "SHOAL_TAG");
+        assert_eq!(items, ["service=web", "note=a,b", r"path=c:\d\e"]);
+        assert_eq!(split_env_list(""), Vec::<String>::new());
+        assert_eq!(split_env_list(r"a=1\"), [r"a=1\"]);
+        assert_eq!(tag_args(&[], None), (Vec::new(), "--tag"));
     }
 
     #[test]

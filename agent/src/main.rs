@@ -55,10 +55,13 @@ fn init_logging(format: LogFormat) {
         },
         _ => (info(), None),
     };
-    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr);
+    // The filter alone decides the level: `fmt()`'s own builder would cap it
+    // at info underneath, so `SHOAL_LOG=debug` printed nothing.
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
-        LogFormat::Json => fmt.json().finish().with(filter).init(),
-        LogFormat::Text => fmt.finish().with(filter).init(),
+        LogFormat::Json => registry.with(layer.json()).init(),
+        LogFormat::Text => registry.with(layer).init(),
     }
     if let Some(msg) = bad {
         tracing::warn!("{msg}");

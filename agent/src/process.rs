@@ -17,11 +17,20 @@
 //!   calls `waitpid`, [`spawn`] holds it across `Command::spawn` + registration.
 //!   So a child can never be reaped before its pid is registered, and std's
 //!   own `waitpid(pid)` after a failed `exec` is never pre-empted by ours.
-//! - Every child runs in its own process group (`setpgid(0, 0)`) with an empty
-//!   signal mask; only async-signal-safe calls run between fork and exec.
+//! - Every child runs in its own process group (`setpgid(0, 0)`), with every
+//!   signal at its default action and an empty signal mask (as tini and
+//!   dumb-init do: a signal ignored by whoever started shoal, e.g. `nohup`,
+//!   must not stay ignored in a service), and `PR_SET_PDEATHSIG(SIGKILL)`, so
+//!   it dies with shoal even when shoal is SIGKILLed. Only async-signal-safe
+//!   calls run between fork and exec.
+//! - Every fork happens on one spawner thread that lives as long as the
+//!   process: PDEATHSIG fires when the *thread* that forked dies, and tokio
+//!   worker threads come and go. That thread blocks every signal, so no
+//!   signal can run shoal's handlers in a child between fork and exec; the
+//!   child unblocks them once their actions are reset.
 //!
-//! The reaper lives on its own thread so it outlives any one tokio runtime
-//! (tests create one runtime per test).
+//! The reaper and the spawner live on their own threads so they outlive any
+//! one tokio runtime (tests create one runtime per test).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,7 +38,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -105,6 +114,14 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     waiters: BTreeMap::new(),
 });
 static REAPER: OnceLock<Result<(), String>> = OnceLock::new();
+static SPAWNER: OnceLock<Result<mpsc::Sender<SpawnRequest>, String>> = OnceLock::new();
+
+/// One fork for the spawner thread; the answer comes back on `reply`.
+struct SpawnRequest {
+    cmd: Command,
+    opts: SpawnOptions,
+    reply: mpsc::Sender<io::Result<Child>>,
+}
 
 fn registry() -> MutexGuard<'static, Registry> {
     // A panic while holding the lock cannot leave the map inconsistent
@@ -287,32 +304,113 @@ pub struct SpawnOptions {
     pub kill_group_on_exit: bool,
 }
 
-/// Spawns `cmd` in a new process group (its pgid is its pid) with an empty
-/// signal mask and registers it with the reaper. Stdio is whatever `cmd`
+/// Spawns `cmd` in a new process group (its pgid is its pid), with default
+/// signal actions, an empty signal mask and SIGKILL as its parent-death
+/// signal, and registers it with the reaper. Stdio is whatever `cmd`
 /// says (std's default: inherited), so a supervised service's output passes
 /// straight through.
 pub fn spawn(cmd: Command) -> io::Result<Child> {
     spawn_with(cmd, SpawnOptions::default())
 }
 
-/// [`spawn`] with options.
-pub fn spawn_with(mut cmd: Command, opts: SpawnOptions) -> io::Result<Child> {
+/// [`spawn`] with options. The fork itself happens on the spawner thread
+/// (see the module docs); this call waits for it, as `Command::spawn` would.
+pub fn spawn_with(cmd: Command, opts: SpawnOptions) -> io::Result<Child> {
     init_reaper()?;
-    // SAFETY: the closure runs between fork and exec and only makes
-    // async-signal-safe calls (setpgid, sigemptyset, sigprocmask); it does
-    // not allocate or take locks.
+    let (reply, answer) = mpsc::channel();
+    if spawner()?.send(SpawnRequest { cmd, opts, reply }).is_err() {
+        return Err(io::Error::other("the spawner thread is gone"));
+    }
+    answer
+        .recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the spawner thread dropped a spawn")))
+}
+
+/// The spawner thread's queue, started once.
+fn spawner() -> io::Result<&'static mpsc::Sender<SpawnRequest>> {
+    let res = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("shoal-spawner".into())
+            .spawn(move || {
+                block_all_signals();
+                for req in rx {
+                    let res = fork_exec(req.cmd, req.opts);
+                    // The caller may have given up: fine, its child is registered.
+                    let _ = req.reply.send(res);
+                }
+            })
+            .map(|_| tx)
+            .map_err(|e| format!("cannot start the spawner thread: {e}"))
+    });
+    res.as_ref().map_err(|e| io::Error::other(e.clone()))
+}
+
+/// Blocks every signal on the calling thread (the spawner): children are
+/// forked with all signals blocked and unblock them after resetting them.
+fn block_all_signals() {
+    // SAFETY: plain libc calls on a local, zero-initialised sigset.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::setpgid(0, 0) != 0 {
-                return Err(io::Error::last_os_error());
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+    }
+}
+
+/// Highest signal number on Linux (`_NSIG - 1`).
+const MAX_SIGNAL: libc::c_int = 64;
+
+/// Runs in the child between fork and exec: only async-signal-safe calls,
+/// no allocation, no locks.
+fn pre_exec_child(parent: libc::pid_t) -> io::Result<()> {
+    // SAFETY: setpgid, prctl, getppid, sigaction, sigemptyset and
+    // sigprocmask are async-signal-safe; the structs are local.
+    unsafe {
+        if libc::setpgid(0, 0) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Die with shoal. The parent may have died before this call: then
+        // we are already someone else's child and must not run.
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::getppid() != parent {
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
+        }
+        // Every signal back to its default action (exec keeps ignored ones
+        // ignored), then an empty mask: the spawner thread blocked them all.
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
+        for sig in 1..=MAX_SIGNAL {
+            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                // glibc refuses its own internal signals: fine.
+                libc::sigaction(sig, &dfl, std::ptr::null_mut());
             }
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            if libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The fork + exec + registration, on the spawner thread.
+fn fork_exec(mut cmd: Command, opts: SpawnOptions) -> io::Result<Child> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure only makes async-signal-safe calls (see
+    // `pre_exec_child`); it does not allocate or take locks.
+    unsafe {
+        cmd.pre_exec(move || pre_exec_child(parent));
     }
     // Holding the registry lock across spawn + insert keeps the reaper from
     // reaping the child before it is registered.

@@ -242,3 +242,61 @@ depends_on = ["b"]
     );
     assert_eq!(errs.len(), 2, "{errs:?}");
 }
+
+#[test]
+fn every_bad_key_of_a_service_is_reported_at_once() {
+    let errs = config_errors(SupervisorSpec::from_file(&fixture(
+        "several_errors_per_service.toml",
+    )));
+    let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+    let expect = [
+        ("services.web.restart", 3, "sometimes"),
+        ("services.web.stop_timeout", 4, "soon"),
+        ("services.web.stop_sigal", 5, "unknown field"),
+        ("services.web.max_restarts", 6, ""),
+        ("services.db.stop_signal", 10, "unknown signal number 99"),
+        ("services.nocmd", 12, "missing field `command`"),
+        ("check.rise", 17, ""),
+        ("check.interval", 18, "never"),
+    ];
+    for (key, line, needle) in expect {
+        assert!(
+            errs.iter()
+                .any(|e| e.key == key && e.line == Some(line) && e.message.contains(needle)),
+            "no {key} error at line {line} with {needle:?} in {shown:#?}"
+        );
+    }
+    assert_eq!(errs.len(), expect.len(), "{shown:#?}");
+}
+
+#[test]
+fn a_stop_signal_is_a_name_or_a_number() {
+    let text = r#"
+[services.a]
+command = ["/bin/true"]
+stop_signal = 15
+
+[services.b]
+command = ["/bin/true"]
+stop_signal = "USR1"
+
+[services.c]
+command = ["/bin/true"]
+stop_signal = "SIGQUIT"
+
+[services.d]
+command = ["/bin/true"]
+stop_signal = "2"
+"#;
+    let spec = SupervisorSpec::from_toml_str("t.toml", text).expect("valid");
+    let signals: Vec<Signal> = spec.services.iter().map(|s| s.stop_signal).collect();
+    assert_eq!(
+        signals,
+        [
+            Signal::SIGTERM,
+            Signal::SIGUSR1,
+            Signal::SIGQUIT,
+            Signal::SIGINT
+        ]
+    );
+}

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde::Deserialize;
+use toml::de::{DeString, DeValue, ValueDeserializer};
 use toml::Spanned;
 
 use super::health::{CheckSpec, CheckTarget};
@@ -227,11 +228,34 @@ enum RawCommand {
     Shell(String),
 }
 
+/// A stop signal as written: a name (`"TERM"`, `"SIGUSR1"`) or a number.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(untagged)]
+enum RawSignal {
+    Number(i64),
+    Name(String),
+}
+
+impl RawSignal {
+    fn to_signal(&self) -> Result<Signal, String> {
+        let found = match self {
+            RawSignal::Number(n) => i32::try_from(*n)
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok()),
+            RawSignal::Name(s) => parse_signal(s),
+        };
+        found.ok_or_else(|| match self {
+            RawSignal::Number(n) => format!("unknown signal number {n}"),
+            RawSignal::Name(s) => format!("unknown signal {s:?}"),
+        })
+    }
+}
+
+/// A `[services.NAME]` table as read, each key on its own so that one bad
+/// key does not hide the others.
+#[derive(Debug, Default)]
 struct RawService {
-    command: Spanned<RawCommand>,
-    #[serde(default)]
+    command: Option<Spanned<RawCommand>>,
     env: BTreeMap<String, String>,
     workdir: Option<Spanned<String>>,
     restart: Option<RestartPolicy>,
@@ -239,18 +263,31 @@ struct RawService {
     backoff_max: Option<Dur>,
     max_restarts: Option<u32>,
     restart_window: Option<Dur>,
-    #[serde(default)]
     depends_on: Vec<Spanned<String>>,
-    stop_signal: Option<Spanned<String>>,
+    stop_signal: Option<Spanned<RawSignal>>,
     stop_timeout: Option<Dur>,
-    #[serde(default)]
     critical: bool,
-    #[serde(default)]
     main: bool,
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+const SERVICE_KEYS: &[&str] = &[
+    "command",
+    "env",
+    "workdir",
+    "restart",
+    "backoff",
+    "backoff_max",
+    "max_restarts",
+    "restart_window",
+    "depends_on",
+    "stop_signal",
+    "stop_timeout",
+    "critical",
+    "main",
+];
+
+/// The `[check]` table as read, key by key like [`RawService`].
+#[derive(Debug, Default)]
 struct RawCheck {
     http: Option<Spanned<String>>,
     command: Option<Spanned<String>>,
@@ -259,6 +296,8 @@ struct RawCheck {
     rise: Option<u32>,
     fall: Option<u32>,
 }
+
+const CHECK_KEYS: &[&str] = &["http", "command", "interval", "timeout", "rise", "fall"];
 
 // ---------------------------------------------------------------- loading
 
@@ -301,6 +340,52 @@ impl Src<'_> {
             _ => key.to_string(),
         };
         self.err(e.span(), full_key, e.message().trim().to_string());
+    }
+
+    /// The entries of table `value` (named `key`) in file order; an error
+    /// and None when it is not a table.
+    fn table<'a>(
+        &mut self,
+        key: &str,
+        value: Spanned<DeValue<'a>>,
+    ) -> Option<Vec<(Spanned<DeString<'a>>, Spanned<DeValue<'a>>)>> {
+        let span = value.span();
+        let DeValue::Table(t) = value.into_inner() else {
+            self.err(Some(span), key, "must be a table");
+            return None;
+        };
+        let mut entries: Vec<_> = t.into_iter().collect();
+        entries.sort_by_key(|(k, _)| k.span().start);
+        Some(entries)
+    }
+
+    /// Deserializes one value; a bad one is reported under `key` and gives None.
+    fn value<T: serde::de::DeserializeOwned>(
+        &mut self,
+        key: &str,
+        value: Spanned<DeValue<'_>>,
+    ) -> Option<T> {
+        let span = value.span();
+        match T::deserialize(ValueDeserializer::from(value)) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let span = e.span().unwrap_or(span);
+                self.err(Some(span), key, e.message().trim().to_string());
+                None
+            }
+        }
+    }
+
+    fn unknown_key(&mut self, span: Range<usize>, key: String, name: &str, known: &[&str]) {
+        let expected: Vec<String> = known.iter().map(|k| format!("`{k}`")).collect();
+        self.err(
+            Some(span),
+            key,
+            format!(
+                "unknown field `{name}`, expected one of {}",
+                expected.join(", ")
+            ),
+        );
     }
 
     /// The bare key that starts the line holding `offset`, if any.
@@ -509,23 +594,18 @@ fn parse_file(src: &mut Src<'_>) -> (Vec<Parsed>, Option<CheckSpec>) {
                             "service names use letters, digits, '-', '_' and '.'",
                         );
                     }
-                    let de = toml::de::ValueDeserializer::from(body);
-                    match RawService::deserialize(de) {
-                        Ok(raw) => {
-                            if let Some(mut p) = convert_service(src, &name, raw) {
-                                p.name_span = Some(name_span);
-                                services.push(p);
-                            }
-                        }
-                        Err(e) => src.toml_err(&key, e),
+                    let Some(raw) = read_service(src, &key, name_span.clone(), body) else {
+                        continue;
+                    };
+                    if let Some(mut p) = convert_service(src, &name, raw) {
+                        p.name_span = Some(name_span);
+                        services.push(p);
                     }
                 }
             }
             "check" => {
-                let de = toml::de::ValueDeserializer::from(value);
-                match RawCheck::deserialize(de) {
-                    Ok(raw) => check = convert_check(src, raw),
-                    Err(e) => src.toml_err("check", e),
+                if let Some(raw) = read_check(src, value) {
+                    check = convert_check(src, raw);
                 }
             }
             other => src.err(
@@ -538,10 +618,69 @@ fn parse_file(src: &mut Src<'_>) -> (Vec<Parsed>, Option<CheckSpec>) {
     (services, check)
 }
 
+/// Reads `[services.NAME]` (`key`) key by key, reporting every bad key.
+/// None when it has no usable `command` (already reported).
+fn read_service(
+    src: &mut Src<'_>,
+    key: &str,
+    name_span: Range<usize>,
+    body: Spanned<DeValue<'_>>,
+) -> Option<RawService> {
+    let mut raw = RawService::default();
+    let mut command_given = false;
+    for (k, v) in src.table(key, body)? {
+        let field = k.get_ref().to_string();
+        let fkey = format!("{key}.{field}");
+        match field.as_str() {
+            "command" => {
+                command_given = true;
+                raw.command = src.value(&fkey, v);
+            }
+            "env" => raw.env = src.value(&fkey, v).unwrap_or_default(),
+            "workdir" => raw.workdir = src.value(&fkey, v),
+            "restart" => raw.restart = src.value(&fkey, v),
+            "backoff" => raw.backoff = src.value(&fkey, v),
+            "backoff_max" => raw.backoff_max = src.value(&fkey, v),
+            "max_restarts" => raw.max_restarts = src.value(&fkey, v),
+            "restart_window" => raw.restart_window = src.value(&fkey, v),
+            "depends_on" => raw.depends_on = src.value(&fkey, v).unwrap_or_default(),
+            "stop_signal" => raw.stop_signal = src.value(&fkey, v),
+            "stop_timeout" => raw.stop_timeout = src.value(&fkey, v),
+            "critical" => raw.critical = src.value(&fkey, v).unwrap_or_default(),
+            "main" => raw.main = src.value(&fkey, v).unwrap_or_default(),
+            _ => src.unknown_key(k.span(), fkey, &field, SERVICE_KEYS),
+        }
+    }
+    if !command_given {
+        src.err(Some(name_span), key, "missing field `command`");
+    }
+    raw.command.is_some().then_some(raw)
+}
+
+/// Reads `[check]` key by key, reporting every bad key.
+fn read_check(src: &mut Src<'_>, body: Spanned<DeValue<'_>>) -> Option<RawCheck> {
+    let mut raw = RawCheck::default();
+    for (k, v) in src.table("check", body)? {
+        let field = k.get_ref().to_string();
+        let fkey = format!("check.{field}");
+        match field.as_str() {
+            "http" => raw.http = src.value(&fkey, v),
+            "command" => raw.command = src.value(&fkey, v),
+            "interval" => raw.interval = src.value(&fkey, v),
+            "timeout" => raw.timeout = src.value(&fkey, v),
+            "rise" => raw.rise = src.value(&fkey, v),
+            "fall" => raw.fall = src.value(&fkey, v),
+            _ => src.unknown_key(k.span(), fkey, &field, CHECK_KEYS),
+        }
+    }
+    Some(raw)
+}
+
 fn convert_service(src: &mut Src<'_>, name: &str, raw: RawService) -> Option<Parsed> {
     let key = |k: &str| format!("services.{name}.{k}");
-    let cspan = raw.command.span();
-    let argv = match raw.command.into_inner() {
+    let command = raw.command?;
+    let cspan = command.span();
+    let argv = match command.into_inner() {
         RawCommand::Argv(v) => v,
         RawCommand::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s],
     };
@@ -576,13 +715,9 @@ fn convert_service(src: &mut Src<'_>, name: &str, raw: RawService) -> Option<Par
         s.stop_timeout = d.0;
     }
     if let Some(sig) = raw.stop_signal {
-        match parse_signal(sig.get_ref()) {
-            Some(x) => s.stop_signal = x,
-            None => src.err(
-                Some(sig.span()),
-                key("stop_signal"),
-                format!("unknown signal {:?}", sig.get_ref()),
-            ),
+        match sig.get_ref().to_signal() {
+            Ok(x) => s.stop_signal = x,
+            Err(m) => src.err(Some(sig.span()), key("stop_signal"), m),
         }
     }
     s.depends_on = raw.depends_on.iter().map(|d| d.get_ref().clone()).collect();

@@ -43,6 +43,19 @@ impl Agent {
         join: &[String],
         extra: &[&str],
     ) -> Agent {
+        Self::start_in_with(dir, name, ip, join, extra, |_| {})
+    }
+
+    /// [`Agent::start_in`], with `customize` applied to the command last
+    /// (e.g. a `pre_exec` that starts shoal as `nohup` would).
+    pub fn start_in_with(
+        dir: std::sync::Arc<tempfile::TempDir>,
+        name: &str,
+        ip: &str,
+        join: &[String],
+        extra: &[&str],
+        customize: impl FnOnce(&mut Command),
+    ) -> Agent {
         let log = dir.path().join(format!("{name}-{ip}.log"));
         let file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(shoal_bin());
@@ -58,6 +71,7 @@ impl Agent {
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
             .stderr(file);
+        customize(&mut cmd);
         let child = cmd.spawn().expect("spawn shoal agent");
         let agent = Agent {
             name: name.to_string(),

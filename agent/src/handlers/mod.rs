@@ -1,25 +1,38 @@
 //! Serf-compatible event handlers: `--event-handler [FILTER=]CMD`.
 //!
-//! Each handler has its own task and queue, so a slow handler delays only its
-//! own later events, never gossip or other handlers. Events of the same kind
-//! that queued up while the handler ran are passed together (one stdin line
-//! per member), as Serf's coalescing does. Scripts get Serf's environment
-//! (`SERF_EVENT`, `SERF_SELF_NAME`, `SERF_SELF_ROLE`, `SERF_TAG_*`, and the same
-//! with `SHOAL_`) and stdin lines `name<TAB>ip<TAB>role<TAB>k=v,k=v`.
+//! One dispatcher task per agent reads the event log, coalesces it
+//! ([`coalesce`]: quiet period + max window, latest state per member) and
+//! hands runs out per [`schedule`]: one run at a time per handler, events
+//! about one member in order across handlers, everything else in parallel.
+//! Runs are tasks of their own, so a slow handler never blocks gossip, nor
+//! other handlers except for later events about the members it is running.
+//! Scripts get Serf's environment (`SERF_EVENT`, `SERF_SELF_NAME`,
+//! `SERF_SELF_ROLE`, `SERF_TAG_*`, and the same with `SHOAL_`) and stdin lines
+//! `name<TAB>ip<TAB>role<TAB>k=v,k=v`.
 
-use std::collections::VecDeque;
+pub mod coalesce;
+pub mod schedule;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
+use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::agent::Handle;
 use crate::events::{EventRecord, MemberView};
 use crate::membership::EventKind;
+use coalesce::Coalescer;
+use schedule::{Keyed, Schedule};
 
-/// Events queued per handler before the oldest are dropped (and logged).
-pub const MAX_QUEUE: usize = 4096;
+/// Members queued per handler before the oldest is dropped (and logged).
+pub const MAX_PENDING: usize = 4096;
+/// Coalescing: events are passed on once none came for this long...
+pub const COALESCE_QUIET: Duration = Duration::from_millis(100);
+/// ... or at the latest this long after the first one held.
+pub const COALESCE_MAX: Duration = Duration::from_secs(1);
 /// Output kept from a handler, for the log.
 const OUTPUT_CAP: usize = 4096;
 /// A handler running longer than this is logged as slow (it keeps running).
@@ -110,86 +123,112 @@ pub fn environment(kind: &str, local: &crate::identity::NodeId) -> Vec<(String, 
     env
 }
 
-/// Starts one task per handler, fed from the agent's event log.
-pub fn start(agent: &Handle, specs: Vec<HandlerSpec>, timeout: Duration) {
-    for (n, spec) in specs.into_iter().enumerate() {
-        let (backlog, rx) = {
-            let shared = agent.lock();
-            // Include the events already logged (our own join) so handlers see them.
-            shared.events.subscribe_after(0)
-        };
-        let agent = agent.clone();
-        tokio::spawn(run_handler(n, Arc::new(spec), agent, backlog, rx, timeout));
+impl Keyed for Arc<EventRecord> {
+    fn member(&self) -> &str {
+        &self.member.name
+    }
+    fn index(&self) -> u64 {
+        self.index
+    }
+    fn kind(&self) -> &str {
+        self.kind
     }
 }
 
-async fn run_handler(
-    n: usize,
-    spec: Arc<HandlerSpec>,
+/// Starts the dispatcher, fed from the agent's event log.
+pub fn start(agent: &Handle, specs: Vec<HandlerSpec>, timeout: Duration) {
+    if specs.is_empty() {
+        return;
+    }
+    let (backlog, rx) = {
+        let shared = agent.lock();
+        // Include the events already logged (our own join) so handlers see them.
+        shared.events.subscribe_after(0)
+    };
+    let agent = agent.clone();
+    tokio::spawn(dispatch(specs, agent, backlog, rx, timeout));
+}
+
+/// Reads events, coalesces them and starts the runs the schedule allows.
+/// Never waits for a run: runs are tasks reported back through `runs`.
+async fn dispatch(
+    specs: Vec<HandlerSpec>,
     agent: Handle,
     backlog: Vec<Arc<EventRecord>>,
     mut rx: broadcast::Receiver<Arc<EventRecord>>,
     timeout: Duration,
 ) {
-    let mut queue: VecDeque<Arc<EventRecord>> = backlog.into_iter().collect();
-    let mut last = queue.back().map(|e| e.index).unwrap_or(0);
+    let mut schedule: Schedule<Arc<EventRecord>> = Schedule::new(&specs, MAX_PENDING);
+    let specs: Vec<Arc<HandlerSpec>> = specs.into_iter().map(Arc::new).collect();
+    let mut held = Coalescer::new(COALESCE_QUIET, COALESCE_MAX);
+    let mut last = 0;
+    for e in backlog {
+        last = e.index;
+        held.push(&e.member.name.clone(), e, Instant::now());
+    }
+    let mut runs: JoinSet<()> = JoinSet::new();
+    let mut running: HashMap<tokio::task::Id, usize> = HashMap::new();
+    let mut open = true;
     loop {
-        // Take everything that arrived while we were busy, without waiting.
-        loop {
-            match rx.try_recv() {
+        if held.len() >= MAX_PENDING {
+            offer_all(&mut schedule, held.flush());
+        }
+        for (h, batch) in schedule.next_runs() {
+            let spec = specs[h].clone();
+            let local = agent.local();
+            let task = runs.spawn(async move { run_once(h, &spec, batch, &local, timeout).await });
+            running.insert(task.id(), h);
+        }
+        let deadline = held.deadline().map(tokio::time::Instant::from_std);
+        tokio::select! {
+            r = rx.recv(), if open => match r {
                 Ok(e) => {
                     if e.index > last {
                         last = e.index;
-                        queue.push_back(e);
-                    }
-                }
-                Err(broadcast::error::TryRecvError::Lagged(k)) => {
-                    warn!(
-                        handler = n,
-                        skipped = k,
-                        "event handler fell behind; events skipped"
-                    );
-                }
-                Err(broadcast::error::TryRecvError::Empty) => break,
-                Err(broadcast::error::TryRecvError::Closed) => return,
-            }
-        }
-        while queue.len() > MAX_QUEUE {
-            queue.pop_front();
-            warn!(
-                handler = n,
-                "event handler queue full; oldest event dropped"
-            );
-        }
-        queue.retain(|e| spec.matches(e.kind));
-        let Some(first) = queue.pop_front() else {
-            match rx.recv().await {
-                Ok(e) => {
-                    if e.index > last {
-                        last = e.index;
-                        queue.push_back(e);
+                        held.push(&e.member.name.clone(), e, Instant::now());
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(k)) => {
-                    warn!(
-                        handler = n,
-                        skipped = k,
-                        "event handler fell behind; events skipped"
-                    );
+                    warn!(skipped = k, "event handlers fell behind the event log; events skipped");
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Err(broadcast::error::RecvError::Closed) => open = false,
+            },
+            _ = sleep_until_some(deadline), if deadline.is_some() => {
+                offer_all(&mut schedule, held.flush_due(Instant::now()));
             }
-            continue;
-        };
-        // Coalesce: consecutive events of the same kind go in one run.
-        let mut batch = vec![first];
-        while queue.front().is_some_and(|e| e.kind == batch[0].kind) {
-            if let Some(e) = queue.pop_front() {
-                batch.push(e);
+            Some(done) = runs.join_next_with_id(), if !runs.is_empty() => {
+                let id = match &done {
+                    Ok((id, ())) => *id,
+                    Err(e) => {
+                        warn!(error = %e, "an event handler run ended abnormally");
+                        e.id()
+                    }
+                };
+                if let Some(h) = running.remove(&id) {
+                    schedule.finished(h);
+                }
             }
+            else => return,
         }
-        let local = agent.local();
-        run_once(n, &spec, batch, &local, timeout).await;
+    }
+}
+
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn offer_all(schedule: &mut Schedule<Arc<EventRecord>>, events: Vec<Arc<EventRecord>>) {
+    for e in events {
+        for h in schedule.offer(e) {
+            warn!(
+                handler = h,
+                max = MAX_PENDING,
+                "event handler queue full; oldest member event dropped"
+            );
+        }
     }
 }
 
