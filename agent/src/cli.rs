@@ -1,4 +1,4 @@
-//! Command-line flags (clap). Raw flags stay here; [`AgentArgs::to_config`]
+//! Command-line flags (clap). Raw flags stay here; [`AgentArgs::to_settings`]
 //! turns them into checked settings, with one clear error per bad value.
 
 use std::path::PathBuf;
@@ -78,7 +78,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
-    /// Ask the agent to join the cluster of these addresses (HOST[:PORT]).
+    /// Ask the agent to join the cluster of these addresses (HOST or HOST:PORT).
     Join {
         #[arg(required = true, value_name = "ADDR")]
         addrs: Vec<String>,
@@ -128,7 +128,7 @@ pub struct AgentArgs {
     /// Gossip address, UDP and TCP.
     #[arg(long, env = "SHOAL_BIND", default_value = "0.0.0.0:7946")]
     pub bind: String,
-    /// Address other nodes reach this one at, IP[:PORT] [default: detected, see --iface].
+    /// Address other nodes reach this one at, IP or IP:PORT (default: detected, see --iface).
     #[arg(long, env = "SHOAL_ADVERTISE")]
     pub advertise: Option<String>,
     /// Interface whose IPv4 address is advertised [default: the address the
@@ -140,7 +140,7 @@ pub struct AgentArgs {
     /// nor the host name gave one at once; then the default route's interface.
     #[arg(long, env = "SHOAL_ADVERTISE_WAIT", default_value = "5s", value_parser = parse_duration)]
     pub advertise_wait: Duration,
-    /// Node(s) to join, HOST[:PORT]; repeatable or comma-separated. A DNS name
+    /// Node(s) to join, HOST or HOST:PORT; repeatable or comma-separated. A DNS name
     /// means all its A records, re-resolved on every retry.
     #[arg(long, env = "SHOAL_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,

@@ -1,7 +1,7 @@
 //! A node's identity in the gossip protocol: name, advertised address,
 //! generation and tags.
 //!
-//! foca keys members by [`Identity::addr`], which we make the socket address,
+//! foca keys members by `Identity::addr`, which we make the socket address,
 //! so an announce to a seed known only by address is accepted. The generation
 //! comes from the wall clock (milliseconds), so a restarted node always carries
 //! a newer identity than the one the cluster remembers, and a tag change is a
