@@ -16,7 +16,7 @@ use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
 use crate::identity::NodeId;
-use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table};
+use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS};
 use crate::profile::{foca_config, size_bucket, Timing};
 use crate::tags::{self, Tags};
 use crate::wire::{self, DecodeError, Packet, ShoalCodec, SyncEntry, SyncMsg, SyncState};
@@ -103,6 +103,30 @@ fn notice_interval(timing: &Timing) -> Duration {
     timing.probe_rtt
 }
 
+/// Push-pull entries merged per [`Core::merge_step`] in the agent: a chunk
+/// of a full table takes a few milliseconds of the gossip loop.
+pub const MERGE_CHUNK: usize = 256;
+/// Members one push-pull may teach us that we gossip on before foca has
+/// probed them; the rest are learned quietly (each member learns them by
+/// its own push-pulls, and foca's probes find out whether they exist).
+pub const MAX_GOSSIPED_NEW: usize = 64;
+
+/// A peer's state being merged, chunk by chunk ([`Core::begin_merge`]).
+pub struct Merge {
+    from: NodeId,
+    entries: std::vec::IntoIter<SyncEntry>,
+    peer_down: bool,
+    bootstrap: bool,
+    gossiped_new: usize,
+}
+
+impl Merge {
+    /// Entries not merged yet.
+    pub fn remaining(&self) -> usize {
+        self.entries.len()
+    }
+}
+
 /// Static settings of a core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -136,6 +160,10 @@ pub struct Core {
     /// Members we suspect, by name (ordered: same notices on every run).
     suspicions: BTreeMap<String, Suspicion>,
     joined: bool,
+    /// New members a push-pull could not add (table full), and how many of
+    /// them were logged already.
+    members_refused: u64,
+    members_refused_logged: u64,
     out: Vec<Output>,
     /// Our own choices (push-pull targets), seeded from the caller's RNG so a
     /// simulated run is reproducible.
@@ -170,6 +198,8 @@ impl Core {
             conflicts_logged: HashMap::new(),
             suspicions: BTreeMap::new(),
             joined: false,
+            members_refused: 0,
+            members_refused_logged: 0,
             out: Vec::new(),
             rng: own_rng,
             cfg,
@@ -436,12 +466,22 @@ impl Core {
         }
     }
 
-    /// Feeds a peer's full state to foca and the table.
+    /// Feeds a peer's full state to foca and the table, all at once (the
+    /// simulator's way; the agent merges in chunks, see [`Core::begin_merge`]).
     pub fn apply_remote(&mut self, remote: SyncMsg, now: Now) {
-        if remote.from.name == self.local.name && remote.from.addr == self.local.addr {
-            return;
+        if let Some(mut merge) = self.begin_merge(remote, now) {
+            while !self.merge_step(&mut merge, usize::MAX, now) {}
         }
-        let mut left = Vec::new();
+    }
+
+    /// Starts merging a peer's full state: the peer itself is applied now,
+    /// its entries by [`Core::merge_step`], a chunk at a time, so the loop
+    /// that owns the core keeps answering probes while a big table merges.
+    /// None if the state is our own.
+    pub fn begin_merge(&mut self, remote: SyncMsg, now: Now) -> Option<Merge> {
+        if remote.from.name == self.local.name && remote.from.addr == self.local.addr {
+            return None;
+        }
         // A peer we hold as down (reconnect, a healed partition): foca will
         // not take it back under the same identity, so after this exchange
         // we say hello directly; whichever side is held down rejoins.
@@ -461,12 +501,27 @@ impl Core {
         ) {
             debug!(error = %e, "applying the push-pull peer failed");
         }
-        let mut updates = Vec::new();
+        self.flush(now);
+        Some(Merge {
+            from: remote.from,
+            entries: remote.entries.into_iter(),
+            peer_down,
+            bootstrap,
+            gossiped_new: 0,
+        })
+    }
+
+    /// Applies up to `max` more entries of `merge`; true once it is done.
+    pub fn merge_step(&mut self, merge: &mut Merge, max: usize, now: Now) -> bool {
+        let mut left = Vec::new();
+        // Updates gossiped on, and news we keep to ourselves.
+        let (mut gossip, mut quiet) = (Vec::new(), Vec::new());
+        let mut room = MAX_MEMBERS.saturating_sub(self.table.len());
         for SyncEntry {
             id,
             incarnation,
             state,
-        } in remote.entries
+        } in merge.entries.by_ref().take(max)
         {
             if id.name == self.local.name {
                 if id.generation == self.local.generation && state != SyncState::Alive {
@@ -476,33 +531,57 @@ impl Core {
                         SyncState::Suspect => State::Suspect,
                         _ => State::Down,
                     };
-                    updates.push(Member::new(self.local.clone(), incarnation, state));
+                    gossip.push(Member::new(self.local.clone(), incarnation, state));
                 }
                 continue;
             }
+            let known = self.table.get(&id.name).is_some();
             let state = match state {
                 SyncState::Alive => State::Alive,
                 SyncState::Suspect => State::Suspect,
+                // A member we never knew that is gone already is no news
+                // (memberlist ignores it too): foca need not hold it.
+                SyncState::Failed | SyncState::Left if !known => continue,
                 SyncState::Failed => State::Down,
                 SyncState::Left => {
                     left.push(id.clone());
                     State::Down
                 }
             };
-            updates.push(Member::new(id, incarnation, state));
+            let member = Member::new(id, incarnation, state);
+            if known {
+                if merge.bootstrap {
+                    quiet.push(member);
+                } else {
+                    gossip.push(member);
+                }
+                continue;
+            }
+            // A name we have not heard of: the table must have room for it,
+            // and only the first few of a frame are gossiped on before foca
+            // has probed them, so one peer cannot have its invented members
+            // spread by everyone it talks to.
+            if room == 0 {
+                self.members_refused += 1;
+                continue;
+            }
+            room -= 1;
+            if !merge.bootstrap && merge.gossiped_new < MAX_GOSSIPED_NEW {
+                merge.gossiped_new += 1;
+                gossip.push(member);
+            } else {
+                quiet.push(member);
+            }
         }
-        if let Err(e) = self
-            .foca
-            .apply_many(updates.into_iter(), !bootstrap, &mut self.rt)
-        {
-            debug!(error = %e, "applying push-pull state failed");
-        }
-        if peer_down {
+        for (updates, do_gossip) in [(gossip, true), (quiet, false)] {
+            if updates.is_empty() {
+                continue;
+            }
             if let Err(e) = self
                 .foca
-                .announce(NodeId::seed(remote.from.addr), &mut self.rt)
+                .apply_many(updates.into_iter(), do_gossip, &mut self.rt)
             {
-                debug!(error = %e, "announce after reconnect failed");
+                debug!(error = %e, "applying push-pull state failed");
             }
         }
         for id in left {
@@ -515,8 +594,32 @@ impl Core {
                 self.apply_outcome(out, now);
             }
         }
+        let done = merge.entries.len() == 0;
+        if done && merge.peer_down {
+            if let Err(e) = self
+                .foca
+                .announce(NodeId::seed(merge.from.addr), &mut self.rt)
+            {
+                debug!(error = %e, "announce after reconnect failed");
+            }
+        }
         self.reconcile(now);
         self.flush(now);
+        if done && self.members_refused > self.members_refused_logged {
+            warn!(
+                refused = self.members_refused - self.members_refused_logged,
+                limit = MAX_MEMBERS,
+                from = %merge.from.name,
+                "member table full: new members from a push-pull were refused"
+            );
+            self.members_refused_logged = self.members_refused;
+        }
+        done
+    }
+
+    /// New members refused so far because the table was full.
+    pub fn members_refused(&self) -> u64 {
+        self.members_refused + self.table.refused()
     }
 
     /// Replaces our tags (see [`tags::merged`]); the new identity is gossiped

@@ -8,7 +8,8 @@
 //!   driven by explicit time; the agent and the simulator both run it);
 //! - the runtime: [`agent`] (the one task that owns foca), [`pushpull`] (TCP
 //!   state exchange), [`events`] (indexed event log), [`handlers`] (Serf-style
-//!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses);
+//!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses),
+//!   [`limits`] (connection caps and warning rate limits for strangers);
 //! - the CLI: [`cli`] (flags), [`client`] (talks to the API), [`commands`];
 //! - the supervisor: [`process`] (spawning and reaping), [`supervisor`].
 pub mod addr;
@@ -22,6 +23,7 @@ pub mod events;
 pub mod handlers;
 pub mod identity;
 pub mod keyring;
+pub mod limits;
 pub mod membership;
 pub mod process;
 pub mod profile;
