@@ -76,8 +76,11 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
                 continue;
             }
         };
-        let Some((id, busy, close)) = lock(&conns).admit() else {
+        let (admitted, evicted) = lock(&conns).admit();
+        if evicted || admitted.is_none() {
             crate::stats::Stats::add(&state.agent.stats.api_conns_closed, 1);
+        }
+        let Some((id, busy, close)) = admitted else {
             debug!(%peer, "API connection refused: {MAX_CONNS} connections, each with a request in flight");
             continue;
         };
@@ -126,18 +129,24 @@ struct Conn {
 
 impl Conns {
     /// Registers a new connection; at the cap, first closes the oldest one
-    /// with no request in flight (None if every one has a request).
-    fn admit(&mut self) -> Option<(u64, Arc<AtomicUsize>, oneshot::Receiver<()>)> {
+    /// with no request in flight (None if every one has a request). Also
+    /// says whether one was closed.
+    fn admit(&mut self) -> (Option<Admitted>, bool) {
+        let mut evicted = false;
         if self.open.len() >= MAX_CONNS {
             let idle = self
                 .open
                 .iter()
                 .find(|(_, c)| c.busy.load(Ordering::SeqCst) == 0)
-                .map(|(id, _)| *id)?;
+                .map(|(id, _)| *id);
+            let Some(idle) = idle else {
+                return (None, false);
+            };
             if let Some(mut c) = self.open.remove(&idle) {
                 if let Some(close) = c.close.take() {
                     let _ = close.send(());
                 }
+                evicted = true;
             }
         }
         let id = self.next;
@@ -151,9 +160,12 @@ impl Conns {
                 close: Some(tx),
             },
         );
-        Some((id, busy, rx))
+        (Some((id, busy, rx)), evicted)
     }
 }
+
+/// A connection's id, its in-flight count and its "close now" signal.
+type Admitted = (u64, Arc<AtomicUsize>, oneshot::Receiver<()>);
 
 /// One request in flight on a connection, until dropped.
 struct Busy(Arc<AtomicUsize>);

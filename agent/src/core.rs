@@ -224,6 +224,11 @@ impl Core {
         self.table.count(status)
     }
 
+    /// Member updates foca still has to gossip (what a merge queued).
+    pub fn gossip_backlog(&self) -> usize {
+        self.foca.updates_backlog()
+    }
+
     /// Live members other than ourselves, as foca sees them.
     pub fn live_members(&self) -> usize {
         self.foca.num_members()
@@ -603,7 +608,11 @@ impl Core {
                 debug!(error = %e, "announce after reconnect failed");
             }
         }
-        self.reconcile(now);
+        // A chunk's new members notify foca's runtime, and flush reconciles
+        // then; a full reconcile per chunk would cost as much as the chunk.
+        if done {
+            self.reconcile(now);
+        }
         self.flush(now);
         if done && self.members_refused > self.members_refused_logged {
             warn!(
@@ -1086,5 +1095,62 @@ mod tests {
         }
         assert!(net.cores[2].local().generation > old.generation);
         assert_eq!(net.status(1, "n2"), Some(Status::Alive));
+    }
+
+    /// A peer's state listing `n` members nobody else knows (all alive).
+    fn invented(from: &NodeId, n: usize) -> SyncMsg {
+        SyncMsg {
+            from: from.clone(),
+            entries: (0..n)
+                .map(|i| SyncEntry {
+                    id: NodeId {
+                        name: format!("invented-{i}"),
+                        addr: SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 7946)),
+                        generation: 1,
+                        tags: Tags::new(),
+                    },
+                    incarnation: 0,
+                    state: SyncState::Alive,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_full_table_merges_in_chunks_and_only_a_few_new_members_are_gossiped() {
+        let mut net = Net::joined(2);
+        let peer = net.cores[1].local().clone();
+        let now = net.now();
+        let core = &mut net.cores[0];
+        let backlog_before = core.gossip_backlog();
+        let mut merge = core.begin_merge(invented(&peer, MAX_MEMBERS), now).unwrap();
+        let mut steps = 0;
+        while !core.merge_step(&mut merge, MERGE_CHUNK, now) {
+            steps += 1;
+            assert_eq!(merge.remaining(), MAX_MEMBERS - steps * MERGE_CHUNK);
+        }
+        assert_eq!(steps + 1, MAX_MEMBERS.div_ceil(MERGE_CHUNK));
+        // Ourselves and the peer were there: two did not fit.
+        assert_eq!(core.records().count(), MAX_MEMBERS);
+        assert_eq!(core.members_refused(), 2);
+        let queued = core.gossip_backlog().saturating_sub(backlog_before);
+        assert!(
+            queued <= MAX_GOSSIPED_NEW,
+            "{queued} invented members queued for gossip"
+        );
+    }
+
+    #[test]
+    fn members_a_peer_says_are_gone_are_not_news_if_we_never_knew_them() {
+        let mut net = Net::joined(2);
+        let peer = net.cores[1].local().clone();
+        let mut msg = invented(&peer, 50);
+        for e in &mut msg.entries {
+            e.state = SyncState::Failed;
+        }
+        let now = net.now();
+        net.cores[0].apply_remote(msg, now);
+        assert_eq!(net.cores[0].records().count(), 2);
+        assert!(net.cores[0].foca.iter_membership_state().count() <= 1);
     }
 }
