@@ -104,8 +104,9 @@ fn notice_interval(timing: &Timing) -> Duration {
 }
 
 /// Push-pull entries merged per [`Core::merge_step`] in the agent: a chunk
-/// of a full table takes a few milliseconds of the gossip loop.
-pub const MERGE_CHUNK: usize = 256;
+/// holds the gossip loop a few milliseconds even with a full table (foca
+/// looks members up by a linear scan).
+pub const MERGE_CHUNK: usize = 128;
 /// Members one push-pull may teach us that we gossip on before foca has
 /// probed them; the rest are learned quietly (each member learns them by
 /// its own push-pulls, and foca's probes find out whether they exist).
@@ -118,6 +119,8 @@ pub struct Merge {
     peer_down: bool,
     bootstrap: bool,
     gossiped_new: usize,
+    /// New names the table can still take (it is reconciled after the merge).
+    room: usize,
 }
 
 impl Merge {
@@ -477,6 +480,8 @@ impl Core {
         if let Some(mut merge) = self.begin_merge(remote, now) {
             while !self.merge_step(&mut merge, usize::MAX, now) {}
         }
+        self.reconcile(now);
+        self.flush(now);
     }
 
     /// Starts merging a peer's full state: the peer itself is applied now,
@@ -506,8 +511,11 @@ impl Core {
         ) {
             debug!(error = %e, "applying the push-pull peer failed");
         }
-        self.flush(now);
+        self.flush_quiet(now);
+        let peer_is_new = self.table.get(&remote.from.name).is_none();
+        let room = MAX_MEMBERS.saturating_sub(self.table.len() + usize::from(peer_is_new));
         Some(Merge {
+            room,
             from: remote.from,
             entries: remote.entries.into_iter(),
             peer_down,
@@ -517,11 +525,12 @@ impl Core {
     }
 
     /// Applies up to `max` more entries of `merge`; true once it is done.
+    /// The table catches up at the next tick's reconcile (a reconcile of a
+    /// full table costs as much as a chunk, so a step does not run one).
     pub fn merge_step(&mut self, merge: &mut Merge, max: usize, now: Now) -> bool {
         let mut left = Vec::new();
         // Updates gossiped on, and news we keep to ourselves.
         let (mut gossip, mut quiet) = (Vec::new(), Vec::new());
-        let mut room = MAX_MEMBERS.saturating_sub(self.table.len());
         for SyncEntry {
             id,
             incarnation,
@@ -566,11 +575,11 @@ impl Core {
             // and only the first few of a frame are gossiped on before foca
             // has probed them, so one peer cannot have its invented members
             // spread by everyone it talks to.
-            if room == 0 {
+            if merge.room == 0 {
                 self.members_refused += 1;
                 continue;
             }
-            room -= 1;
+            merge.room -= 1;
             if !merge.bootstrap && merge.gossiped_new < MAX_GOSSIPED_NEW {
                 merge.gossiped_new += 1;
                 gossip.push(member);
@@ -608,12 +617,7 @@ impl Core {
                 debug!(error = %e, "announce after reconnect failed");
             }
         }
-        // A chunk's new members notify foca's runtime, and flush reconciles
-        // then; a full reconcile per chunk would cost as much as the chunk.
-        if done {
-            self.reconcile(now);
-        }
-        self.flush(now);
+        self.flush_quiet(now);
         if done && self.members_refused > self.members_refused_logged {
             warn!(
                 refused = self.members_refused - self.members_refused_logged,
@@ -787,9 +791,19 @@ impl Core {
         }
     }
 
-    /// Drains what foca asked for: packets, timers, notifications.
+    /// Drains what foca asked for: packets, timers, notifications; a
+    /// membership change reconciles the table at once.
     fn flush(&mut self, now: Now) {
-        let mut dirty = false;
+        self.flush_with(now, true);
+    }
+
+    /// [`Core::flush`], leaving the reconcile to the next tick.
+    fn flush_quiet(&mut self, now: Now) {
+        self.flush_with(now, false);
+    }
+
+    fn flush_with(&mut self, now: Now, reconcile: bool) {
+        let mut dirty = !reconcile;
         loop {
             while let Some((to, data)) = self.rt.to_send() {
                 self.out.push(Output::Send {
@@ -1130,6 +1144,7 @@ mod tests {
             assert_eq!(merge.remaining(), MAX_MEMBERS - steps * MERGE_CHUNK);
         }
         assert_eq!(steps + 1, MAX_MEMBERS.div_ceil(MERGE_CHUNK));
+        core.on_tick(now);
         // Ourselves and the peer were there: two did not fit.
         assert_eq!(core.records().count(), MAX_MEMBERS);
         assert_eq!(core.members_refused(), 2);
