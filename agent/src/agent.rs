@@ -778,7 +778,9 @@ async fn serve_tcp(
 ) {
     let run = async {
         let ring = pushpull::snapshot(&keys.ring);
-        let msg = match pushpull::read_frame(&mut stream, ring.as_ref()).await {
+        let msg = match pushpull::read_frame(&mut stream, ring.as_ref(), pushpull::HEADER_TIMEOUT)
+            .await
+        {
             Ok(m) => m,
             Err(e) => {
                 if e.is_auth() {

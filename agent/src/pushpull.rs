@@ -88,17 +88,20 @@ impl FrameError {
     }
 }
 
-/// Reads one frame: its first bytes within [`HEADER_TIMEOUT`], judged
-/// before the body is read; then the body, charged to [`READ_BUDGET`] as it
-/// arrives. The caller bounds the whole read in time.
+/// Reads one frame: its first bytes within `first_bytes` (a stranger's
+/// frame: [`HEADER_TIMEOUT`]; an answer we wait for: the exchange's own
+/// deadline, as the peer may save a keyring first), judged before the body
+/// is read; then the body, charged to [`READ_BUDGET`] as it arrives. The
+/// caller bounds the whole read in time.
 pub async fn read_frame(
     stream: &mut (impl AsyncRead + Unpin),
     ring: Option<&Keyring>,
+    first_bytes: Duration,
 ) -> Result<TcpMsg, FrameError> {
     let mut prefix = [0u8; FRAME_PREFIX];
-    tokio::time::timeout(HEADER_TIMEOUT, stream.read_exact(&mut prefix))
+    tokio::time::timeout(first_bytes, stream.read_exact(&mut prefix))
         .await
-        .map_err(|_| FrameError::Timeout(format!("the frame header ({HEADER_TIMEOUT:?})")))?
+        .map_err(|_| FrameError::Timeout(format!("the frame header ({first_bytes:?})")))?
         .map_err(|e| FrameError::Io(format!("reading frame header: {e}")))?;
     let len = wire::check_prefix(&prefix, ring.is_some()).map_err(FrameError::Decode)?;
     let (body, _charged) = read_body(stream, prefix[FRAME_HEADER], len).await?;
@@ -157,7 +160,7 @@ pub async fn exchange(
             .await
             .map_err(|e| FrameError::Io(format!("connect: {e}")))?;
         write_frame(&mut stream, &ours, ring.as_ref()).await?;
-        read_frame(&mut stream, ring.as_ref()).await
+        read_frame(&mut stream, ring.as_ref(), IO_TIMEOUT).await
     };
     tokio::time::timeout(IO_TIMEOUT, run)
         .await
