@@ -1,7 +1,8 @@
 //! How long the gossip loop is held by merging the largest push-pull state
 //! the limits allow: a full table of new members into a core, chunk by
 //! chunk as the agent does (`MERGE_CHUNK` entries per loop turn), and the
-//! same table again (every entry known: the periodic push-pull case).
+//! same table again (every entry known: the periodic push-pull case). The
+//! last step of each reconciles the table, as every tick does.
 //!
 //! `cargo run --release -p shoal --example merge_bench`
 

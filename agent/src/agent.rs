@@ -365,9 +365,16 @@ impl Node {
                 "slow push-pull merge chunk"
             );
         }
-        if !done {
+        if done {
+            self.merge_done(&merge);
+        } else {
             self.merges.push_front(merge);
         }
+    }
+
+    /// A peer's state is merged and the table shows it.
+    fn merge_done(&mut self, merge: &Merge) {
+        debug!(peer = %merge.peer(), "push-pull state merged");
     }
 
     fn on_command(&mut self, command: Command) {

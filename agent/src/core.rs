@@ -6,7 +6,7 @@
 //! agent runs.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,8 @@ pub struct Merge {
     peer_down: bool,
     bootstrap: bool,
     gossiped_new: usize,
+    /// Whether the peer itself is in the table yet (the first step does it).
+    peer_observed: bool,
     /// New names the table can still take (it is reconciled after the merge).
     room: usize,
 }
@@ -127,6 +129,11 @@ impl Merge {
     /// Entries not merged yet.
     pub fn remaining(&self) -> usize {
         self.entries.len()
+    }
+
+    /// Whose state it is.
+    pub fn peer(&self) -> &str {
+        &self.from.name
     }
 }
 
@@ -521,16 +528,23 @@ impl Core {
             peer_down,
             bootstrap,
             gossiped_new: 0,
+            peer_observed: false,
         })
     }
 
     /// Applies up to `max` more entries of `merge`; true once it is done.
-    /// The table catches up at the next tick's reconcile (a reconcile of a
-    /// full table costs as much as a chunk, so a step does not run one).
+    /// Each step brings the table in line for the members it touched only
+    /// (a full reconcile of a big table costs many chunks), so once a merge
+    /// is done the table shows all of it.
     pub fn merge_step(&mut self, merge: &mut Merge, max: usize, now: Now) -> bool {
         let mut left = Vec::new();
         // Updates gossiped on, and news we keep to ourselves.
         let (mut gossip, mut quiet) = (Vec::new(), Vec::new());
+        let mut touched: HashSet<String> = HashSet::new();
+        if !merge.peer_observed {
+            merge.peer_observed = true;
+            touched.insert(merge.from.name.clone());
+        }
         for SyncEntry {
             id,
             incarnation,
@@ -562,6 +576,7 @@ impl Core {
                     State::Down
                 }
             };
+            touched.insert(id.name.clone());
             let member = Member::new(id, incarnation, state);
             if known {
                 if merge.bootstrap {
@@ -608,14 +623,18 @@ impl Core {
                 self.apply_outcome(out, now);
             }
         }
+        self.observe_some(&touched, now);
         let done = merge.entries.len() == 0;
-        if done && merge.peer_down {
-            if let Err(e) = self
-                .foca
-                .announce(NodeId::seed(merge.from.addr), &mut self.rt)
-            {
-                debug!(error = %e, "announce after reconnect failed");
+        if done {
+            if merge.peer_down {
+                if let Err(e) = self
+                    .foca
+                    .announce(NodeId::seed(merge.from.addr), &mut self.rt)
+                {
+                    debug!(error = %e, "announce after reconnect failed");
+                }
             }
+            self.adjust_to_size();
         }
         self.flush_quiet(now);
         if done && self.members_refused > self.members_refused_logged {
@@ -743,6 +762,31 @@ impl Core {
             ));
         }
         self.apply_outcome(out, now);
+        self.adjust_to_size();
+    }
+
+    /// [`Core::reconcile`] for the named members only.
+    fn observe_some(&mut self, names: &HashSet<String>, now: Now) {
+        if names.is_empty() {
+            return;
+        }
+        let mut out = Outcome::default();
+        for m in self.foca.iter_membership_state() {
+            if names.contains(&m.id().name) {
+                out.merge(self.table.observe(
+                    m.id(),
+                    FocaState::from(m.state()),
+                    m.incarnation(),
+                    now.wall_ms,
+                ));
+            }
+        }
+        self.apply_outcome(out, now);
+    }
+
+    /// Rescales foca's settings to the cluster's size; tracks whether we
+    /// have joined.
+    fn adjust_to_size(&mut self) {
         let bucket = size_bucket(self.foca.num_members() + 1);
         if bucket != self.bucket {
             self.bucket = bucket;
@@ -1144,7 +1188,6 @@ mod tests {
             assert_eq!(merge.remaining(), MAX_MEMBERS - steps * MERGE_CHUNK);
         }
         assert_eq!(steps + 1, MAX_MEMBERS.div_ceil(MERGE_CHUNK));
-        core.on_tick(now);
         // Ourselves and the peer were there: two did not fit.
         assert_eq!(core.records().count(), MAX_MEMBERS);
         assert_eq!(core.members_refused(), 2);
