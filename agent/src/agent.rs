@@ -757,7 +757,11 @@ async fn accept_tcp(
             Ok(slot) => slot,
             Err(why) => {
                 Stats::add(&stats.dropped_conn_cap, 1);
-                debug!(%peer, "TCP connection closed: {why}");
+                if allow_warning(&warned, peer) {
+                    warn!(%peer, "TCP connection on the gossip port closed at once: {why}");
+                } else {
+                    debug!(%peer, "TCP connection closed: {why}");
+                }
                 continue;
             }
         };
