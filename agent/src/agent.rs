@@ -4,7 +4,7 @@
 //! TCP exchanges, handlers) runs in other tasks and reports back through the
 //! command channel, so the gossip loop never waits on them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -18,11 +18,12 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::addr;
-use crate::core::{Core, CoreConfig, Now, Output};
+use crate::core::{Core, CoreConfig, Merge, Now, Output, MERGE_CHUNK};
 use crate::events::{EventLog, MemberView};
 use crate::identity::{now_millis, NodeId};
 use crate::join::{self, JoinReport};
 use crate::keyring::{Key, Keyring};
+use crate::limits::{ConnLimiter, WarnLimiter};
 use crate::loglist;
 use crate::membership::Status;
 use crate::profile::Profile;
@@ -30,6 +31,18 @@ use crate::pushpull::{self, FrameError, SharedKeyring};
 use crate::stats::Stats;
 use crate::tags::{self, Tags};
 use crate::wire::{self, DecodeError, KeyOp, KeyReply, SyncMsg, TcpMsg};
+
+/// Inbound TCP connections on the gossip port open at once, in all and per
+/// source address (so one source cannot take every slot).
+pub const MAX_TCP_CONNS: usize = 64;
+pub const MAX_TCP_CONNS_PER_SOURCE: usize = 8;
+/// Peer states waiting to be merged by the loop; a push-pull beyond it is
+/// answered but not merged (counted in `dropped_busy`).
+pub const MAX_PENDING_MERGES: usize = 4;
+/// One "wrong key?" warning per source this often (UDP and TCP).
+const AUTH_WARN_EVERY: Duration = Duration::from_secs(30);
+/// Sources remembered for that, and warnings per period in all.
+const AUTH_WARN_SOURCES: usize = 64;
 
 /// Settings derived from flags; see `cli::AgentArgs`.
 #[derive(Debug, Clone)]
@@ -215,7 +228,18 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
     if cfg.keyring.is_some() {
         info!("gossip encryption on (AES-GCM)");
     }
-    tokio::spawn(accept_tcp(tcp, tx.clone(), stats.clone(), keys.clone()));
+    let auth_warned = Arc::new(Mutex::new(WarnLimiter::new(
+        AUTH_WARN_EVERY,
+        AUTH_WARN_SOURCES,
+        std::time::Instant::now(),
+    )));
+    tokio::spawn(accept_tcp(
+        tcp,
+        tx.clone(),
+        stats.clone(),
+        keys.clone(),
+        auth_warned.clone(),
+    ));
 
     let core = Core::new(
         local,
@@ -236,7 +260,8 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         stats,
         commands: tx,
         keys,
-        auth_warned: HashMap::new(),
+        auth_warned,
+        merges: VecDeque::new(),
         leave_reply: Vec::new(),
         left: false,
         started: std::time::Instant::now(),
@@ -265,8 +290,10 @@ struct Node {
     commands: mpsc::Sender<Command>,
     keys: Arc<KeyCtx>,
     /// Last "wrong key?" warning per peer, so a misconfigured node is named
-    /// in the log without flooding it.
-    auth_warned: HashMap<std::net::IpAddr, std::time::Instant>,
+    /// in the log without flooding it (shared with the TCP listener).
+    auth_warned: Arc<Mutex<WarnLimiter>>,
+    /// Peer states being merged, a chunk per loop turn.
+    merges: VecDeque<Merge>,
     leave_reply: Vec<oneshot::Sender<()>>,
     left: bool,
     started: std::time::Instant,
@@ -304,6 +331,9 @@ impl Node {
                         self.mark_synced("no push-pull with a peer within --sync-timeout: serving the table as it is (a one-node cluster?)");
                     }
                 }
+                // Ready at once while a merge is pending; select! picks among
+                // ready branches at random, so packets and timers interleave.
+                _ = std::future::ready(()), if !self.merges.is_empty() => self.merge_chunk(),
             }
             self.carry_out();
             if self.left {
@@ -335,15 +365,49 @@ impl Node {
     }
 
     fn warn_auth(&mut self, from: SocketAddr, why: &str) {
-        let now = std::time::Instant::now();
-        let recent = self
-            .auth_warned
-            .get(&from.ip())
-            .is_some_and(|t| now.duration_since(*t) < Duration::from_secs(30));
-        if !recent {
-            self.auth_warned.insert(from.ip(), now);
+        if allow_warning(&self.auth_warned, from) {
             warn!(%from, "packet dropped, {why}: every node needs the same --encrypt key (or keyring)");
         }
+    }
+
+    /// Queues a peer's state for merging, unless enough are queued already.
+    fn queue_merge(&mut self, remote: SyncMsg) {
+        if self.merges.len() >= MAX_PENDING_MERGES {
+            Stats::add(&self.stats.dropped_busy, 1);
+            debug!(peer = %remote.from.name, "push-pull not merged: {MAX_PENDING_MERGES} merges pending");
+            return;
+        }
+        if let Some(merge) = self.core.begin_merge(remote, now()) {
+            self.merges.push_back(merge);
+        }
+    }
+
+    /// Merges one chunk of the oldest pending state.
+    fn merge_chunk(&mut self) {
+        let Some(mut merge) = self.merges.pop_front() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let done = self.core.merge_step(&mut merge, MERGE_CHUNK, now());
+        let took = started.elapsed();
+        if took > Duration::from_millis(20) {
+            debug!(
+                ?took,
+                remaining = merge.remaining(),
+                "slow push-pull merge chunk"
+            );
+        }
+        if done {
+            self.merge_done(&merge);
+        } else {
+            self.merges.push_front(merge);
+        }
+    }
+
+    /// A peer's state is merged and the table shows it.
+    fn merge_done(&mut self, merge: &Merge) {
+        debug!(peer = %merge.peer(), "push-pull state merged");
+        self.mark_synced("first push-pull with a peer merged");
     }
 
     fn on_command(&mut self, command: Command) {
@@ -376,13 +440,9 @@ impl Node {
             }
             Command::PushPullIn { remote, reply } => {
                 let _ = reply.send(self.core.sync_state());
-                self.core.apply_remote(remote, now());
-                self.mark_synced("first push-pull with a peer (inbound)");
+                self.queue_merge(remote);
             }
-            Command::PushPullOut { remote } => {
-                self.core.apply_remote(remote, now());
-                self.mark_synced("first push-pull with a peer");
-            }
+            Command::PushPullOut { remote } => self.queue_merge(remote),
             Command::KeyOp { op, reply } => {
                 let peers: Vec<(String, SocketAddr)> = self
                     .core
@@ -442,6 +502,10 @@ impl Node {
                 }
             }
         }
+        self.stats.members_refused.store(
+            self.core.members_refused(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let wall = now_millis();
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         for e in &events {
@@ -520,13 +584,16 @@ impl Node {
                     Stats::add(&stats.push_pull_failures, 1);
                     debug!(%addr, "push-pull answered with another message");
                 }
-                Err(FrameError::Decode(e)) => {
+                Err(e)
+                    if e.is_auth() || matches!(e, FrameError::Decode(DecodeError::Refused(_))) =>
+                {
                     Stats::add(&stats.push_pull_failures, 1);
                     Stats::add(&stats.auth_failures, 1);
                     warn!(%addr, error = %e, "push-pull refused: every node needs the same --encrypt key");
                 }
                 Err(e) => {
                     Stats::add(&stats.push_pull_failures, 1);
+                    count_frame_error(&stats, &e);
                     debug!(%addr, error = %e, "push-pull failed");
                 }
             }
@@ -694,16 +761,38 @@ async fn cluster_key_op(
     Ok(summary)
 }
 
+/// Whether a warning about `from` may be logged now.
+fn allow_warning(limiter: &Mutex<WarnLimiter>, from: SocketAddr) -> bool {
+    limiter
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allow(from.ip(), std::time::Instant::now())
+}
+
+/// Counts a failed frame under its reason.
+fn count_frame_error(stats: &Stats, e: &FrameError) {
+    match e {
+        FrameError::Timeout(_) => Stats::add(&stats.dropped_deadline, 1),
+        FrameError::Busy => Stats::add(&stats.dropped_busy, 1),
+        e if e.is_size() => Stats::add(&stats.dropped_size, 1),
+        _ => {}
+    }
+}
+
 /// Serves TCP on the gossip port (push-pull and key operations); each
-/// connection in its own task.
+/// connection in its own task, at most [`MAX_TCP_CONNS`] at once
+/// ([`MAX_TCP_CONNS_PER_SOURCE`] per source address). A connection over the
+/// cap is closed at once and counted (`dropped_conn_cap`).
 async fn accept_tcp(
     listener: TcpListener,
     commands: mpsc::Sender<Command>,
     stats: Arc<Stats>,
     keys: Arc<KeyCtx>,
+    warned: Arc<Mutex<WarnLimiter>>,
 ) {
+    let limiter = ConnLimiter::new(MAX_TCP_CONNS, MAX_TCP_CONNS_PER_SOURCE);
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
                 debug!(error = %e, "accept failed");
@@ -711,65 +800,98 @@ async fn accept_tcp(
                 continue;
             }
         };
-        let commands = commands.clone();
-        let stats = stats.clone();
-        let keys = keys.clone();
-        tokio::spawn(async move {
-            let run = async {
-                let ring = pushpull::snapshot(&keys.ring);
-                let msg = match pushpull::read_frame(&mut stream, ring.as_ref()).await {
-                    Ok(m) => m,
-                    Err(e) => {
-                        if let FrameError::Decode(
-                            DecodeError::Auth | DecodeError::Encrypted | DecodeError::Unencrypted,
-                        ) = &e
-                        {
-                            // Tell the peer why, in clear: it cannot read anything else from us.
-                            let reason = format!("this node could not authenticate the frame: {e}");
-                            let _ = stream.write_all(&wire::encode_refusal(&reason)).await;
-                        }
-                        return Err(e);
-                    }
-                };
-                let answer = match msg {
-                    TcpMsg::Sync(remote) => {
-                        let (tx, rx) = oneshot::channel();
-                        let stopped = || FrameError::Io("agent stopped".into());
-                        commands
-                            .send(Command::PushPullIn { remote, reply: tx })
-                            .await
-                            .map_err(|_| stopped())?;
-                        TcpMsg::Sync(rx.await.map_err(|_| stopped())?)
-                    }
-                    TcpMsg::KeyOp(op) => TcpMsg::KeyReply(apply_key_op(&keys, &op).await),
-                    TcpMsg::KeyReply(_) => {
-                        return Err(FrameError::Io("unexpected key reply".into()))
-                    }
-                };
-                // Answer with the keyring as it is now (a `use` just switched it).
-                let ring = pushpull::snapshot(&keys.ring);
-                pushpull::write_frame(&mut stream, &answer, ring.as_ref()).await
-            };
-            match tokio::time::timeout(pushpull::IO_TIMEOUT, run).await {
-                Ok(Ok(())) => Stats::add(&stats.push_pulls, 1),
-                Ok(Err(e)) => {
-                    Stats::add(&stats.push_pull_failures, 1);
-                    Stats::add(&stats.dropped_in, 1);
-                    if let FrameError::Decode(
-                        DecodeError::Auth | DecodeError::Encrypted | DecodeError::Unencrypted,
-                    ) = e
-                    {
-                        Stats::add(&stats.auth_failures, 1);
-                        warn!(%peer, error = %e, "TCP exchange refused: every node needs the same --encrypt key");
-                    } else {
-                        debug!(%peer, error = %e, "inbound TCP exchange refused");
-                    }
+        let slot = match limiter.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                Stats::add(&stats.dropped_conn_cap, 1);
+                if allow_warning(&warned, peer) {
+                    warn!(%peer, "TCP connection on the gossip port closed at once: {why}");
+                } else {
+                    debug!(%peer, "TCP connection closed: {why}");
                 }
-                Err(_) => {
-                    Stats::add(&stats.push_pull_failures, 1);
-                    debug!(%peer, "inbound TCP exchange timed out");
-                }
+                continue;
             }
+        };
+        let (commands, stats, keys, warned) = (
+            commands.clone(),
+            stats.clone(),
+            keys.clone(),
+            warned.clone(),
+        );
+        tokio::spawn(async move {
+            let _slot = slot;
+            serve_tcp(stream, peer, commands, &stats, &keys, &warned).await;
         });
+    }
+}
+
+/// One inbound exchange: read a frame, answer it, all within `IO_TIMEOUT`.
+async fn serve_tcp(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    stats: &Stats,
+    keys: &KeyCtx,
+    warned: &Mutex<WarnLimiter>,
+) {
+    let run = async {
+        let ring = pushpull::snapshot(&keys.ring);
+        let msg = match pushpull::read_frame(&mut stream, ring.as_ref(), pushpull::HEADER_TIMEOUT)
+            .await
+        {
+            Ok(m) => m,
+            Err(e) => {
+                if e.is_auth() {
+                    // Tell the peer why, in clear: it cannot read anything else from us.
+                    let reason = format!("this node could not authenticate the frame: {e}");
+                    let _ = stream.write_all(&wire::encode_refusal(&reason)).await;
+                }
+                return Err(e);
+            }
+        };
+        let answer = match msg {
+            TcpMsg::Sync(remote) => {
+                let (tx, rx) = oneshot::channel();
+                let stopped = || FrameError::Io("agent stopped".into());
+                commands
+                    .send(Command::PushPullIn { remote, reply: tx })
+                    .await
+                    .map_err(|_| stopped())?;
+                TcpMsg::Sync(rx.await.map_err(|_| stopped())?)
+            }
+            TcpMsg::KeyOp(op) => TcpMsg::KeyReply(apply_key_op(keys, &op).await),
+            TcpMsg::KeyReply(_) => return Err(FrameError::Io("unexpected key reply".into())),
+        };
+        // Answer with the keyring as it is now (a `use` just switched it).
+        let ring = pushpull::snapshot(&keys.ring);
+        pushpull::write_frame(&mut stream, &answer, ring.as_ref()).await
+    };
+    let result = tokio::time::timeout(pushpull::IO_TIMEOUT, run)
+        .await
+        .unwrap_or_else(|_| {
+            Err(FrameError::Timeout(format!(
+                "the exchange ({:?})",
+                pushpull::IO_TIMEOUT
+            )))
+        });
+    match result {
+        Ok(()) => Stats::add(&stats.push_pulls, 1),
+        Err(e) => {
+            Stats::add(&stats.push_pull_failures, 1);
+            Stats::add(&stats.dropped_in, 1);
+            count_frame_error(stats, &e);
+            if e.is_auth() {
+                Stats::add(&stats.auth_failures, 1);
+                if allow_warning(warned, peer) {
+                    warn!(%peer, error = %e, "TCP exchange refused: every node needs the same --encrypt key");
+                }
+            } else if e.is_size() {
+                if allow_warning(warned, peer) {
+                    warn!(%peer, error = %e, "push-pull frame refused");
+                }
+            } else {
+                debug!(%peer, error = %e, "inbound TCP exchange refused");
+            }
+        }
     }
 }

@@ -5,21 +5,29 @@
 //! Routes: `GET /v1/members`, `GET /v1/events`, `PUT /v1/tags`,
 //! `POST /v1/join`, `POST /v1/leave`, `POST /v1/force-leave/{name}`,
 //! `GET /v1/info`, `GET /v1/health`.
+//!
+//! Open to whoever can connect, so bounded: headers must arrive within
+//! [`HEADER_TIMEOUT`] (also the idle timeout of a keep-alive connection),
+//! bodies within [`BODY_TIMEOUT`], and at most [`MAX_CONNS`] connections are
+//! open: at the cap, the oldest connection with no request in flight makes
+//! room for the new one, so an operator's `shoal members` always gets in.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::{Body, Frame, Incoming};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -34,6 +42,14 @@ use crate::wire::KeyOp;
 pub const MAX_BODY: usize = 64 * 1024;
 /// A keepalive line is sent on idle event streams this often.
 pub const KEEPALIVE: Duration = Duration::from_secs(5);
+/// A request's headers must be in within this of the connection waiting
+/// for them: a new connection, or a keep-alive one between requests (hyper
+/// runs the same timer there, so this is the idle timeout too).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request body must be in within this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// API connections open at once.
+pub const MAX_CONNS: usize = 128;
 
 /// Extra information for `/v1/info` (the supervisor's services).
 pub type InfoHook = Arc<dyn Fn() -> Value + Send + Sync>;
@@ -50,6 +66,7 @@ pub struct ApiState {
 
 /// Serves the API until the listener fails.
 pub async fn serve(listener: TcpListener, state: ApiState) {
+    let conns = Arc::new(Mutex::new(Conns::default()));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -59,19 +76,136 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
                 continue;
             }
         };
+        let (admitted, evicted) = lock(&conns).admit();
+        if evicted || admitted.is_none() {
+            crate::stats::Stats::add(&state.agent.stats.api_conns_closed, 1);
+        }
+        let Some((id, busy, close)) = admitted else {
+            debug!(%peer, "API connection refused: {MAX_CONNS} connections, each with a request in flight");
+            continue;
+        };
         let state = state.clone();
+        let conns = conns.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(req, &state).await) }
+                let busy = Busy::start(&busy);
+                async move {
+                    let reply = route(req, &state).await;
+                    // In flight until the whole body is written (event streams: until closed).
+                    Ok::<_, Infallible>(reply.map(|inner| TrackedBody { inner, _busy: busy }))
+                }
             });
-            if let Err(e) = http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, error = %e, "API connection error");
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                done = conn => if let Err(e) = done {
+                    debug!(%peer, error = %e, "API connection closed");
+                },
+                _ = close => debug!(%peer, "idle API connection closed to make room ({MAX_CONNS} open)"),
             }
+            lock(&conns).open.remove(&id);
         });
+    }
+}
+
+fn lock(conns: &Mutex<Conns>) -> std::sync::MutexGuard<'_, Conns> {
+    conns.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The open API connections, oldest first, each with its requests in flight.
+#[derive(Default)]
+struct Conns {
+    next: u64,
+    open: BTreeMap<u64, Conn>,
+}
+
+struct Conn {
+    busy: Arc<AtomicUsize>,
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl Conns {
+    /// Registers a new connection; at the cap, first closes the oldest one
+    /// with no request in flight (None if every one has a request). Also
+    /// says whether one was closed.
+    fn admit(&mut self) -> (Option<Admitted>, bool) {
+        let mut evicted = false;
+        if self.open.len() >= MAX_CONNS {
+            let idle = self
+                .open
+                .iter()
+                .find(|(_, c)| c.busy.load(Ordering::SeqCst) == 0)
+                .map(|(id, _)| *id);
+            let Some(idle) = idle else {
+                return (None, false);
+            };
+            if let Some(mut c) = self.open.remove(&idle) {
+                if let Some(close) = c.close.take() {
+                    let _ = close.send(());
+                }
+                evicted = true;
+            }
+        }
+        let id = self.next;
+        self.next += 1;
+        let busy = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = oneshot::channel();
+        self.open.insert(
+            id,
+            Conn {
+                busy: busy.clone(),
+                close: Some(tx),
+            },
+        );
+        (Some((id, busy, rx)), evicted)
+    }
+}
+
+/// A connection's id, its in-flight count and its "close now" signal.
+type Admitted = (u64, Arc<AtomicUsize>, oneshot::Receiver<()>);
+
+/// One request in flight on a connection, until dropped.
+struct Busy(Arc<AtomicUsize>);
+
+impl Busy {
+    fn start(count: &Arc<AtomicUsize>) -> Busy {
+        count.fetch_add(1, Ordering::SeqCst);
+        Busy(count.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A response body that keeps its request counted as in flight.
+pub struct TrackedBody {
+    inner: ApiBody,
+    _busy: Busy,
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = <ApiBody as Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -230,9 +364,15 @@ fn method_not_allowed(method: &Method, path: &str) -> Reply {
 }
 
 async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Reply> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+    let collect = Limited::new(req.into_body(), MAX_BODY).collect();
+    let body = tokio::time::timeout(BODY_TIMEOUT, collect)
         .await
+        .map_err(|_| {
+            error(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("request body not received within {BODY_TIMEOUT:?}"),
+            )
+        })?
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()

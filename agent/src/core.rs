@@ -6,7 +6,7 @@
 //! agent runs.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
 use crate::identity::NodeId;
-use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table};
+use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS};
 use crate::profile::{foca_config, size_bucket, Timing};
 use crate::tags::{self, Tags};
 use crate::wire::{self, DecodeError, Packet, ShoalCodec, SyncEntry, SyncMsg, SyncState};
@@ -103,6 +103,40 @@ fn notice_interval(timing: &Timing) -> Duration {
     timing.probe_rtt
 }
 
+/// Push-pull entries merged per [`Core::merge_step`] in the agent: a chunk
+/// holds the gossip loop a few milliseconds even with a full table (foca
+/// looks members up by a linear scan).
+pub const MERGE_CHUNK: usize = 128;
+/// Members one push-pull may teach us that we gossip on before foca has
+/// probed them; the rest are learned quietly (each member learns them by
+/// its own push-pulls, and foca's probes find out whether they exist).
+pub const MAX_GOSSIPED_NEW: usize = 64;
+
+/// A peer's state being merged, chunk by chunk ([`Core::begin_merge`]).
+pub struct Merge {
+    from: NodeId,
+    entries: std::vec::IntoIter<SyncEntry>,
+    peer_down: bool,
+    bootstrap: bool,
+    gossiped_new: usize,
+    /// Whether the peer itself is in the table yet (the first step does it).
+    peer_observed: bool,
+    /// New names the table can still take (it is reconciled after the merge).
+    room: usize,
+}
+
+impl Merge {
+    /// Entries not merged yet.
+    pub fn remaining(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whose state it is.
+    pub fn peer(&self) -> &str {
+        &self.from.name
+    }
+}
+
 /// Static settings of a core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -136,6 +170,10 @@ pub struct Core {
     /// Members we suspect, by name (ordered: same notices on every run).
     suspicions: BTreeMap<String, Suspicion>,
     joined: bool,
+    /// New members a push-pull could not add (table full), and how many of
+    /// them were logged already.
+    members_refused: u64,
+    members_refused_logged: u64,
     out: Vec<Output>,
     /// Our own choices (push-pull targets), seeded from the caller's RNG so a
     /// simulated run is reproducible.
@@ -170,6 +208,8 @@ impl Core {
             conflicts_logged: HashMap::new(),
             suspicions: BTreeMap::new(),
             joined: false,
+            members_refused: 0,
+            members_refused_logged: 0,
             out: Vec::new(),
             rng: own_rng,
             cfg,
@@ -192,6 +232,11 @@ impl Core {
 
     pub fn count(&self, status: Status) -> usize {
         self.table.count(status)
+    }
+
+    /// Member updates foca still has to gossip (what a merge queued).
+    pub fn gossip_backlog(&self) -> usize {
+        self.foca.updates_backlog()
     }
 
     /// Live members other than ourselves, as foca sees them.
@@ -436,12 +481,24 @@ impl Core {
         }
     }
 
-    /// Feeds a peer's full state to foca and the table.
+    /// Feeds a peer's full state to foca and the table, all at once (the
+    /// simulator's way; the agent merges in chunks, see [`Core::begin_merge`]).
     pub fn apply_remote(&mut self, remote: SyncMsg, now: Now) {
-        if remote.from.name == self.local.name && remote.from.addr == self.local.addr {
-            return;
+        if let Some(mut merge) = self.begin_merge(remote, now) {
+            while !self.merge_step(&mut merge, usize::MAX, now) {}
         }
-        let mut left = Vec::new();
+        self.reconcile(now);
+        self.flush(now);
+    }
+
+    /// Starts merging a peer's full state: the peer itself is applied now,
+    /// its entries by [`Core::merge_step`], a chunk at a time, so the loop
+    /// that owns the core keeps answering probes while a big table merges.
+    /// None if the state is our own.
+    pub fn begin_merge(&mut self, remote: SyncMsg, now: Now) -> Option<Merge> {
+        if remote.from.name == self.local.name && remote.from.addr == self.local.addr {
+            return None;
+        }
         // A peer we hold as down (reconnect, a healed partition): foca will
         // not take it back under the same identity, so after this exchange
         // we say hello directly; whichever side is held down rejoins.
@@ -461,12 +518,38 @@ impl Core {
         ) {
             debug!(error = %e, "applying the push-pull peer failed");
         }
-        let mut updates = Vec::new();
+        self.flush_quiet(now);
+        let peer_is_new = self.table.get(&remote.from.name).is_none();
+        let room = MAX_MEMBERS.saturating_sub(self.table.len() + usize::from(peer_is_new));
+        Some(Merge {
+            room,
+            from: remote.from,
+            entries: remote.entries.into_iter(),
+            peer_down,
+            bootstrap,
+            gossiped_new: 0,
+            peer_observed: false,
+        })
+    }
+
+    /// Applies up to `max` more entries of `merge`; true once it is done.
+    /// Each step brings the table in line for the members it touched only
+    /// (a full reconcile of a big table costs many chunks), so once a merge
+    /// is done the table shows all of it.
+    pub fn merge_step(&mut self, merge: &mut Merge, max: usize, now: Now) -> bool {
+        let mut left = Vec::new();
+        // Updates gossiped on, and news we keep to ourselves.
+        let (mut gossip, mut quiet) = (Vec::new(), Vec::new());
+        let mut touched: HashSet<String> = HashSet::new();
+        if !merge.peer_observed {
+            merge.peer_observed = true;
+            touched.insert(merge.from.name.clone());
+        }
         for SyncEntry {
             id,
             incarnation,
             state,
-        } in remote.entries
+        } in merge.entries.by_ref().take(max)
         {
             if id.name == self.local.name {
                 if id.generation == self.local.generation && state != SyncState::Alive {
@@ -476,33 +559,58 @@ impl Core {
                         SyncState::Suspect => State::Suspect,
                         _ => State::Down,
                     };
-                    updates.push(Member::new(self.local.clone(), incarnation, state));
+                    gossip.push(Member::new(self.local.clone(), incarnation, state));
                 }
                 continue;
             }
+            let known = self.table.get(&id.name).is_some();
             let state = match state {
                 SyncState::Alive => State::Alive,
                 SyncState::Suspect => State::Suspect,
+                // A member we never knew that is gone already is no news
+                // (memberlist ignores it too): foca need not hold it.
+                SyncState::Failed | SyncState::Left if !known => continue,
                 SyncState::Failed => State::Down,
                 SyncState::Left => {
                     left.push(id.clone());
                     State::Down
                 }
             };
-            updates.push(Member::new(id, incarnation, state));
+            touched.insert(id.name.clone());
+            let member = Member::new(id, incarnation, state);
+            if known {
+                if merge.bootstrap {
+                    quiet.push(member);
+                } else {
+                    gossip.push(member);
+                }
+                continue;
+            }
+            // A name we have not heard of: the table must have room for it,
+            // and only the first few of a frame are gossiped on before foca
+            // has probed them, so one peer cannot have its invented members
+            // spread by everyone it talks to.
+            if merge.room == 0 {
+                self.members_refused += 1;
+                continue;
+            }
+            merge.room -= 1;
+            if !merge.bootstrap && merge.gossiped_new < MAX_GOSSIPED_NEW {
+                merge.gossiped_new += 1;
+                gossip.push(member);
+            } else {
+                quiet.push(member);
+            }
         }
-        if let Err(e) = self
-            .foca
-            .apply_many(updates.into_iter(), !bootstrap, &mut self.rt)
-        {
-            debug!(error = %e, "applying push-pull state failed");
-        }
-        if peer_down {
+        for (updates, do_gossip) in [(gossip, true), (quiet, false)] {
+            if updates.is_empty() {
+                continue;
+            }
             if let Err(e) = self
                 .foca
-                .announce(NodeId::seed(remote.from.addr), &mut self.rt)
+                .apply_many(updates.into_iter(), do_gossip, &mut self.rt)
             {
-                debug!(error = %e, "announce after reconnect failed");
+                debug!(error = %e, "applying push-pull state failed");
             }
         }
         for id in left {
@@ -515,8 +623,35 @@ impl Core {
                 self.apply_outcome(out, now);
             }
         }
-        self.reconcile(now);
-        self.flush(now);
+        self.observe_some(&touched, now);
+        let done = merge.entries.len() == 0;
+        if done {
+            if merge.peer_down {
+                if let Err(e) = self
+                    .foca
+                    .announce(NodeId::seed(merge.from.addr), &mut self.rt)
+                {
+                    debug!(error = %e, "announce after reconnect failed");
+                }
+            }
+            self.adjust_to_size();
+        }
+        self.flush_quiet(now);
+        if done && self.members_refused > self.members_refused_logged {
+            warn!(
+                refused = self.members_refused - self.members_refused_logged,
+                limit = MAX_MEMBERS,
+                from = %merge.from.name,
+                "member table full: new members from a push-pull were refused"
+            );
+            self.members_refused_logged = self.members_refused;
+        }
+        done
+    }
+
+    /// New members refused so far because the table was full.
+    pub fn members_refused(&self) -> u64 {
+        self.members_refused + self.table.refused()
     }
 
     /// Replaces our tags (see [`tags::merged`]); the new identity is gossiped
@@ -631,6 +766,31 @@ impl Core {
             ));
         }
         self.apply_outcome(out, now);
+        self.adjust_to_size();
+    }
+
+    /// [`Core::reconcile`] for the named members only.
+    fn observe_some(&mut self, names: &HashSet<String>, now: Now) {
+        if names.is_empty() {
+            return;
+        }
+        let mut out = Outcome::default();
+        for m in self.foca.iter_membership_state() {
+            if names.contains(&m.id().name) {
+                out.merge(self.table.observe(
+                    m.id(),
+                    FocaState::from(m.state()),
+                    m.incarnation(),
+                    now.wall_ms,
+                ));
+            }
+        }
+        self.apply_outcome(out, now);
+    }
+
+    /// Rescales foca's settings to the cluster's size; tracks whether we
+    /// have joined.
+    fn adjust_to_size(&mut self) {
         let bucket = size_bucket(self.foca.num_members() + 1);
         if bucket != self.bucket {
             self.bucket = bucket;
@@ -679,9 +839,19 @@ impl Core {
         }
     }
 
-    /// Drains what foca asked for: packets, timers, notifications.
+    /// Drains what foca asked for: packets, timers, notifications; a
+    /// membership change reconciles the table at once.
     fn flush(&mut self, now: Now) {
-        let mut dirty = false;
+        self.flush_with(now, true);
+    }
+
+    /// [`Core::flush`], leaving the reconcile to the next tick.
+    fn flush_quiet(&mut self, now: Now) {
+        self.flush_with(now, false);
+    }
+
+    fn flush_with(&mut self, now: Now, reconcile: bool) {
+        let mut dirty = !reconcile;
         loop {
             while let Some((to, data)) = self.rt.to_send() {
                 self.out.push(Output::Send {
@@ -1056,5 +1226,62 @@ mod tests {
         }
         assert!(net.cores[2].local().generation > old.generation);
         assert_eq!(net.status(1, "n2"), Some(Status::Alive));
+    }
+
+    /// A peer's state listing `n` members nobody else knows (all alive).
+    fn invented(from: &NodeId, n: usize) -> SyncMsg {
+        SyncMsg {
+            from: from.clone(),
+            entries: (0..n)
+                .map(|i| SyncEntry {
+                    id: NodeId {
+                        name: format!("invented-{i}"),
+                        addr: SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 7946)),
+                        generation: 1,
+                        tags: Tags::new(),
+                    },
+                    incarnation: 0,
+                    state: SyncState::Alive,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_full_table_merges_in_chunks_and_only_a_few_new_members_are_gossiped() {
+        let mut net = Net::joined(2);
+        let peer = net.cores[1].local().clone();
+        let now = net.now();
+        let core = &mut net.cores[0];
+        let backlog_before = core.gossip_backlog();
+        let mut merge = core.begin_merge(invented(&peer, MAX_MEMBERS), now).unwrap();
+        let mut steps = 0;
+        while !core.merge_step(&mut merge, MERGE_CHUNK, now) {
+            steps += 1;
+            assert_eq!(merge.remaining(), MAX_MEMBERS - steps * MERGE_CHUNK);
+        }
+        assert_eq!(steps + 1, MAX_MEMBERS.div_ceil(MERGE_CHUNK));
+        // Ourselves and the peer were there: two did not fit.
+        assert_eq!(core.records().count(), MAX_MEMBERS);
+        assert_eq!(core.members_refused(), 2);
+        let queued = core.gossip_backlog().saturating_sub(backlog_before);
+        assert!(
+            queued <= MAX_GOSSIPED_NEW,
+            "{queued} invented members queued for gossip"
+        );
+    }
+
+    #[test]
+    fn members_a_peer_says_are_gone_are_not_news_if_we_never_knew_them() {
+        let mut net = Net::joined(2);
+        let peer = net.cores[1].local().clone();
+        let mut msg = invented(&peer, 50);
+        for e in &mut msg.entries {
+            e.state = SyncState::Failed;
+        }
+        let now = net.now();
+        net.cores[0].apply_remote(msg, now);
+        assert_eq!(net.cores[0].records().count(), 2);
+        assert!(net.cores[0].foca.iter_membership_state().count() <= 1);
     }
 }

@@ -9,7 +9,8 @@
 //! - the runtime: [`agent`] (the one task that owns foca), [`pushpull`] (TCP
 //!   state exchange), [`events`] (indexed event log), [`handlers`] (Serf-style
 //!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses),
-//!   [`join`] (an explicit join, waited for), [`loglist`] (bounded lists in logs);
+//!   [`join`] (an explicit join, waited for), [`loglist`] (bounded lists in logs),
+//!   [`limits`] (connection caps and warning rate limits for strangers);
 //! - the CLI: [`cli`] (flags), [`client`] (talks to the API), [`commands`];
 //! - the supervisor: [`process`] (spawning and reaping), [`supervisor`].
 pub mod addr;
@@ -24,6 +25,7 @@ pub mod handlers;
 pub mod identity;
 pub mod join;
 pub mod keyring;
+pub mod limits;
 pub mod loglist;
 pub mod membership;
 pub mod process;

@@ -151,6 +151,11 @@ impl From<foca::State> for FocaState {
 const DUPLICATE_WINDOW_MS: u64 = 60_000;
 const DUPLICATE_MOVES: usize = 3;
 
+/// Most members (names) a table holds, ourselves included: one push-pull
+/// frame must carry the whole table. A new name beyond it is refused and
+/// counted ([`Table::refused`]); members already known keep updating.
+pub const MAX_MEMBERS: usize = crate::wire::MAX_SYNC_ENTRIES;
+
 pub struct Table {
     local: String,
     /// Our first generation: identities with our name and an older
@@ -159,6 +164,8 @@ pub struct Table {
     members: BTreeMap<String, Record>,
     reap_after_ms: u64,
     moves: HashMap<String, VecDeque<u64>>,
+    /// New names refused because the table was full.
+    refused: u64,
 }
 
 impl Table {
@@ -170,6 +177,7 @@ impl Table {
             members: BTreeMap::new(),
             reap_after_ms,
             moves: HashMap::new(),
+            refused: 0,
         };
         let record = Record {
             id: local.clone(),
@@ -201,6 +209,16 @@ impl Table {
 
     pub fn count(&self, status: Status) -> usize {
         self.members.values().filter(|r| r.status == status).count()
+    }
+
+    /// New names refused so far because the table held [`MAX_MEMBERS`].
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    /// Room for one more name?
+    fn has_room(&self) -> bool {
+        self.members.len() < MAX_MEMBERS
     }
 
     /// Our own identity changed (tags): an update event.
@@ -252,7 +270,9 @@ impl Table {
             return out;
         }
         let Some(rec) = self.members.get_mut(&id.name) else {
-            if state != FocaState::Down {
+            // Beyond MAX_MEMBERS foca may know more (the reconcile of every
+            // tick would count it again and again: not counted here).
+            if state != FocaState::Down && self.has_room() {
                 let record = Record {
                     id: id.clone(),
                     status: active_status(state),
@@ -345,6 +365,7 @@ impl Table {
         if id.name == self.local {
             return out;
         }
+        let room = self.has_room();
         match self.members.get_mut(&id.name) {
             Some(rec) if rec.id.generation <= id.generation => {
                 out.declare_down.push(id.clone());
@@ -358,6 +379,7 @@ impl Table {
                 }
             }
             Some(_) => {} // news about an older identity
+            None if !room => self.refused += 1,
             None => {
                 out.declare_down.push(id.clone());
                 self.members.insert(
@@ -610,5 +632,40 @@ mod tests {
         // The old identity's down, gossiped by foca, is old news.
         assert!(t.observe(&b1, FocaState::Down, 0, 3).events.is_empty());
         assert_eq!(t.get("b").unwrap().status, Status::Alive);
+    }
+
+    #[test]
+    fn a_full_table_refuses_new_names_but_keeps_updating_known_ones() {
+        let mut t = table();
+        for i in 1..MAX_MEMBERS {
+            t.observe(
+                &id(&format!("m{i}"), "10.0.0.2:7946", 1),
+                FocaState::Alive,
+                0,
+                1,
+            );
+        }
+        assert_eq!(t.len(), MAX_MEMBERS);
+        let extra = id("extra", "10.0.0.3:7946", 1);
+        assert!(t.observe(&extra, FocaState::Alive, 0, 2).events.is_empty());
+        assert!(t.get("extra").is_none());
+        assert!(t.leave_notice(&extra, 2).events.is_empty());
+        assert!(t.get("extra").is_none());
+        assert_eq!(
+            t.refused(),
+            1,
+            "the leave notice counts; foca's view is not recounted"
+        );
+        let known = id("m1", "10.0.0.2:7946", 1);
+        assert_eq!(
+            kinds(&t.observe(&known, FocaState::Down, 0, 3)),
+            [EventKind::Failed]
+        );
+        // Once a member is reaped there is room again.
+        t.reap(10_000);
+        assert_eq!(
+            kinds(&t.observe(&extra, FocaState::Alive, 0, 10_001)),
+            [EventKind::Join]
+        );
     }
 }

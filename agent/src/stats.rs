@@ -18,9 +18,22 @@ pub struct Stats {
     pub auth_failures: AtomicU64,
     pub push_pulls: AtomicU64,
     pub push_pull_failures: AtomicU64,
+    /// TCP frames refused for their declared size or member count (part of `dropped_in`).
+    pub dropped_size: AtomicU64,
+    /// TCP connections closed at once: the connection cap was reached.
+    pub dropped_conn_cap: AtomicU64,
+    /// TCP exchanges cut at their deadline (header or whole frame).
+    pub dropped_deadline: AtomicU64,
+    /// Frames refused because the read budget or the merge queue was full.
+    pub dropped_busy: AtomicU64,
+    /// New members refused because the member table was full.
+    pub members_refused: AtomicU64,
+    /// API connections closed: idle ones evicted at the cap, or refused.
+    pub api_conns_closed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
+#[serde(default)]
 pub struct StatsView {
     pub packets_in: u64,
     pub bytes_in: u64,
@@ -31,6 +44,12 @@ pub struct StatsView {
     pub auth_failures: u64,
     pub push_pulls: u64,
     pub push_pull_failures: u64,
+    pub dropped_size: u64,
+    pub dropped_conn_cap: u64,
+    pub dropped_deadline: u64,
+    pub dropped_busy: u64,
+    pub members_refused: u64,
+    pub api_conns_closed: u64,
 }
 
 impl Stats {
@@ -49,6 +68,12 @@ impl Stats {
             auth_failures: self.auth_failures.load(Relaxed),
             push_pulls: self.push_pulls.load(Relaxed),
             push_pull_failures: self.push_pull_failures.load(Relaxed),
+            dropped_size: self.dropped_size.load(Relaxed),
+            dropped_conn_cap: self.dropped_conn_cap.load(Relaxed),
+            dropped_deadline: self.dropped_deadline.load(Relaxed),
+            dropped_busy: self.dropped_busy.load(Relaxed),
+            members_refused: self.members_refused.load(Relaxed),
+            api_conns_closed: self.api_conns_closed.load(Relaxed),
         }
     }
 }

@@ -18,10 +18,19 @@ pub const VERSION: u8 = 1;
 pub const MAX_PACKET: usize = 1400;
 /// Room left for the envelope when sizing foca's packets.
 pub const ENVELOPE_LEN: usize = 3;
-/// Largest push-pull frame: the whole member table of a big cluster.
-pub const MAX_FRAME: usize = 16 * 1024 * 1024;
-/// Most entries accepted in one push-pull frame.
-pub const MAX_SYNC_ENTRIES: usize = 100_000;
+/// Most entries accepted in one push-pull frame, and so the most members a
+/// table holds (`membership::MAX_MEMBERS`): ten times the largest cluster
+/// simulated (N = 1,000), small enough that merging a full table never stalls
+/// the gossip loop (it is merged in chunks of `core::MERGE_CHUNK`).
+pub const MAX_SYNC_ENTRIES: usize = 10_000;
+/// Largest encoding of one push-pull entry: a 128-byte name, an IPv6
+/// address, 32 tags of 512 bytes in all, every length prefix at its widest
+/// (`a_worst_case_entry_fits_max_entry_len` pins it).
+pub const MAX_ENTRY_LEN: usize = 800;
+/// Largest push-pull frame: a full table of worst-case entries plus the
+/// sender's own identity and the sealing overhead, so a table within the
+/// limits always encodes (`a_full_table_of_worst_case_entries_fits_one_frame`).
+pub const MAX_FRAME: usize = (MAX_SYNC_ENTRIES + 1) * MAX_ENTRY_LEN + 64;
 
 const KIND_FOCA: u8 = 1;
 const KIND_LEAVE: u8 = 2;
@@ -65,6 +74,10 @@ pub enum DecodeError {
     Refused(String),
     Empty,
     Oversize(usize),
+    /// A push-pull frame listing more members than [`MAX_SYNC_ENTRIES`].
+    TooManyEntries(u64),
+    /// A TCP frame header announcing more than [`MAX_FRAME`] bytes.
+    FrameTooLarge(usize),
     Foreign,
     Version(u8),
     UnknownKind(u8),
@@ -87,6 +100,13 @@ impl std::fmt::Display for DecodeError {
             DecodeError::Refused(why) => write!(f, "refused by the peer: {why}"),
             DecodeError::Empty => write!(f, "empty packet"),
             DecodeError::Oversize(n) => write!(f, "packet of {n} bytes exceeds {MAX_PACKET}"),
+            DecodeError::FrameTooLarge(n) => {
+                write!(f, "frame of {n} bytes exceeds {MAX_FRAME}")
+            }
+            DecodeError::TooManyEntries(n) => write!(
+                f,
+                "push-pull frame lists {n} members; the limit is {MAX_SYNC_ENTRIES}"
+            ),
             DecodeError::Foreign => write!(f, "not a shoal packet (bad magic byte)"),
             DecodeError::Version(v) => write!(f, "protocol version {v}, expected {VERSION}"),
             DecodeError::UnknownKind(k) => write!(f, "unknown message kind {k}"),
@@ -374,21 +394,70 @@ pub fn frame_len(header: &[u8; FRAME_HEADER]) -> Result<usize, DecodeError> {
     }
     let len = u32::from_be_bytes([header[2], header[3], header[4], header[5]]) as usize;
     if len > MAX_FRAME {
-        return Err(DecodeError::Oversize(len));
+        return Err(DecodeError::FrameTooLarge(len));
     }
     Ok(len)
 }
+
+/// The header and the body's flag byte: what a frame can be judged by
+/// before its body is read. Returns the body length (flag included).
+pub const FRAME_PREFIX: usize = FRAME_HEADER + 1;
+
+/// Checks a frame's first bytes against this node's setting, so a frame
+/// that can never be accepted (clear text to a node with a key, sealed to
+/// one without, too short to hold a seal) is refused before its body is
+/// read. Whether the key is right can only be known once the whole body is
+/// in: AES-GCM authenticates the message as a whole.
+pub fn check_prefix(prefix: &[u8; FRAME_PREFIX], keyed: bool) -> Result<usize, DecodeError> {
+    let header: &[u8; FRAME_HEADER] = prefix[..FRAME_HEADER]
+        .try_into()
+        .map_err(|_| DecodeError::Empty)?;
+    let len = frame_len(header)?;
+    if len == 0 {
+        return Err(DecodeError::Empty);
+    }
+    match (prefix[FRAME_HEADER], keyed) {
+        (FRAME_SEALED, false) => Err(DecodeError::Encrypted),
+        (FRAME_CLEAR, true) => Err(DecodeError::Unencrypted),
+        (FRAME_SEALED, true) if len < 1 + crate::keyring::OVERHEAD => Err(DecodeError::Malformed(
+            format!("sealed frame of {len} bytes"),
+        )),
+        (FRAME_SEALED | FRAME_CLEAR | FRAME_REFUSED, _) => Ok(len),
+        (k, _) => Err(DecodeError::UnknownKind(k)),
+    }
+}
+
+/// How many members a push-pull message says it carries, read from the
+/// length prefix of its entries before any entry is decoded (so a frame of
+/// 100,000 tiny invented members costs a few bytes of parsing, not 100,000
+/// allocations). None for the other messages.
+fn declared_entries(plain: &[u8]) -> Result<Option<u64>, DecodeError> {
+    let malformed = |e: postcard::Error| DecodeError::Malformed(e.to_string());
+    // postcard: the enum's variant index (varint), the struct's fields in
+    // order, a sequence's length (varint) before its items.
+    let (variant, rest): (u32, _) = postcard::take_from_bytes(plain).map_err(malformed)?;
+    if variant != SYNC_VARIANT {
+        return Ok(None);
+    }
+    let (_from, rest): (NodeId, _) = postcard::take_from_bytes(rest).map_err(malformed)?;
+    let (n, _): (u64, _) = postcard::take_from_bytes(rest).map_err(malformed)?;
+    Ok(Some(n))
+}
+
+/// [`TcpMsg::Sync`]'s index in postcard (pinned by a test).
+const SYNC_VARIANT: u32 = 0;
 
 /// Opens (if sealed) and decodes a frame body, validating every identity.
 pub fn decode_frame_body(body: &[u8], ring: Option<&Keyring>) -> Result<TcpMsg, DecodeError> {
     let (&flag, rest) = body.split_first().ok_or(DecodeError::Empty)?;
     let plain = match (flag, ring) {
-        (FRAME_SEALED, Some(ring)) => ring
-            .open(&[MAGIC, VERSION, FRAME_SEALED], rest)
-            .ok_or(DecodeError::Auth)?,
+        (FRAME_SEALED, Some(ring)) => std::borrow::Cow::Owned(
+            ring.open(&[MAGIC, VERSION, FRAME_SEALED], rest)
+                .ok_or(DecodeError::Auth)?,
+        ),
         (FRAME_SEALED, None) => return Err(DecodeError::Encrypted),
         (FRAME_CLEAR, Some(_)) => return Err(DecodeError::Unencrypted),
-        (FRAME_CLEAR, None) => rest.to_vec(),
+        (FRAME_CLEAR, None) => std::borrow::Cow::Borrowed(rest),
         (FRAME_REFUSED, _) => {
             let text: String = String::from_utf8_lossy(&rest[..rest.len().min(200)])
                 .chars()
@@ -398,15 +467,14 @@ pub fn decode_frame_body(body: &[u8], ring: Option<&Keyring>) -> Result<TcpMsg, 
         }
         (k, _) => return Err(DecodeError::UnknownKind(k)),
     };
+    if let Some(n) = declared_entries(&plain)? {
+        if n > MAX_SYNC_ENTRIES as u64 {
+            return Err(DecodeError::TooManyEntries(n));
+        }
+    }
     let msg: TcpMsg = decode_all(&plain)?;
     if let TcpMsg::Sync(sync) = &msg {
         sync.from.validate().map_err(DecodeError::Malformed)?;
-        if sync.entries.len() > MAX_SYNC_ENTRIES {
-            return Err(DecodeError::Malformed(format!(
-                "{} entries exceed {MAX_SYNC_ENTRIES}",
-                sync.entries.len()
-            )));
-        }
         for e in &sync.entries {
             e.id.validate().map_err(DecodeError::Malformed)?;
         }
@@ -498,7 +566,10 @@ mod tests {
             assert!(decode_frame_body(body, other.as_ref()).is_err());
         }
         let huge = [MAGIC, VERSION, 0xff, 0xff, 0xff, 0xff];
-        assert!(matches!(frame_len(&huge), Err(DecodeError::Oversize(_))));
+        assert!(matches!(
+            frame_len(&huge),
+            Err(DecodeError::FrameTooLarge(_))
+        ));
     }
 
     fn ring_b() -> Keyring {
@@ -562,5 +633,149 @@ mod tests {
             .encode_member(&Member::alive(evil), &mut buf)
             .unwrap();
         assert!(ShoalCodec.decode_member(&buf[..]).is_err());
+    }
+
+    /// The largest identity the validating codec lets through.
+    fn worst_case_id(n: usize) -> NodeId {
+        let mut tags = Tags::new();
+        // A 256-byte value (two-byte length prefix), then 31 more tags:
+        // 32 keys and values, 512 bytes in all.
+        tags.insert("k00".into(), "v".repeat(256));
+        for i in 1..32 {
+            let value = if i == 31 {
+                "v".repeat(10)
+            } else {
+                "v".repeat(5)
+            };
+            tags.insert(format!("k{i:02}"), value);
+        }
+        let name = format!("{n:0>128}");
+        let addr = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"
+            .parse()
+            .unwrap();
+        NodeId {
+            name,
+            addr,
+            generation: u64::MAX,
+            tags,
+        }
+    }
+
+    #[test]
+    fn a_worst_case_entry_fits_max_entry_len() {
+        let id = worst_case_id(1);
+        id.validate().expect("the limits allow it");
+        let total: usize = id.tags.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(total, crate::tags::MAX_TOTAL_LEN);
+        let entry = SyncEntry {
+            id,
+            incarnation: u16::MAX,
+            state: SyncState::Suspect,
+        };
+        let len = postcard::to_stdvec(&entry).unwrap().len();
+        assert!(len <= MAX_ENTRY_LEN, "{len} > {MAX_ENTRY_LEN}");
+    }
+
+    #[test]
+    fn a_full_table_of_worst_case_entries_fits_one_frame() {
+        let msg = TcpMsg::Sync(SyncMsg {
+            from: worst_case_id(0),
+            entries: (1..=MAX_SYNC_ENTRIES)
+                .map(|n| SyncEntry {
+                    id: worst_case_id(n),
+                    incarnation: u16::MAX,
+                    state: SyncState::Alive,
+                })
+                .collect(),
+        });
+        let ring = ring_b();
+        for ring in [None, Some(&ring)] {
+            let bytes = encode_frame(&msg, ring).expect("a full table encodes");
+            let header: [u8; FRAME_HEADER] = bytes[..FRAME_HEADER].try_into().unwrap();
+            assert_eq!(frame_len(&header).unwrap(), bytes.len() - FRAME_HEADER);
+            assert!(decode_frame_body(&bytes[FRAME_HEADER..], ring).is_ok());
+        }
+    }
+
+    #[test]
+    fn a_frame_listing_more_members_than_the_limit_is_refused_before_its_entries_are_decoded() {
+        let tiny = |i: usize| SyncEntry {
+            id: NodeId {
+                name: format!("x{i}"),
+                addr: "127.0.0.1:1".parse().unwrap(),
+                generation: 1,
+                tags: Tags::new(),
+            },
+            incarnation: 0,
+            state: SyncState::Alive,
+        };
+        let msg = |n: usize| {
+            TcpMsg::Sync(SyncMsg {
+                from: id("a"),
+                entries: (0..n).map(tiny).collect(),
+            })
+        };
+        let at_limit = encode_frame(&msg(MAX_SYNC_ENTRIES), None).unwrap();
+        assert!(decode_frame_body(&at_limit[FRAME_HEADER..], None).is_ok());
+        let over = encode_frame(&msg(100_000), None).unwrap();
+        let started = std::time::Instant::now();
+        let refused = decode_frame_body(&over[FRAME_HEADER..], None);
+        let took = started.elapsed();
+        assert_eq!(refused, Err(DecodeError::TooManyEntries(100_000)));
+        assert!(took < std::time::Duration::from_millis(50), "{took:?}");
+        // Only the length prefix is read: a body cut right after it is refused the same.
+        let plain = postcard::to_stdvec(&msg(100_000)).unwrap();
+        let head_len = postcard::to_stdvec(&(SYNC_VARIANT, id("a"))).unwrap().len() + 3;
+        let cut = [&[FRAME_CLEAR][..], &plain[..head_len]].concat();
+        assert_eq!(
+            decode_frame_body(&cut, None),
+            Err(DecodeError::TooManyEntries(100_000))
+        );
+        // The other messages have no entries to count.
+        assert_eq!(
+            declared_entries(&postcard::to_stdvec(&TcpMsg::KeyOp(KeyOp::List)).unwrap()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn a_frame_that_can_never_be_accepted_is_refused_by_its_first_bytes() {
+        let ring = ring_b();
+        let msg = TcpMsg::KeyOp(KeyOp::List);
+        let prefix =
+            |bytes: &[u8]| -> [u8; FRAME_PREFIX] { bytes[..FRAME_PREFIX].try_into().unwrap() };
+        let clear = encode_frame(&msg, None).unwrap();
+        let sealed = encode_frame(&msg, Some(&ring)).unwrap();
+        assert_eq!(
+            check_prefix(&prefix(&clear), false),
+            Ok(clear.len() - FRAME_HEADER)
+        );
+        assert_eq!(
+            check_prefix(&prefix(&sealed), true),
+            Ok(sealed.len() - FRAME_HEADER)
+        );
+        assert_eq!(
+            check_prefix(&prefix(&clear), true),
+            Err(DecodeError::Unencrypted)
+        );
+        assert_eq!(
+            check_prefix(&prefix(&sealed), false),
+            Err(DecodeError::Encrypted)
+        );
+        let refusal = encode_refusal("no");
+        assert!(check_prefix(&prefix(&refusal), true).is_ok());
+        let short_seal = [MAGIC, VERSION, 0, 0, 0, 4, FRAME_SEALED];
+        assert!(matches!(
+            check_prefix(&short_seal, true),
+            Err(DecodeError::Malformed(_))
+        ));
+        let huge = [MAGIC, VERSION, 0xff, 0xff, 0xff, 0xff, FRAME_CLEAR];
+        assert!(matches!(
+            check_prefix(&huge, false),
+            Err(DecodeError::FrameTooLarge(_))
+        ));
+        let empty = [MAGIC, VERSION, 0, 0, 0, 0, FRAME_CLEAR];
+        assert_eq!(check_prefix(&empty, false), Err(DecodeError::Empty));
+        assert_eq!(check_prefix(b"GET / H", false), Err(DecodeError::Foreign));
     }
 }
