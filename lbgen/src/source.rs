@@ -39,6 +39,9 @@ const MAX_DOC: usize = 32 << 20;
 /// The agent sends a keepalive every 5 s; silence this long means the stream is dead.
 const STREAM_IDLE: Duration = Duration::from_secs(15);
 
+/// Below the agent's API idle timeout (`api::HEADER_TIMEOUT`, 10 s).
+const POOL_IDLE: Duration = Duration::from_secs(4);
+
 type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 
 pub struct Source {
@@ -90,7 +93,12 @@ impl Source {
     pub fn new(spec: SourceSpec) -> Source {
         Source {
             spec,
-            client: Client::builder(TokioExecutor::new()).build_http(),
+            // Idle pooled connections are dropped before the agent's 10 s idle timeout
+            // closes them, so a snapshot never goes out on a connection being closed.
+            client: Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build_http(),
         }
     }
 
