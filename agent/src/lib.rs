@@ -29,4 +29,5 @@ pub mod pushpull;
 pub mod stats;
 pub mod supervisor;
 pub mod tags;
+pub mod token;
 pub mod wire;

@@ -221,6 +221,44 @@ fn the_api_token_is_checked_and_required_off_loopback() {
 }
 
 #[test]
+fn a_lower_case_bearer_scheme_authenticates_and_an_unusable_token_is_refused_at_start() {
+    let seed = vec![format!("{}:7946", ip(170, 1))];
+    let a = Agent::start("t1", &ip(170, 1), &seed, &["--api-token", "s3cret"]);
+    let get = |auth: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(a.api()).unwrap();
+        let req = format!(
+            "GET /v1/members HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp
+    };
+    for auth in ["bearer s3cret", "BEARER s3cret", "Bearer s3cret"] {
+        assert!(get(auth).starts_with("HTTP/1.1 200"), "{auth}");
+    }
+    assert!(get("bearer s3cre").starts_with("HTTP/1.1 401"));
+    // Tokens no Authorization header can carry as given: refused at start.
+    for bad in [" s3cret", "s3cret ", "s3 cret", "pässword"] {
+        let out = std::process::Command::new(common::shoal_bin())
+            .args([
+                "agent",
+                "--node",
+                "t2",
+                "--bind",
+                &format!("{}:7946", ip(170, 2)),
+            ])
+            .args(["--api", &format!("{}:7373", ip(170, 2)), "--api-token", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("--api-token"), "{bad:?}: {err}");
+    }
+}
+
+#[test]
 fn hostile_tags_never_reach_the_haproxy_config() {
     // Tags the agent accepts (printable) but that could break a config line.
     let seed = vec![format!("{}:7946", ip(43, 1))];
