@@ -14,6 +14,7 @@
 pub mod addr;
 pub mod agent;
 pub mod api;
+pub mod atomic;
 pub mod cli;
 pub mod client;
 pub mod commands;
