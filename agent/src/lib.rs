@@ -20,6 +20,7 @@ pub mod client;
 pub mod commands;
 pub mod core;
 pub mod events;
+pub mod freshness;
 pub mod handlers;
 pub mod identity;
 pub mod keyring;

@@ -18,6 +18,10 @@ pub struct Stats {
     pub auth_failures: AtomicU64,
     pub push_pulls: AtomicU64,
     pub push_pull_failures: AtomicU64,
+    /// Key operations refused as outside the time window (or a nonce flood).
+    pub key_ops_stale: AtomicU64,
+    /// Key operations refused because their nonce was used already.
+    pub key_ops_replayed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
@@ -31,6 +35,10 @@ pub struct StatsView {
     pub auth_failures: u64,
     pub push_pulls: u64,
     pub push_pull_failures: u64,
+    #[serde(default)]
+    pub key_ops_stale: u64,
+    #[serde(default)]
+    pub key_ops_replayed: u64,
 }
 
 impl Stats {
@@ -49,6 +57,8 @@ impl Stats {
             auth_failures: self.auth_failures.load(Relaxed),
             push_pulls: self.push_pulls.load(Relaxed),
             push_pull_failures: self.push_pull_failures.load(Relaxed),
+            key_ops_stale: self.key_ops_stale.load(Relaxed),
+            key_ops_replayed: self.key_ops_replayed.load(Relaxed),
         }
     }
 }

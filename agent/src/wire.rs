@@ -307,8 +307,31 @@ pub struct SyncMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TcpMsg {
     Sync(SyncMsg),
-    KeyOp(KeyOp),
+    KeyOp(KeyRequest),
     KeyReply(KeyReply),
+}
+
+/// A key operation with its freshness proof (see [`crate::freshness`]): the
+/// sender's wall clock and a random nonce, both inside the sealed frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRequest {
+    pub op: KeyOp,
+    /// Milliseconds since the epoch when the operation was sent.
+    pub sent_ms: u64,
+    pub nonce: [u8; 16],
+}
+
+impl KeyRequest {
+    /// `op`, stamped now with a fresh random nonce.
+    pub fn new(op: KeyOp, now_ms: u64) -> KeyRequest {
+        let mut nonce = [0u8; 16];
+        rand::fill(&mut nonce[..]);
+        KeyRequest {
+            op,
+            sent_ms: now_ms,
+            nonce,
+        }
+    }
 }
 
 /// A keyring operation, applied by every member (`shoal keys ...`).

@@ -177,6 +177,91 @@ fn key_rotation_across_a_live_cluster_never_splits_it() {
     assert!(converged(&refs, &names));
 }
 
+/// Sends one TCP frame to an agent's gossip port and decodes its answer.
+fn exchange_frame(to: &str, frame: &[u8], ring: &shoal::keyring::Keyring) -> shoal::wire::TcpMsg {
+    use shoal::wire;
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(frame).unwrap();
+    let mut header = [0u8; wire::FRAME_HEADER];
+    s.read_exact(&mut header).unwrap();
+    let mut body = vec![0u8; wire::frame_len(&header).unwrap()];
+    s.read_exact(&mut body).unwrap();
+    wire::decode_frame_body(&body, Some(ring)).unwrap()
+}
+
+#[test]
+fn a_replayed_key_operation_is_refused_and_counted() {
+    use shoal::keyring::{Key, Keyring};
+    use shoal::wire::{self, KeyOp, KeyRequest, TcpMsg};
+    let k1 = keygen();
+    let k2 = keygen();
+    let seed = vec![format!("{}:7946", ip(171, 1))];
+    let a = Agent::start("k1", &ip(171, 1), &seed, &["--encrypt", &k1]);
+    let b = Agent::start("k2", &ip(171, 2), &seed, &["--encrypt", &k1]);
+    assert!(wait_for(Duration::from_secs(20), || converged(
+        &[&a, &b],
+        &["k1", "k2"]
+    )));
+    let out = a.cli(&["keys", "--install", &k2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A sealed "use K2" frame, as it crosses the network (made with the key).
+    let mut ring = Keyring::new(Key::parse(&k1).unwrap());
+    ring.install(Key::parse(&k2).unwrap());
+    let now = shoal::identity::now_millis();
+    let use_k2 = TcpMsg::KeyOp(KeyRequest::new(KeyOp::Use(k2.clone()), now));
+    let captured = wire::encode_frame(&use_k2, Some(&ring)).unwrap();
+    let primary = |msg: TcpMsg| match msg {
+        TcpMsg::KeyReply(r) => (r.error, r.keys[0].clone()),
+        other => panic!("not a key reply: {other:?}"),
+    };
+    let (error, first) = primary(exchange_frame(&b.gossip(), &captured, &ring));
+    assert_eq!(
+        (error, first),
+        (None, k2.clone()),
+        "the fresh frame is taken"
+    );
+    // The operator switches back to K1 everywhere...
+    let out = a.cli(&["keys", "--use", &k1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // ...and the captured frame, resent, changes nothing.
+    let (error, first) = primary(exchange_frame(&b.gossip(), &captured, &ring));
+    assert!(
+        error.as_deref().unwrap_or("").contains("replayed"),
+        "{error:?}"
+    );
+    assert_eq!(first, k1, "the replay made K2 primary again");
+    // An old request with a fresh nonce (a capture replayed later) too.
+    let old = TcpMsg::KeyOp(KeyRequest::new(KeyOp::Use(k2.clone()), now - 120_000));
+    let frame = wire::encode_frame(&old, Some(&ring)).unwrap();
+    let (error, first) = primary(exchange_frame(&b.gossip(), &frame, &ring));
+    assert!(
+        error.as_deref().unwrap_or("").contains("stale"),
+        "{error:?}"
+    );
+    assert_eq!(first, k1);
+    let stats = &info(&b)["stats"];
+    assert_eq!(stats["key_ops_replayed"], 1, "{stats}");
+    assert_eq!(stats["key_ops_stale"], 1, "{stats}");
+    assert!(b.log_text().contains("key operation refused"));
+    // The cluster still rotates normally.
+    let out = a.cli(&["keys", "--use", &k2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn the_api_token_is_checked_and_required_off_loopback() {
     let seed = vec![format!("{}:7946", ip(42, 1))];
