@@ -403,6 +403,12 @@ impl Node {
                     }
                     self.left = true;
                 }
+                Output::NameTaken { reason } => {
+                    // Stop the loop: the process exits non-zero ("the gossip
+                    // loop stopped").
+                    tracing::error!("{reason}");
+                    self.left = true;
+                }
             }
         }
         let wall = now_millis();

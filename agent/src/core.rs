@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
-use crate::identity::NodeId;
+use crate::identity::{plausible_generation, NodeId};
 use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table};
 use crate::profile::{foca_config, size_bucket, Timing};
 use crate::tags::{self, Tags};
@@ -48,7 +48,13 @@ pub enum Output {
     SeedPushPull { exclude: Vec<SocketAddr> },
     /// The graceful leave is complete (acknowledged or timed out).
     LeaveDone,
+    /// Another live node holds this node's name with a newer generation:
+    /// this node has stopped gossiping and must exit (non-zero), saying why.
+    NameTaken { reason: String },
 }
+
+/// A duplicate-name report is logged at most this often per name.
+const CONFLICT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// foca's `Timer` in the heap; order comes from (due, sequence) only.
 struct TimerKey(Timer<NodeId>);
@@ -132,7 +138,11 @@ pub struct Core {
     next_reconnect: Instant,
     push_pull_round: u64,
     leaving: Option<Leaving>,
+    /// Last duplicate-name report per name.
     conflicts_logged: HashMap<String, Instant>,
+    /// Set once another live node won our name: from then on the core is
+    /// silent (see [`Output::NameTaken`]).
+    name_taken: bool,
     /// Members we suspect, by name (ordered: same notices on every run).
     suspicions: BTreeMap<String, Suspicion>,
     joined: bool,
@@ -168,6 +178,7 @@ impl Core {
             push_pull_round: 0,
             leaving: None,
             conflicts_logged: HashMap::new(),
+            name_taken: false,
             suspicions: BTreeMap::new(),
             joined: false,
             out: Vec::new(),
@@ -224,6 +235,9 @@ impl Core {
         from: SocketAddr,
         now: Now,
     ) -> Result<(), DecodeError> {
+        if self.name_taken {
+            return Ok(());
+        }
         let result = match wire::decode_packet(data)? {
             Packet::Foca(body) => {
                 if self.leaving.is_some() {
@@ -234,10 +248,28 @@ impl Core {
                     .map_err(|e| DecodeError::Malformed(format!("refused by SWIM: {e}")))
             }
             Packet::Leave(id) => {
+                if !plausible_generation(id.generation, now.wall_ms) {
+                    return Err(DecodeError::Malformed(format!(
+                        "leave notice for {:?} with generation {}, more than {} ms ahead of \
+                         this node's clock",
+                        id.name,
+                        id.generation,
+                        crate::identity::MAX_GENERATION_AHEAD_MS
+                    )));
+                }
                 debug!(node = %id.name, %from, "leave notice");
                 let out = self.table.leave_notice(&id, now.wall_ms);
                 self.apply_outcome(out, now);
                 let ack = wire::encode_leave_ack(&self.local.name, id.generation);
+                // Also to the node the notice is about, when the packet came
+                // from elsewhere: if it is alive, the notice was forged or
+                // replayed, and it refutes at once (see `LeaveAck`).
+                if id.addr != from && id.name != self.local.name {
+                    self.out.push(Output::Send {
+                        to: id.addr,
+                        packet: ack.clone(),
+                    });
+                }
                 self.out.push(Output::Send {
                     to: from,
                     packet: ack,
@@ -245,10 +277,19 @@ impl Core {
                 Ok(())
             }
             Packet::LeaveAck { name, generation } => {
-                if let Some(leaving) = &mut self.leaving {
-                    if generation == self.local.generation {
-                        leaving.pending.remove(&name);
+                match &mut self.leaving {
+                    Some(leaving) => {
+                        if generation == self.local.generation {
+                            leaving.pending.remove(&name);
+                        }
                     }
+                    // We are not leaving, yet `name` took a leave notice of
+                    // this identity (or a newer one): forged or replayed.
+                    None if generation >= self.local.generation => {
+                        debug!(%from, by = %name, generation, "receipt of a leave we never sent");
+                        self.refute_above(generation, from, now);
+                    }
+                    None => {}
                 }
                 self.progress_leave(now);
                 Ok(())
@@ -264,6 +305,67 @@ impl Core {
         };
         self.flush(now);
         result
+    }
+
+    /// The cluster was told that this node left or failed under generation
+    /// `above` (ours or newer) while it is alive: a forged or replayed leave,
+    /// or a failure of a life the cluster thinks is newer. Take a generation
+    /// above it (gossiped by foca, and said directly to `to`), so every
+    /// member takes the live identity back at once.
+    fn refute_above(&mut self, above: u64, to: SocketAddr, now: Now) {
+        if self.leaving.is_some() || self.name_taken || !plausible_generation(above, now.wall_ms) {
+            return;
+        }
+        let new_id = self.local.renewed_above(above);
+        warn!(
+            held = above,
+            generation = new_id.generation,
+            "the cluster holds this node as left or failed (a forged or replayed notice?); \
+             refuting with a newer generation"
+        );
+        if let Err(e) = self.foca.change_identity(new_id.clone(), &mut self.rt) {
+            debug!(error = %e, "refuting by a new generation failed");
+            return;
+        }
+        self.set_local(new_id, now);
+        if to != self.local.addr {
+            if let Err(e) = self.foca.announce(NodeId::seed(to), &mut self.rt) {
+                debug!(%to, error = %e, "refutation announce failed");
+            }
+        }
+    }
+
+    /// A live member with our name and a newer generation at another
+    /// address, as foca knows it: the twin that keeps the name.
+    fn newer_twin(&self, than: u64) -> Option<NodeId> {
+        self.foca
+            .iter_membership_state()
+            .map(|m| (m.id(), m.state()))
+            .find(|(id, state)| {
+                *state != State::Down
+                    && id.name == self.local.name
+                    && id.addr != self.local.addr
+                    && id.generation > than
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Another live node keeps our name (the newer generation wins): stop
+    /// gossiping under it, for good, and tell the runtime why.
+    fn give_up_name(&mut self, twin: &NodeId) {
+        if self.name_taken {
+            return;
+        }
+        self.name_taken = true;
+        self.suspicions.clear();
+        self.timers.clear();
+        let reason = format!(
+            "duplicate node name {:?}: another live node at {} uses it with a newer \
+             generation ({} > {}), so it keeps the name and this node stops; give every \
+             node a unique --node",
+            self.local.name, twin.addr, twin.generation, self.local.generation
+        );
+        self.out.push(Output::NameTaken { reason });
     }
 
     /// A member tells us it suspects us: refute now (a higher incarnation,
@@ -311,6 +413,9 @@ impl Core {
 
     /// Fires every timer due at `now`.
     pub fn on_timers(&mut self, now: Now) {
+        if self.name_taken {
+            return;
+        }
         while let Some(Reverse((due, _, _))) = self.timers.peek() {
             if *due > now.mono {
                 break;
@@ -345,6 +450,9 @@ impl Core {
 
     /// The periodic tick: reconcile, reap, join retries, push-pull, leave progress.
     pub fn on_tick(&mut self, now: Now) {
+        if self.name_taken {
+            return;
+        }
         self.reconcile(now);
         if self.leaving.is_some() {
             self.progress_leave(now);
@@ -380,6 +488,9 @@ impl Core {
     pub fn contact(&mut self, addrs: &[SocketAddr], join_round: bool, now: Now) -> usize {
         if join_round {
             self.join_pending = false;
+        }
+        if self.name_taken {
+            return 0;
         }
         let mut contacted = 0;
         for &addr in addrs {
@@ -438,7 +549,13 @@ impl Core {
 
     /// Feeds a peer's full state to foca and the table.
     pub fn apply_remote(&mut self, remote: SyncMsg, now: Now) {
-        if remote.from.name == self.local.name && remote.from.addr == self.local.addr {
+        if self.name_taken
+            || (remote.from.name == self.local.name && remote.from.addr == self.local.addr)
+        {
+            return;
+        }
+        if !plausible_generation(remote.from.generation, now.wall_ms) {
+            debug!(from = %remote.from.addr, "push-pull refused: the sender's generation is far ahead of our clock");
             return;
         }
         let mut left = Vec::new();
@@ -462,14 +579,22 @@ impl Core {
             debug!(error = %e, "applying the push-pull peer failed");
         }
         let mut updates = Vec::new();
+        let mut twin = None;
+        let mut refute_above = None;
         for SyncEntry {
             id,
             incarnation,
             state,
         } in remote.entries
         {
+            if !plausible_generation(id.generation, now.wall_ms) {
+                debug!(node = %id.name, generation = id.generation, "push-pull entry refused: generation far ahead of our clock");
+                continue;
+            }
             if id.name == self.local.name {
-                if id.generation == self.local.generation && state != SyncState::Alive {
+                let mine = self.local.generation;
+                let active = matches!(state, SyncState::Alive | SyncState::Suspect);
+                if id.generation == mine && state != SyncState::Alive {
                     // The peer holds us as suspect or gone: refute, or
                     // rejoin under a new generation (foca does either).
                     let state = match state {
@@ -477,6 +602,14 @@ impl Core {
                         _ => State::Down,
                     };
                     updates.push(Member::new(self.local.clone(), incarnation, state));
+                } else if id.generation > mine && active && id.addr != self.local.addr {
+                    // A live twin with a newer generation: it keeps the name.
+                    twin = Some(id);
+                } else if id.generation > mine {
+                    // A newer life of ours held as left or failed (a forged
+                    // leave), or a newer one at our own address (only ever
+                    // a past life whose generation ran ahead): beat it.
+                    refute_above = refute_above.max(Some(id.generation));
                 }
                 continue;
             }
@@ -504,6 +637,13 @@ impl Core {
             {
                 debug!(error = %e, "announce after reconnect failed");
             }
+        }
+        if let Some(twin) = twin {
+            self.give_up_name(&twin);
+            return;
+        }
+        if let Some(above) = refute_above {
+            self.refute_above(above, remote.from.addr, now);
         }
         for id in left {
             let newer_or_same = self
@@ -615,10 +755,22 @@ impl Core {
 
     /// Brings the table in line with foca's full state.
     fn reconcile(&mut self, now: Now) {
+        if self.name_taken {
+            return;
+        }
         let mut out = Outcome::default();
+        let mut twin = None;
         // No snapshot copy: this runs every tick for every member, in every
         // core of a 1,000-member simulation.
         for m in self.foca.iter_membership_state() {
+            let id = m.id();
+            if id.name == self.local.name
+                && id.addr != self.local.addr
+                && id.generation > self.local.generation
+                && m.state() != State::Down
+            {
+                twin = Some(id.clone());
+            }
             out.merge(self.table.observe(
                 m.id(),
                 FocaState::from(m.state()),
@@ -627,6 +779,10 @@ impl Core {
             ));
         }
         self.apply_outcome(out, now);
+        if let Some(twin) = twin {
+            self.give_up_name(&twin);
+            return;
+        }
         let bucket = size_bucket(self.foca.num_members() + 1);
         if bucket != self.bucket {
             self.bucket = bucket;
@@ -655,11 +811,11 @@ impl Core {
         for c in out.conflicts {
             let recent = self
                 .conflicts_logged
-                .get(&c)
-                .is_some_and(|t| now.mono.duration_since(*t) < Duration::from_secs(30));
+                .get(&c.name)
+                .is_some_and(|t| now.mono.duration_since(*t) < CONFLICT_LOG_INTERVAL);
             if !recent {
-                tracing::error!("{c}");
-                self.conflicts_logged.insert(c, now.mono);
+                tracing::error!("{}", c.message);
+                self.conflicts_logged.insert(c.name, now.mono);
             }
         }
         for event in out.events {
@@ -679,6 +835,13 @@ impl Core {
     fn flush(&mut self, now: Now) {
         let mut dirty = false;
         loop {
+            if self.name_taken {
+                // Silent for good: nothing foca queued may go out.
+                while self.rt.to_send().is_some() {}
+                while self.rt.to_schedule().is_some() {}
+                while self.rt.to_notify().is_some() {}
+                return;
+            }
             while let Some((to, data)) = self.rt.to_send() {
                 self.out.push(Output::Send {
                     to: to.addr,
@@ -712,6 +875,13 @@ impl Core {
                 notified = true;
                 match n {
                     OwnedNotification::Rejoin(id) => {
+                        // Declared down because a newer twin took the name:
+                        // rejoining would only take it back, and so on
+                        // forever. The newer one keeps it.
+                        if let Some(twin) = self.newer_twin(self.local.generation) {
+                            self.give_up_name(&twin);
+                            continue;
+                        }
                         warn!(
                             generation = id.generation,
                             "the cluster declared this node down; rejoined with a new generation"
@@ -746,6 +916,10 @@ mod tests {
     use crate::profile::Profile;
     use rand::SeedableRng;
 
+    /// The virtual wall clock's base: later than the real clock that renewed
+    /// identities read, so none looks far ahead of it (as in the simulator).
+    const WALL0_MS: u64 = 4_000_000_000_000;
+
     /// Two cores on a perfect in-memory network, on virtual time.
     struct Net {
         cores: Vec<Core>,
@@ -777,7 +951,7 @@ mod tests {
                     };
                     let now = Now {
                         mono: t0,
-                        wall_ms: 0,
+                        wall_ms: WALL0_MS,
                     };
                     Core::new(id, cfg, StdRng::seed_from_u64(i as u64), now)
                 })
@@ -808,7 +982,7 @@ mod tests {
         fn now(&self) -> Now {
             Now {
                 mono: self.t0 + Duration::from_millis(self.now_ms),
-                wall_ms: self.now_ms,
+                wall_ms: WALL0_MS + self.now_ms,
             }
         }
 
