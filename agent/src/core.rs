@@ -999,7 +999,13 @@ mod tests {
             for (i, c) in self.cores.iter_mut().enumerate() {
                 queue.extend(c.take_outputs().into_iter().map(|o| (i, o)));
             }
+            let mut delivered = 0;
             while let Some((from, out)) = queue.pop() {
+                delivered += 1;
+                assert!(
+                    delivered < 100_000,
+                    "packet storm: 100,000 messages within one 10 ms step"
+                );
                 if self.dead.contains(&from) {
                     continue;
                 }
@@ -1157,5 +1163,140 @@ mod tests {
         }
         assert!(net.cores[2].local().generation > old.generation);
         assert_eq!(net.status(1, "n2"), Some(Status::Alive));
+    }
+
+    /// A leave notice about `who` with `generation`, as a spoofer sends it.
+    fn forged_leave(who: &NodeId, generation: u64) -> Vec<u8> {
+        wire::encode_leave(&NodeId {
+            generation,
+            ..who.clone()
+        })
+    }
+
+    #[test]
+    fn a_forged_leave_about_a_live_node_is_refuted() {
+        let mut net = Net::joined(3);
+        let n2 = net.cores[2].local().clone();
+        let attacker: SocketAddr = "10.9.9.9:7946".parse().unwrap();
+        // Plausible (a minute ahead of the clock), from another address.
+        let forged = n2.generation.max(net.now().wall_ms) + 60_000;
+        let now = net.now();
+        net.cores[0]
+            .on_packet(&forged_leave(&n2, forged), attacker, now)
+            .unwrap();
+        assert_eq!(net.status(0, "n2"), Some(Status::Left));
+        let t0 = net.now_ms;
+        while net.status(0, "n2") != Some(Status::Alive) {
+            net.step();
+            assert!(net.now_ms - t0 < 500, "n2 not back at n0 after 500 ms");
+        }
+        assert!(net.cores[2].local().generation > forged);
+        for _ in 0..300 {
+            net.step();
+        }
+        for i in 0..3 {
+            assert_eq!(net.status(i, "n2"), Some(Status::Alive), "at n{i}");
+        }
+    }
+
+    #[test]
+    fn a_leave_with_a_generation_far_ahead_of_the_clock_is_refused() {
+        let mut net = Net::joined(3);
+        let n2 = net.cores[2].local().clone();
+        let attacker: SocketAddr = "10.9.9.9:7946".parse().unwrap();
+        let now = net.now();
+        let too_far = now.wall_ms + crate::identity::MAX_GENERATION_AHEAD_MS + 1;
+        for generation in [u64::MAX, too_far] {
+            let err = net.cores[0]
+                .on_packet(&forged_leave(&n2, generation), attacker, now)
+                .unwrap_err();
+            assert!(err.to_string().contains("ahead of"), "{err}");
+        }
+        // Nor does one spread by push-pull take hold.
+        let mut sync = net.cores[1].sync_state();
+        for e in &mut sync.entries {
+            if e.id.name == "n2" {
+                e.id.generation = u64::MAX;
+                e.state = SyncState::Left;
+            }
+        }
+        net.cores[0].apply_remote(sync, now);
+        net.step();
+        assert_eq!(net.status(0, "n2"), Some(Status::Alive));
+        assert_eq!(
+            net.cores[0].record("n2").unwrap().id.generation,
+            n2.generation
+        );
+    }
+
+    #[test]
+    fn a_forged_leave_spread_by_push_pull_is_refuted_by_its_subject() {
+        let mut net = Net::joined(3);
+        let n2 = net.cores[2].local().clone();
+        let forged = n2.generation.max(net.now().wall_ms) + 60_000;
+        let now = net.now();
+        // n0 believes it (e.g. from a spoofed packet with no receipt to n2).
+        let out = net.cores[0].table.leave_notice(
+            &NodeId {
+                generation: forged,
+                ..n2.clone()
+            },
+            now.wall_ms,
+        );
+        net.cores[0].apply_outcome(out, now);
+        assert_eq!(net.status(0, "n2"), Some(Status::Left));
+        // n2 hears it in a push-pull with n0 and takes a newer generation.
+        let theirs = net.cores[0].sync_state();
+        net.cores[2].apply_remote(theirs, now);
+        assert!(net.cores[2].local().generation > forged);
+        let t0 = net.now_ms;
+        while net.status(0, "n2") != Some(Status::Alive) {
+            net.step();
+            assert!(net.now_ms - t0 < 2_000, "n2 not back at n0 after 2 s");
+        }
+    }
+
+    #[test]
+    fn two_live_nodes_with_one_name_settle_on_the_newer_one() {
+        let mut net = Net::joined(3);
+        // A second live "n1" starts at another address, newer generation.
+        let twin = NodeId {
+            name: "n1".into(),
+            addr: "10.0.0.9:7946".parse().unwrap(),
+            generation: net.cores[1].local().generation + 10,
+            tags: Tags::new(),
+        };
+        let cfg = net.cores[0].cfg.clone();
+        let now = net.now();
+        net.cores
+            .push(Core::new(twin.clone(), cfg, StdRng::seed_from_u64(9), now));
+        let seed = net.cores[0].local().addr;
+        net.cores[3].contact(&[seed], true, now);
+        // A minute of virtual time: the name settles once, then never moves.
+        let mut moves = 0;
+        let mut last = net.cores[0].record("n1").map(|r| r.id.addr);
+        for _ in 0..6_000 {
+            net.step();
+            let addr = net.cores[0].record("n1").map(|r| r.id.addr);
+            if addr != last {
+                moves += 1;
+                last = addr;
+            }
+        }
+        assert!(net.cores[1].name_taken, "the older n1 must stop");
+        assert!(!net.cores[3].name_taken, "the newer n1 keeps the name");
+        assert!(moves <= 2, "the name moved {moves} times in a minute");
+        for at in [0, 2] {
+            let r = net.cores[at].record("n1").unwrap();
+            assert_eq!(
+                (r.id.addr, r.status),
+                (twin.addr, Status::Alive),
+                "at n{at}"
+            );
+        }
+        assert!(net.cores[1]
+            .take_outputs()
+            .iter()
+            .all(|o| !matches!(o, Output::Send { .. })));
     }
 }
