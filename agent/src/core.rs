@@ -1161,6 +1161,7 @@ mod tests {
             net.step();
             assert!(net.now_ms - t0 < 5_000, "n2 not back at n0 after 5 s");
         }
+        eprintln!("replayed leave: n2 back at n0 after {} ms", net.now_ms - t0);
         assert!(net.cores[2].local().generation > old.generation);
         assert_eq!(net.status(1, "n2"), Some(Status::Alive));
     }
@@ -1190,6 +1191,7 @@ mod tests {
             net.step();
             assert!(net.now_ms - t0 < 500, "n2 not back at n0 after 500 ms");
         }
+        eprintln!("forged leave: n2 back at n0 after {} ms", net.now_ms - t0);
         assert!(net.cores[2].local().generation > forged);
         for _ in 0..300 {
             net.step();

@@ -177,6 +177,59 @@ fn key_rotation_across_a_live_cluster_never_splits_it() {
     assert!(converged(&refs, &names));
 }
 
+#[test]
+fn a_forged_leave_about_a_live_node_is_refuted() {
+    use shoal::identity::NodeId;
+    let seed = vec![format!("{}:7946", ip(172, 1))];
+    let a = Agent::start("s1", &ip(172, 1), &seed, &[]);
+    let b = Agent::start("s2", &ip(172, 2), &seed, &[]);
+    let c = Agent::start("s3", &ip(172, 3), &seed, &[]);
+    let all = ["s1", "s2", "s3"];
+    assert!(wait_for(Duration::from_secs(20), || converged(
+        &[&a, &b, &c],
+        &all
+    )));
+    let generation = |x: &Agent| info(x)["self"]["generation"].as_u64().unwrap();
+    let dropped = |x: &Agent| info(x)["stats"]["dropped_in"].as_u64().unwrap();
+    // The spoofer: its own address, plain text, as anyone on the network.
+    let spoofer = std::net::UdpSocket::bind(format!("{}:0", ip(172, 99))).unwrap();
+    let leave = |g: u64| {
+        let forged = NodeId {
+            name: "s2".into(),
+            addr: b.gossip().parse().unwrap(),
+            generation: g,
+            tags: shoal::tags::Tags::new(),
+        };
+        spoofer
+            .send_to(&shoal::wire::encode_leave(&forged), a.gossip())
+            .unwrap();
+    };
+    // A generation no clock will reach for ages: refused and counted.
+    let before = dropped(&a);
+    leave(u64::MAX);
+    assert!(wait_for(Duration::from_secs(5), || dropped(&a) > before));
+    assert_eq!(a.status_of("s2").as_deref(), Some("alive"));
+    // A plausible one (a minute ahead): s2 hears of it and refutes.
+    let forged = generation(&b).max(shoal::identity::now_millis()) + 60_000;
+    let t = std::time::Instant::now();
+    leave(forged);
+    assert!(
+        wait_for(Duration::from_secs(3), || generation(&b) > forged),
+        "s2 did not refute:\n{}",
+        b.log_text()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || converged(&[&a, &b, &c], &all)),
+        "s2 not alive everywhere: {:?}",
+        a.members()
+    );
+    eprintln!(
+        "forged leave refuted, s2 alive everywhere after {:?}",
+        t.elapsed()
+    );
+    assert!(b.log_text().contains("refuting with a newer generation"));
+}
+
 /// Sends one TCP frame to an agent's gossip port and decodes its answer.
 fn exchange_frame(to: &str, frame: &[u8], ring: &shoal::keyring::Keyring) -> shoal::wire::TcpMsg {
     use shoal::wire;
