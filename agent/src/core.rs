@@ -278,11 +278,10 @@ impl Core {
             }
             Packet::LeaveAck { name, generation } => {
                 match &mut self.leaving {
-                    Some(leaving) => {
-                        if generation == self.local.generation {
-                            leaving.pending.remove(&name);
-                        }
+                    Some(leaving) if generation == self.local.generation => {
+                        leaving.pending.remove(&name);
                     }
+                    Some(_) => {}
                     // We are not leaving, yet `name` took a leave notice of
                     // this identity (or a newer one): forged or replayed.
                     None if generation >= self.local.generation => {
