@@ -19,9 +19,9 @@ use crate::identity::{plausible_generation, NodeId};
 use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table};
 use crate::profile::{foca_config, size_bucket, Timing};
 use crate::tags::{self, Tags};
-use crate::wire::{self, DecodeError, Packet, ShoalCodec, SyncEntry, SyncMsg, SyncState};
+use crate::wire::{self, ClockedCodec, DecodeError, Packet, SyncEntry, SyncMsg, SyncState};
 
-type Swim = Foca<NodeId, ShoalCodec, StdRng, foca::NoCustomBroadcast>;
+type Swim = Foca<NodeId, ClockedCodec, StdRng, foca::NoCustomBroadcast>;
 
 /// The two clocks the core needs: monotonic for timers, wall (ms since the
 /// epoch) for event times and reaping. The simulator passes virtual ones.
@@ -123,6 +123,8 @@ pub struct CoreConfig {
 
 pub struct Core {
     foca: Swim,
+    /// foca's codec's clock, moved forward on every packet and tick.
+    codec: ClockedCodec,
     rt: AccumulatingRuntime<NodeId>,
     /// The one timer heap: (due, insertion order, timer).
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
@@ -156,14 +158,16 @@ impl Core {
     pub fn new(local: NodeId, cfg: CoreConfig, mut rng: StdRng, now: Now) -> Core {
         let own_rng = StdRng::seed_from_u64(rng.next_u64());
         let (table, first) = Table::new(&local, cfg.reap_after.as_millis() as u64, now.wall_ms);
+        let codec = ClockedCodec::new(now.wall_ms);
         let foca = Foca::new(
             local.clone(),
             foca_config(&cfg.timing, size_bucket(1)),
             rng,
-            ShoalCodec,
+            codec.clone(),
         );
         let mut core = Core {
             foca,
+            codec,
             rt: AccumulatingRuntime::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -238,6 +242,7 @@ impl Core {
         if self.name_taken {
             return Ok(());
         }
+        self.codec.set_now(now.wall_ms);
         let result = match wire::decode_packet(data)? {
             Packet::Foca(body) => {
                 if self.leaving.is_some() {
@@ -452,6 +457,7 @@ impl Core {
         if self.name_taken {
             return;
         }
+        self.codec.set_now(now.wall_ms);
         self.reconcile(now);
         if self.leaving.is_some() {
             self.progress_leave(now);
@@ -1299,5 +1305,35 @@ mod tests {
             .take_outputs()
             .iter()
             .all(|o| !matches!(o, Output::Send { .. })));
+    }
+
+    #[test]
+    fn swim_messages_from_a_generation_far_ahead_of_the_clock_are_refused() {
+        let mut net = Net::joined(2);
+        let now = net.now();
+        let evil = NodeId {
+            name: "evil".into(),
+            addr: "10.0.0.66:7946".parse().unwrap(),
+            generation: u64::MAX,
+            tags: Tags::new(),
+        };
+        let cfg = net.cores[0].cfg.clone();
+        let mut intruder = Core::new(evil, cfg, StdRng::seed_from_u64(7), now);
+        let seed = net.cores[0].local().addr;
+        intruder.contact(&[seed], true, now);
+        let mut refused = 0;
+        for out in intruder.take_outputs() {
+            if let Output::Send { to, packet } = out {
+                if to == seed {
+                    let err =
+                        net.cores[0].on_packet(&packet, "10.0.0.66:7946".parse().unwrap(), now);
+                    assert!(err.unwrap_err().to_string().contains("ahead of"));
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0, "the intruder sent nothing");
+        net.step();
+        assert!(net.cores[0].record("evil").is_none());
     }
 }

@@ -280,6 +280,82 @@ impl Codec<NodeId> for ShoalCodec {
     }
 }
 
+/// [`ShoalCodec`] with a clock: it also refuses identities whose generation
+/// is far ahead of the core's wall clock (see
+/// [`crate::identity::plausible_generation`]), so a forged `u64::MAX`
+/// generation never reaches foca through SWIM either. The core moves the
+/// clock forward ([`ClockedCodec::set_now`]); clones share it.
+#[derive(Debug, Clone)]
+pub struct ClockedCodec {
+    now_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClockedCodec {
+    pub fn new(now_ms: u64) -> ClockedCodec {
+        ClockedCodec {
+            now_ms: std::sync::Arc::new(now_ms.into()),
+        }
+    }
+
+    pub fn set_now(&self, now_ms: u64) {
+        self.now_ms
+            .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_clock(&self, id: &NodeId) -> Result<(), CodecError> {
+        let now = self.now_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if crate::identity::plausible_generation(id.generation, now) {
+            Ok(())
+        } else {
+            Err(CodecError(format!(
+                "identity {:?} has generation {}, more than {} ms ahead of this node's clock",
+                id.name,
+                id.generation,
+                crate::identity::MAX_GENERATION_AHEAD_MS
+            )))
+        }
+    }
+}
+
+impl Codec<NodeId> for ClockedCodec {
+    type Error = CodecError;
+
+    fn encode_header(
+        &mut self,
+        header: &Header<NodeId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        ShoalCodec.encode_header(header, buf)
+    }
+
+    fn decode_header(&mut self, buf: impl bytes::Buf) -> Result<Header<NodeId>, CodecError> {
+        let header = ShoalCodec.decode_header(buf)?;
+        self.check_clock(&header.src)?;
+        match &header.message {
+            Message::PingReq { target: id, .. }
+            | Message::IndirectPing { origin: id, .. }
+            | Message::IndirectAck { target: id, .. }
+            | Message::ForwardedAck { origin: id, .. } => self.check_clock(id)?,
+            _ => {}
+        }
+        Ok(header)
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &Member<NodeId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        ShoalCodec.encode_member(member, buf)
+    }
+
+    fn decode_member(&mut self, buf: impl bytes::Buf) -> Result<Member<NodeId>, CodecError> {
+        let member = ShoalCodec.decode_member(buf)?;
+        self.check_clock(member.id())?;
+        Ok(member)
+    }
+}
+
 /// A member's state as exchanged in push-pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncState {
