@@ -173,29 +173,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failed_check_leaves_the_file_untouched() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("h.cfg");
-        write_atomic(&p, "good\n", None).await.unwrap();
-        let fail = CheckCmd::parse("false").unwrap();
-        let err = write_atomic(&p, "bad\n", Some(&fail)).await.unwrap_err();
-        assert!(err.to_string().contains("rejected"), "{err}");
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "good\n");
-        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
-    }
-
-    #[tokio::test]
-    async fn check_cmd_substitutes_the_path() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("h.cfg");
-        // `grep -q good {}` succeeds only if it was given the temp file.
-        let c = CheckCmd::parse("grep -q good {}").unwrap();
-        write_atomic(&p, "good\n", Some(&c)).await.unwrap();
-        assert!(write_atomic(&p, "bad\n", Some(&c)).await.is_err());
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "good\n");
-    }
-
-    #[tokio::test]
     async fn symlinks_planted_at_the_old_temp_names_are_never_followed() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("h.cfg");
@@ -219,5 +196,28 @@ mod tests {
             let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, CONFIG_MODE, "{}", f.display());
         }
+    }
+
+    #[tokio::test]
+    async fn a_failed_check_leaves_the_file_untouched() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.cfg");
+        write_atomic(&p, "good\n", None).await.unwrap();
+        let fail = CheckCmd::parse("false").unwrap();
+        let err = write_atomic(&p, "bad\n", Some(&fail)).await.unwrap_err();
+        assert!(err.to_string().contains("rejected"), "{err}");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "good\n");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    #[tokio::test]
+    async fn check_cmd_substitutes_the_path() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.cfg");
+        // `grep -q good {}` succeeds only if it was given the temp file.
+        let c = CheckCmd::parse("grep -q good {}").unwrap();
+        write_atomic(&p, "good\n", Some(&c)).await.unwrap();
+        assert!(write_atomic(&p, "bad\n", Some(&c)).await.is_err());
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "good\n");
     }
 }
