@@ -4,7 +4,7 @@
 use foca::{Codec, Header, Member, Message};
 use shoal::identity::NodeId;
 use shoal::tags::Tags;
-use shoal::wire::{self, KeyOp, ShoalCodec, SyncEntry, SyncMsg, SyncState, TcpMsg};
+use shoal::wire::{self, KeyOp, KeyRequest, ShoalCodec, SyncEntry, SyncMsg, SyncState, TcpMsg};
 
 fn main() -> std::io::Result<()> {
     let dir = std::env::args()
@@ -61,7 +61,10 @@ fn main() -> std::io::Result<()> {
     });
     let frame = wire::encode_frame(&sync, None).expect("frame");
     seeds.push(("frame_body", frame[wire::FRAME_HEADER..].to_vec()));
-    let keyop = TcpMsg::KeyOp(KeyOp::Install(shoal::keyring::generate()));
+    let keyop = TcpMsg::KeyOp(KeyRequest::new(
+        KeyOp::Install(shoal::keyring::generate()),
+        shoal::identity::now_millis(),
+    ));
     let frame = wire::encode_frame(&keyop, None).expect("frame");
     seeds.push(("frame_keyop", frame[wire::FRAME_HEADER..].to_vec()));
     for (name, bytes) in seeds {

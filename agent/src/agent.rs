@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 use crate::addr;
 use crate::core::{Core, CoreConfig, Merge, Now, Output, MERGE_CHUNK};
 use crate::events::{EventLog, MemberView};
+use crate::freshness::{NonceGuard, Refusal};
 use crate::identity::{now_millis, NodeId};
 use crate::join::{self, JoinReport};
 use crate::keyring::{Key, Keyring};
@@ -30,7 +31,7 @@ use crate::profile::Profile;
 use crate::pushpull::{self, FrameError, SharedKeyring};
 use crate::stats::Stats;
 use crate::tags::{self, Tags};
-use crate::wire::{self, DecodeError, KeyOp, KeyReply, SyncMsg, TcpMsg};
+use crate::wire::{self, DecodeError, KeyOp, KeyReply, KeyRequest, SyncMsg, TcpMsg};
 
 /// Inbound TCP connections on the gossip port open at once, in all and per
 /// source address (so one source cannot take every slot).
@@ -224,6 +225,7 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         file: cfg.keyring_file.clone(),
         node: local.name.clone(),
         op_lock: tokio::sync::Mutex::new(()),
+        fresh: Mutex::new(NonceGuard::default()),
     });
     if cfg.keyring.is_some() {
         info!("gossip encryption on (AES-GCM)");
@@ -500,6 +502,12 @@ impl Node {
                     }
                     self.left = true;
                 }
+                Output::NameTaken { reason } => {
+                    // Stop the loop: the process exits non-zero ("the gossip
+                    // loop stopped").
+                    tracing::error!("{reason}");
+                    self.left = true;
+                }
             }
         }
         self.stats.members_refused.store(
@@ -629,6 +637,8 @@ pub struct KeyCtx {
     pub node: String,
     /// Serialises key operations (see [`apply_key_op`]).
     pub op_lock: tokio::sync::Mutex<()>,
+    /// Nonces of the key operations taken from peers (see [`serve_key_op`]).
+    pub fresh: Mutex<NonceGuard>,
 }
 
 /// Cluster-wide result of a key operation.
@@ -700,6 +710,36 @@ pub async fn apply_key_op(ctx: &KeyCtx, op: &KeyOp) -> KeyReply {
     }
 }
 
+/// A key operation asked for by a peer: applied only if fresh (see
+/// [`crate::freshness`]); a stale or replayed one is refused, counted
+/// (`key_ops_stale`, `key_ops_replayed`, and `dropped_in`) and logged.
+async fn serve_key_op(ctx: &KeyCtx, stats: &Stats, req: &KeyRequest) -> KeyReply {
+    let checked = ctx.fresh.lock().unwrap_or_else(|p| p.into_inner()).check(
+        req.sent_ms,
+        req.nonce,
+        now_millis(),
+    );
+    match checked {
+        Ok(()) => apply_key_op(ctx, &req.op).await,
+        Err(why) => {
+            let counter = match why {
+                Refusal::Replayed => &stats.key_ops_replayed,
+                Refusal::Stale { .. } | Refusal::Flood => &stats.key_ops_stale,
+            };
+            Stats::add(counter, 1);
+            Stats::add(&stats.dropped_in, 1);
+            warn!(error = %why, "key operation refused");
+            KeyReply {
+                node: ctx.node.clone(),
+                error: Some(format!("refused: {why}")),
+                keys: pushpull::snapshot(&ctx.ring)
+                    .map(|r| r.keys().map(|k| k.as_str().to_string()).collect())
+                    .unwrap_or_default(),
+            }
+        }
+    }
+}
+
 /// Runs a key operation here, then on every live member in parallel.
 async fn cluster_key_op(
     ctx: Arc<KeyCtx>,
@@ -714,9 +754,11 @@ async fn cluster_key_op(
         return Err(local.error.unwrap_or_default());
     }
     let ring = pushpull::snapshot(&ctx.ring);
+    // One stamp for every peer: each remembers the nonce on its own.
+    let request = KeyRequest::new(op, now_millis());
     let mut tasks = tokio::task::JoinSet::new();
     for (name, addr) in peers {
-        let msg = TcpMsg::KeyOp(op.clone());
+        let msg = TcpMsg::KeyOp(request.clone());
         let ring = ring.clone();
         tasks.spawn(async move {
             match pushpull::exchange(addr, msg, ring).await {
@@ -859,7 +901,7 @@ async fn serve_tcp(
                     .map_err(|_| stopped())?;
                 TcpMsg::Sync(rx.await.map_err(|_| stopped())?)
             }
-            TcpMsg::KeyOp(op) => TcpMsg::KeyReply(apply_key_op(keys, &op).await),
+            TcpMsg::KeyOp(req) => TcpMsg::KeyReply(serve_key_op(keys, stats, &req).await),
             TcpMsg::KeyReply(_) => return Err(FrameError::Io("unexpected key reply".into())),
         };
         // Answer with the keyring as it is now (a `use` just switched it).

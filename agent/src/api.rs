@@ -232,17 +232,13 @@ fn error(status: StatusCode, message: impl Into<String>) -> Reply {
     json_reply(status, &json!({ "error": message.into() }))
 }
 
-/// Compares in constant time, so the token cannot be guessed byte by byte.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
+/// See [`crate::token::authorizes`]: case-insensitive scheme, a comparison
+/// that leaks neither matching bytes nor the token's length.
 fn authorized(req: &Request<Incoming>, token: &str) -> bool {
     req.headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .is_some_and(|given| same(given.trim().as_bytes(), token.as_bytes()))
+        .is_some_and(|v| crate::token::authorizes(v, token))
 }
 
 async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {

@@ -257,6 +257,9 @@ impl AgentArgs {
             .collect::<Result<Vec<_>, _>>()?;
         let api = addr::parse_ip_port(api, 7373).map_err(|e| format!("--api: {e}"))?;
         let api_token = api_token.map(str::to_string).filter(|t| !t.is_empty());
+        if let Some(t) = &api_token {
+            crate::token::validate(t)?;
+        }
         if !api.ip().is_loopback() && api_token.is_none() {
             return Err(format!(
                 "--api {api} is not a loopback address: set --api-token (or SHOAL_API_TOKEN) \

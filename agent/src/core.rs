@@ -15,13 +15,13 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
-use crate::identity::NodeId;
+use crate::identity::{plausible_generation, NodeId};
 use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS};
 use crate::profile::{foca_config, size_bucket, Timing};
 use crate::tags::{self, Tags};
-use crate::wire::{self, DecodeError, Packet, ShoalCodec, SyncEntry, SyncMsg, SyncState};
+use crate::wire::{self, ClockedCodec, DecodeError, Packet, SyncEntry, SyncMsg, SyncState};
 
-type Swim = Foca<NodeId, ShoalCodec, StdRng, foca::NoCustomBroadcast>;
+type Swim = Foca<NodeId, ClockedCodec, StdRng, foca::NoCustomBroadcast>;
 
 /// The two clocks the core needs: monotonic for timers, wall (ms since the
 /// epoch) for event times and reaping. The simulator passes virtual ones.
@@ -48,7 +48,13 @@ pub enum Output {
     SeedPushPull { exclude: Vec<SocketAddr> },
     /// The graceful leave is complete (acknowledged or timed out).
     LeaveDone,
+    /// Another live node holds this node's name with a newer generation:
+    /// this node has stopped gossiping and must exit (non-zero), saying why.
+    NameTaken { reason: String },
 }
+
+/// A duplicate-name report is logged at most this often per name.
+const CONFLICT_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// foca's `Timer` in the heap; order comes from (due, sequence) only.
 struct TimerKey(Timer<NodeId>);
@@ -151,6 +157,8 @@ pub struct CoreConfig {
 
 pub struct Core {
     foca: Swim,
+    /// foca's codec's clock, moved forward on every packet and tick.
+    codec: ClockedCodec,
     rt: AccumulatingRuntime<NodeId>,
     /// The one timer heap: (due, insertion order, timer).
     timers: BinaryHeap<Reverse<(Instant, u64, TimerKey)>>,
@@ -166,7 +174,11 @@ pub struct Core {
     next_reconnect: Instant,
     push_pull_round: u64,
     leaving: Option<Leaving>,
+    /// Last duplicate-name report per name.
     conflicts_logged: HashMap<String, Instant>,
+    /// Set once another live node won our name: from then on the core is
+    /// silent (see [`Output::NameTaken`]).
+    name_taken: bool,
     /// Members we suspect, by name (ordered: same notices on every run).
     suspicions: BTreeMap<String, Suspicion>,
     joined: bool,
@@ -184,14 +196,16 @@ impl Core {
     pub fn new(local: NodeId, cfg: CoreConfig, mut rng: StdRng, now: Now) -> Core {
         let own_rng = StdRng::seed_from_u64(rng.next_u64());
         let (table, first) = Table::new(&local, cfg.reap_after.as_millis() as u64, now.wall_ms);
+        let codec = ClockedCodec::new(now.wall_ms);
         let foca = Foca::new(
             local.clone(),
             foca_config(&cfg.timing, size_bucket(1)),
             rng,
-            ShoalCodec,
+            codec.clone(),
         );
         let mut core = Core {
             foca,
+            codec,
             rt: AccumulatingRuntime::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
@@ -206,6 +220,7 @@ impl Core {
             push_pull_round: 0,
             leaving: None,
             conflicts_logged: HashMap::new(),
+            name_taken: false,
             suspicions: BTreeMap::new(),
             joined: false,
             members_refused: 0,
@@ -269,6 +284,10 @@ impl Core {
         from: SocketAddr,
         now: Now,
     ) -> Result<(), DecodeError> {
+        if self.name_taken {
+            return Ok(());
+        }
+        self.codec.set_now(now.wall_ms);
         let result = match wire::decode_packet(data)? {
             Packet::Foca(body) => {
                 if self.leaving.is_some() {
@@ -279,10 +298,28 @@ impl Core {
                     .map_err(|e| DecodeError::Malformed(format!("refused by SWIM: {e}")))
             }
             Packet::Leave(id) => {
+                if !plausible_generation(id.generation, now.wall_ms) {
+                    return Err(DecodeError::Malformed(format!(
+                        "leave notice for {:?} with generation {}, more than {} ms ahead of \
+                         this node's clock",
+                        id.name,
+                        id.generation,
+                        crate::identity::MAX_GENERATION_AHEAD_MS
+                    )));
+                }
                 debug!(node = %id.name, %from, "leave notice");
                 let out = self.table.leave_notice(&id, now.wall_ms);
                 self.apply_outcome(out, now);
                 let ack = wire::encode_leave_ack(&self.local.name, id.generation);
+                // Also to the node the notice is about, when the packet came
+                // from elsewhere: if it is alive, the notice was forged or
+                // replayed, and it refutes at once (see `LeaveAck`).
+                if id.addr != from && id.name != self.local.name {
+                    self.out.push(Output::Send {
+                        to: id.addr,
+                        packet: ack.clone(),
+                    });
+                }
                 self.out.push(Output::Send {
                     to: from,
                     packet: ack,
@@ -290,10 +327,18 @@ impl Core {
                 Ok(())
             }
             Packet::LeaveAck { name, generation } => {
-                if let Some(leaving) = &mut self.leaving {
-                    if generation == self.local.generation {
+                match &mut self.leaving {
+                    Some(leaving) if generation == self.local.generation => {
                         leaving.pending.remove(&name);
                     }
+                    Some(_) => {}
+                    // We are not leaving, yet `name` took a leave notice of
+                    // this identity (or a newer one): forged or replayed.
+                    None if generation >= self.local.generation => {
+                        debug!(%from, by = %name, generation, "receipt of a leave we never sent");
+                        self.refute_above(generation, from, now);
+                    }
+                    None => {}
                 }
                 self.progress_leave(now);
                 Ok(())
@@ -309,6 +354,67 @@ impl Core {
         };
         self.flush(now);
         result
+    }
+
+    /// The cluster was told that this node left or failed under generation
+    /// `above` (ours or newer) while it is alive: a forged or replayed leave,
+    /// or a failure of a life the cluster thinks is newer. Take a generation
+    /// above it (gossiped by foca, and said directly to `to`), so every
+    /// member takes the live identity back at once.
+    fn refute_above(&mut self, above: u64, to: SocketAddr, now: Now) {
+        if self.leaving.is_some() || self.name_taken || !plausible_generation(above, now.wall_ms) {
+            return;
+        }
+        let new_id = self.local.renewed_above(above);
+        warn!(
+            held = above,
+            generation = new_id.generation,
+            "the cluster holds this node as left or failed (a forged or replayed notice?); \
+             refuting with a newer generation"
+        );
+        if let Err(e) = self.foca.change_identity(new_id.clone(), &mut self.rt) {
+            debug!(error = %e, "refuting by a new generation failed");
+            return;
+        }
+        self.set_local(new_id, now);
+        if to != self.local.addr {
+            if let Err(e) = self.foca.announce(NodeId::seed(to), &mut self.rt) {
+                debug!(%to, error = %e, "refutation announce failed");
+            }
+        }
+    }
+
+    /// A live member with our name and a newer generation at another
+    /// address, as foca knows it: the twin that keeps the name.
+    fn newer_twin(&self, than: u64) -> Option<NodeId> {
+        self.foca
+            .iter_membership_state()
+            .map(|m| (m.id(), m.state()))
+            .find(|(id, state)| {
+                *state != State::Down
+                    && id.name == self.local.name
+                    && id.addr != self.local.addr
+                    && id.generation > than
+            })
+            .map(|(id, _)| id.clone())
+    }
+
+    /// Another live node keeps our name (the newer generation wins): stop
+    /// gossiping under it, for good, and tell the runtime why.
+    fn give_up_name(&mut self, twin: &NodeId) {
+        if self.name_taken {
+            return;
+        }
+        self.name_taken = true;
+        self.suspicions.clear();
+        self.timers.clear();
+        let reason = format!(
+            "duplicate node name {:?}: another live node at {} uses it with a newer \
+             generation ({} > {}), so it keeps the name and this node stops; give every \
+             node a unique --node",
+            self.local.name, twin.addr, twin.generation, self.local.generation
+        );
+        self.out.push(Output::NameTaken { reason });
     }
 
     /// A member tells us it suspects us: refute now (a higher incarnation,
@@ -356,6 +462,9 @@ impl Core {
 
     /// Fires every timer due at `now`.
     pub fn on_timers(&mut self, now: Now) {
+        if self.name_taken {
+            return;
+        }
         while let Some(Reverse((due, _, _))) = self.timers.peek() {
             if *due > now.mono {
                 break;
@@ -390,6 +499,10 @@ impl Core {
 
     /// The periodic tick: reconcile, reap, join retries, push-pull, leave progress.
     pub fn on_tick(&mut self, now: Now) {
+        if self.name_taken {
+            return;
+        }
+        self.codec.set_now(now.wall_ms);
         self.reconcile(now);
         if self.leaving.is_some() {
             self.progress_leave(now);
@@ -425,6 +538,9 @@ impl Core {
     pub fn contact(&mut self, addrs: &[SocketAddr], join_round: bool, now: Now) -> usize {
         if join_round {
             self.join_pending = false;
+        }
+        if self.name_taken {
+            return 0;
         }
         let mut contacted = 0;
         for &addr in addrs {
@@ -496,7 +612,13 @@ impl Core {
     /// that owns the core keeps answering probes while a big table merges.
     /// None if the state is our own.
     pub fn begin_merge(&mut self, remote: SyncMsg, now: Now) -> Option<Merge> {
-        if remote.from.name == self.local.name && remote.from.addr == self.local.addr {
+        if self.name_taken
+            || (remote.from.name == self.local.name && remote.from.addr == self.local.addr)
+        {
+            return None;
+        }
+        if !plausible_generation(remote.from.generation, now.wall_ms) {
+            debug!(from = %remote.from.addr, "push-pull refused: the sender's generation is far ahead of our clock");
             return None;
         }
         // A peer we hold as down (reconnect, a healed partition): foca will
@@ -545,14 +667,22 @@ impl Core {
             merge.peer_observed = true;
             touched.insert(merge.from.name.clone());
         }
+        let mut twin = None;
+        let mut refute_above = None;
         for SyncEntry {
             id,
             incarnation,
             state,
         } in merge.entries.by_ref().take(max)
         {
+            if !plausible_generation(id.generation, now.wall_ms) {
+                debug!(node = %id.name, generation = id.generation, "push-pull entry refused: generation far ahead of our clock");
+                continue;
+            }
             if id.name == self.local.name {
-                if id.generation == self.local.generation && state != SyncState::Alive {
+                let mine = self.local.generation;
+                let active = matches!(state, SyncState::Alive | SyncState::Suspect);
+                if id.generation == mine && state != SyncState::Alive {
                     // The peer holds us as suspect or gone: refute, or
                     // rejoin under a new generation (foca does either).
                     let state = match state {
@@ -560,6 +690,14 @@ impl Core {
                         _ => State::Down,
                     };
                     gossip.push(Member::new(self.local.clone(), incarnation, state));
+                } else if id.generation > mine && active && id.addr != self.local.addr {
+                    // A live twin with a newer generation: it keeps the name.
+                    twin = Some(id);
+                } else if id.generation > mine {
+                    // A newer life of ours held as left or failed (a forged
+                    // leave), or a newer one at our own address (only ever
+                    // a past life whose generation ran ahead): beat it.
+                    refute_above = refute_above.max(Some(id.generation));
                 }
                 continue;
             }
@@ -612,6 +750,13 @@ impl Core {
             {
                 debug!(error = %e, "applying push-pull state failed");
             }
+        }
+        if let Some(twin) = twin {
+            self.give_up_name(&twin);
+            return true;
+        }
+        if let Some(above) = refute_above {
+            self.refute_above(above, merge.from.addr, now);
         }
         for id in left {
             let newer_or_same = self
@@ -754,10 +899,22 @@ impl Core {
 
     /// Brings the table in line with foca's full state.
     fn reconcile(&mut self, now: Now) {
+        if self.name_taken {
+            return;
+        }
         let mut out = Outcome::default();
+        let mut twin = None;
         // No snapshot copy: this runs every tick for every member, in every
         // core of a 1,000-member simulation.
         for m in self.foca.iter_membership_state() {
+            let id = m.id();
+            if id.name == self.local.name
+                && id.addr != self.local.addr
+                && id.generation > self.local.generation
+                && m.state() != State::Down
+            {
+                twin = Some(id.clone());
+            }
             out.merge(self.table.observe(
                 m.id(),
                 FocaState::from(m.state()),
@@ -766,6 +923,10 @@ impl Core {
             ));
         }
         self.apply_outcome(out, now);
+        if let Some(twin) = twin {
+            self.give_up_name(&twin);
+            return;
+        }
         self.adjust_to_size();
     }
 
@@ -819,11 +980,11 @@ impl Core {
         for c in out.conflicts {
             let recent = self
                 .conflicts_logged
-                .get(&c)
-                .is_some_and(|t| now.mono.duration_since(*t) < Duration::from_secs(30));
+                .get(&c.name)
+                .is_some_and(|t| now.mono.duration_since(*t) < CONFLICT_LOG_INTERVAL);
             if !recent {
-                tracing::error!("{c}");
-                self.conflicts_logged.insert(c, now.mono);
+                tracing::error!("{}", c.message);
+                self.conflicts_logged.insert(c.name, now.mono);
             }
         }
         for event in out.events {
@@ -853,6 +1014,13 @@ impl Core {
     fn flush_with(&mut self, now: Now, reconcile: bool) {
         let mut dirty = !reconcile;
         loop {
+            if self.name_taken {
+                // Silent for good: nothing foca queued may go out.
+                while self.rt.to_send().is_some() {}
+                while self.rt.to_schedule().is_some() {}
+                while self.rt.to_notify().is_some() {}
+                return;
+            }
             while let Some((to, data)) = self.rt.to_send() {
                 self.out.push(Output::Send {
                     to: to.addr,
@@ -886,6 +1054,13 @@ impl Core {
                 notified = true;
                 match n {
                     OwnedNotification::Rejoin(id) => {
+                        // Declared down because a newer twin took the name:
+                        // rejoining would only take it back, and so on
+                        // forever. The newer one keeps it.
+                        if let Some(twin) = self.newer_twin(self.local.generation) {
+                            self.give_up_name(&twin);
+                            continue;
+                        }
                         warn!(
                             generation = id.generation,
                             "the cluster declared this node down; rejoined with a new generation"
@@ -920,6 +1095,10 @@ mod tests {
     use crate::profile::Profile;
     use rand::SeedableRng;
 
+    /// The virtual wall clock's base: later than the real clock that renewed
+    /// identities read, so none looks far ahead of it (as in the simulator).
+    const WALL0_MS: u64 = 4_000_000_000_000;
+
     /// Two cores on a perfect in-memory network, on virtual time.
     struct Net {
         cores: Vec<Core>,
@@ -951,7 +1130,7 @@ mod tests {
                     };
                     let now = Now {
                         mono: t0,
-                        wall_ms: 0,
+                        wall_ms: WALL0_MS,
                     };
                     Core::new(id, cfg, StdRng::seed_from_u64(i as u64), now)
                 })
@@ -982,7 +1161,7 @@ mod tests {
         fn now(&self) -> Now {
             Now {
                 mono: self.t0 + Duration::from_millis(self.now_ms),
-                wall_ms: self.now_ms,
+                wall_ms: WALL0_MS + self.now_ms,
             }
         }
 
@@ -999,7 +1178,13 @@ mod tests {
             for (i, c) in self.cores.iter_mut().enumerate() {
                 queue.extend(c.take_outputs().into_iter().map(|o| (i, o)));
             }
+            let mut delivered = 0;
             while let Some((from, out)) = queue.pop() {
+                delivered += 1;
+                assert!(
+                    delivered < 100_000,
+                    "packet storm: 100,000 messages within one 10 ms step"
+                );
                 if self.dead.contains(&from) {
                     continue;
                 }
@@ -1224,6 +1409,7 @@ mod tests {
             net.step();
             assert!(net.now_ms - t0 < 5_000, "n2 not back at n0 after 5 s");
         }
+        eprintln!("replayed leave: n2 back at n0 after {} ms", net.now_ms - t0);
         assert!(net.cores[2].local().generation > old.generation);
         assert_eq!(net.status(1, "n2"), Some(Status::Alive));
     }
@@ -1283,5 +1469,171 @@ mod tests {
         net.cores[0].apply_remote(msg, now);
         assert_eq!(net.cores[0].records().count(), 2);
         assert!(net.cores[0].foca.iter_membership_state().count() <= 1);
+    }
+
+    /// A leave notice about `who` with `generation`, as a spoofer sends it.
+    fn forged_leave(who: &NodeId, generation: u64) -> Vec<u8> {
+        wire::encode_leave(&NodeId {
+            generation,
+            ..who.clone()
+        })
+    }
+
+    #[test]
+    fn a_forged_leave_about_a_live_node_is_refuted() {
+        let mut net = Net::joined(3);
+        let n2 = net.cores[2].local().clone();
+        let attacker: SocketAddr = "10.9.9.9:7946".parse().unwrap();
+        // Plausible (a minute ahead of the clock), from another address.
+        let forged = n2.generation.max(net.now().wall_ms) + 60_000;
+        let now = net.now();
+        net.cores[0]
+            .on_packet(&forged_leave(&n2, forged), attacker, now)
+            .unwrap();
+        assert_eq!(net.status(0, "n2"), Some(Status::Left));
+        let t0 = net.now_ms;
+        while net.status(0, "n2") != Some(Status::Alive) {
+            net.step();
+            assert!(net.now_ms - t0 < 500, "n2 not back at n0 after 500 ms");
+        }
+        eprintln!("forged leave: n2 back at n0 after {} ms", net.now_ms - t0);
+        assert!(net.cores[2].local().generation > forged);
+        for _ in 0..300 {
+            net.step();
+        }
+        for i in 0..3 {
+            assert_eq!(net.status(i, "n2"), Some(Status::Alive), "at n{i}");
+        }
+    }
+
+    #[test]
+    fn a_leave_with_a_generation_far_ahead_of_the_clock_is_refused() {
+        let mut net = Net::joined(3);
+        let n2 = net.cores[2].local().clone();
+        let attacker: SocketAddr = "10.9.9.9:7946".parse().unwrap();
+        let now = net.now();
+        let too_far = now.wall_ms + crate::identity::MAX_GENERATION_AHEAD_MS + 1;
+        for generation in [u64::MAX, too_far] {
+            let err = net.cores[0]
+                .on_packet(&forged_leave(&n2, generation), attacker, now)
+                .unwrap_err();
+            assert!(err.to_string().contains("ahead of"), "{err}");
+        }
+        // Nor does one spread by push-pull take hold.
+        let mut sync = net.cores[1].sync_state();
+        for e in &mut sync.entries {
+            if e.id.name == "n2" {
+                e.id.generation = u64::MAX;
+                e.state = SyncState::Left;
+            }
+        }
+        net.cores[0].apply_remote(sync, now);
+        net.step();
+        assert_eq!(net.status(0, "n2"), Some(Status::Alive));
+        assert_eq!(
+            net.cores[0].record("n2").unwrap().id.generation,
+            n2.generation
+        );
+    }
+
+    #[test]
+    fn a_forged_leave_spread_by_push_pull_is_refuted_by_its_subject() {
+        let mut net = Net::joined(3);
+        let n2 = net.cores[2].local().clone();
+        let forged = n2.generation.max(net.now().wall_ms) + 60_000;
+        let now = net.now();
+        // n0 believes it (e.g. from a spoofed packet with no receipt to n2).
+        let out = net.cores[0].table.leave_notice(
+            &NodeId {
+                generation: forged,
+                ..n2.clone()
+            },
+            now.wall_ms,
+        );
+        net.cores[0].apply_outcome(out, now);
+        assert_eq!(net.status(0, "n2"), Some(Status::Left));
+        // n2 hears it in a push-pull with n0 and takes a newer generation.
+        let theirs = net.cores[0].sync_state();
+        net.cores[2].apply_remote(theirs, now);
+        assert!(net.cores[2].local().generation > forged);
+        let t0 = net.now_ms;
+        while net.status(0, "n2") != Some(Status::Alive) {
+            net.step();
+            assert!(net.now_ms - t0 < 2_000, "n2 not back at n0 after 2 s");
+        }
+    }
+
+    #[test]
+    fn two_live_nodes_with_one_name_settle_on_the_newer_one() {
+        let mut net = Net::joined(3);
+        // A second live "n1" starts at another address, newer generation.
+        let twin = NodeId {
+            name: "n1".into(),
+            addr: "10.0.0.9:7946".parse().unwrap(),
+            generation: net.cores[1].local().generation + 10,
+            tags: Tags::new(),
+        };
+        let cfg = net.cores[0].cfg.clone();
+        let now = net.now();
+        net.cores
+            .push(Core::new(twin.clone(), cfg, StdRng::seed_from_u64(9), now));
+        let seed = net.cores[0].local().addr;
+        net.cores[3].contact(&[seed], true, now);
+        // A minute of virtual time: the name settles once, then never moves.
+        let mut moves = 0;
+        let mut last = net.cores[0].record("n1").map(|r| r.id.addr);
+        for _ in 0..6_000 {
+            net.step();
+            let addr = net.cores[0].record("n1").map(|r| r.id.addr);
+            if addr != last {
+                moves += 1;
+                last = addr;
+            }
+        }
+        assert!(net.cores[1].name_taken, "the older n1 must stop");
+        assert!(!net.cores[3].name_taken, "the newer n1 keeps the name");
+        assert!(moves <= 2, "the name moved {moves} times in a minute");
+        for at in [0, 2] {
+            let r = net.cores[at].record("n1").unwrap();
+            assert_eq!(
+                (r.id.addr, r.status),
+                (twin.addr, Status::Alive),
+                "at n{at}"
+            );
+        }
+        assert!(net.cores[1]
+            .take_outputs()
+            .iter()
+            .all(|o| !matches!(o, Output::Send { .. })));
+    }
+
+    #[test]
+    fn swim_messages_from_a_generation_far_ahead_of_the_clock_are_refused() {
+        let mut net = Net::joined(2);
+        let now = net.now();
+        let evil = NodeId {
+            name: "evil".into(),
+            addr: "10.0.0.66:7946".parse().unwrap(),
+            generation: u64::MAX,
+            tags: Tags::new(),
+        };
+        let cfg = net.cores[0].cfg.clone();
+        let mut intruder = Core::new(evil, cfg, StdRng::seed_from_u64(7), now);
+        let seed = net.cores[0].local().addr;
+        intruder.contact(&[seed], true, now);
+        let mut refused = 0;
+        for out in intruder.take_outputs() {
+            if let Output::Send { to, packet } = out {
+                if to == seed {
+                    let err =
+                        net.cores[0].on_packet(&packet, "10.0.0.66:7946".parse().unwrap(), now);
+                    assert!(err.unwrap_err().to_string().contains("ahead of"));
+                    refused += 1;
+                }
+            }
+        }
+        assert!(refused > 0, "the intruder sent nothing");
+        net.step();
+        assert!(net.cores[0].record("evil").is_none());
     }
 }

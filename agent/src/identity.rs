@@ -18,6 +18,17 @@ use crate::tags::{self, Tags};
 /// Longest node name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
+/// How far ahead of the receiver's clock a generation may be. Generations
+/// are wall-clock milliseconds, so a real one is never much ahead (clock
+/// skew); one beyond this is forged (e.g. `u64::MAX`, which no refutation
+/// could ever beat) and is refused.
+pub const MAX_GENERATION_AHEAD_MS: u64 = 10 * 60 * 1000;
+
+/// Whether a peer's `generation` is believable at our wall clock `now_ms`.
+pub fn plausible_generation(generation: u64, now_ms: u64) -> bool {
+    generation <= now_ms.saturating_add(MAX_GENERATION_AHEAD_MS)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeId {
     pub name: String,
@@ -53,6 +64,15 @@ impl NodeId {
         NodeId {
             tags,
             generation: next_generation(self.generation),
+            ..self.clone()
+        }
+    }
+
+    /// The same node with a generation newer than both its own and `above`:
+    /// how a live node refutes a leave or failure told about it.
+    pub fn renewed_above(&self, above: u64) -> Self {
+        NodeId {
+            generation: next_generation(self.generation).max(above.saturating_add(1)),
             ..self.clone()
         }
     }

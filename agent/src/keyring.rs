@@ -209,20 +209,9 @@ impl Keyring {
 
     /// Writes the keyring file atomically, readable by its owner only.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         let texts: Vec<&str> = self.keys.iter().map(|k| k.text.as_str()).collect();
         let body = serde_json::to_vec_pretty(&texts).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        crate::atomic::write(path, &body, 0o600)
     }
 }
 
@@ -287,5 +276,22 @@ mod tests {
         assert_eq!(back.keys().count(), 2);
         std::fs::write(&path, "[\"abc\"]").unwrap();
         assert!(Keyring::load(&path).unwrap_err().contains("key 0"));
+    }
+
+    #[test]
+    fn a_planted_temp_file_never_makes_the_keyring_world_readable() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("keyring.json");
+        // What an earlier run (or another user) may have left next to it.
+        let planted = path.with_extension("tmp");
+        std::fs::write(&planted, "[]").unwrap();
+        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let ring = Keyring::new(Key::parse(&generate()).unwrap());
+        ring.save(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "keyring saved with mode {mode:o}");
+        assert_eq!(std::fs::read_to_string(&planted).unwrap(), "[]");
+        assert!(Keyring::load(&path).unwrap().is_some());
     }
 }

@@ -110,7 +110,15 @@ pub struct Outcome {
     /// Stale identities foca should consider down (a node's old address).
     pub declare_down: Vec<NodeId>,
     /// Problems to log loudly (duplicate names).
-    pub conflicts: Vec<String>,
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A duplicate-name report, logged at most once a minute per name (the
+/// message changes with every flap, so it cannot be the key).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub name: String,
+    pub message: String,
 }
 
 impl Outcome {
@@ -261,11 +269,15 @@ impl Table {
                 .get(&self.local)
                 .is_some_and(|r| r.id.addr != id.addr);
             if other_addr && (state != FocaState::Down || id.generation > self.local_born) {
-                out.conflicts.push(format!(
-                    "duplicate node name {:?}: another live node at {} uses this node's name; \
-                     give every node a unique --node",
-                    id.name, id.addr
-                ));
+                out.conflicts.push(Conflict {
+                    name: id.name.clone(),
+                    message: format!(
+                        "duplicate node name {:?}: another live node at {} uses this node's \
+                         name; the one with the newer generation keeps it, the other stops; \
+                         give every node a unique --node",
+                        id.name, id.addr
+                    ),
+                });
             }
             return out;
         }
@@ -322,14 +334,17 @@ impl Table {
                     moves.pop_front();
                 }
                 if moves.len() >= DUPLICATE_MOVES {
-                    out.conflicts.push(format!(
-                        "duplicate node name {:?}: it moved between addresses {} times in a \
-                         minute (now {}, before {}); two live nodes share this name",
-                        id.name,
-                        moves.len(),
-                        id.addr,
-                        rec.id.addr
-                    ));
+                    out.conflicts.push(Conflict {
+                        name: id.name.clone(),
+                        message: format!(
+                            "duplicate node name {:?}: it moved between addresses {} times in \
+                             a minute (now {}, before {}); two live nodes share this name",
+                            id.name,
+                            moves.len(),
+                            id.addr,
+                            rec.id.addr
+                        ),
+                    });
                 }
             }
             let status = match state {
@@ -591,7 +606,7 @@ mod tests {
             .is_empty());
         let twin = id("me", "10.0.0.7:7946", 9);
         let out = t.observe(&twin, FocaState::Alive, 0, 1);
-        assert!(out.conflicts[0].contains("duplicate node name"));
+        assert!(out.conflicts[0].message.contains("duplicate node name"));
         assert_eq!(
             t.get("me").unwrap().id.addr,
             "10.0.0.1:7946".parse().unwrap()

@@ -30,6 +30,10 @@ pub struct Stats {
     pub members_refused: AtomicU64,
     /// API connections closed: idle ones evicted at the cap, or refused.
     pub api_conns_closed: AtomicU64,
+    /// Key operations refused as outside the time window (or a nonce flood).
+    pub key_ops_stale: AtomicU64,
+    /// Key operations refused because their nonce was used already.
+    pub key_ops_replayed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]
@@ -50,6 +54,10 @@ pub struct StatsView {
     pub dropped_busy: u64,
     pub members_refused: u64,
     pub api_conns_closed: u64,
+    #[serde(default)]
+    pub key_ops_stale: u64,
+    #[serde(default)]
+    pub key_ops_replayed: u64,
 }
 
 impl Stats {
@@ -74,6 +82,8 @@ impl Stats {
             dropped_busy: self.dropped_busy.load(Relaxed),
             members_refused: self.members_refused.load(Relaxed),
             api_conns_closed: self.api_conns_closed.load(Relaxed),
+            key_ops_stale: self.key_ops_stale.load(Relaxed),
+            key_ops_replayed: self.key_ops_replayed.load(Relaxed),
         }
     }
 }

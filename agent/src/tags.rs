@@ -143,12 +143,11 @@ pub fn load_file(path: &Path) -> Result<Tags, String> {
     Ok(tags)
 }
 
-/// Writes the tags file atomically (temp file + rename), so a crash never leaves half a file.
+/// Writes the tags file atomically (see [`crate::atomic`]), mode 0644, so a
+/// crash never leaves half a file and nothing planted next to it is followed.
 pub fn save_file(path: &Path, tags: &Tags) -> std::io::Result<()> {
     let body = serde_json::to_vec_pretty(tags).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, body)?;
-    std::fs::rename(&tmp, path)
+    crate::atomic::write(path, &body, 0o644)
 }
 
 #[cfg(test)]
@@ -196,5 +195,20 @@ mod tests {
         assert_eq!(load_file(&path).unwrap(), tags);
         std::fs::write(&path, "[1,2]").unwrap();
         assert!(load_file(&path).unwrap_err().contains("tags.json"));
+    }
+
+    #[test]
+    fn a_symlink_planted_next_to_the_tags_file_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tags.json");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
+        let mut tags = Tags::new();
+        tags.insert("service".into(), "web".into());
+        save_file(&path, &tags).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(load_file(&path).unwrap(), tags);
+        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
     }
 }

@@ -300,6 +300,82 @@ impl Codec<NodeId> for ShoalCodec {
     }
 }
 
+/// [`ShoalCodec`] with a clock: it also refuses identities whose generation
+/// is far ahead of the core's wall clock (see
+/// [`crate::identity::plausible_generation`]), so a forged `u64::MAX`
+/// generation never reaches foca through SWIM either. The core moves the
+/// clock forward ([`ClockedCodec::set_now`]); clones share it.
+#[derive(Debug, Clone)]
+pub struct ClockedCodec {
+    now_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ClockedCodec {
+    pub fn new(now_ms: u64) -> ClockedCodec {
+        ClockedCodec {
+            now_ms: std::sync::Arc::new(now_ms.into()),
+        }
+    }
+
+    pub fn set_now(&self, now_ms: u64) {
+        self.now_ms
+            .store(now_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn check_clock(&self, id: &NodeId) -> Result<(), CodecError> {
+        let now = self.now_ms.load(std::sync::atomic::Ordering::Relaxed);
+        if crate::identity::plausible_generation(id.generation, now) {
+            Ok(())
+        } else {
+            Err(CodecError(format!(
+                "identity {:?} has generation {}, more than {} ms ahead of this node's clock",
+                id.name,
+                id.generation,
+                crate::identity::MAX_GENERATION_AHEAD_MS
+            )))
+        }
+    }
+}
+
+impl Codec<NodeId> for ClockedCodec {
+    type Error = CodecError;
+
+    fn encode_header(
+        &mut self,
+        header: &Header<NodeId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        ShoalCodec.encode_header(header, buf)
+    }
+
+    fn decode_header(&mut self, buf: impl bytes::Buf) -> Result<Header<NodeId>, CodecError> {
+        let header = ShoalCodec.decode_header(buf)?;
+        self.check_clock(&header.src)?;
+        match &header.message {
+            Message::PingReq { target: id, .. }
+            | Message::IndirectPing { origin: id, .. }
+            | Message::IndirectAck { target: id, .. }
+            | Message::ForwardedAck { origin: id, .. } => self.check_clock(id)?,
+            _ => {}
+        }
+        Ok(header)
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &Member<NodeId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        ShoalCodec.encode_member(member, buf)
+    }
+
+    fn decode_member(&mut self, buf: impl bytes::Buf) -> Result<Member<NodeId>, CodecError> {
+        let member = ShoalCodec.decode_member(buf)?;
+        self.check_clock(member.id())?;
+        Ok(member)
+    }
+}
+
 /// A member's state as exchanged in push-pull.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SyncState {
@@ -327,8 +403,31 @@ pub struct SyncMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TcpMsg {
     Sync(SyncMsg),
-    KeyOp(KeyOp),
+    KeyOp(KeyRequest),
     KeyReply(KeyReply),
+}
+
+/// A key operation with its freshness proof (see [`crate::freshness`]): the
+/// sender's wall clock and a random nonce, both inside the sealed frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRequest {
+    pub op: KeyOp,
+    /// Milliseconds since the epoch when the operation was sent.
+    pub sent_ms: u64,
+    pub nonce: [u8; 16],
+}
+
+impl KeyRequest {
+    /// `op`, stamped now with a fresh random nonce.
+    pub fn new(op: KeyOp, now_ms: u64) -> KeyRequest {
+        let mut nonce = [0u8; 16];
+        rand::fill(&mut nonce[..]);
+        KeyRequest {
+            op,
+            sent_ms: now_ms,
+            nonce,
+        }
+    }
 }
 
 /// A keyring operation, applied by every member (`shoal keys ...`).
@@ -733,7 +832,9 @@ mod tests {
         );
         // The other messages have no entries to count.
         assert_eq!(
-            declared_entries(&postcard::to_stdvec(&TcpMsg::KeyOp(KeyOp::List)).unwrap()),
+            declared_entries(
+                &postcard::to_stdvec(&TcpMsg::KeyOp(KeyRequest::new(KeyOp::List, 0))).unwrap()
+            ),
             Ok(None)
         );
     }
@@ -741,7 +842,7 @@ mod tests {
     #[test]
     fn a_frame_that_can_never_be_accepted_is_refused_by_its_first_bytes() {
         let ring = ring_b();
-        let msg = TcpMsg::KeyOp(KeyOp::List);
+        let msg = TcpMsg::KeyOp(KeyRequest::new(KeyOp::List, 0));
         let prefix =
             |bytes: &[u8]| -> [u8; FRAME_PREFIX] { bytes[..FRAME_PREFIX].try_into().unwrap() };
         let clear = encode_frame(&msg, None).unwrap();

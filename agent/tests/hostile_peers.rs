@@ -389,7 +389,11 @@ fn tcp_authentication_failures_are_warned_once_per_source() {
     };
     let seed = vec![format!("{}:7946", ip(48, 1))];
     let a = Agent::start("w1", &ip(48, 1), &seed, &["--encrypt", &key]);
-    let frame = wire::encode_frame(&TcpMsg::KeyOp(wire::KeyOp::List), None).unwrap();
+    let frame = wire::encode_frame(
+        &TcpMsg::KeyOp(wire::KeyRequest::new(wire::KeyOp::List, 0)),
+        None,
+    )
+    .unwrap();
     let target: SocketAddr = a.gossip().parse().unwrap();
     runtime().block_on(async {
         for _ in 0..200 {

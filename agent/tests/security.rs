@@ -178,6 +178,144 @@ fn key_rotation_across_a_live_cluster_never_splits_it() {
 }
 
 #[test]
+fn a_forged_leave_about_a_live_node_is_refuted() {
+    use shoal::identity::NodeId;
+    let seed = vec![format!("{}:7946", ip(172, 1))];
+    let a = Agent::start("s1", &ip(172, 1), &seed, &[]);
+    let b = Agent::start("s2", &ip(172, 2), &seed, &[]);
+    let c = Agent::start("s3", &ip(172, 3), &seed, &[]);
+    let all = ["s1", "s2", "s3"];
+    assert!(wait_for(Duration::from_secs(20), || converged(
+        &[&a, &b, &c],
+        &all
+    )));
+    let generation = |x: &Agent| info(x)["self"]["generation"].as_u64().unwrap();
+    let dropped = |x: &Agent| info(x)["stats"]["dropped_in"].as_u64().unwrap();
+    // The spoofer: its own address, plain text, as anyone on the network.
+    let spoofer = std::net::UdpSocket::bind(format!("{}:0", ip(172, 99))).unwrap();
+    let leave = |g: u64| {
+        let forged = NodeId {
+            name: "s2".into(),
+            addr: b.gossip().parse().unwrap(),
+            generation: g,
+            tags: shoal::tags::Tags::new(),
+        };
+        spoofer
+            .send_to(&shoal::wire::encode_leave(&forged), a.gossip())
+            .unwrap();
+    };
+    // A generation no clock will reach for ages: refused and counted.
+    let before = dropped(&a);
+    leave(u64::MAX);
+    assert!(wait_for(Duration::from_secs(5), || dropped(&a) > before));
+    assert_eq!(a.status_of("s2").as_deref(), Some("alive"));
+    // A plausible one (a minute ahead): s2 hears of it and refutes.
+    let forged = generation(&b).max(shoal::identity::now_millis()) + 60_000;
+    let t = std::time::Instant::now();
+    leave(forged);
+    assert!(
+        wait_for(Duration::from_secs(3), || generation(&b) > forged),
+        "s2 did not refute:\n{}",
+        b.log_text()
+    );
+    assert!(
+        wait_for(Duration::from_secs(5), || converged(&[&a, &b, &c], &all)),
+        "s2 not alive everywhere: {:?}",
+        a.members()
+    );
+    eprintln!(
+        "forged leave refuted, s2 alive everywhere after {:?}",
+        t.elapsed()
+    );
+    assert!(b.log_text().contains("refuting with a newer generation"));
+}
+
+/// Sends one TCP frame to an agent's gossip port and decodes its answer.
+fn exchange_frame(to: &str, frame: &[u8], ring: &shoal::keyring::Keyring) -> shoal::wire::TcpMsg {
+    use shoal::wire;
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(frame).unwrap();
+    let mut header = [0u8; wire::FRAME_HEADER];
+    s.read_exact(&mut header).unwrap();
+    let mut body = vec![0u8; wire::frame_len(&header).unwrap()];
+    s.read_exact(&mut body).unwrap();
+    wire::decode_frame_body(&body, Some(ring)).unwrap()
+}
+
+#[test]
+fn a_replayed_key_operation_is_refused_and_counted() {
+    use shoal::keyring::{Key, Keyring};
+    use shoal::wire::{self, KeyOp, KeyRequest, TcpMsg};
+    let k1 = keygen();
+    let k2 = keygen();
+    let seed = vec![format!("{}:7946", ip(171, 1))];
+    let a = Agent::start("k1", &ip(171, 1), &seed, &["--encrypt", &k1]);
+    let b = Agent::start("k2", &ip(171, 2), &seed, &["--encrypt", &k1]);
+    assert!(wait_for(Duration::from_secs(20), || converged(
+        &[&a, &b],
+        &["k1", "k2"]
+    )));
+    let out = a.cli(&["keys", "--install", &k2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A sealed "use K2" frame, as it crosses the network (made with the key).
+    let mut ring = Keyring::new(Key::parse(&k1).unwrap());
+    ring.install(Key::parse(&k2).unwrap());
+    let now = shoal::identity::now_millis();
+    let use_k2 = TcpMsg::KeyOp(KeyRequest::new(KeyOp::Use(k2.clone()), now));
+    let captured = wire::encode_frame(&use_k2, Some(&ring)).unwrap();
+    let primary = |msg: TcpMsg| match msg {
+        TcpMsg::KeyReply(r) => (r.error, r.keys[0].clone()),
+        other => panic!("not a key reply: {other:?}"),
+    };
+    let (error, first) = primary(exchange_frame(&b.gossip(), &captured, &ring));
+    assert_eq!(
+        (error, first),
+        (None, k2.clone()),
+        "the fresh frame is taken"
+    );
+    // The operator switches back to K1 everywhere...
+    let out = a.cli(&["keys", "--use", &k1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // ...and the captured frame, resent, changes nothing.
+    let (error, first) = primary(exchange_frame(&b.gossip(), &captured, &ring));
+    assert!(
+        error.as_deref().unwrap_or("").contains("replayed"),
+        "{error:?}"
+    );
+    assert_eq!(first, k1, "the replay made K2 primary again");
+    // An old request with a fresh nonce (a capture replayed later) too.
+    let old = TcpMsg::KeyOp(KeyRequest::new(KeyOp::Use(k2.clone()), now - 120_000));
+    let frame = wire::encode_frame(&old, Some(&ring)).unwrap();
+    let (error, first) = primary(exchange_frame(&b.gossip(), &frame, &ring));
+    assert!(
+        error.as_deref().unwrap_or("").contains("stale"),
+        "{error:?}"
+    );
+    assert_eq!(first, k1);
+    let stats = &info(&b)["stats"];
+    assert_eq!(stats["key_ops_replayed"], 1, "{stats}");
+    assert_eq!(stats["key_ops_stale"], 1, "{stats}");
+    assert!(b.log_text().contains("key operation refused"));
+    // The cluster still rotates normally.
+    let out = a.cli(&["keys", "--use", &k2]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
 fn the_api_token_is_checked_and_required_off_loopback() {
     let seed = vec![format!("{}:7946", ip(42, 1))];
     let a = Agent::start("y1", &ip(42, 1), &seed, &["--api-token", "s3cret"]);
@@ -218,6 +356,44 @@ fn the_api_token_is_checked_and_required_off_loopback() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token"));
+}
+
+#[test]
+fn a_lower_case_bearer_scheme_authenticates_and_an_unusable_token_is_refused_at_start() {
+    let seed = vec![format!("{}:7946", ip(170, 1))];
+    let a = Agent::start("t1", &ip(170, 1), &seed, &["--api-token", "s3cret"]);
+    let get = |auth: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(a.api()).unwrap();
+        let req = format!(
+            "GET /v1/members HTTP/1.1\r\nHost: x\r\nAuthorization: {auth}\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).unwrap();
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        resp
+    };
+    for auth in ["bearer s3cret", "BEARER s3cret", "Bearer s3cret"] {
+        assert!(get(auth).starts_with("HTTP/1.1 200"), "{auth}");
+    }
+    assert!(get("bearer s3cre").starts_with("HTTP/1.1 401"));
+    // Tokens no Authorization header can carry as given: refused at start.
+    for bad in [" s3cret", "s3cret ", "s3 cret", "pässword"] {
+        let out = std::process::Command::new(common::shoal_bin())
+            .args([
+                "agent",
+                "--node",
+                "t2",
+                "--bind",
+                &format!("{}:7946", ip(170, 2)),
+            ])
+            .args(["--api", &format!("{}:7373", ip(170, 2)), "--api-token", bad])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        assert!(err.contains("--api-token"), "{bad:?}: {err}");
+    }
 }
 
 #[test]

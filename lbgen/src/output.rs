@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use tempfile::NamedTempFile;
+
 use crate::Error;
 
 /// `--check-cmd`: a program and arguments; `{}` is replaced by the file to check (appended if
@@ -123,19 +125,33 @@ pub fn backup_path(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-fn temp_path(path: &Path, what: &str) -> PathBuf {
+/// Mode of the config and its backup: readable by HAProxy whatever user it runs as.
+const CONFIG_MODE: u32 = 0o644;
+
+/// A fresh temp file next to `path` holding `contents`, fsynced: created with `O_EXCL` under
+/// a random name (so a file or symlink planted in the directory is never reused or followed),
+/// its mode set before any byte is written. Dropping it removes it.
+fn write_temp(path: &Path, what: &str, contents: &[u8]) -> std::io::Result<NamedTempFile> {
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.lbgen-{what}-{}", std::process::id()))
-}
-
-fn write_synced(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
+    let mode = std::fs::Permissions::from_mode(CONFIG_MODE);
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}.lbgen-{what}-"))
+        .permissions(mode.clone())
+        .tempfile_in(dir)?;
+    // Exactly CONFIG_MODE whatever the umask, set on the open file.
+    tmp.as_file().set_permissions(mode)?;
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    Ok(tmp)
 }
 
 /// Writes `contents` to `path` atomically: temp file → optional check → copy the current
@@ -145,43 +161,30 @@ pub async fn write_atomic(
     contents: &str,
     check: Option<&CheckCmd>,
 ) -> Result<(), Error> {
-    let tmp = temp_path(path, "new");
-    let res = async {
-        write_synced(&tmp, contents.as_bytes())
-            .map_err(|e| Error::new(format!("writing {}: {e}", tmp.display())))?;
-        if let Some(c) = check {
-            c.run(&tmp).await?;
-        }
-        if path.exists() {
-            // The backup is replaced atomically too, so it is always a whole config.
-            let bak = backup_path(path);
-            let bak_tmp = temp_path(path, "bak");
-            std::fs::copy(path, &bak_tmp)
-                .and_then(|_| std::fs::rename(&bak_tmp, &bak))
-                .map_err(|e| {
-                    let _ = std::fs::remove_file(&bak_tmp);
-                    Error::new(format!("backing up to {}: {e}", bak.display()))
-                })?;
-        }
-        std::fs::rename(&tmp, path)
-            .map_err(|e| Error::new(format!("renaming into {}: {e}", path.display())))
+    let tmp = write_temp(path, "new", contents.as_bytes())
+        .map_err(|e| Error::new(format!("writing a temp file for {}: {e}", path.display())))?;
+    if let Some(c) = check {
+        c.run(tmp.path()).await?;
     }
-    .await;
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if path.exists() {
+        // The backup is replaced atomically too, so it is always a whole config.
+        let bak = backup_path(path);
+        std::fs::read(path)
+            .and_then(|old| write_temp(path, "bak", &old))
+            .and_then(|t| t.persist(&bak).map_err(|e| e.error))
+            .map_err(|e| Error::new(format!("backing up to {}: {e}", bak.display())))?;
     }
-    res
+    tmp.persist(path)
+        .map_err(|e| Error::new(format!("renaming into {}: {e}", path.display())))?;
+    Ok(())
 }
 
 /// Puts `contents` (the last good config) back at `path`, atomically, without touching `.bak`.
 pub fn restore(path: &Path, contents: &str) -> Result<(), Error> {
-    let tmp = temp_path(path, "restore");
-    write_synced(&tmp, contents.as_bytes())
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::new(format!("restoring {}: {e}", path.display()))
-        })
+    write_temp(path, "restore", contents.as_bytes())
+        .and_then(|t| t.persist(path).map_err(|e| e.error))
+        .map(drop)
+        .map_err(|e| Error::new(format!("restoring {}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -197,6 +200,32 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "two\n");
         assert_eq!(std::fs::read_to_string(backup_path(&p)).unwrap(), "one\n");
         assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 2);
+    }
+
+    #[tokio::test]
+    async fn symlinks_planted_at_the_old_temp_names_are_never_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("h.cfg");
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // The names lbgen used to write through: predictable from its pid.
+        for what in ["new", "bak", "restore"] {
+            let planted = d
+                .path()
+                .join(format!(".h.cfg.lbgen-{what}-{}", std::process::id()));
+            std::os::unix::fs::symlink(&victim, planted).unwrap();
+        }
+        write_atomic(&p, "one\n", None).await.unwrap();
+        write_atomic(&p, "two\n", None).await.unwrap();
+        restore(&p, "one\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "one\n");
+        assert_eq!(std::fs::read_to_string(backup_path(&p)).unwrap(), "one\n");
+        use std::os::unix::fs::PermissionsExt;
+        for f in [p.clone(), backup_path(&p)] {
+            let mode = std::fs::metadata(&f).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, CONFIG_MODE, "{}", f.display());
+        }
     }
 
     #[tokio::test]

@@ -114,8 +114,11 @@ struct Node {
     timer_at: Option<u64>,
 }
 
-/// Wall-clock base for the cores' `wall_ms` (any fixed value works).
-const WALL0_MS: u64 = 1_700_000_000_000;
+/// Wall-clock base for the cores' `wall_ms`: any fixed value later than the
+/// real clock, which renewed identities read (`NodeId::renew`), so that no
+/// renewed generation looks far ahead of the virtual clock (the cores refuse
+/// those, see `identity::MAX_GENERATION_AHEAD_MS`). 2096-10-02.
+const WALL0_MS: u64 = 4_000_000_000_000;
 
 pub struct Sim {
     t0: Instant,
@@ -466,7 +469,7 @@ impl Sim {
                     self.push_pull(i, to);
                 }
             }
-            Output::LeaveDone => self.nodes[i].up = false,
+            Output::LeaveDone | Output::NameTaken { .. } => self.nodes[i].up = false,
         }
     }
 
