@@ -189,16 +189,16 @@ fn check_flags_override_the_file_and_exclude_each_other() {
     assert!(plain.check.is_some());
 }
 
-/// The services-file example in the README must stay valid: every error
-/// it may give here is only about commands not installed on this machine.
+/// The services-file example in docs/supervisor.md must stay valid: every
+/// error it may give here is only about commands not installed on this machine.
 #[test]
 fn the_documented_lb_example_parses() {
-    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
-    let doc = std::fs::read_to_string(&doc_path).expect("README.md");
+    let doc_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/supervisor.md");
+    let doc = std::fs::read_to_string(&doc_path).expect("docs/supervisor.md");
     let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
     let len = doc[start..].find("```").expect("block end");
     let text = &doc[start..start + len];
-    match SupervisorSpec::from_toml_str("README.md", text) {
+    match SupervisorSpec::from_toml_str("docs/supervisor.md", text) {
         Ok(spec) => {
             let names: Vec<&str> = spec.services.iter().map(|s| s.name.as_str()).collect();
             assert_eq!(names, ["haproxy", "lbgen"]);
