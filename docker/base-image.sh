@@ -9,7 +9,7 @@
 # Idempotent: an image that already exists is reused (FORCE=1 rebuilds both).
 #
 # With a registry you do not need this: build the Dockerfiles with
-#   --build-arg BASE=debian:bookworm-slim   (see the README, "Use shoal in your own image").
+#   --build-arg BASE=debian:bookworm-slim   (see docs/deploy-compose.md, "Use shoal in your own image").
 #
 # Env: MIRROR (default: the first Debian URI in this machine's apt sources, else
 # http://deb.debian.org/debian), SUITE (bookworm), WORKDIR (scratch folder), FORCE.

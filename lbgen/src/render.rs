@@ -67,7 +67,7 @@ impl Vars {
     }
 }
 
-/// What the template sees. Documented in the README (lbgen, Template variables); keep the two in sync.
+/// What the template sees. Documented in docs/lbgen.md (Template variables); keep the two in sync.
 #[derive(Serialize)]
 struct Context<'a> {
     vars: &'a BTreeMap<String, String>,

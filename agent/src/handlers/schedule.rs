@@ -1,6 +1,6 @@
 //! Which handler runs which events next, pure (no processes, no clock).
 //!
-//! Rules (the README's "Event handlers" section states them for users):
+//! Rules (docs/handlers.md states them for users):
 //! - one run at a time per handler; what queued meanwhile is kept as the
 //!   latest event per member (a newer event about a member replaces the
 //!   older one in *every* handler's queue, also in a handler whose filter

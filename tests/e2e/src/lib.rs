@@ -304,7 +304,7 @@ impl Member {
     }
 }
 
-/// Parses the members document (the README's contract).
+/// Parses the members document (the contract in docs/api.md).
 pub fn parse_members(json: &str) -> Option<Vec<Member>> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     v["members"]
