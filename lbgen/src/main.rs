@@ -190,7 +190,7 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
     let vars = Vars::with_overrides(&a.tpl.vars)?;
     let doc = read_members(&a.members)?;
     let model = Model::build(&doc);
-    lbgen::watch::log_model(&model);
+    lbgen::apply::log_model(&model);
     let text = renderer.render(&model, &vars)?;
     match (&a.out, a.dry_run) {
         (Some(out), false) => {

@@ -9,11 +9,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{member, write_members, Backend, Haproxy, Load};
+use lbgen::apply::ApplyOutcome;
 use lbgen::model::{MembersDoc, Model};
 use lbgen::output::CheckCmd;
 use lbgen::render::{Renderer, Vars};
 use lbgen::source::SourceSpec;
-use lbgen::watch::{Outcome, Report, Wait, WatchConfig};
+use lbgen::watch::{Report, Wait, WatchConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 async fn next_report(rx: &mut UnboundedReceiver<Report>) -> Report {
@@ -96,7 +97,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     // The first apply always reloads (lbgen cannot know what the running HAProxy loaded).
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -121,8 +122,8 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
         write_members(&members_file, &ms);
         let r = next_report(&mut reports).await;
         match r.outcome {
-            Outcome::Reloaded { .. } => reloads += 1,
-            Outcome::Runtime { .. } => runtime_changes += 1,
+            ApplyOutcome::Reloaded { .. } => reloads += 1,
+            ApplyOutcome::Runtime { .. } => runtime_changes += 1,
             other => panic!("round {i}: {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -140,7 +141,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     match &r.outcome {
-        Outcome::Runtime { commands } => {
+        ApplyOutcome::Runtime { commands } => {
             assert_eq!(
                 commands,
                 &vec!["set server web/web-1 state drain".to_string()]
@@ -164,7 +165,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -182,14 +183,14 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     std::fs::write(&template, "global\n{{#each pools}\n").unwrap();
     let r = next_report(&mut reports).await;
     match &r.outcome {
-        Outcome::Failed(e) => assert!(e.contains("line 2"), "{e}"),
+        ApplyOutcome::Failed(e) => assert!(e.contains("line 2"), "{e}"),
         other => panic!("broken template: {other:?}"),
     }
     // A template that renders but HAProxy rejects: also nothing touched.
     std::fs::write(&template, format!("{good_template}\nbogus-keyword here\n")).unwrap();
     let r = next_report(&mut reports).await;
     match &r.outcome {
-        Outcome::Failed(e) => assert!(e.contains("rejected"), "{e}"),
+        ApplyOutcome::Failed(e) => assert!(e.contains("rejected"), "{e}"),
         other => panic!("rejected config: {other:?}"),
     }
     assert_eq!(std::fs::read_to_string(&out).unwrap(), live_cfg);
@@ -203,7 +204,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -215,7 +216,10 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     std::fs::write(&template, &good_template).unwrap();
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. } | Outcome::Unchanged),
+        matches!(
+            r.outcome,
+            ApplyOutcome::Reloaded { .. } | ApplyOutcome::Unchanged
+        ),
         "{:?}",
         r.outcome
     );
@@ -355,7 +359,7 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
     }));
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -368,12 +372,12 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
     // No membership event: the resync must notice and fix it.
     let r = loop {
         let r = next_report(&mut reports).await;
-        if !matches!(r.outcome, Outcome::Failed(_)) {
+        if !matches!(r.outcome, ApplyOutcome::Failed(_)) {
             break r;
         }
     };
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -470,7 +474,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     }));
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -486,7 +490,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     std::fs::write(&template, &bad_template).unwrap();
     let r = next_report(&mut reports).await;
     match &r.outcome {
-        Outcome::Failed(e) => assert!(
+        ApplyOutcome::Failed(e) => assert!(
             e.contains("passed the check") && e.contains("refused the reload"),
             "{e}"
         ),
@@ -504,7 +508,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     let r = next_report(&mut reports).await;
     assert_eq!(
         r.outcome,
-        Outcome::Runtime {
+        ApplyOutcome::Runtime {
             commands: vec!["set server web/web-1 state drain".into()]
         }
     );
@@ -519,7 +523,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -532,7 +536,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     // Rewriting the same bad template is no change: still not tried.
     std::fs::write(&template, &bad_template).unwrap();
     let r = next_report(&mut reports).await;
-    assert_eq!(r.outcome, Outcome::Unchanged);
+    assert_eq!(r.outcome, ApplyOutcome::Unchanged);
     assert_eq!(reload_counts(&haproxy).await, (reloads0 + 2, 0));
     // The drain survived the reload (rendered with weight 0, still no new requests).
     tokio::time::sleep(Duration::from_millis(300)).await;
