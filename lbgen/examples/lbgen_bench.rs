@@ -7,8 +7,7 @@
 //! Flags: `--reloads N` (default 20), `--workers N` load concurrency (default 4),
 //! `--keepalive` (reuse client connections instead of one connection per request).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use lbgen::testing as common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -12,6 +12,7 @@
 //! - [`haproxy`]: master CLI client: verified reload, runtime API.
 //! - [`plan`]: runtime-API commands vs reload for a model change (pure).
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
+//! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
 pub mod apply;
 pub mod haproxy;
 pub mod model;
@@ -20,6 +21,8 @@ pub mod plan;
 pub mod render;
 pub mod source;
 pub mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod watch;
 
 /// One clear, one-line error; `main` prints it and exits 1.

@@ -3,7 +3,7 @@
 //! failed requests, a drained server must get no new requests, and a broken template (or a
 //! config HAProxy rejects) must leave the old config in place.
 
-mod common;
+use lbgen::testing as common;
 
 use std::path::Path;
 use std::time::Duration;

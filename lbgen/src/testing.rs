@@ -1,6 +1,7 @@
-//! Shared by the live test and the benchmark: HTTP backends, a real HAProxy in master-worker
-//! mode (killed on drop, whole process group), and a bounded load generator. 127.0.0.1 only.
-#![allow(dead_code)]
+//! Test harness shared by lbgen's tests, its benchmark (`examples/lbgen_bench.rs`) and the
+//! agent's LB tests: HTTP backends, a real HAProxy in master-worker mode (killed on drop,
+//! whole process group), a bounded load generator, members documents. 127.0.0.1 only.
+//! Only built with the `testing` feature; it panics on setup failures, as tests should.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,7 +117,7 @@ impl Haproxy {
         let master_sock = dir.join("master.sock");
         let log = dir.join("haproxy.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(lbgen::output::resolve_program("haproxy"))
+        let child = Command::new(crate::output::resolve_program("haproxy"))
             .arg("-W")
             .arg("-S")
             .arg(&master_sock)
