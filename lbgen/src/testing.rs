@@ -425,3 +425,47 @@ pub fn member(name: &str, port: u16, status: &str, extra: &[(&str, &str)]) -> se
     }
     serde_json::json!({"name": name, "addr": "127.0.0.1:7946", "status": status, "tags": tags})
 }
+
+/// The next report of an in-process `lbgen watch`; panics after 15 s or if it stopped.
+pub async fn next_report(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::watch::Report>,
+) -> crate::watch::Report {
+    tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("no report from lbgen watch within 15 s")
+        .expect("watch stopped")
+}
+
+/// The `show servers state POOL` row of `pool/server` in the running worker (columns as
+/// HAProxy prints them: 6 = srv_admin_state, 7 = srv_uweight); None if it has no such server.
+pub async fn server_state(h: &Haproxy, pool: &str, server: &str) -> Option<Vec<String>> {
+    let out = crate::haproxy::Master::new(&h.master_sock)
+        .command(&format!("@1 show servers state {pool}"))
+        .await
+        .expect("show servers state");
+    out.lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|c| c.len() > 7 && c[1] == pool && c[3] == server)
+}
+
+/// (reloads, failed reloads) as the master counts them.
+pub async fn reload_counts(h: &Haproxy) -> (u64, u64) {
+    let p = crate::haproxy::Master::new(&h.master_sock)
+        .show_proc()
+        .await
+        .expect("show proc");
+    (p.reloads, p.failed)
+}
+
+/// One `GET /` with `Connection: close`; the whole response.
+pub async fn get(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to haproxy");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send request");
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+    out
+}
