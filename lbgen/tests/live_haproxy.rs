@@ -8,21 +8,15 @@ use lbgen::testing as common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{member, write_members, Backend, Haproxy, Load};
+use common::{
+    get, member, next_report, reload_counts, server_state, write_members, Backend, Haproxy, Load,
+};
 use lbgen::apply::ApplyOutcome;
 use lbgen::model::{MembersDoc, Model};
 use lbgen::output::CheckCmd;
 use lbgen::render::{Renderer, Vars};
 use lbgen::source::SourceSpec;
-use lbgen::watch::{Report, Wait, WatchConfig};
-use tokio::sync::mpsc::UnboundedReceiver;
-
-async fn next_report(rx: &mut UnboundedReceiver<Report>) -> Report {
-    tokio::time::timeout(Duration::from_secs(15), rx.recv())
-        .await
-        .expect("no report from lbgen watch within 15 s")
-        .expect("watch stopped")
-}
+use lbgen::watch::{Wait, WatchConfig};
 
 /// (master reloads, current worker pid)
 async fn generation(h: &Haproxy) -> (u64, Option<u32>) {
@@ -303,19 +297,6 @@ fn a_failing_test_leaves_no_haproxy_behind() {
     }
 }
 
-async fn get(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// Regression: a supervisor restarting HAProxy from an empty-cluster config (as the lb image
 /// does) left it serving 503 until the next membership event. The periodic resync notices the
 /// new master and reloads the real config.
@@ -393,24 +374,10 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
 
 /// `srv_admin_state` of `pool/server` in the running worker (`show servers state`).
 async fn admin_state(h: &Haproxy, pool: &str, server: &str) -> u32 {
-    let out = lbgen::haproxy::Master::new(&h.master_sock)
-        .command(&format!("@1 show servers state {pool}"))
+    let row = server_state(h, pool, server)
         .await
-        .expect("show servers state");
-    out.lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|c| c.len() > 6 && c[1] == pool && c[3] == server)
-        .and_then(|c| c[6].parse().ok())
-        .unwrap_or_else(|| panic!("{pool}/{server} not in: {out}"))
-}
-
-/// (reloads, failed reloads) as the master counts them.
-async fn reload_counts(h: &Haproxy) -> (u64, u64) {
-    let p = lbgen::haproxy::Master::new(&h.master_sock)
-        .show_proc()
-        .await
-        .expect("show proc");
-    (p.reloads, p.failed)
+        .unwrap_or_else(|| panic!("{pool}/{server} not in the running worker"));
+    row[6].parse().expect("srv_admin_state")
 }
 
 /// Regression: a template whose config passes `haproxy -c` but that HAProxy refuses at reload
