@@ -218,7 +218,7 @@ async fn status(a: StatusArgs) -> Result<(), Error> {
         _ => return Err(Error::new("give exactly one of --api and --members")),
     };
     let model = Model::build(&doc);
-    let st = lbgen::status::Status::of(&model);
+    let st = lbgen::status::StatusReport::of(&model);
     let text = match a.format {
         StatusFormat::Text => st.text(),
         StatusFormat::Json => {
