@@ -72,17 +72,6 @@ pub enum ApplyError {
     Logged(Error),
 }
 
-impl ApplyError {
-    pub fn into_error(self) -> Error {
-        match self {
-            ApplyError::Transient(e)
-            | ApplyError::Permanent(e)
-            | ApplyError::Refused(e)
-            | ApplyError::Logged(e) => e,
-        }
-    }
-}
-
 /// What is live.
 #[derive(Default)]
 struct LiveConfig {
@@ -412,5 +401,106 @@ fn restore_last_good(out: &Path, last: Option<&str>) {
             Err(e) => tracing::error!(error = %e, "could not restore the last good config"),
         },
         None => tracing::warn!("no last good config to restore"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::DEFAULT_TEMPLATE;
+    use crate::source::SourceSpec;
+    use crate::watch::Wait;
+
+    /// File only (no master, no check): the Applier needs no HAProxy and no watch loop.
+    fn config(dir: &Path, template: Option<PathBuf>) -> WatchConfig {
+        WatchConfig {
+            template,
+            vars: Vars::default(),
+            out: dir.join("haproxy.cfg"),
+            source: SourceSpec::File(dir.join("members.json")),
+            master: None,
+            check: None,
+            wait: Wait::parse("20ms").unwrap(),
+            reload_timeout: Duration::from_secs(1),
+            resync: None,
+            reports: None,
+        }
+    }
+
+    fn doc(servers: &[&str]) -> MembersDoc {
+        let members: Vec<String> = servers
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                format!(
+                    r#"{{"name":"{name}","addr":"10.0.0.{}:7946","status":"alive","tags":{{"service":"web","port":"80"}}}}"#,
+                    i + 1
+                )
+            })
+            .collect();
+        MembersDoc::from_json(&format!(r#"{{"members":[{}]}}"#, members.join(","))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn without_a_master_a_change_is_written_once_then_unchanged() {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = config(d.path(), None);
+        let mut a = Applier::new(&cfg).unwrap();
+        assert_eq!(
+            a.apply(&doc(&["web-1"])).await.unwrap(),
+            Applied::quiet(ApplyOutcome::Written)
+        );
+        assert_eq!(
+            a.apply(&doc(&["web-1"])).await.unwrap(),
+            Applied::quiet(ApplyOutcome::Unchanged)
+        );
+        // Someone else rewrote the file: compared with what is on disk, so written again.
+        std::fs::write(&cfg.out, "edited\n").unwrap();
+        assert_eq!(
+            a.apply(&doc(&["web-1"])).await.unwrap().outcome,
+            ApplyOutcome::Written
+        );
+        assert!(std::fs::read_to_string(&cfg.out)
+            .unwrap()
+            .contains("server web-1 10.0.0.1:80 "));
+    }
+
+    #[tokio::test]
+    async fn a_broken_template_is_reported_once_and_the_last_good_one_keeps_applying() {
+        let d = tempfile::tempdir().unwrap();
+        let template = d.path().join("haproxy.cfg.hbs");
+        std::fs::write(&template, DEFAULT_TEMPLATE).unwrap();
+        let cfg = config(d.path(), Some(template.clone()));
+        let mut a = Applier::new(&cfg).unwrap();
+        assert_eq!(
+            a.apply(&doc(&["web-1"])).await.unwrap().outcome,
+            ApplyOutcome::Written
+        );
+
+        std::fs::write(&template, "global\n{{#each pools}\n").unwrap();
+        a.template_changed();
+        match a.apply(&doc(&["web-1"])).await {
+            Err(ApplyError::Logged(e)) => assert!(e.0.contains("line 2"), "{e}"),
+            other => panic!("broken template: {other:?}"),
+        }
+        // Touched again, same content: not tried again; membership still applies.
+        a.template_changed();
+        assert_eq!(
+            a.apply(&doc(&["web-1", "web-2"])).await.unwrap().outcome,
+            ApplyOutcome::Written
+        );
+        let live = std::fs::read_to_string(&cfg.out).unwrap();
+        assert!(live.contains("server web-2 10.0.0.2:80 "), "{live}");
+
+        // A fixed template replaces the last good one.
+        std::fs::write(&template, format!("{DEFAULT_TEMPLATE}# v2\n")).unwrap();
+        a.template_changed();
+        assert_eq!(
+            a.apply(&doc(&["web-1", "web-2"])).await.unwrap().outcome,
+            ApplyOutcome::Written
+        );
+        assert!(std::fs::read_to_string(&cfg.out)
+            .unwrap()
+            .ends_with("# v2\n"));
     }
 }
