@@ -43,14 +43,14 @@ pub struct Applied {
 }
 
 impl Applied {
-    fn now(outcome: ApplyOutcome) -> Applied {
+    fn live_now(outcome: ApplyOutcome) -> Applied {
         Applied {
             outcome,
             live_at: Some(Instant::now()),
         }
     }
 
-    fn quiet(outcome: ApplyOutcome) -> Applied {
+    fn nothing_went_live(outcome: ApplyOutcome) -> Applied {
         Applied {
             outcome,
             live_at: None,
@@ -262,14 +262,14 @@ impl Applier {
         let same_text = self.live.text.as_deref() == Some(text.as_str());
         let Some(master) = self.master.clone() else {
             if same_text {
-                return Ok(Applied::quiet(ApplyOutcome::Unchanged));
+                return Ok(Applied::nothing_went_live(ApplyOutcome::Unchanged));
             }
             return self.write_only(text).await;
         };
         let plan = match &self.live.haproxy {
             // The first apply always reloads: we cannot know what the running HAProxy loaded.
             None => Plan::Reload,
-            Some(_) if same_text => return Ok(Applied::quiet(ApplyOutcome::Unchanged)),
+            Some(_) if same_text => return Ok(Applied::nothing_went_live(ApplyOutcome::Unchanged)),
             Some(_) if template_changed => Plan::Reload,
             Some(live) => live.plan(model),
         };
@@ -291,13 +291,13 @@ impl Applier {
             .map_err(ApplyError::Permanent)?;
         self.live.text = Some(text);
         tracing::info!(out = %self.out.display(), "config written");
-        Ok(Applied::quiet(ApplyOutcome::Written))
+        Ok(Applied::nothing_went_live(ApplyOutcome::Written))
     }
 
     /// The runtime commands were answered: record them, then keep the file in step so a later
     /// reload or restart agrees (the running HAProxy already has the change).
     async fn after_runtime(&mut self, text: String, model: &Model, cmds: Vec<String>) -> Applied {
-        let done = Applied::now(ApplyOutcome::Runtime {
+        let done = Applied::live_now(ApplyOutcome::Runtime {
             commands: cmds.clone(),
         });
         if let Some(live) = self.live.haproxy.as_mut() {
@@ -329,7 +329,7 @@ impl Applier {
         match master.reload(self.reload_timeout).await {
             Ok(p) => {
                 let worker = p.current_worker().unwrap_or(0);
-                let done = Applied::now(ApplyOutcome::Reloaded { worker });
+                let done = Applied::live_now(ApplyOutcome::Reloaded { worker });
                 tracing::info!(
                     worker,
                     reloads = p.reloads,
@@ -448,11 +448,11 @@ mod tests {
         let mut a = Applier::new(&cfg).unwrap();
         assert_eq!(
             a.apply(&doc(&["web-1"])).await.unwrap(),
-            Applied::quiet(ApplyOutcome::Written)
+            Applied::nothing_went_live(ApplyOutcome::Written)
         );
         assert_eq!(
             a.apply(&doc(&["web-1"])).await.unwrap(),
-            Applied::quiet(ApplyOutcome::Unchanged)
+            Applied::nothing_went_live(ApplyOutcome::Unchanged)
         );
         // Someone else rewrote the file: compared with what is on disk, so written again.
         std::fs::write(&cfg.out, "edited\n").unwrap();
