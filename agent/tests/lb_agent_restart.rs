@@ -7,8 +7,7 @@
 //! event) and applied that nearly empty table: every server left the config.
 
 mod common;
-#[path = "../../lbgen/tests/common/mod.rs"]
-mod lbtest;
+use lbgen::testing as lbtest;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

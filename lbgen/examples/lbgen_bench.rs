@@ -7,18 +7,18 @@
 //! Flags: `--reloads N` (default 20), `--workers N` load concurrency (default 4),
 //! `--keepalive` (reuse client connections instead of one connection per request).
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+use lbgen::testing as common;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{member, write_members, Backend, Haproxy, Load};
+use lbgen::apply::ApplyOutcome;
 use lbgen::model::{MembersDoc, Model};
 use lbgen::output::CheckCmd;
 use lbgen::render::{Renderer, Vars};
 use lbgen::source::SourceSpec;
-use lbgen::watch::{Outcome, Report, Wait, WatchConfig};
+use lbgen::watch::{Report, Wait, WatchConfig};
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -117,7 +117,7 @@ async fn main() {
     }));
     let r = report(&mut rx).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -147,7 +147,7 @@ async fn main() {
         write_members(&members_file, &ms);
         let r = report(&mut rx).await;
         match r.outcome {
-            Outcome::Reloaded { .. } => reloads += 1,
+            ApplyOutcome::Reloaded { .. } => reloads += 1,
             other => panic!("expected a reload, got {other:?}"),
         }
         event_to_live.push(r.done - tokio::time::Instant::from_std(t0));
@@ -169,7 +169,7 @@ async fn main() {
         write_members(&members_file, &ms);
         let r = report(&mut rx).await;
         match r.outcome {
-            Outcome::Runtime { .. } => {}
+            ApplyOutcome::Runtime { .. } => {}
             other => panic!("expected a runtime change, got {other:?}"),
         }
         state_change.push(r.done - tokio::time::Instant::from_std(t0));

@@ -4,11 +4,16 @@
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
 //! - [`render`]: handlebars (strict, no escaping) with template variables.
 //! - [`source`]: agent event stream / members file → change signals; snapshots.
-//! - [`watch`]: the follow loop (debounce, apply, keep last good config).
+//! - [`watch`]: the follow loop: decides *when* to apply (debounce, retry, resync).
+//! - [`apply`]: the [`apply::Applier`] decides *how*: owns what is live (file text, what
+//!   HAProxy runs, its master PID, the last good and the rejected template); runtime API vs
+//!   reload, restore of the last good config.
 //! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
 //! - [`haproxy`]: master CLI client: verified reload, runtime API.
 //! - [`plan`]: runtime-API commands vs reload for a model change (pure).
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
+//! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
+pub mod apply;
 pub mod haproxy;
 pub mod model;
 pub mod output;
@@ -16,6 +21,8 @@ pub mod plan;
 pub mod render;
 pub mod source;
 pub mod status;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod watch;
 
 /// One clear, one-line error; `main` prints it and exits 1.

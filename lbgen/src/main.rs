@@ -190,7 +190,7 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
     let vars = Vars::with_overrides(&a.tpl.vars)?;
     let doc = read_members(&a.members)?;
     let model = Model::build(&doc);
-    lbgen::watch::log_model(&model);
+    lbgen::apply::log_model(&model);
     let text = renderer.render(&model, &vars)?;
     match (&a.out, a.dry_run) {
         (Some(out), false) => {
@@ -218,7 +218,7 @@ async fn status(a: StatusArgs) -> Result<(), Error> {
         _ => return Err(Error::new("give exactly one of --api and --members")),
     };
     let model = Model::build(&doc);
-    let st = lbgen::status::Status::of(&model);
+    let st = lbgen::status::StatusReport::of(&model);
     let text = match a.format {
         StatusFormat::Text => st.text(),
         StatusFormat::Json => {

@@ -5,8 +5,9 @@ use serde::Serialize;
 
 use crate::model::{Conflict, Model, Rejection, ServerState};
 
+/// What `lbgen status` prints (named apart from the agent's member `Status`).
 #[derive(Debug, Serialize)]
-pub struct Status<'a> {
+pub struct StatusReport<'a> {
     pub pools: Vec<PoolStatus<'a>>,
     /// The pool at `/`; None = requests no route matches get a 503.
     pub default_pool: Option<&'a str>,
@@ -27,8 +28,8 @@ pub struct PoolStatus<'a> {
     pub draining: usize,
 }
 
-impl<'a> Status<'a> {
-    pub fn of(m: &'a Model) -> Status<'a> {
+impl<'a> StatusReport<'a> {
+    pub fn of(m: &'a Model) -> StatusReport<'a> {
         let pools = m
             .pools
             .iter()
@@ -48,7 +49,7 @@ impl<'a> Status<'a> {
                     .count(),
             })
             .collect();
-        Status {
+        StatusReport {
             pools,
             default_pool: m.default_pool.as_deref(),
             conflicts: &m.conflicts,
@@ -100,7 +101,7 @@ mod tests {
         )
         .unwrap();
         let m = Model::build(&doc);
-        let t = Status::of(&m).text();
+        let t = StatusReport::of(&m).text();
         assert!(
             t.contains("pool web: route / (default), check /health,"),
             "{t}"
@@ -109,7 +110,7 @@ mod tests {
             t.contains("conflict: member evil of pool web: check \"/a\" not used"),
             "{t}"
         );
-        let j = serde_json::to_value(Status::of(&m)).unwrap();
+        let j = serde_json::to_value(StatusReport::of(&m)).unwrap();
         assert_eq!(j["conflicts"][0]["member"], "evil");
         assert_eq!(j["pools"][0]["check"], "/health");
     }

@@ -1,7 +1,7 @@
 //! The `lbgen watch` binary: startup errors are one clear line with exit status 1 and nothing
 //! written; with a real HAProxy it reloads on a members-file change and exits 0 on SIGTERM.
 
-mod common;
+use lbgen::testing as common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use lbgen::apply::ApplyOutcome;
 use lbgen::source::SourceSpec;
-use lbgen::watch::{Outcome, Wait, WatchConfig};
+use lbgen::watch::{Wait, WatchConfig};
 
 fn doc(n: usize) -> String {
     let ms: Vec<String> = (0..n)
@@ -51,7 +52,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(first.outcome, Outcome::Written);
+    assert_eq!(first.outcome, ApplyOutcome::Written);
 
     // A burst of 8 changes, 20 ms apart: one apply, of the last state.
     for n in 2..10 {
@@ -62,7 +63,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(r.outcome, Outcome::Written);
+    assert_eq!(r.outcome, ApplyOutcome::Written);
     assert!(std::fs::read_to_string(&out)
         .unwrap()
         .contains("server web-8 "));
@@ -83,7 +84,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
             "MAX wait not honoured"
         );
     };
-    assert_eq!(r.outcome, Outcome::Written);
+    assert_eq!(r.outcome, ApplyOutcome::Written);
     let waited = r.done.into_std() - start;
     assert!(
         waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),

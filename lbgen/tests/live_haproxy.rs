@@ -3,25 +3,20 @@
 //! failed requests, a drained server must get no new requests, and a broken template (or a
 //! config HAProxy rejects) must leave the old config in place.
 
-mod common;
+use lbgen::testing as common;
 
 use std::path::Path;
 use std::time::Duration;
 
-use common::{member, write_members, Backend, Haproxy, Load};
+use common::{
+    get, member, next_report, reload_counts, server_state, write_members, Backend, Haproxy, Load,
+};
+use lbgen::apply::ApplyOutcome;
 use lbgen::model::{MembersDoc, Model};
 use lbgen::output::CheckCmd;
 use lbgen::render::{Renderer, Vars};
 use lbgen::source::SourceSpec;
-use lbgen::watch::{Outcome, Report, Wait, WatchConfig};
-use tokio::sync::mpsc::UnboundedReceiver;
-
-async fn next_report(rx: &mut UnboundedReceiver<Report>) -> Report {
-    tokio::time::timeout(Duration::from_secs(15), rx.recv())
-        .await
-        .expect("no report from lbgen watch within 15 s")
-        .expect("watch stopped")
-}
+use lbgen::watch::{Wait, WatchConfig};
 
 /// (master reloads, current worker pid)
 async fn generation(h: &Haproxy) -> (u64, Option<u32>) {
@@ -96,7 +91,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     // The first apply always reloads (lbgen cannot know what the running HAProxy loaded).
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -121,8 +116,8 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
         write_members(&members_file, &ms);
         let r = next_report(&mut reports).await;
         match r.outcome {
-            Outcome::Reloaded { .. } => reloads += 1,
-            Outcome::Runtime { .. } => runtime_changes += 1,
+            ApplyOutcome::Reloaded { .. } => reloads += 1,
+            ApplyOutcome::Runtime { .. } => runtime_changes += 1,
             other => panic!("round {i}: {other:?}"),
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -140,7 +135,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     match &r.outcome {
-        Outcome::Runtime { commands } => {
+        ApplyOutcome::Runtime { commands } => {
             assert_eq!(
                 commands,
                 &vec!["set server web/web-1 state drain".to_string()]
@@ -164,7 +159,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -182,14 +177,14 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     std::fs::write(&template, "global\n{{#each pools}\n").unwrap();
     let r = next_report(&mut reports).await;
     match &r.outcome {
-        Outcome::Failed(e) => assert!(e.contains("line 2"), "{e}"),
+        ApplyOutcome::Failed(e) => assert!(e.contains("line 2"), "{e}"),
         other => panic!("broken template: {other:?}"),
     }
     // A template that renders but HAProxy rejects: also nothing touched.
     std::fs::write(&template, format!("{good_template}\nbogus-keyword here\n")).unwrap();
     let r = next_report(&mut reports).await;
     match &r.outcome {
-        Outcome::Failed(e) => assert!(e.contains("rejected"), "{e}"),
+        ApplyOutcome::Failed(e) => assert!(e.contains("rejected"), "{e}"),
         other => panic!("rejected config: {other:?}"),
     }
     assert_eq!(std::fs::read_to_string(&out).unwrap(), live_cfg);
@@ -203,7 +198,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -215,7 +210,10 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     std::fs::write(&template, &good_template).unwrap();
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. } | Outcome::Unchanged),
+        matches!(
+            r.outcome,
+            ApplyOutcome::Reloaded { .. } | ApplyOutcome::Unchanged
+        ),
         "{:?}",
         r.outcome
     );
@@ -299,19 +297,6 @@ fn a_failing_test_leaves_no_haproxy_behind() {
     }
 }
 
-async fn get(port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
-}
-
 /// Regression: a supervisor restarting HAProxy from an empty-cluster config (as the lb image
 /// does) left it serving 503 until the next membership event. The periodic resync notices the
 /// new master and reloads the real config.
@@ -355,7 +340,7 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
     }));
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -368,12 +353,12 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
     // No membership event: the resync must notice and fix it.
     let r = loop {
         let r = next_report(&mut reports).await;
-        if !matches!(r.outcome, Outcome::Failed(_)) {
+        if !matches!(r.outcome, ApplyOutcome::Failed(_)) {
             break r;
         }
     };
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -389,24 +374,10 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
 
 /// `srv_admin_state` of `pool/server` in the running worker (`show servers state`).
 async fn admin_state(h: &Haproxy, pool: &str, server: &str) -> u32 {
-    let out = lbgen::haproxy::Master::new(&h.master_sock)
-        .command(&format!("@1 show servers state {pool}"))
+    let row = server_state(h, pool, server)
         .await
-        .expect("show servers state");
-    out.lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|c| c.len() > 6 && c[1] == pool && c[3] == server)
-        .and_then(|c| c[6].parse().ok())
-        .unwrap_or_else(|| panic!("{pool}/{server} not in: {out}"))
-}
-
-/// (reloads, failed reloads) as the master counts them.
-async fn reload_counts(h: &Haproxy) -> (u64, u64) {
-    let p = lbgen::haproxy::Master::new(&h.master_sock)
-        .show_proc()
-        .await
-        .expect("show proc");
-    (p.reloads, p.failed)
+        .unwrap_or_else(|| panic!("{pool}/{server} not in the running worker"));
+    row[6].parse().expect("srv_admin_state")
 }
 
 /// Regression: a template whose config passes `haproxy -c` but that HAProxy refuses at reload
@@ -470,7 +441,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     }));
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -486,7 +457,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     std::fs::write(&template, &bad_template).unwrap();
     let r = next_report(&mut reports).await;
     match &r.outcome {
-        Outcome::Failed(e) => assert!(
+        ApplyOutcome::Failed(e) => assert!(
             e.contains("passed the check") && e.contains("refused the reload"),
             "{e}"
         ),
@@ -504,7 +475,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     let r = next_report(&mut reports).await;
     assert_eq!(
         r.outcome,
-        Outcome::Runtime {
+        ApplyOutcome::Runtime {
             commands: vec!["set server web/web-1 state drain".into()]
         }
     );
@@ -519,7 +490,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, Outcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
         "{:?}",
         r.outcome
     );
@@ -532,7 +503,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     // Rewriting the same bad template is no change: still not tried.
     std::fs::write(&template, &bad_template).unwrap();
     let r = next_report(&mut reports).await;
-    assert_eq!(r.outcome, Outcome::Unchanged);
+    assert_eq!(r.outcome, ApplyOutcome::Unchanged);
     assert_eq!(reload_counts(&haproxy).await, (reloads0 + 2, 0));
     // The drain survived the reload (rendered with weight 0, still no new requests).
     tokio::time::sleep(Duration::from_millis(300)).await;

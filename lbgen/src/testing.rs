@@ -1,6 +1,7 @@
-//! Shared by the live test and the benchmark: HTTP backends, a real HAProxy in master-worker
-//! mode (killed on drop, whole process group), and a bounded load generator. 127.0.0.1 only.
-#![allow(dead_code)]
+//! Test harness shared by lbgen's tests, its benchmark (`examples/lbgen_bench.rs`) and the
+//! agent's LB tests: HTTP backends, a real HAProxy in master-worker mode (killed on drop,
+//! whole process group), a bounded load generator, members documents. 127.0.0.1 only.
+//! Only built with the `testing` feature; it panics on setup failures, as tests should.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,7 +117,7 @@ impl Haproxy {
         let master_sock = dir.join("master.sock");
         let log = dir.join("haproxy.log");
         let logf = std::fs::File::create(&log).unwrap();
-        let child = Command::new(lbgen::output::resolve_program("haproxy"))
+        let child = Command::new(crate::output::resolve_program("haproxy"))
             .arg("-W")
             .arg("-S")
             .arg(&master_sock)
@@ -423,4 +424,48 @@ pub fn member(name: &str, port: u16, status: &str, extra: &[(&str, &str)]) -> se
         tags.insert(k.to_string(), v.to_string().into());
     }
     serde_json::json!({"name": name, "addr": "127.0.0.1:7946", "status": status, "tags": tags})
+}
+
+/// The next report of an in-process `lbgen watch`; panics after 15 s or if it stopped.
+pub async fn next_report(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<crate::watch::Report>,
+) -> crate::watch::Report {
+    tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .expect("no report from lbgen watch within 15 s")
+        .expect("watch stopped")
+}
+
+/// The `show servers state POOL` row of `pool/server` in the running worker (columns as
+/// HAProxy prints them: 6 = srv_admin_state, 7 = srv_uweight); None if it has no such server.
+pub async fn server_state(h: &Haproxy, pool: &str, server: &str) -> Option<Vec<String>> {
+    let out = crate::haproxy::Master::new(&h.master_sock)
+        .command(&format!("@1 show servers state {pool}"))
+        .await
+        .expect("show servers state");
+    out.lines()
+        .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .find(|c| c.len() > 7 && c[1] == pool && c[3] == server)
+}
+
+/// (reloads, failed reloads) as the master counts them.
+pub async fn reload_counts(h: &Haproxy) -> (u64, u64) {
+    let p = crate::haproxy::Master::new(&h.master_sock)
+        .show_proc()
+        .await
+        .expect("show proc");
+    (p.reloads, p.failed)
+}
+
+/// One `GET /` with `Connection: close`; the whole response.
+pub async fn get(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to haproxy");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send request");
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+    out
 }
