@@ -24,7 +24,7 @@ pub mod token;
 
 pub use duration::parse_duration;
 pub use event::{Event, EventKind, Notice, NoticeKind, StreamLine};
-pub use member::{Member, MembersDoc, Status, Tags};
+pub use member::{Member, MembersDoc, Status, Tags, Unrecognised};
 
 /// The version of the API documents this crate describes. The agent puts it
 /// in the members document (`"version"`), in `/v1/info`

@@ -75,9 +75,14 @@ pub struct Member {
 /// The members document of `GET /v1/members`: the table, and what a client
 /// needs to trust it. `shoal members --format json` prints only `members`
 /// (the other fields are then absent), and lbgen reads either form.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
 pub struct MembersDoc {
     pub members: Vec<Member>,
+    /// Members read with a status outside the four (a newer agent, or a
+    /// hand-written file): kept out of `members` so that one odd member does
+    /// not void the document; each client says what it does with them.
+    #[serde(skip)]
+    pub unrecognised: Vec<Unrecognised>,
     /// [`crate::API_VERSION`] of the agent that wrote it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
@@ -91,6 +96,65 @@ pub struct MembersDoc {
     /// the cluster (it knows itself and few others). Absent = synced.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synced: Option<bool>,
+}
+
+/// A member whose status this client does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unrecognised {
+    pub name: String,
+    pub addr: String,
+    /// As written (untrusted: sanitise before printing).
+    pub status: String,
+}
+
+impl<'de> Deserialize<'de> for MembersDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The member as written: only the status is read leniently.
+        #[derive(Deserialize)]
+        struct RawMember {
+            name: String,
+            addr: String,
+            status: String,
+            #[serde(default)]
+            tags: Tags,
+        }
+        #[derive(Deserialize)]
+        struct RawDoc {
+            members: Vec<RawMember>,
+            #[serde(default)]
+            version: Option<u32>,
+            #[serde(default)]
+            run: Option<String>,
+            #[serde(default)]
+            index: Option<u64>,
+            #[serde(default)]
+            synced: Option<bool>,
+        }
+        let raw = RawDoc::deserialize(d)?;
+        let mut doc = MembersDoc {
+            version: raw.version,
+            run: raw.run,
+            index: raw.index,
+            synced: raw.synced,
+            ..MembersDoc::default()
+        };
+        for m in raw.members {
+            match Status::parse(&m.status) {
+                Some(status) => doc.members.push(Member {
+                    name: m.name,
+                    addr: m.addr,
+                    status,
+                    tags: m.tags,
+                }),
+                None => doc.unrecognised.push(Unrecognised {
+                    name: m.name,
+                    addr: m.addr,
+                    status: m.status,
+                }),
+            }
+        }
+        Ok(doc)
+    }
 }
 
 impl MembersDoc {
@@ -149,6 +213,7 @@ mod tests {
             run: Some("r1".into()),
             index: Some(7),
             synced: Some(false),
+            unrecognised: vec![],
         };
         let text = doc.to_json();
         assert_eq!(
@@ -176,12 +241,45 @@ mod tests {
     }
 
     #[test]
-    fn a_status_outside_the_four_is_refused_with_the_choices() {
-        let err = MembersDoc::from_json(
-            r#"{"members":[{"name":"a","addr":"x","status":"elive","tags":{}}]}"#,
+    fn a_status_outside_the_four_sets_only_that_member_aside() {
+        let doc = MembersDoc::from_json(
+            r#"{"members":[{"name":"a","addr":"x","status":"elive","tags":{}},{"name":"b","addr":"y","status":"alive"}]}"#,
         )
-        .unwrap_err();
-        assert!(err.starts_with("invalid members document"), "{err}");
+        .unwrap();
+        assert_eq!(doc.members.len(), 1);
+        assert_eq!(doc.members[0].name, "b");
+        assert_eq!(
+            doc.unrecognised,
+            [Unrecognised {
+                name: "a".into(),
+                addr: "x".into(),
+                status: "elive".into()
+            }]
+        );
+        // Not written back: what is printed has only the four statuses.
+        assert!(!doc.to_json().contains("elive"));
+    }
+
+    #[test]
+    fn a_malformed_member_voids_the_document_with_a_reason() {
+        let err =
+            MembersDoc::from_json(r#"{"members":[{"name":"a","status":"alive"}]}"#).unwrap_err();
+        assert!(
+            err.starts_with("invalid members document") && err.contains("addr"),
+            "{err}"
+        );
+        let err = MembersDoc::from_json(r#"{"members":[{"name":"a","addr":"x","status":1}]}"#)
+            .unwrap_err();
+        assert!(err.contains("invalid type"), "{err}");
+        assert!(MembersDoc::from_json(r#"{"nodes":[]}"#).is_err());
+    }
+
+    #[test]
+    fn a_single_member_reads_strictly() {
+        // Inside an event a member is read as is: its status must be one of the four.
+        let err = serde_json::from_str::<Member>(r#"{"name":"a","addr":"x","status":"elive"}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("elive") && err.contains("suspect"), "{err}");
     }
 
