@@ -68,7 +68,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     };
     // Rounded to whole nanoseconds, so `0.3s` is 300 ms, not 299.999999 ms.
     let nanos = (value * ns_per_unit).round();
-    if !nanos.is_finite() || nanos < 0.0 || nanos > MAX_SECS * 1e9 {
+    if !nanos.is_finite() || !(0.0..=MAX_SECS * 1e9).contains(&nanos) {
         return err(format!(
             "{s:?} is out of range (at most {MAX_SECS:e} seconds)"
         ));
