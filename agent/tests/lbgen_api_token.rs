@@ -17,6 +17,21 @@ fn config_has(out: &std::path::Path, needle: &str) -> bool {
     std::fs::read_to_string(out).is_ok_and(|t| t.contains(needle))
 }
 
+/// One raw HTTP/1.1 GET with the bearer token; the whole answer, headers included.
+fn raw_get(addr: &str, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect api");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -43,6 +58,16 @@ fn lbgen_follows_a_token_protected_agent_and_names_a_refused_token() {
         .block_on(Source::new(SourceSpec::api(lb.api(), Some(TOKEN.into()))).snapshot())
         .unwrap_or_else(|e| panic!("snapshot with the right token: {e}\n{}", lb.log_text()));
     assert_eq!(doc.version, Some(shoal_contract::API_VERSION));
+    let answer = raw_get(&lb.api(), "/v1/members", TOKEN);
+    assert!(
+        answer.starts_with("HTTP/1.1 200")
+            && answer.contains(&format!(
+                "{}: {}\r\n",
+                shoal_contract::VERSION_HEADER,
+                shoal_contract::API_VERSION
+            )),
+        "every answer names the API version:\n{answer}"
+    );
     for (token, says) in [
         (Some("wrong".to_string()), "refused the token given"),
         (None, "no token was given"),
