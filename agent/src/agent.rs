@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr;
 use crate::core::{Core, CoreConfig, Merge, Now, Output, MERGE_CHUNK};
-use crate::events::{EventLog, MemberView};
+use crate::events::EventLog;
 use crate::freshness::{NonceGuard, Refusal};
 use crate::identity::{now_millis, NodeId};
 use crate::join::{self, JoinReport};
@@ -72,7 +72,7 @@ pub struct AgentConfig {
 /// What the API and CLI read without going through the loop.
 pub struct Shared {
     pub local: NodeId,
-    pub members: Vec<MemberView>,
+    pub members: Vec<shoal_contract::Member>,
     pub counts: HashMap<&'static str, usize>,
     pub events: EventLog,
     pub joined: bool,
@@ -523,7 +523,7 @@ impl Node {
         if !events.is_empty() || shared.joined != self.core.joined() || newly_synced {
             shared.synced = self.synced;
             shared.local = self.core.local().clone();
-            shared.members = self.core.records().map(MemberView::from).collect();
+            shared.members = self.core.records().map(crate::events::member_of).collect();
             shared.counts = [Status::Alive, Status::Suspect, Status::Failed, Status::Left]
                 .into_iter()
                 .map(|s| (s.as_str(), self.core.count(s)))

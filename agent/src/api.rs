@@ -28,8 +28,9 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use shoal_contract::{MembersDoc, Notice, NoticeKind, Status, API_VERSION, VERSION_HEADER};
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info};
@@ -218,12 +219,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 type ApiBody = http_body_util::Either<Full<Bytes>, EventBody>;
 type Reply = Response<ApiBody>;
 
-fn json_reply(status: StatusCode, value: &Value) -> Reply {
+fn json_reply(status: StatusCode, value: &impl Serialize) -> Reply {
     let mut body = serde_json::to_vec(value).unwrap_or_default();
     body.push(b'\n');
     Response::builder()
         .status(status)
         .header("content-type", "application/json")
+        .header(VERSION_HEADER, API_VERSION)
         .body(http_body_util::Either::Left(Full::new(Bytes::from(body))))
         .unwrap_or_else(|_| Response::new(http_body_util::Either::Left(Full::new(Bytes::new()))))
 }
@@ -305,7 +307,10 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
                 );
             }
             match state.agent.force_leave(name.to_string()).await {
-                Ok(()) => json_reply(StatusCode::OK, &json!({ "name": name, "status": "left" })),
+                Ok(()) => json_reply(
+                    StatusCode::OK,
+                    &json!({ "name": name, "status": Status::Left }),
+                ),
                 Err(e) if e.starts_with("no member") => error(StatusCode::NOT_FOUND, e),
                 Err(e) => error(StatusCode::CONFLICT, e),
             }
@@ -393,16 +398,19 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
 /// comes from, the last event index it includes, and whether it is synced
 /// with the cluster yet (a just-restarted agent knows almost nobody).
 fn members(state: &ApiState) -> Reply {
-    let shared = state.agent.lock();
-    json_reply(
-        StatusCode::OK,
-        &json!({
-            "members": shared.members,
-            "run": shared.run,
-            "index": shared.events.last_index(),
-            "synced": shared.synced,
-        }),
-    )
+    let doc = {
+        let shared = state.agent.lock();
+        MembersDoc {
+            members: shared.members.clone(),
+            version: Some(API_VERSION),
+            run: Some(shared.run.clone()),
+            index: Some(shared.events.last_index()),
+            synced: Some(shared.synced),
+            unrecognised: Vec::new(),
+        }
+    };
+    // Serialised after the lock is released: the loop never waits for it.
+    json_reply(StatusCode::OK, &doc)
 }
 
 fn info_doc(state: &ApiState) -> Reply {
@@ -419,6 +427,7 @@ fn info_doc(state: &ApiState) -> Reply {
         },
         "protocol": {
             "version": crate::wire::VERSION,
+            "api_version": API_VERSION,
             "profile": format!("{:?}", shared.profile).to_lowercase(),
             "agent_version": env!("CARGO_PKG_VERSION"),
         },
@@ -567,13 +576,12 @@ fn events(state: &ApiState, query: &str) -> Reply {
     let header_run = run.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {
-        let line = |v: &Value| {
-            let mut b = serde_json::to_vec(v).unwrap_or_default();
-            b.push(b'\n');
-            Bytes::from(b)
-        };
         if let Some(old) = restarted {
-            let gap = json!({ "type": "resync", "index": last, "run": run, "reason": format!("the agent restarted (run {old} ended); refetch /v1/members") });
+            let gap = Notice::resync(
+                last,
+                &run,
+                format!("the agent restarted (run {old} ended); refetch /v1/members"),
+            );
             if tx.send(line(&gap)).await.is_err() {
                 return;
             }
@@ -589,7 +597,7 @@ fn events(state: &ApiState, query: &str) -> Reply {
         };
         if beyond || (after > 0 && oldest.is_some_and(|o| o > after + 1)) {
             // The client asked to resume from events we do not have.
-            let gap = json!({ "type": "resync", "index": last, "run": run, "reason": reason });
+            let gap = Notice::resync(last, &run, reason);
             if tx.send(line(&gap)).await.is_err() {
                 return;
             }
@@ -597,7 +605,7 @@ fn events(state: &ApiState, query: &str) -> Reply {
         let mut sent = after.min(last);
         for e in backlog {
             sent = e.index;
-            if tx.send(line(&json!(*e))).await.is_err() {
+            if tx.send(line(&*e)).await.is_err() {
                 return;
             }
         }
@@ -608,7 +616,7 @@ fn events(state: &ApiState, query: &str) -> Reply {
                 changed = synced.changed(), if announce_sync => {
                     announce_sync = false;
                     if changed.is_ok() && *synced.borrow() {
-                        let note = json!({ "type": "synced", "index": sent, "run": run });
+                        let note = Notice::new(NoticeKind::Synced, sent, &run);
                         if tx.send(line(&note)).await.is_err() {
                             return;
                         }
@@ -623,25 +631,24 @@ fn events(state: &ApiState, query: &str) -> Reply {
                         continue;
                     }
                     sent = e.index;
-                    if tx.send(line(&json!(*e))).await.is_err() {
+                    if tx.send(line(&*e)).await.is_err() {
                         return;
                     }
                 }
                 Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
-                    let gap = json!({ "type": "resync", "index": sent, "reason": format!("client too slow, {n} events skipped; refetch /v1/members") });
+                    let gap = Notice::resync(
+                        sent,
+                        &run,
+                        format!("client too slow, {n} events skipped; refetch /v1/members"),
+                    );
                     if tx.send(line(&gap)).await.is_err() {
                         return;
                     }
                 }
                 Ok(Err(broadcast::error::RecvError::Closed)) => return,
                 Err(_) => {
-                    if tx
-                        .send(line(
-                            &json!({ "type": "keepalive", "index": sent, "run": run }),
-                        ))
-                        .await
-                        .is_err()
-                    {
+                    let keepalive = Notice::new(NoticeKind::Keepalive, sent, &run);
+                    if tx.send(line(&keepalive)).await.is_err() {
                         return;
                     }
                 }
@@ -651,9 +658,17 @@ fn events(state: &ApiState, query: &str) -> Reply {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/x-ndjson")
-        .header("x-shoal-run", header_run)
+        .header(VERSION_HEADER, API_VERSION)
+        .header(shoal_contract::RUN_HEADER, header_run)
         .body(http_body_util::Either::Right(EventBody { rx }))
         .unwrap_or_else(|_| Response::new(http_body_util::Either::Left(Full::new(Bytes::new()))))
+}
+
+/// One line of the event stream: an event or a notice, JSON and a newline.
+fn line(v: &impl Serialize) -> Bytes {
+    let mut b = serde_json::to_vec(v).unwrap_or_default();
+    b.push(b'\n');
+    Bytes::from(b)
 }
 
 /// A streaming body fed by a channel: one chunk per event line.

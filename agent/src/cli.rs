@@ -397,32 +397,10 @@ pub fn split_env_list(s: &str) -> Vec<String> {
     items
 }
 
-/// Parses `500ms`, `5s`, `2m`, `24h`, `1d` (a bare number means seconds).
+/// The contract's one duration syntax ([`shoal_contract::duration`]): `500ms`,
+/// `1.5s`, `2m`, `24h`, `1d` (a bare number means seconds).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (examples: 500ms, 5s, 2m, 24h)"))?;
-    let secs = match unit {
-        "ms" => value / 1000.0,
-        "" | "s" => value,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        "d" => value * 86_400.0,
-        _ => {
-            return Err(format!(
-                "{s:?}: unknown unit {unit:?} (use ms, s, m, h or d)"
-            ))
-        }
-    };
-    if !secs.is_finite() || secs > 1e9 {
-        return Err(format!("{s:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    shoal_contract::parse_duration(s).map_err(String::from)
 }
 
 #[cfg(test)]

@@ -3,10 +3,10 @@
 use hyper::Method;
 use regex::Regex;
 use serde_json::{json, Value};
+use shoal_contract::{Member, MembersDoc, Status, StreamLine};
 
 use crate::cli::OutputFormat;
 use crate::client::Client;
-use crate::membership::Status;
 use crate::tags;
 
 /// A CLI failure: `usage` errors (bad flags or arguments) exit 2, others 1.
@@ -53,25 +53,34 @@ impl TagFilter {
         })
     }
 
-    fn matches(&self, member: &Value) -> bool {
-        member["tags"][&self.key]
-            .as_str()
+    fn matches(&self, member: &Member) -> bool {
+        member
+            .tags
+            .get(&self.key)
             .is_some_and(|v| self.re.is_match(v))
     }
 }
 
 /// Filters a members document by status and tags.
-pub fn filter_members(doc: &Value, status: Option<Status>, filters: &[TagFilter]) -> Vec<Value> {
-    doc["members"]
-        .as_array()
-        .map(|ms| {
-            ms.iter()
-                .filter(|m| status.is_none_or(|s| m["status"] == s.as_str()))
-                .filter(|m| filters.iter().all(|f| f.matches(m)))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default()
+pub fn filter_members(
+    doc: &MembersDoc,
+    status: Option<Status>,
+    filters: &[TagFilter],
+) -> Vec<Member> {
+    doc.members
+        .iter()
+        .filter(|m| status.is_none_or(|s| m.status == s))
+        .filter(|m| filters.iter().all(|f| f.matches(m)))
+        .cloned()
+        .collect()
+}
+
+/// `k=v,k=v`, sorted by key.
+fn member_tags_text(tags: &shoal_contract::Tags) -> String {
+    tags.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn tags_text(tags: &Value) -> String {
@@ -86,15 +95,15 @@ fn tags_text(tags: &Value) -> String {
 }
 
 /// Aligned columns, like `serf members`.
-pub fn members_table(members: &[Value]) -> String {
+pub fn members_table(members: &[Member]) -> String {
     let rows: Vec<[String; 4]> = members
         .iter()
         .map(|m| {
             [
-                m["name"].as_str().unwrap_or_default().to_string(),
-                m["addr"].as_str().unwrap_or_default().to_string(),
-                m["status"].as_str().unwrap_or_default().to_string(),
-                tags_text(&m["tags"]),
+                m.name.clone(),
+                m.addr.clone(),
+                m.status.to_string(),
+                member_tags_text(&m.tags),
             ]
         })
         .collect();
@@ -141,9 +150,19 @@ pub async fn members(
         .collect::<Result<Vec<_>, _>>()
         .map_err(usage)?;
     let doc = client.call(Method::GET, "/v1/members", None).await?;
+    let doc: MembersDoc = serde_json::from_value(doc)
+        .map_err(|e| format!("the agent's members document is invalid: {e}"))?;
+    shoal_contract::check_version(doc.version)?;
+    for u in &doc.unrecognised {
+        eprintln!(
+            "shoal: member {:?} has status {:?}, which this CLI does not know; not listed",
+            u.name, u.status
+        );
+    }
     let members = filter_members(&doc, status, &filters);
     match format {
-        OutputFormat::Json => println!("{}", json!({ "members": members })),
+        // Exactly `{"members":[...]}`: the document scripts and lbgen read.
+        OutputFormat::Json => println!("{}", MembersDoc::list(members).to_json()),
         OutputFormat::Table => print!("{}", members_table(&members)),
     }
     Ok(())
@@ -162,31 +181,33 @@ pub async fn monitor(client: &Client, index: Option<u64>, format: OutputFormat) 
     };
     client
         .stream(&path, |ev| {
-            if ev["type"] == "keepalive" {
-                return true;
+            let line = serde_json::from_value::<StreamLine>(ev.clone());
+            if let Ok(StreamLine::Notice(n)) = &line {
+                if n.kind == shoal_contract::NoticeKind::Keepalive {
+                    return true;
+                }
             }
-            match format {
-                OutputFormat::Json => println!("{ev}"),
-                // Stream notices (synced, resync) carry no member.
-                OutputFormat::Table if ev["member"].is_null() => println!(
+            match (format, line) {
+                // As the agent sent it, fields this CLI does not know included.
+                (OutputFormat::Json, _) => println!("{ev}"),
+                (OutputFormat::Table, Ok(StreamLine::Event(e))) => println!(
+                    "{} [{}] {} {} {} {} {}",
+                    e.time,
+                    e.index,
+                    e.kind,
+                    e.member.name,
+                    e.member.addr,
+                    e.member.status,
+                    member_tags_text(&e.member.tags)
+                ),
+                // Stream notices (synced, resync) carry no member; neither does a
+                // line of a kind this CLI does not know.
+                (OutputFormat::Table, _) => println!(
                     "[{}] {} {}",
                     ev["index"],
                     ev["type"].as_str().unwrap_or("-"),
                     ev["reason"].as_str().unwrap_or("")
                 ),
-                OutputFormat::Table => {
-                    let m = &ev["member"];
-                    println!(
-                        "{} [{}] {} {} {} {} {}",
-                        ev["time"].as_str().unwrap_or("-"),
-                        ev["index"],
-                        ev["type"].as_str().unwrap_or("-"),
-                        m["name"].as_str().unwrap_or("-"),
-                        m["addr"].as_str().unwrap_or("-"),
-                        m["status"].as_str().unwrap_or("-"),
-                        tags_text(&m["tags"])
-                    );
-                }
             }
             true
         })
@@ -344,12 +365,13 @@ fn info_text(v: &Value, indent: &str) -> String {
 mod tests {
     use super::*;
 
-    fn doc() -> Value {
-        json!({"members":[
+    fn doc() -> MembersDoc {
+        MembersDoc::from_json(r#"{"members":[
             {"name":"web-1","addr":"10.0.0.5:7946","status":"alive","tags":{"service":"web","port":"3000"}},
             {"name":"api-1","addr":"10.0.0.6:7946","status":"failed","tags":{"service":"api"}},
             {"name":"lb","addr":"10.0.0.2:7946","status":"alive","tags":{}}
-        ]})
+        ]}"#)
+        .unwrap()
     }
 
     #[test]

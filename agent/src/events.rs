@@ -5,48 +5,52 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use serde::Serialize;
+use shoal_contract::{Event, EventKind, Member, Status};
 use tokio::sync::broadcast;
 
-use crate::membership::{MemberEvent, Record};
-use crate::tags::Tags;
+use crate::membership::{self, MemberEvent, Record};
 
 /// Events kept for clients that resume.
 pub const EVENT_BUFFER: usize = 4096;
 
-/// A member as shown by `shoal members --format json` and in events.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct MemberView {
-    pub name: String,
-    pub addr: String,
-    pub status: String,
-    pub tags: Tags,
-}
-
-impl From<&Record> for MemberView {
-    fn from(r: &Record) -> Self {
-        MemberView {
-            name: r.id.name.clone(),
-            addr: r.id.addr.to_string(),
-            status: r.status.as_str().to_string(),
-            tags: r.id.tags.clone(),
-        }
+/// A member as the API shows it (the contract's [`Member`]). A function, not
+/// a `From`: the record's type belongs to the membership, the member's to the
+/// contract.
+pub fn member_of(r: &Record) -> Member {
+    Member {
+        name: r.id.name.clone(),
+        addr: r.id.addr.to_string(),
+        status: status_of(r.status),
+        tags: r.id.tags.clone(),
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct EventRecord {
-    pub index: u64,
-    pub time: String,
-    #[serde(rename = "type")]
-    pub kind: &'static str,
-    pub member: MemberView,
+/// The membership's state as the contract spells it on the wire.
+pub fn status_of(s: membership::Status) -> Status {
+    match s {
+        membership::Status::Alive => Status::Alive,
+        membership::Status::Suspect => Status::Suspect,
+        membership::Status::Failed => Status::Failed,
+        membership::Status::Left => Status::Left,
+    }
 }
 
+/// The membership's event kind as the contract spells it on the wire.
+pub fn kind_of(k: membership::EventKind) -> EventKind {
+    match k {
+        membership::EventKind::Join => EventKind::MemberJoin,
+        membership::EventKind::Leave => EventKind::MemberLeave,
+        membership::EventKind::Failed => EventKind::MemberFailed,
+        membership::EventKind::Update => EventKind::MemberUpdate,
+        membership::EventKind::Reap => EventKind::MemberReap,
+    }
+}
+
+/// The events of this run, numbered from 1, the last [`EVENT_BUFFER`] kept.
 pub struct EventLog {
     next_index: u64,
-    buffer: VecDeque<Arc<EventRecord>>,
-    tx: broadcast::Sender<Arc<EventRecord>>,
+    buffer: VecDeque<Arc<Event>>,
+    tx: broadcast::Sender<Arc<Event>>,
 }
 
 impl Default for EventLog {
@@ -65,12 +69,12 @@ impl EventLog {
         }
     }
 
-    pub fn push(&mut self, event: &MemberEvent, now_ms: u64) -> Arc<EventRecord> {
-        let record = Arc::new(EventRecord {
+    pub fn push(&mut self, event: &MemberEvent, now_ms: u64) -> Arc<Event> {
+        let record = Arc::new(Event {
             index: self.next_index,
             time: rfc3339_millis(now_ms),
-            kind: event.kind.as_str(),
-            member: MemberView::from(&event.record),
+            kind: kind_of(event.kind),
+            member: member_of(&event.record),
         });
         self.next_index += 1;
         if self.buffer.len() == EVENT_BUFFER {
@@ -92,7 +96,7 @@ impl EventLog {
     pub fn subscribe_after(
         &self,
         index: u64,
-    ) -> (Vec<Arc<EventRecord>>, broadcast::Receiver<Arc<EventRecord>>) {
+    ) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
         let backlog = self
             .buffer
             .iter()
@@ -134,6 +138,27 @@ pub fn rfc3339_millis(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn membership_names_match_the_contract_spelling() {
+        for s in [
+            membership::Status::Alive,
+            membership::Status::Suspect,
+            membership::Status::Failed,
+            membership::Status::Left,
+        ] {
+            assert_eq!(status_of(s).as_str(), s.as_str());
+        }
+        for k in [
+            membership::EventKind::Join,
+            membership::EventKind::Leave,
+            membership::EventKind::Failed,
+            membership::EventKind::Update,
+            membership::EventKind::Reap,
+        ] {
+            assert_eq!(kind_of(k).as_str(), k.as_str());
+        }
+    }
 
     #[test]
     fn formats_utc_timestamps() {

@@ -11,26 +11,13 @@ use std::sync::OnceLock;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 
-/// Longest token accepted (HTTP header lines are capped by servers anyway).
-pub const MAX_TOKEN_LEN: usize = 1024;
+/// Longest token accepted (the contract's limit).
+pub use shoal_contract::token::MAX_TOKEN_LEN;
 
 /// A token must survive a trip through an HTTP header unchanged: visible
-/// ASCII only (no spaces, no control or non-ASCII characters), 1-1024 bytes.
+/// ASCII only, 1-1024 bytes (the contract's rule, which lbgen checks too).
 pub fn validate(token: &str) -> Result<(), String> {
-    if token.is_empty() || token.len() > MAX_TOKEN_LEN {
-        return Err(format!(
-            "--api-token must be 1-{MAX_TOKEN_LEN} bytes long (it is {})",
-            token.len()
-        ));
-    }
-    if let Some(c) = token.chars().find(|c| !c.is_ascii_graphic()) {
-        return Err(format!(
-            "--api-token contains {c:?}: only visible ASCII characters are allowed \
-             (no spaces, no control or non-ASCII characters), or it could never match \
-             an Authorization header"
-        ));
-    }
-    Ok(())
+    shoal_contract::token::validate_token(token)
 }
 
 /// Whether an `Authorization` header value carries `token`. The scheme is

@@ -163,7 +163,7 @@ fn restarting_the_lb_agent_under_load_fails_no_request_and_keeps_every_backend()
         template: None,
         vars,
         out: cfg_path.clone(),
-        source: SourceSpec::Api(lb.api()),
+        source: SourceSpec::api(lb.api(), None),
         master: Some(haproxy.master_sock.clone()),
         check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
         wait: Wait::parse("20ms:200ms").unwrap(),

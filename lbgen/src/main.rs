@@ -51,6 +51,10 @@ struct StatusArgs {
     /// Agent API address (HOST:PORT): reads /v1/members.
     #[arg(long, env = "LBGEN_API")]
     api: Option<String>,
+    /// Bearer token for the agent's API (its --api-token); sent on every request. Without
+    /// this flag and LBGEN_API_TOKEN, SHOAL_API_TOKEN is used when set.
+    #[arg(long, env = "LBGEN_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     /// Members document (`shoal members --format json`), or `-` for stdin.
     #[arg(long, env = "LBGEN_MEMBERS")]
     members: Option<String>,
@@ -73,6 +77,10 @@ struct WatchArgs {
     /// Agent API address (HOST:PORT): follows /v1/events, renders from /v1/members.
     #[arg(long, env = "LBGEN_API")]
     api: Option<String>,
+    /// Bearer token for the agent's API (its --api-token); sent on every request. Without
+    /// this flag and LBGEN_API_TOKEN, SHOAL_API_TOKEN is used when set.
+    #[arg(long, env = "LBGEN_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
     /// Members JSON file to watch instead of the agent.
     #[arg(long, env = "LBGEN_MEMBERS")]
     members: Option<PathBuf>,
@@ -207,12 +215,23 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
     Ok(())
 }
 
+/// The token for the agent's API: `--api-token` / `LBGEN_API_TOKEN`, else
+/// `SHOAL_API_TOKEN` (what the agent and the shoal CLI next to lbgen read). Empty = none.
+fn api_token(flag: Option<String>) -> Result<Option<String>, Error> {
+    let token = flag
+        .or_else(|| std::env::var("SHOAL_API_TOKEN").ok())
+        .filter(|t| !t.is_empty());
+    if let Some(t) = &token {
+        shoal_contract::token::validate_token(t).map_err(Error::new)?;
+    }
+    Ok(token)
+}
+
 async fn status(a: StatusArgs) -> Result<(), Error> {
     let doc = match (a.api, a.members) {
         (Some(api), None) => {
-            lbgen::source::Source::new(lbgen::source::SourceSpec::Api(api))
-                .snapshot()
-                .await?
+            let spec = lbgen::source::SourceSpec::api(api, api_token(a.api_token)?);
+            lbgen::source::Source::new(spec).snapshot().await?
         }
         (None, Some(m)) => read_members(&m)?,
         _ => return Err(Error::new("give exactly one of --api and --members")),
@@ -236,7 +255,7 @@ async fn status(a: StatusArgs) -> Result<(), Error> {
 async fn watch(a: WatchArgs) -> Result<(), Error> {
     use lbgen::watch::{parse_duration, Wait, WatchConfig};
     let source = match (a.api, a.members) {
-        (Some(api), None) => lbgen::source::SourceSpec::Api(api),
+        (Some(api), None) => lbgen::source::SourceSpec::api(api, api_token(a.api_token)?),
         (None, Some(f)) => lbgen::source::SourceSpec::File(f),
         _ => return Err(Error::new("give exactly one of --api and --members")),
     };

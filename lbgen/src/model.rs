@@ -11,30 +11,9 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
-use serde::{Deserialize, Serialize};
-
-/// The document served by `GET /v1/members` and printed by `shoal members --format json`.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-pub struct MembersDoc {
-    pub members: Vec<Member>,
-}
-
-/// One member as the agent reports it. Unknown fields are ignored so the agent can grow.
-#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
-pub struct Member {
-    pub name: String,
-    pub addr: String,
-    pub status: String,
-    #[serde(default)]
-    pub tags: BTreeMap<String, String>,
-}
-
-impl MembersDoc {
-    /// Parses the members JSON; the error says what is wrong and where.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        serde_json::from_str(text).map_err(|e| format!("invalid members document: {e}"))
-    }
-}
+use serde::Serialize;
+use shoal_contract::tags::{self, state};
+pub use shoal_contract::{Member, MembersDoc, Status};
 
 /// Whether a server takes new requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
@@ -175,14 +154,13 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
     if !valid_name(&m.name) {
         return Err("name must be 1-64 of [A-Za-z0-9._-]".into());
     }
-    let Some(service) = m.tags.get("service") else {
+    let Some(service) = m.tags.get(tags::SERVICE) else {
         return Ok(None);
     };
-    let alive_state = match m.status.as_str() {
-        "alive" => ServerState::Ready,
-        "suspect" => ServerState::Drain,
-        "failed" | "left" => return Ok(None),
-        other => return Err(format!("unknown status {}", q(other))),
+    let alive_state = match m.status {
+        Status::Alive => ServerState::Ready,
+        Status::Suspect => ServerState::Drain,
+        Status::Failed | Status::Left => return Ok(None),
     };
     if !valid_name(service) {
         return Err(format!(
@@ -215,21 +193,21 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
     if ip.is_unspecified() || ip.is_multicast() {
         return Err(format!("addr {} is not a usable host address", q(&m.addr)));
     }
-    let port = match m.tags.get("port") {
+    let port = match m.tags.get(tags::PORT) {
         None => return Err("tag port is missing".into()),
         Some(p) => match p.parse::<u16>() {
             Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => return Err(format!("tag port={} must be 1-65535", q(p))),
         },
     };
-    let weight = match m.tags.get("weight") {
+    let weight = match m.tags.get(tags::WEIGHT) {
         None => DEFAULT_WEIGHT,
         Some(w) => match w.parse::<u16>() {
             Ok(n) if n <= MAX_WEIGHT && w.bytes().all(|b| b.is_ascii_digit()) => n,
             _ => return Err(format!("tag weight={} must be 0-{MAX_WEIGHT}", q(w))),
         },
     };
-    let route = match m.tags.get("route") {
+    let route = match m.tags.get(tags::ROUTE) {
         None => "/".to_string(),
         Some(r) => {
             if !valid_path(r, false) {
@@ -243,7 +221,7 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
             if t.is_empty() { "/" } else { t }.to_string()
         }
     };
-    let check = match m.tags.get("check") {
+    let check = match m.tags.get(tags::CHECK) {
         None => "/".to_string(),
         Some(c) if valid_path(c, true) => c.clone(),
         Some(c) => {
@@ -253,22 +231,22 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
             ))
         }
     };
-    let sticky = match m.tags.get("sticky").map(String::as_str) {
+    let sticky = match m.tags.get(tags::STICKY).map(String::as_str) {
         None | Some("false") => false,
         Some("true") => true,
         Some(s) => return Err(format!("tag sticky={} must be true or false", q(s))),
     };
-    let balance = match m.tags.get("balance") {
+    let balance = match m.tags.get(tags::BALANCE) {
         None => "roundrobin".to_string(),
         Some(b) if BALANCES.contains(&b.as_str()) => b.clone(),
         Some(b) => return Err(format!("tag balance={} must be one of {BALANCES:?}", q(b))),
     };
-    let state = match m.tags.get("state").map(String::as_str) {
-        None | Some("ready") => alive_state,
-        Some("draining") => ServerState::Drain,
+    let state = match m.tags.get(tags::STATE).map(String::as_str) {
+        None | Some(state::READY) => alive_state,
+        Some(state::DRAINING) => ServerState::Drain,
         // The supervisor's other health states: not (or no longer) serving, so not a
         // server; normal life-cycle states, not rejections (no "member skipped" warning).
-        Some("starting") | Some("unhealthy") => return Ok(None),
+        Some(state::STARTING) | Some(state::UNHEALTHY) => return Ok(None),
         Some(s) => return Err(format!("tag state={} must be ready or draining", q(s))),
     };
     let addr = match ip {
@@ -320,7 +298,12 @@ impl Model {
         let mut members: Vec<&Member> = doc.members.iter().collect();
         // Sort so that duplicate handling and everything after it is order-independent.
         members.sort_by(|a, b| {
-            (&a.name, &a.addr, &a.status, &a.tags).cmp(&(&b.name, &b.addr, &b.status, &b.tags))
+            (&a.name, &a.addr, a.status.as_str(), &a.tags).cmp(&(
+                &b.name,
+                &b.addr,
+                b.status.as_str(),
+                &b.tags,
+            ))
         });
         for m in members {
             match backend_of(m) {
@@ -340,6 +323,20 @@ impl Model {
                     reason,
                 }),
             }
+        }
+        // A status this lbgen does not know (a newer agent): not a backend, reported.
+        let mut unrecognised: Vec<_> = doc.unrecognised.iter().collect();
+        unrecognised.sort_by(|a, b| (&a.name, &a.status).cmp(&(&b.name, &b.status)));
+        for u in unrecognised {
+            let reason = if valid_name(&u.name) {
+                format!("unknown status {}", q(&u.status))
+            } else {
+                "name must be 1-64 of [A-Za-z0-9._-]".into()
+            };
+            model.rejected.push(Rejection {
+                member: sanitize_for_log(&u.name),
+                reason,
+            });
         }
         for (name, backends) in by_pool {
             let total = backends.len();
@@ -466,7 +463,7 @@ mod tests {
         Member {
             name: name.into(),
             addr: addr.into(),
-            status: status.into(),
+            status: status.parse().expect("a status"),
             tags: tags
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -475,7 +472,7 @@ mod tests {
     }
 
     fn doc(members: Vec<Member>) -> MembersDoc {
-        MembersDoc { members }
+        MembersDoc::list(members)
     }
 
     fn web(name: &str, ip: &str) -> Member {
@@ -520,9 +517,9 @@ mod tests {
             web("e", "10.0.0.5"),
         ];
         d[1].tags.insert("state".into(), "draining".into());
-        d[2].status = "suspect".into();
-        d[3].status = "failed".into();
-        d[4].status = "left".into();
+        d[2].status = Status::Suspect;
+        d[3].status = Status::Failed;
+        d[4].status = Status::Left;
         let m = Model::build(&doc(d));
         let states: Vec<_> = m.pools[0]
             .servers
@@ -708,12 +705,6 @@ mod tests {
                 &[("service", "web"), ("port", "80"), ("state", "maint'")],
             ),
             member(
-                "x18",
-                "10.0.0.9:1",
-                "zombie",
-                &[("service", "web"), ("port", "80")],
-            ),
-            member(
                 "-x19",
                 "10.0.0.9:1",
                 "alive",
@@ -726,11 +717,22 @@ mod tests {
                 &[("service", "web"), ("port", "80"), ("route", "api")],
             ),
         ];
-        let n_bad = bad.len();
+        // A status outside the four cannot be a `Member`: the parser sets it aside.
+        let zombie = MembersDoc::from_json(
+            r#"{"members":[{"name":"x18","addr":"10.0.0.9:1","status":"zombie","tags":{"service":"web","port":"80"}}]}"#,
+        )
+        .unwrap();
+        let n_bad = bad.len() + zombie.unrecognised.len();
         let mut all = bad;
         all.push(web("good", "10.0.0.1"));
-        let m = Model::build(&doc(all));
+        let mut d = doc(all);
+        d.unrecognised = zombie.unrecognised;
+        let m = Model::build(&d);
         assert_eq!(m.rejected.len(), n_bad, "{:#?}", m.rejected);
+        assert!(m
+            .rejected
+            .iter()
+            .any(|r| r.member == "x18" && r.reason == "unknown status \"zombie\""));
         assert_eq!(m.pools.len(), 1);
         assert_eq!(m.pools[0].servers.len(), 1);
         assert_eq!(m.pools[0].servers[0].name, "good");

@@ -154,8 +154,8 @@ mod tests {
     type Spec<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
 
     fn model(members: &[Spec]) -> Model {
-        let doc = MembersDoc {
-            members: members
+        let doc = MembersDoc::list(
+            members
                 .iter()
                 .map(|(n, a, st, extra)| {
                     let mut tags: BTreeMap<String, String> = [("service", "web"), ("port", "80")]
@@ -168,12 +168,12 @@ mod tests {
                     crate::model::Member {
                         name: n.to_string(),
                         addr: a.to_string(),
-                        status: st.to_string(),
+                        status: st.parse().expect("a status"),
                         tags,
                     }
                 })
                 .collect(),
-        };
+        );
         Model::build(&doc)
     }
 

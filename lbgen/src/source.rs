@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use notify::{EventKind, RecursiveMode, Watcher};
-use serde::Deserialize;
+use shoal_contract::{NoticeKind, StreamLine};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::model::MembersDoc;
@@ -28,10 +28,26 @@ pub enum Signal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
-    /// Agent API address, `HOST:PORT` (an `http://` prefix is accepted).
-    Api(String),
+    /// The agent's API.
+    Api {
+        /// `HOST:PORT` (an `http://` prefix is accepted).
+        addr: String,
+        /// Sent as `Authorization: Bearer ...` on every request (snapshot and event
+        /// stream); an agent started with `--api-token` answers 401 without it.
+        token: Option<String>,
+    },
     /// A members JSON document on disk.
     File(PathBuf),
+}
+
+impl SourceSpec {
+    /// The agent API at `addr`, with its token if it has one.
+    pub fn api(addr: impl Into<String>, token: Option<String>) -> SourceSpec {
+        SourceSpec::Api {
+            addr: addr.into(),
+            token,
+        }
+    }
 }
 
 /// Largest members document we accept (a sane cap on network input).
@@ -72,21 +88,34 @@ fn base_url(addr: &str) -> String {
     }
 }
 
-/// What the agent says of its table besides the members (`/v1/members`).
-#[derive(Deserialize, Default)]
-struct SyncState {
-    /// `false` while a (re)started agent has not yet synced its table with the cluster: it
-    /// lists itself and few others. Absent (an older agent) = synced.
-    synced: Option<bool>,
+/// A GET of `url`, with the bearer token when there is one.
+fn get(url: &str, token: Option<&str>) -> Result<hyper::Request<Empty<Bytes>>, Error> {
+    let uri: hyper::Uri = url.parse().map_err(|e| Error::new(format!("{url}: {e}")))?;
+    let mut req = hyper::Request::get(uri);
+    if let Some(t) = token {
+        req = req.header(
+            hyper::header::AUTHORIZATION,
+            shoal_contract::token::bearer(t),
+        );
+    }
+    req.body(Empty::new())
+        .map_err(|e| Error::new(format!("GET {url}: {e}")))
 }
 
-#[derive(Deserialize)]
-struct EventLine {
-    #[serde(rename = "type")]
-    kind: String,
-    index: Option<u64>,
-    /// The agent run (keepalives and notices carry it).
-    run: Option<String>,
+/// The error for a non-2xx answer; a 401 says which token setting to fix.
+fn refused(url: &str, status: hyper::StatusCode, token: Option<&str>) -> Error {
+    if status == hyper::StatusCode::UNAUTHORIZED {
+        let given = if token.is_some() {
+            "refused the token given"
+        } else {
+            "no token was given"
+        };
+        return Error::new(format!(
+            "GET {url}: HTTP {status}: the agent requires an API token and {given}; \
+             set --api-token or LBGEN_API_TOKEN to the agent's --api-token"
+        ));
+    }
+    Error::new(format!("GET {url}: HTTP {status}"))
 }
 
 impl Source {
@@ -104,7 +133,7 @@ impl Source {
 
     pub fn describe(&self) -> String {
         match &self.spec {
-            SourceSpec::Api(a) => format!("agent {}", base_url(a)),
+            SourceSpec::Api { addr, .. } => format!("agent {}", base_url(addr)),
             SourceSpec::File(p) => format!("file {}", p.display()),
         }
     }
@@ -119,19 +148,18 @@ impl Source {
                 MembersDoc::from_json(&text)
                     .map_err(|e| Error::new(format!("members file {}: {e}", p.display())))
             }
-            SourceSpec::Api(a) => {
+            SourceSpec::Api { addr: a, token } => {
                 let url = format!("{}/v1/members", base_url(a));
                 let fut = async {
-                    let uri: hyper::Uri = url
-                        .parse()
+                    let req = get(&url, token.as_deref())
                         .map_err(|e| Error::new(format!("--api {a}: {e}")))?;
                     let resp = self
                         .client
-                        .get(uri)
+                        .request(req)
                         .await
                         .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
                     if !resp.status().is_success() {
-                        return Err(Error::new(format!("GET {url}: HTTP {}", resp.status())));
+                        return Err(refused(&url, resp.status(), token.as_deref()));
                     }
                     let body = http_body_util::Limited::new(resp.into_body(), MAX_DOC)
                         .collect()
@@ -142,8 +170,9 @@ impl Source {
                         .map_err(|_| Error::new(format!("GET {url}: body is not UTF-8")))?;
                     let doc = MembersDoc::from_json(text)
                         .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
-                    let sync: SyncState = serde_json::from_str(text).unwrap_or_default();
-                    if sync.synced == Some(false) {
+                    shoal_contract::check_version(doc.version)
+                        .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+                    if !doc.is_synced() {
                         // A restarted agent lists itself and few others until its first
                         // push-pull: applying that would empty every pool.
                         return Err(Error::new(format!(
@@ -165,11 +194,14 @@ impl Source {
         let _ = tx.send(Signal::Members);
         match &self.spec {
             SourceSpec::File(p) => Ok(SourceHandle::Watcher(watch_file(p, tx, Signal::Members)?)),
-            SourceSpec::Api(a) => {
-                let base = base_url(a);
+            SourceSpec::Api { addr, token } => {
+                let base = base_url(addr);
                 let client = self.client.clone();
                 Ok(SourceHandle::Task(tokio::spawn(follow_events(
-                    client, base, tx,
+                    client,
+                    base,
+                    token.clone(),
+                    tx,
                 ))))
             }
         }
@@ -178,7 +210,12 @@ impl Source {
 
 /// Follows `/v1/events` forever: every event (and every reconnect, which may have missed
 /// events) becomes one [`Signal::Members`]. Reconnects with capped exponential backoff.
-async fn follow_events(client: HttpClient, base: String, tx: UnboundedSender<Signal>) {
+async fn follow_events(
+    client: HttpClient,
+    base: String,
+    token: Option<String>,
+    tx: UnboundedSender<Signal>,
+) {
     let mut pos = StreamPos::default();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
@@ -188,7 +225,12 @@ async fn follow_events(client: HttpClient, base: String, tx: UnboundedSender<Sig
             None => format!("{base}/v1/events?index={}", pos.index),
         };
         let mut connected = false;
-        match stream_once(&client, &url, &mut pos, &tx, first, &mut connected).await {
+        let stream = Stream {
+            client: &client,
+            url: &url,
+            token: token.as_deref(),
+        };
+        match stream.once(&mut pos, &tx, first, &mut connected).await {
             Ok(()) => tracing::warn!(%url, "event stream ended; reconnecting"),
             Err(e) => tracing::warn!(error = %e, "event stream failed; reconnecting"),
         }
@@ -236,27 +278,48 @@ impl StreamPos {
     }
 }
 
-async fn stream_once(
-    client: &HttpClient,
+/// One connection to the event stream.
+struct Stream<'a> {
+    client: &'a HttpClient,
+    url: &'a str,
+    token: Option<&'a str>,
+}
+
+impl Stream<'_> {
+    async fn once(
+        &self,
+        pos: &mut StreamPos,
+        tx: &UnboundedSender<Signal>,
+        first: bool,
+        connected: &mut bool,
+    ) -> Result<(), Error> {
+        let url = self.url;
+        let req = get(url, self.token)?;
+        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| Error::new(format!("GET {url}: timed out")))?
+            .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(refused(url, resp.status(), self.token));
+        }
+        read_events(resp, url, pos, tx, first, connected).await
+    }
+}
+
+/// Follows one open event stream until it ends or fails.
+async fn read_events(
+    resp: hyper::Response<hyper::body::Incoming>,
     url: &str,
     pos: &mut StreamPos,
     tx: &UnboundedSender<Signal>,
     first: bool,
     connected: &mut bool,
 ) -> Result<(), Error> {
-    let uri: hyper::Uri = url.parse().map_err(|e| Error::new(format!("{url}: {e}")))?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
-        .await
-        .map_err(|_| Error::new(format!("GET {url}: timed out")))?
-        .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
-    if !resp.status().is_success() {
-        return Err(Error::new(format!("GET {url}: HTTP {}", resp.status())));
-    }
     *connected = true;
     tracing::info!(%url, "following agent events");
     let header_run = resp
         .headers()
-        .get("x-shoal-run")
+        .get(shoal_contract::RUN_HEADER)
         .and_then(|v| v.to_str().ok());
     pos.observe_run(header_run);
     if !first {
@@ -285,31 +348,27 @@ async fn stream_once(
             if line.is_empty() {
                 continue;
             }
-            match serde_json::from_str::<EventLine>(line) {
-                Ok(ev) if ev.kind == "keepalive" => {
-                    let restarted = pos.observe_run(ev.run.as_deref());
+            match StreamLine::from_json(line) {
+                Ok(StreamLine::Notice(n)) if n.kind == NoticeKind::Keepalive => {
+                    let restarted = pos.observe_run(n.run.as_deref());
                     // An index going backwards also means the agent restarted: resync.
-                    if let Some(i) = ev.index {
-                        if i < pos.index {
-                            tracing::info!(
-                                old = pos.index,
-                                new = i,
-                                "agent index went back; resyncing"
-                            );
-                            pos.index = i;
-                            let _ = tx.send(Signal::Members);
-                        }
+                    if n.index < pos.index {
+                        tracing::info!(
+                            old = pos.index,
+                            new = n.index,
+                            "agent index went back; resyncing"
+                        );
+                        pos.index = n.index;
+                        let _ = tx.send(Signal::Members);
                     }
                     if restarted {
                         let _ = tx.send(Signal::Members);
                     }
                 }
                 Ok(ev) => {
-                    pos.observe_run(ev.run.as_deref());
-                    if let Some(i) = ev.index {
-                        pos.index = pos.index.max(i);
-                    }
-                    tracing::debug!(kind = %crate::model::sanitize_for_log(&ev.kind), index = pos.index, "member event");
+                    pos.observe_run(ev.run());
+                    pos.index = pos.index.max(ev.index());
+                    tracing::debug!(kind = ev.kind(), index = pos.index, "member event");
                     let _ = tx.send(Signal::Members);
                 }
                 Err(e) => {

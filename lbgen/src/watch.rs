@@ -41,24 +41,10 @@ impl Wait {
     }
 }
 
-/// `250ms`, `2s`, `1m`, or a bare number of seconds.
+/// The contract's one duration syntax ([`shoal_contract::duration`]): `250ms`, `1.5s`,
+/// `2m`, `24h`, `1d`, or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, Error> {
-    let s = s.trim();
-    let bad = || Error::new(format!("duration {s:?}: expected e.g. 250ms, 2s, 1m"));
-    let (num, mult_ms) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1000.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60_000.0)
-    } else {
-        (s, 1000.0)
-    };
-    let v: f64 = num.parse().map_err(|_| bad())?;
-    if !v.is_finite() || !(0.0..=1e9).contains(&v) {
-        return Err(bad());
-    }
-    Ok(Duration::from_micros((v * mult_ms * 1000.0) as u64))
+    shoal_contract::parse_duration(s).map_err(|e| Error::new(e.to_string()))
 }
 
 pub struct WatchConfig {

@@ -22,10 +22,10 @@ use tokio::task::JoinSet;
 use tracing::{info, warn};
 
 use crate::agent::Handle;
-use crate::events::{EventRecord, MemberView};
 use crate::membership::EventKind;
 use coalesce::Coalescer;
 use schedule::{Keyed, Schedule};
+use shoal_contract::{tags, Event, Member};
 
 /// Members queued per handler before the oldest is dropped (and logged).
 pub const MAX_PENDING: usize = 4096;
@@ -87,20 +87,20 @@ impl HandlerSpec {
 }
 
 /// One stdin line, as Serf writes it.
-pub fn stdin_line(m: &MemberView) -> String {
+pub fn stdin_line(m: &Member) -> String {
     let ip = m
         .addr
         .parse::<std::net::SocketAddr>()
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| m.addr.clone());
-    let role = m.tags.get("role").cloned().unwrap_or_default();
+    let role = m.tags.get(tags::ROLE).cloned().unwrap_or_default();
     let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!("{}\t{}\t{}\t{}\n", m.name, ip, role, tags.join(","))
 }
 
 /// The handler environment for an event of `kind` on this node.
 pub fn environment(kind: &str, local: &crate::identity::NodeId) -> Vec<(String, String)> {
-    let role = local.tags.get("role").cloned().unwrap_or_default();
+    let role = local.tags.get(tags::ROLE).cloned().unwrap_or_default();
     let mut env = Vec::new();
     for prefix in ["SERF", "SHOAL"] {
         env.push((format!("{prefix}_EVENT"), kind.to_string()));
@@ -123,7 +123,7 @@ pub fn environment(kind: &str, local: &crate::identity::NodeId) -> Vec<(String, 
     env
 }
 
-impl Keyed for Arc<EventRecord> {
+impl Keyed for Arc<Event> {
     fn member(&self) -> &str {
         &self.member.name
     }
@@ -131,7 +131,7 @@ impl Keyed for Arc<EventRecord> {
         self.index
     }
     fn kind(&self) -> &str {
-        self.kind
+        self.kind.as_str()
     }
 }
 
@@ -154,11 +154,11 @@ pub fn start(agent: &Handle, specs: Vec<HandlerSpec>, timeout: Duration) {
 async fn dispatch(
     specs: Vec<HandlerSpec>,
     agent: Handle,
-    backlog: Vec<Arc<EventRecord>>,
-    mut rx: broadcast::Receiver<Arc<EventRecord>>,
+    backlog: Vec<Arc<Event>>,
+    mut rx: broadcast::Receiver<Arc<Event>>,
     timeout: Duration,
 ) {
-    let mut schedule: Schedule<Arc<EventRecord>> = Schedule::new(&specs, MAX_PENDING);
+    let mut schedule: Schedule<Arc<Event>> = Schedule::new(&specs, MAX_PENDING);
     let specs: Vec<Arc<HandlerSpec>> = specs.into_iter().map(Arc::new).collect();
     let mut held = Coalescer::new(COALESCE_QUIET, COALESCE_MAX);
     let mut last = 0;
@@ -220,7 +220,7 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn offer_all(schedule: &mut Schedule<Arc<EventRecord>>, events: Vec<Arc<EventRecord>>) {
+fn offer_all(schedule: &mut Schedule<Arc<Event>>, events: Vec<Arc<Event>>) {
     for e in events {
         for h in schedule.offer(e) {
             warn!(
@@ -235,11 +235,11 @@ fn offer_all(schedule: &mut Schedule<Arc<EventRecord>>, events: Vec<Arc<EventRec
 async fn run_once(
     n: usize,
     spec: &HandlerSpec,
-    batch: Vec<Arc<EventRecord>>,
+    batch: Vec<Arc<Event>>,
     local: &crate::identity::NodeId,
     timeout: Duration,
 ) {
-    let kind = batch[0].kind;
+    let kind = batch[0].kind.as_str();
     let stdin: String = batch.iter().map(|e| stdin_line(&e.member)).collect();
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c").arg(&spec.command);
@@ -295,10 +295,10 @@ mod tests {
         let mut tags = Tags::new();
         tags.insert("role".into(), "web".into());
         tags.insert("port".into(), "3000".into());
-        let m = MemberView {
+        let m = Member {
             name: "web-1".into(),
             addr: "10.0.0.5:7946".into(),
-            status: "alive".into(),
+            status: shoal_contract::Status::Alive,
             tags,
         };
         assert_eq!(stdin_line(&m), "web-1\t10.0.0.5\tweb\tport=3000,role=web\n");

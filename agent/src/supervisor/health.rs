@@ -24,12 +24,14 @@ pub enum Health {
     Unhealthy,
 }
 
+/// Spelled as the `state` tag's values of the contract, which it becomes.
 impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use shoal_contract::tags::state;
         f.write_str(match self {
-            Health::Starting => "starting",
-            Health::Ready => "ready",
-            Health::Unhealthy => "unhealthy",
+            Health::Starting => state::STARTING,
+            Health::Ready => state::READY,
+            Health::Unhealthy => state::UNHEALTHY,
         })
     }
 }

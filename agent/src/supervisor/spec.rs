@@ -160,7 +160,8 @@ impl std::error::Error for SupervisorError {}
 
 // ---------------------------------------------------------------- raw file
 
-/// A duration written as `"500ms"`, `"10s"`, `"2m"`, `"1h"` or a number of seconds.
+/// A duration in the contract's syntax ([`shoal_contract::duration`]): `"500ms"`,
+/// `"1.5s"`, `"2m"`, `"1h"`, `"1d"`, or a number of seconds.
 #[derive(Debug, Clone, Copy)]
 struct Dur(Duration);
 
@@ -175,7 +176,7 @@ impl<'de> Deserialize<'de> for Dur {
         }
         let bad = |s: &str| {
             serde::de::Error::custom(format!(
-                "invalid duration {s:?} (use e.g. \"500ms\", \"10s\", \"2m\" or seconds)"
+                "invalid duration {s:?} (use e.g. \"500ms\", \"10s\", \"2m\", \"1d\" or seconds)"
             ))
         };
         match Raw::deserialize(d)? {
@@ -183,27 +184,11 @@ impl<'de> Deserialize<'de> for Dur {
             Raw::Float(f) => Duration::try_from_secs_f64(f)
                 .map(Dur)
                 .map_err(|_| bad(&f.to_string())),
-            Raw::Str(s) => parse_duration(&s).map(Dur).ok_or_else(|| bad(&s)),
+            Raw::Str(s) => shoal_contract::parse_duration(&s)
+                .map(Dur)
+                .map_err(|e| serde::de::Error::custom(format!("invalid duration: {e}"))),
         }
     }
-}
-
-/// Parses `"500ms"`, `"10s"`, `"1.5s"`, `"2m"`, `"1h"` or plain seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match unit.trim() {
-        "" | "s" => 1.0,
-        "ms" => 0.001,
-        "m" => 60.0,
-        "h" => 3600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(n * mult).ok()
 }
 
 /// A signal written as `"TERM"`, `"SIGTERM"` or its number.
@@ -1003,13 +988,34 @@ mod tests {
 
     #[test]
     fn durations_parse() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_duration("x"), None);
-        assert_eq!(parse_duration("5 parsecs"), None);
+        #[derive(Debug, Deserialize)]
+        struct D {
+            d: Dur,
+        }
+        let read = |v: &str| toml::from_str::<D>(&format!("d = {v}")).map(|d| d.d.0);
+        assert_eq!(read("\"500ms\"").unwrap(), Duration::from_millis(500));
+        assert_eq!(read("\"10s\"").unwrap(), Duration::from_secs(10));
+        assert_eq!(read("\"1.5s\"").unwrap(), Duration::from_millis(1500));
+        assert_eq!(read("\"2m\"").unwrap(), Duration::from_secs(120));
+        assert_eq!(read("\"3\"").unwrap(), Duration::from_secs(3));
+        // The contract's syntax: `1d` and `24h` read here as in every flag.
+        assert_eq!(read("\"1d\"").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(read("\"24h\"").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(read("\"250ms\"").unwrap(), Duration::from_millis(250));
+        assert_eq!(read("7").unwrap(), Duration::from_secs(7));
+        assert_eq!(read("0.5").unwrap(), Duration::from_millis(500));
+        assert!(read("\"x\"")
+            .unwrap_err()
+            .to_string()
+            .contains("invalid duration"));
+        assert!(read("\"5 parsecs\"")
+            .unwrap_err()
+            .to_string()
+            .contains("unit"));
+        assert!(read("\"-1s\"")
+            .unwrap_err()
+            .to_string()
+            .contains("negative"));
     }
 
     #[test]

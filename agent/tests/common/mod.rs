@@ -231,7 +231,7 @@ pub fn lbgen_watch_config(api: String, out: PathBuf) -> lbgen::watch::WatchConfi
         template: None,
         vars: lbgen::render::Vars::default(),
         out,
-        source: lbgen::source::SourceSpec::Api(api),
+        source: lbgen::source::SourceSpec::api(api, None),
         master: None,
         check: None,
         wait: lbgen::watch::Wait::parse("20ms:200ms").expect("wait"),
