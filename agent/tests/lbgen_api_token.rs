@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{ip, wait_for, Agent};
 use lbgen::source::{Source, SourceSpec};
-use lbgen::watch::Outcome;
+use lbgen::apply::ApplyOutcome as Outcome;
 
 const TOKEN: &str = "s3cr3t-token";
 
