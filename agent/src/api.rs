@@ -78,7 +78,7 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
         };
         let (admitted, evicted) = lock(&conns).admit();
         if evicted || admitted.is_none() {
-            crate::stats::Stats::add(&state.agent.stats.api_conns_closed, 1);
+            crate::stats::Stats::add(&state.agent.stats().api_conns_closed, 1);
         }
         let Some((id, busy, close)) = admitted else {
             debug!(%peer, "API connection refused: {MAX_CONNS} connections, each with a request in flight");
@@ -258,10 +258,10 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
         (Method::GET, "/v1/events") => events(state, &query),
         (Method::GET, "/v1/info") => info_doc(state),
         (Method::GET, "/v1/health") => {
-            let shared = state.agent.lock();
+            let snapshot = state.agent.snapshot();
             json_reply(
                 StatusCode::OK,
-                &json!({ "status": "ok", "joined": shared.joined, "synced": shared.synced }),
+                &json!({ "status": "ok", "joined": snapshot.joined, "synced": snapshot.synced }),
             )
         }
         (Method::PUT, "/v1/tags") => match read_json::<TagsRequest>(req).await {
@@ -391,45 +391,46 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
 
 /// The table with what a client needs to trust it: which run of the agent it
 /// comes from, the last event index it includes, and whether it is synced
-/// with the cluster yet (a just-restarted agent knows almost nobody).
+/// with the cluster yet (a just-restarted agent knows almost nobody). Read
+/// from the loop's last published snapshot: serialising N members holds
+/// nothing the gossip loop needs.
 fn members(state: &ApiState) -> Reply {
-    let shared = state.agent.lock();
+    let snapshot = state.agent.snapshot();
     json_reply(
         StatusCode::OK,
         &json!({
-            "members": shared.members,
-            "run": shared.run,
-            "index": shared.events.last_index(),
-            "synced": shared.synced,
+            "members": snapshot.members,
+            "run": &*snapshot.run,
+            "index": snapshot.index,
+            "synced": snapshot.synced,
         }),
     )
 }
 
 fn info_doc(state: &ApiState) -> Reply {
-    let stats = state.agent.stats.view();
-    let shared = state.agent.lock();
-    let local = &shared.local;
+    let stats = state.agent.stats().view();
+    let snapshot = state.agent.snapshot();
+    let local = &snapshot.local;
     let mut doc = json!({
         "self": {
             "name": local.name,
             "addr": local.addr.to_string(),
             "generation": local.generation,
             "tags": local.tags,
-            "bind": state.agent.gossip_addr.to_string(),
+            "bind": state.agent.gossip_addr().to_string(),
         },
         "protocol": {
             "version": crate::wire::VERSION,
-            "profile": format!("{:?}", shared.profile).to_lowercase(),
+            "profile": format!("{:?}", state.agent.profile()).to_lowercase(),
             "agent_version": env!("CARGO_PKG_VERSION"),
         },
-        "joined": shared.joined,
-        "synced": shared.synced,
-        "run": shared.run,
-        "members": shared.counts,
-        "events": { "last_index": shared.events.last_index() },
+        "joined": snapshot.joined,
+        "synced": snapshot.synced,
+        "run": &*snapshot.run,
+        "members": snapshot.counts,
+        "events": { "last_index": snapshot.index },
         "stats": stats,
     });
-    drop(shared);
     if let Some(hook) = &state.info_hook {
         doc["services"] = hook();
     }
@@ -546,24 +547,20 @@ fn events(state: &ApiState, query: &str) -> Reply {
             }
         }
     }
-    let run = state.agent.lock().run.clone();
+    let run = state.agent.snapshot().run.to_string();
     // An index from another run of the agent means nothing here: its log began
     // again at 1. Stream from the start and tell the client to refetch.
     let restarted = client_run.as_ref().filter(|r| **r != run).cloned();
     if restarted.is_some() {
         after = 0;
     }
-    let (backlog, mut live, oldest, last) = {
-        let shared = state.agent.lock();
-        let (backlog, live) = shared.events.subscribe_after(after);
-        (
-            backlog,
-            live,
-            shared.events.oldest_index(),
-            shared.events.last_index(),
-        )
-    };
-    let mut synced = state.agent.synced.clone();
+    let crate::agent::EventSubscription {
+        backlog,
+        mut live,
+        oldest,
+        last,
+    } = state.agent.subscribe_events(after);
+    let mut synced = state.agent.synced();
     let header_run = run.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {

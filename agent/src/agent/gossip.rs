@@ -8,16 +8,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::keys::{cluster_key_op, KeyCtx};
 use super::tcp::{allow_warning, count_frame_error};
-use super::{now, AgentConfig, Command, Shared, MAX_PENDING_MERGES};
+use super::{now, AgentConfig, Command, Snapshot, MAX_PENDING_MERGES};
 use crate::addr;
 use crate::core::{Core, Merge, Output, MERGE_CHUNK};
-use crate::events::MemberView;
+use crate::events::{EventLog, MemberView};
 use crate::identity::now_millis;
 use crate::join;
 use crate::limits::WarnLimiter;
@@ -29,11 +29,13 @@ use crate::tags::{self, Tags};
 use crate::wire::{self, DecodeError, SyncMsg, TcpMsg};
 
 /// The I/O half: owns the socket and carries out what the core asks.
-/// The I/O half: owns the socket and carries out what the core asks.
 pub(super) struct Node {
     pub(super) core: Core,
     pub(super) udp: Arc<UdpSocket>,
-    pub(super) shared: Arc<Mutex<Shared>>,
+    /// Appended to here, read by the API and the handlers.
+    pub(super) events: Arc<Mutex<EventLog>>,
+    /// Republished after every change of the table (see [`Snapshot`]).
+    pub(super) snapshot_tx: watch::Sender<Arc<Snapshot>>,
     pub(super) stats: Arc<Stats>,
     pub(super) commands: mpsc::Sender<Command>,
     pub(super) keys: Arc<KeyCtx>,
@@ -44,11 +46,22 @@ pub(super) struct Node {
     pub(super) merges: VecDeque<Merge>,
     pub(super) leave_reply: Vec<oneshot::Sender<()>>,
     pub(super) left: bool,
-    pub(super) started: std::time::Instant,
+    pub(super) started: Instant,
     pub(super) synced: bool,
-    /// Published after [`Shared::synced`], so a client woken by it reads a synced table.
-    pub(super) synced_tx: tokio::sync::watch::Sender<bool>,
+    /// Published after [`Snapshot::synced`], so a client woken by it reads a synced table.
+    pub(super) synced_tx: watch::Sender<bool>,
+    /// A tags-file write is in flight (off the loop); tag changes asked for
+    /// meanwhile wait in `tags_queued`, so each is merged onto the last.
+    pub(super) tags_saving: bool,
+    pub(super) tags_queued: VecDeque<TagChange>,
     pub(super) cfg: AgentConfig,
+}
+
+/// A tag change waiting for the one being saved.
+pub(super) struct TagChange {
+    set: Tags,
+    delete: Vec<String>,
+    reply: oneshot::Sender<Result<Tags, String>>,
 }
 
 impl Node {
@@ -176,8 +189,23 @@ impl Node {
                 self.core.contact(&addrs, !explicit, now());
             }
             Command::SetTags { set, delete, reply } => {
-                let result = self.set_tags(set, delete);
+                let change = TagChange { set, delete, reply };
+                if self.tags_saving {
+                    self.tags_queued.push_back(change);
+                } else {
+                    self.change_tags(change);
+                }
+            }
+            Command::TagsSaved { next, saved, reply } => {
+                self.tags_saving = false;
+                let result = saved.and_then(|()| self.core.set_tags(next, now()));
                 let _ = reply.send(result);
+                while !self.tags_saving {
+                    let Some(change) = self.tags_queued.pop_front() else {
+                        break;
+                    };
+                    self.change_tags(change);
+                }
             }
             Command::ForceLeave { name, reply } => {
                 let _ = reply.send(self.core.force_leave(&name, now()));
@@ -218,17 +246,41 @@ impl Node {
         }
     }
 
-    fn set_tags(&mut self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
-        // Persist first: a tag change that cannot be saved is refused whole.
-        let next =
-            tags::merged(&self.core.local().tags, set, &delete).map_err(|e| e.to_string())?;
-        if let Some(path) = &self.cfg.tags_file {
-            if next != self.core.local().tags {
-                tags::save_file(path, &next)
-                    .map_err(|e| format!("cannot write tags file {}: {e}", path.display()))?;
+    /// Merges a tag change onto our tags. With a tags file, the new tags are
+    /// saved first, off the loop (the disk may be slow; probes must still be
+    /// answered), and applied when [`Command::TagsSaved`] comes back: a change
+    /// that cannot be saved is refused whole and the tags stay as they were.
+    fn change_tags(&mut self, change: TagChange) {
+        let TagChange { set, delete, reply } = change;
+        let current = &self.core.local().tags;
+        let next = match tags::merged(current, set, &delete) {
+            Ok(next) => next,
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+                return;
             }
-        }
-        self.core.set_tags(next, now())
+        };
+        let path = match &self.cfg.tags_file {
+            Some(path) if next != *current => path.clone(),
+            _ => {
+                let _ = reply.send(self.core.set_tags(next, now()));
+                return;
+            }
+        };
+        self.tags_saving = true;
+        let commands = self.commands.clone();
+        tokio::spawn(async move {
+            let copy = next.clone();
+            let shown = path.display().to_string();
+            let saved = tokio::task::spawn_blocking(move || tags::save_file(&path, &copy))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()))
+                .map_err(|e| format!("cannot write tags file {shown}: {e}"));
+            let _ = commands
+                .send(Command::TagsSaved { next, saved, reply })
+                .await;
+        });
     }
 
     /// Carries out the core's outputs and refreshes what the API reads.
@@ -261,25 +313,39 @@ impl Node {
             std::sync::atomic::Ordering::Relaxed,
         );
         let wall = now_millis();
-        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        for e in &events {
-            shared.events.push(e, wall);
+        let index = {
+            let mut log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+            for e in &events {
+                log.push(e, wall);
+            }
+            log.last_index()
+        };
+        let published = self.snapshot_tx.borrow().clone();
+        let newly_synced = self.synced && !published.synced;
+        if !events.is_empty() || published.joined != self.core.joined() || newly_synced {
+            self.publish(index, &published.run);
         }
-        let newly_synced = self.synced && !shared.synced;
-        if !events.is_empty() || shared.joined != self.core.joined() || newly_synced {
-            shared.synced = self.synced;
-            shared.local = self.core.local().clone();
-            shared.members = self.core.records().map(MemberView::from).collect();
-            shared.counts = [Status::Alive, Status::Suspect, Status::Failed, Status::Left]
-                .into_iter()
-                .map(|s| (s.as_str(), self.core.count(s)))
-                .collect();
-            shared.joined = self.core.joined();
-        }
-        drop(shared);
         if newly_synced {
             self.synced_tx.send_replace(true);
         }
+    }
+
+    /// Publishes the table as it is now. Built here, once per change; the
+    /// readers share it and serialise it without holding anything of ours.
+    fn publish(&self, index: u64, run: &Arc<str>) {
+        let snapshot = Snapshot {
+            local: self.core.local().clone(),
+            members: self.core.records().map(MemberView::from).collect(),
+            counts: [Status::Alive, Status::Suspect, Status::Failed, Status::Left]
+                .into_iter()
+                .map(|s| (s.as_str(), self.core.count(s)))
+                .collect(),
+            index,
+            joined: self.core.joined(),
+            run: run.clone(),
+            synced: self.synced,
+        };
+        self.snapshot_tx.send_replace(Arc::new(snapshot));
     }
 
     /// Resolves the join targets off the loop; the answer comes back as `Resolved`.

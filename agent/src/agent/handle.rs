@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::keys::KeySummary;
-use crate::events::{EventLog, MemberView};
+use crate::events::{EventLog, EventRecord, MemberView};
 use crate::identity::NodeId;
 use crate::join::JoinReport;
 use crate::profile::Profile;
@@ -16,24 +16,42 @@ use crate::stats::Stats;
 use crate::tags::Tags;
 use crate::wire::{KeyOp, SyncMsg};
 
-/// What the API and CLI read without going through the loop.
-pub struct Shared {
+/// The member table as the gossip loop last published it (after every
+/// change), read by the API without going through the loop or taking its
+/// lock: `/v1/members` serialises a shared `Arc` of it.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
     pub local: NodeId,
     pub members: Vec<MemberView>,
     pub counts: HashMap<&'static str, usize>,
-    pub events: EventLog,
+    /// The last event index these members include: a client that streams
+    /// events after it misses nothing.
+    pub index: u64,
     pub joined: bool,
-    pub profile: Profile,
     /// Identifies this run of the agent (random per start), so a client that
     /// reconnects can tell a restarted agent, whose event index began again,
     /// from the one it followed.
-    pub run: String,
+    pub run: Arc<str>,
     /// False until the table came from the cluster: the first push-pull with
-    /// a peer completed, or [`AgentConfig::sync_timeout`] passed. A restarted
-    /// agent's table is nearly empty before that; clients must not act on it.
+    /// a peer completed, or [`super::AgentConfig::sync_timeout`] passed. A
+    /// restarted agent's table is nearly empty before that; clients must not
+    /// act on it.
     pub synced: bool,
 }
 
+/// Event-log entries after an index, and a receiver for the ones to come,
+/// taken together so nothing falls in between.
+pub struct EventSubscription {
+    pub backlog: Vec<Arc<EventRecord>>,
+    pub live: broadcast::Receiver<Arc<EventRecord>>,
+    /// The oldest index still buffered; a client asking for less may have missed events.
+    pub oldest: Option<u64>,
+    /// The last index handed out (0 before any event).
+    pub last: u64,
+}
+
+/// What the gossip loop is asked to do: by the [`Handle`], the TCP server,
+/// and the tasks the loop itself started (DNS, push-pull, file writes).
 pub enum Command {
     /// An explicit join: answered once every address's push-pull is done.
     Join {
@@ -64,6 +82,12 @@ pub enum Command {
         op: KeyOp,
         reply: oneshot::Sender<Result<KeySummary, String>>,
     },
+    /// A tags file write finished (off the loop): apply `next` if it was saved.
+    TagsSaved {
+        next: Tags,
+        saved: Result<(), String>,
+        reply: oneshot::Sender<Result<Tags, String>>,
+    },
     /// Join targets resolved to addresses.
     Resolved {
         addrs: Vec<SocketAddr>,
@@ -74,15 +98,36 @@ pub enum Command {
 /// A cheap, clonable handle to a running agent.
 #[derive(Clone)]
 pub struct Handle {
-    pub commands: mpsc::Sender<Command>,
-    pub shared: Arc<Mutex<Shared>>,
-    /// Turns true once, when the table is synced (see [`Shared::synced`]).
-    pub synced: tokio::sync::watch::Receiver<bool>,
-    pub stats: Arc<Stats>,
-    pub gossip_addr: SocketAddr,
+    commands: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    events: Arc<Mutex<EventLog>>,
+    synced: watch::Receiver<bool>,
+    stats: Arc<Stats>,
+    gossip_addr: SocketAddr,
+    profile: Profile,
 }
 
 impl Handle {
+    pub(super) fn new(
+        commands: mpsc::Sender<Command>,
+        snapshot: watch::Receiver<Arc<Snapshot>>,
+        events: Arc<Mutex<EventLog>>,
+        synced: watch::Receiver<bool>,
+        stats: Arc<Stats>,
+        gossip_addr: SocketAddr,
+        profile: Profile,
+    ) -> Handle {
+        Handle {
+            commands,
+            snapshot,
+            events,
+            synced,
+            stats,
+            gossip_addr,
+            profile,
+        }
+    }
+
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -97,6 +142,8 @@ impl Handle {
         self.call(|reply| Command::Join { targets, reply }).await?
     }
 
+    /// Answered once the tags file (if any) is saved; a change that cannot
+    /// be saved is refused whole and the tags stay as they were.
     pub async fn set_tags(&self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
         self.call(|reply| Command::SetTags { set, delete, reply })
             .await?
@@ -107,6 +154,8 @@ impl Handle {
             .await?
     }
 
+    /// Leaves the cluster gracefully; answered once every member acknowledged
+    /// or `--leave-timeout` passed. The gossip loop then stops.
     pub async fn leave(&self) -> Result<(), String> {
         self.call(|reply| Command::Leave { reply }).await
     }
@@ -116,11 +165,42 @@ impl Handle {
         self.call(|reply| Command::KeyOp { op, reply }).await?
     }
 
-    pub fn local(&self) -> NodeId {
-        self.lock().local.clone()
+    /// The member table as last published; cheap (an `Arc`), no lock held.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
     }
 
-    pub fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
-        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn local(&self) -> NodeId {
+        self.snapshot.borrow().local.clone()
+    }
+
+    /// Events after `index` and the ones to come.
+    pub fn subscribe_events(&self, index: u64) -> EventSubscription {
+        let log = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        let (backlog, live) = log.subscribe_after(index);
+        EventSubscription {
+            backlog,
+            live,
+            oldest: log.oldest_index(),
+            last: log.last_index(),
+        }
+    }
+
+    /// Turns true once, when the table is synced (see [`Snapshot::synced`]).
+    pub fn synced(&self) -> watch::Receiver<bool> {
+        self.synced.clone()
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The bound gossip address (UDP and TCP).
+    pub fn gossip_addr(&self) -> SocketAddr {
+        self.gossip_addr
+    }
+
+    pub fn profile(&self) -> Profile {
+        self.profile
     }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::info;
 
 use crate::core::{Core, CoreConfig, Now};
@@ -29,7 +29,7 @@ use crate::profile::Profile;
 use crate::stats::Stats;
 use crate::tags::Tags;
 
-pub use handle::{Command, Handle, Shared};
+pub use handle::{Command, EventSubscription, Handle, Snapshot};
 pub use keys::{apply_key_op, KeyCtx, KeySummary};
 pub use tcp::{MAX_TCP_CONNS, MAX_TCP_CONNS_PER_SOURCE};
 
@@ -80,26 +80,29 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         advertise.set_port(bound.port());
     }
     let local = NodeId::new(cfg.node.clone(), advertise, cfg.tags.clone());
-    let shared = Arc::new(Mutex::new(Shared {
+    let run: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot {
         local: local.clone(),
         members: Vec::new(),
         counts: Default::default(),
-        events: EventLog::new(),
+        index: 0,
         joined: false,
-        profile: cfg.profile,
-        run: format!("{:016x}", rand::random::<u64>()),
+        run,
         synced: false,
     }));
+    let events = Arc::new(Mutex::new(EventLog::new()));
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(1024);
-    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
-    let handle = Handle {
-        commands: tx.clone(),
-        shared: shared.clone(),
-        synced: synced_rx,
-        stats: stats.clone(),
-        gossip_addr: bound,
-    };
+    let (synced_tx, synced_rx) = watch::channel(false);
+    let handle = Handle::new(
+        tx.clone(),
+        snapshot_rx,
+        events.clone(),
+        synced_rx,
+        stats.clone(),
+        bound,
+        cfg.profile,
+    );
     info!(
         node = %local.name,
         bind = %bound,
@@ -145,7 +148,8 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
     let mut node = gossip::Node {
         core,
         udp: Arc::new(udp),
-        shared,
+        events,
+        snapshot_tx,
         stats,
         commands: tx,
         keys,
@@ -153,7 +157,9 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         merges: Default::default(),
         leave_reply: Vec::new(),
         left: false,
-        started: std::time::Instant::now(),
+        started: tokio::time::Instant::now(),
+        tags_saving: false,
+        tags_queued: Default::default(),
         synced: false,
         synced_tx,
         cfg,
@@ -163,9 +169,11 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
     Ok((handle, task))
 }
 
+/// The core's clock. Monotonic time is tokio's, so a runtime with paused
+/// time (tests) runs the protocol's timers on virtual time too.
 fn now() -> Now {
     Now {
-        mono: std::time::Instant::now(),
+        mono: tokio::time::Instant::now().into_std(),
         wall_ms: now_millis(),
     }
 }
