@@ -54,11 +54,27 @@ pub const MAX_CONNS: usize = 128;
 /// Extra information for `/v1/info` (the supervisor's services).
 pub type InfoHook = Arc<dyn Fn() -> Value + Send + Sync>;
 
+/// `POST /v1/leave`, handed to the lifecycle, which stops the agent.
+pub struct LeaveRequest {
+    /// Answered once the leave is done: the API then writes its reply.
+    pub left: oneshot::Sender<()>,
+    /// Ends (`recv` gives `None`) once the reply is written and its
+    /// connection closed, so the process may exit without cutting it off.
+    pub answered: mpsc::Receiver<()>,
+}
+
+/// Carried by the leave reply to its connection's task, which drops it once
+/// the connection is closed (see [`LeaveRequest::answered`]).
+#[derive(Clone)]
+struct Answered {
+    _sender: mpsc::Sender<()>,
+}
+
 #[derive(Clone)]
 pub struct ApiState {
     pub agent: Handle,
-    /// Asks `main` for a graceful shutdown; answered once the leave is done.
-    pub shutdown: mpsc::Sender<oneshot::Sender<()>>,
+    /// Asks the lifecycle for a graceful stop (see [`LeaveRequest`]).
+    pub shutdown: mpsc::Sender<LeaveRequest>,
     pub info_hook: Option<InfoHook>,
     /// When set, every request must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
@@ -87,11 +103,18 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
         let state = state.clone();
         let conns = conns.clone();
         tokio::spawn(async move {
+            // Dropped with this task, once the connection is closed.
+            let answered: Arc<Mutex<Vec<Answered>>> = Arc::default();
+            let holder = answered.clone();
             let service = service_fn(move |req| {
                 let state = state.clone();
                 let busy = Busy::start(&busy);
+                let holder = holder.clone();
                 async move {
-                    let reply = route(req, &state).await;
+                    let mut reply = route(req, &state).await;
+                    if let Some(a) = reply.extensions_mut().remove::<Answered>() {
+                        holder.lock().unwrap_or_else(|p| p.into_inner()).push(a);
+                    }
                     // In flight until the whole body is written (event streams: until closed).
                     Ok::<_, Infallible>(reply.map(|inner| TrackedBody { inner, _busy: busy }))
                 }
@@ -107,6 +130,7 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
                 _ = close => debug!(%peer, "idle API connection closed to make room ({MAX_CONNS} open)"),
             }
             lock(&conns).open.remove(&id);
+            drop(answered);
         });
     }
 }
@@ -273,15 +297,30 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
             Err(e) => e,
         },
         (Method::POST, "/v1/leave") => {
-            let (tx, rx) = oneshot::channel();
-            if state.shutdown.send(tx).await.is_err() {
+            let (left, left_rx) = oneshot::channel();
+            let (answered, answered_rx) = mpsc::channel(1);
+            let request = LeaveRequest {
+                left,
+                answered: answered_rx,
+            };
+            if state.shutdown.send(request).await.is_err() {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the agent is already stopping",
                 );
             }
-            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
-            json_reply(StatusCode::OK, &json!({ "left": true }))
+            let _ = tokio::time::timeout(Duration::from_secs(30), left_rx).await;
+            let mut reply = json_reply(StatusCode::OK, &json!({ "left": true }));
+            // The process exits after this reply: close the connection once
+            // it is written, and tell the lifecycle then.
+            reply.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            reply
+                .extensions_mut()
+                .insert(Answered { _sender: answered });
+            reply
         }
         (Method::GET, "/v1/keys") => key_op(state, KeyOp::List).await,
         (Method::POST, "/v1/keys/install" | "/v1/keys/use" | "/v1/keys/remove") => {

@@ -45,7 +45,8 @@ pub(super) struct Node {
     /// Peer states being merged, a chunk per loop turn.
     pub(super) merges: VecDeque<Merge>,
     pub(super) leave_reply: Vec<oneshot::Sender<()>>,
-    pub(super) left: bool,
+    /// Set when the loop must stop, and why.
+    pub(super) end: Option<LoopEnd>,
     pub(super) started: Instant,
     pub(super) synced: bool,
     /// Published after [`Snapshot::synced`], so a client woken by it reads a synced table.
@@ -57,6 +58,18 @@ pub(super) struct Node {
     pub(super) cfg: AgentConfig,
 }
 
+/// Why the gossip loop stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoopEnd {
+    /// A graceful leave finished ([`super::Handle::leave`]).
+    Left,
+    /// Another live node holds this node's name with a newer generation: this
+    /// node stopped gossiping for good. The reason says who and what to do.
+    NameTaken(String),
+    /// Every handle and sender of commands is gone.
+    Closed,
+}
+
 /// A tag change waiting for the one being saved.
 pub(super) struct TagChange {
     set: Tags,
@@ -65,7 +78,7 @@ pub(super) struct TagChange {
 }
 
 impl Node {
-    pub(super) async fn run(&mut self, mut commands: mpsc::Receiver<Command>) {
+    pub(super) async fn run(&mut self, mut commands: mpsc::Receiver<Command>) -> LoopEnd {
         let mut buf = vec![0u8; 65_536];
         let mut tick = tokio::time::interval(self.cfg.profile.timing().reconcile_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -84,7 +97,7 @@ impl Node {
                 _ = tokio::time::sleep_until(next_timer) => self.core.on_timers(now()),
                 command = commands.recv() => match command {
                     Some(c) => self.on_command(c),
-                    None => return,
+                    None => return LoopEnd::Closed,
                 },
                 _ = tick.tick() => {
                     self.core.on_tick(now());
@@ -97,8 +110,8 @@ impl Node {
                 _ = std::future::ready(()), if !self.merges.is_empty() => self.merge_chunk(),
             }
             self.carry_out();
-            if self.left {
-                return;
+            if let Some(end) = self.end.take() {
+                return end;
             }
         }
     }
@@ -298,13 +311,12 @@ impl Node {
                     for reply in self.leave_reply.drain(..) {
                         let _ = reply.send(());
                     }
-                    self.left = true;
+                    self.end = Some(LoopEnd::Left);
                 }
                 Output::NameTaken { reason } => {
-                    // Stop the loop: the process exits non-zero ("the gossip
-                    // loop stopped").
-                    tracing::error!("{reason}");
-                    self.left = true;
+                    // Stop the loop; the lifecycle stops the services and
+                    // exits non-zero, saying why.
+                    self.end = Some(LoopEnd::NameTaken(reason));
                 }
             }
         }

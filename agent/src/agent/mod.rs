@@ -29,6 +29,7 @@ use crate::profile::Profile;
 use crate::stats::Stats;
 use crate::tags::Tags;
 
+pub use gossip::LoopEnd;
 pub use handle::{Command, EventSubscription, Handle, Snapshot};
 pub use keys::{apply_key_op, KeyCtx, KeySummary};
 pub use tcp::{MAX_TCP_CONNS, MAX_TCP_CONNS_PER_SOURCE};
@@ -66,8 +67,11 @@ pub struct AgentConfig {
 }
 
 /// Binds the gossip sockets (UDP and TCP on the same port) and starts the loop.
-/// The returned join handle ends after a graceful leave.
-pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::JoinHandle<()>)> {
+/// The returned join handle ends after a graceful leave, or when this node
+/// lost its name to a newer twin (see [`LoopEnd`]).
+pub async fn start(
+    cfg: AgentConfig,
+) -> std::io::Result<(Handle, tokio::task::JoinHandle<LoopEnd>)> {
     let udp = UdpSocket::bind(cfg.bind)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {}: {e}", cfg.bind)))?;
@@ -156,7 +160,7 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
         auth_warned,
         merges: Default::default(),
         leave_reply: Vec::new(),
-        left: false,
+        end: None,
         started: tokio::time::Instant::now(),
         tags_saving: false,
         tags_queued: Default::default(),
