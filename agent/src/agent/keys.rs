@@ -22,7 +22,8 @@ pub struct KeyCtx {
     pub node: String,
     /// Serialises key operations (see [`apply_key_op`]).
     pub op_lock: tokio::sync::Mutex<()>,
-    /// Nonces of the key operations taken from peers (see [`serve_key_op`]).
+    /// Nonces of the key operations taken from peers, so a replayed or stale
+    /// one is refused.
     pub fresh: Mutex<NonceGuard>,
 }
 
