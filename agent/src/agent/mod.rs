@@ -1,8 +1,19 @@
 //! The agent's runtime: one task that owns the sans-I/O [`Core`] (foca and
 //! the member table) and drives it from the UDP socket, the core's single
 //! timer heap, operator commands and push-pull results. Everything slow (DNS,
-//! TCP exchanges, handlers) runs in other tasks and reports back through the
-//! command channel, so the gossip loop never waits on them.
+//! TCP exchanges, file writes, handlers) runs in other tasks and reports back
+//! through the command channel, so the gossip loop never waits on them.
+//!
+//! Layout:
+//! - this file: [`AgentConfig`] and [`start`] (binds the sockets, spawns the
+//!   loop and the TCP server);
+//! - `gossip`: the loop itself ([`LoopEnd`] says why it stopped);
+//! - `handle`: [`Handle`] (commands in, [`Snapshot`] and events out) and
+//!   [`Command`];
+//! - `keys`: key rotation, Serf's key manager ([`apply_key_op`],
+//!   [`KeySummary`]);
+//! - `tcp`: the TCP server on the gossip port (push-pull and key operations,
+//!   under [`MAX_TCP_CONNS`]).
 
 mod gossip;
 mod handle;
