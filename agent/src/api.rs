@@ -55,11 +55,27 @@ pub const MAX_CONNS: usize = 128;
 /// Extra information for `/v1/info` (the supervisor's services).
 pub type InfoHook = Arc<dyn Fn() -> Value + Send + Sync>;
 
+/// `POST /v1/leave`, handed to the lifecycle, which stops the agent.
+pub struct LeaveRequest {
+    /// Answered once the leave is done: the API then writes its reply.
+    pub left: oneshot::Sender<()>,
+    /// Ends (`recv` gives `None`) once the reply is written and its
+    /// connection closed, so the process may exit without cutting it off.
+    pub answered: mpsc::Receiver<()>,
+}
+
+/// Carried by the leave reply to its connection's task, which drops it once
+/// the connection is closed (see [`LeaveRequest::answered`]).
+#[derive(Clone)]
+struct Answered {
+    _sender: mpsc::Sender<()>,
+}
+
 #[derive(Clone)]
 pub struct ApiState {
     pub agent: Handle,
-    /// Asks `main` for a graceful shutdown; answered once the leave is done.
-    pub shutdown: mpsc::Sender<oneshot::Sender<()>>,
+    /// Asks the lifecycle for a graceful stop (see [`LeaveRequest`]).
+    pub shutdown: mpsc::Sender<LeaveRequest>,
     pub info_hook: Option<InfoHook>,
     /// When set, every request must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
@@ -79,7 +95,7 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
         };
         let (admitted, evicted) = lock(&conns).admit();
         if evicted || admitted.is_none() {
-            crate::stats::Stats::add(&state.agent.stats.api_conns_closed, 1);
+            crate::stats::Stats::add(&state.agent.stats().api_conns_closed, 1);
         }
         let Some((id, busy, close)) = admitted else {
             debug!(%peer, "API connection refused: {MAX_CONNS} connections, each with a request in flight");
@@ -88,11 +104,18 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
         let state = state.clone();
         let conns = conns.clone();
         tokio::spawn(async move {
+            // Dropped with this task, once the connection is closed.
+            let answered: Arc<Mutex<Vec<Answered>>> = Arc::default();
+            let holder = answered.clone();
             let service = service_fn(move |req| {
                 let state = state.clone();
                 let busy = Busy::start(&busy);
+                let holder = holder.clone();
                 async move {
-                    let reply = route(req, &state).await;
+                    let mut reply = route(req, &state).await;
+                    if let Some(a) = reply.extensions_mut().remove::<Answered>() {
+                        holder.lock().unwrap_or_else(|p| p.into_inner()).push(a);
+                    }
                     // In flight until the whole body is written (event streams: until closed).
                     Ok::<_, Infallible>(reply.map(|inner| TrackedBody { inner, _busy: busy }))
                 }
@@ -108,6 +131,7 @@ pub async fn serve(listener: TcpListener, state: ApiState) {
                 _ = close => debug!(%peer, "idle API connection closed to make room ({MAX_CONNS} open)"),
             }
             lock(&conns).open.remove(&id);
+            drop(answered);
         });
     }
 }
@@ -260,10 +284,10 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
         (Method::GET, "/v1/events") => events(state, &query),
         (Method::GET, "/v1/info") => info_doc(state),
         (Method::GET, "/v1/health") => {
-            let shared = state.agent.lock();
+            let snapshot = state.agent.snapshot();
             json_reply(
                 StatusCode::OK,
-                &json!({ "status": "ok", "joined": shared.joined, "synced": shared.synced }),
+                &json!({ "status": "ok", "joined": snapshot.joined, "synced": snapshot.synced }),
             )
         }
         (Method::PUT, "/v1/tags") => match read_json::<TagsRequest>(req).await {
@@ -275,15 +299,30 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
             Err(e) => e,
         },
         (Method::POST, "/v1/leave") => {
-            let (tx, rx) = oneshot::channel();
-            if state.shutdown.send(tx).await.is_err() {
+            let (left, left_rx) = oneshot::channel();
+            let (answered, answered_rx) = mpsc::channel(1);
+            let request = LeaveRequest {
+                left,
+                answered: answered_rx,
+            };
+            if state.shutdown.send(request).await.is_err() {
                 return error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the agent is already stopping",
                 );
             }
-            let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
-            json_reply(StatusCode::OK, &json!({ "left": true }))
+            let _ = tokio::time::timeout(Duration::from_secs(30), left_rx).await;
+            let mut reply = json_reply(StatusCode::OK, &json!({ "left": true }));
+            // The process exits after this reply: close the connection once
+            // it is written, and tell the lifecycle then.
+            reply.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            reply
+                .extensions_mut()
+                .insert(Answered { _sender: answered });
+            reply
         }
         (Method::GET, "/v1/keys") => key_op(state, KeyOp::List).await,
         (Method::POST, "/v1/keys/install" | "/v1/keys/use" | "/v1/keys/remove") => {
@@ -396,49 +435,47 @@ async fn read_json<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
 
 /// The table with what a client needs to trust it: which run of the agent it
 /// comes from, the last event index it includes, and whether it is synced
-/// with the cluster yet (a just-restarted agent knows almost nobody).
+/// with the cluster yet (a just-restarted agent knows almost nobody). Read
+/// from the loop's last published snapshot: serialising N members holds
+/// nothing the gossip loop needs.
 fn members(state: &ApiState) -> Reply {
-    let doc = {
-        let shared = state.agent.lock();
-        MembersDoc {
-            members: shared.members.clone(),
-            version: Some(API_VERSION),
-            run: Some(shared.run.clone()),
-            index: Some(shared.events.last_index()),
-            synced: Some(shared.synced),
-            unrecognised: Vec::new(),
-        }
+    let snapshot = state.agent.snapshot();
+    let doc = MembersDoc {
+        members: snapshot.members.clone(),
+        version: Some(API_VERSION),
+        run: Some(snapshot.run.to_string()),
+        index: Some(snapshot.index),
+        synced: Some(snapshot.synced),
+        unrecognised: Vec::new(),
     };
-    // Serialised after the lock is released: the loop never waits for it.
     json_reply(StatusCode::OK, &doc)
 }
 
 fn info_doc(state: &ApiState) -> Reply {
-    let stats = state.agent.stats.view();
-    let shared = state.agent.lock();
-    let local = &shared.local;
+    let stats = state.agent.stats().view();
+    let snapshot = state.agent.snapshot();
+    let local = &snapshot.local;
     let mut doc = json!({
         "self": {
             "name": local.name,
             "addr": local.addr.to_string(),
             "generation": local.generation,
             "tags": local.tags,
-            "bind": state.agent.gossip_addr.to_string(),
+            "bind": state.agent.gossip_addr().to_string(),
         },
         "protocol": {
             "version": crate::wire::VERSION,
             "api_version": API_VERSION,
-            "profile": format!("{:?}", shared.profile).to_lowercase(),
+            "profile": format!("{:?}", state.agent.profile()).to_lowercase(),
             "agent_version": env!("CARGO_PKG_VERSION"),
         },
-        "joined": shared.joined,
-        "synced": shared.synced,
-        "run": shared.run,
-        "members": shared.counts,
-        "events": { "last_index": shared.events.last_index() },
+        "joined": snapshot.joined,
+        "synced": snapshot.synced,
+        "run": &*snapshot.run,
+        "members": snapshot.counts,
+        "events": { "last_index": snapshot.index },
         "stats": stats,
     });
-    drop(shared);
     if let Some(hook) = &state.info_hook {
         doc["services"] = hook();
     }
@@ -555,24 +592,20 @@ fn events(state: &ApiState, query: &str) -> Reply {
             }
         }
     }
-    let run = state.agent.lock().run.clone();
+    let run = state.agent.snapshot().run.to_string();
     // An index from another run of the agent means nothing here: its log began
     // again at 1. Stream from the start and tell the client to refetch.
     let restarted = client_run.as_ref().filter(|r| **r != run).cloned();
     if restarted.is_some() {
         after = 0;
     }
-    let (backlog, mut live, oldest, last) = {
-        let shared = state.agent.lock();
-        let (backlog, live) = shared.events.subscribe_after(after);
-        (
-            backlog,
-            live,
-            shared.events.oldest_index(),
-            shared.events.last_index(),
-        )
-    };
-    let mut synced = state.agent.synced.clone();
+    let crate::agent::EventSubscription {
+        backlog,
+        mut live,
+        oldest,
+        last,
+    } = state.agent.subscribe_events(after);
+    let mut synced = state.agent.synced();
     let header_run = run.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(256);
     tokio::spawn(async move {

@@ -221,6 +221,9 @@ pub struct AgentSettings {
     pub api_token: Option<String>,
     pub handlers: Vec<HandlerSpec>,
     pub handler_timeout: Duration,
+    /// On a requested stop, the wait between leaving the cluster and
+    /// stopping the supervised services (`--drain`).
+    pub drain: Duration,
 }
 
 impl AgentArgs {
@@ -296,6 +299,7 @@ impl AgentArgs {
             api_token,
             handlers,
             handler_timeout: self.handler_timeout,
+            drain: self.drain,
         })
     }
 }

@@ -6,6 +6,8 @@
 //!   (packets, frames, foca codec), [`membership`] (the Serf-style member
 //!   table), [`profile`] (timers), [`core`] (the sans-I/O node: foca + table,
 //!   driven by explicit time; the agent and the simulator both run it);
+//! - the lifecycle: [`lifecycle`] ([`run`]: start, wait for a reason to stop,
+//!   drain, leave, stop the services; `main.rs` is glue around it);
 //! - the runtime: [`agent`] (the one task that owns foca), [`pushpull`] (TCP
 //!   state exchange), [`events`] (indexed event log), [`handlers`] (Serf-style
 //!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses),
@@ -27,6 +29,7 @@ pub mod handlers;
 pub mod identity;
 pub mod join;
 pub mod keyring;
+pub mod lifecycle;
 pub mod limits;
 pub mod loglist;
 pub mod membership;
@@ -38,3 +41,5 @@ pub mod supervisor;
 pub mod tags;
 pub mod token;
 pub mod wire;
+
+pub use lifecycle::{run, Exit, Request};

@@ -1,25 +1,20 @@
-//! `shoal`: parses flags, then either runs the agent (and its supervisor) or
-//! a CLI command against a running agent. Exit codes: 0 ok, 1 failure,
+//! `shoal`: parses flags, then either runs the agent (and its supervisor;
+//! the lifecycle is [`shoal::run`], this file is glue) or a CLI command
+//! against a running agent. Exit codes: 0 ok, 1 failure,
 //! 2 bad usage or configuration; as a supervisor, the main service's code.
 
 use std::process::ExitCode;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use clap::Parser;
 use nix::sys::signal::Signal;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, oneshot};
-use tracing::{error, info, warn};
+use tokio::sync::mpsc;
+use tracing::error;
 
-use shoal::agent;
-use shoal::api::{self, ApiState, InfoHook};
 use shoal::cli::{AgentArgs, Cli, Command, LogFormat};
 use shoal::client::Client;
 use shoal::commands;
-use shoal::handlers;
-use shoal::supervisor::{Supervisor, SupervisorSpec};
-use shoal::tags::Tags;
+use shoal::lifecycle::{self, Exit, Request};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -107,208 +102,54 @@ async fn run(cli: Cli) -> i32 {
     }
 }
 
-/// Everything is checked before anything starts; then the agent, the API,
-/// handlers and services start, and we wait for a reason to stop.
-async fn run_agent(args: AgentArgs, api_addr: &str, api_token: Option<&str>) -> i32 {
-    let settings = match args.to_settings(api_addr, api_token) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("shoal: error: {e}");
-            return 2;
-        }
-    };
-    let supervising = !args.command.is_empty() || args.services.is_some();
-    let sup_spec = if supervising {
-        let spec =
-            SupervisorSpec::load(args.services.as_deref(), &args.command).and_then(|mut s| {
-                s.apply_check_flags(
-                    args.check.as_deref(),
-                    args.check_cmd.as_deref(),
-                    args.check_interval,
-                )
-                .map(|()| s)
-            });
-        match spec {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("shoal: error: {e}");
-                return e.exit_code();
-            }
-        }
-    } else {
-        if args.check.is_some() || args.check_cmd.is_some() {
-            eprintln!("shoal: error: --check needs a supervised command (-- CMD) or --services");
-            return 2;
-        }
-        None
-    };
-    if let Err(e) = shoal::process::init_reaper() {
-        error!(error = %e, "cannot start the child reaper");
-        return 1;
-    }
-
-    let mut agent_cfg = settings.agent;
-    if sup_spec.as_ref().is_some_and(|s| s.check.is_some()) {
-        agent_cfg.tags.insert("state".into(), "starting".into());
-    }
-    let (handle, agent_task) = match agent::start(agent_cfg).await {
+/// Checks the flags, turns signals into [`Request`]s, runs the agent (see
+/// [`shoal::lifecycle`]) and reports how it ended.
+async fn run_agent(args: AgentArgs, api: &str, api_token: Option<&str>) -> i32 {
+    let (settings, services) = match lifecycle::configure(&args, api, api_token) {
         Ok(x) => x,
+        Err(exit) => return report(exit),
+    };
+    let requests = match signal_requests() {
+        Ok(r) => r,
         Err(e) => {
-            eprintln!("shoal: error: {e}");
+            error!(error = %e, "cannot install signal handlers");
             return 1;
         }
     };
-    let listener = match api::bind(settings.api).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("shoal: error: {e}");
-            return 1;
-        }
-    };
-    info!(api = %settings.api, "HTTP API listening");
-    handlers::start(&handle, settings.handlers, settings.handler_timeout);
-
-    let supervisor = match sup_spec {
-        Some(spec) => match Supervisor::start(spec) {
-            Ok(s) => Some(Arc::new(s)),
-            Err(e) => {
-                eprintln!("shoal: error: {e}");
-                let _ = handle.leave().await;
-                return e.exit_code();
-            }
-        },
-        None => None,
-    };
-    let info_hook: Option<InfoHook> = supervisor.as_ref().map(|s| {
-        let weak: Weak<Supervisor> = Arc::downgrade(s);
-        let hook: InfoHook = Arc::new(move || match weak.upgrade() {
-            Some(s) => serde_json::to_value(s.status()).unwrap_or_default(),
-            None => serde_json::Value::Null,
-        });
-        hook
-    });
-    let (shutdown_tx, mut shutdown_rx) = mpsc::channel::<oneshot::Sender<()>>(4);
-    tokio::spawn(api::serve(
-        listener,
-        ApiState {
-            agent: handle.clone(),
-            shutdown: shutdown_tx,
-            info_hook,
-            token: settings.api_token.clone(),
-        },
-    ));
-    let health_task = supervisor
-        .as_ref()
-        .and_then(|s| s.health())
-        .map(|health| tokio::spawn(gossip_health(handle.clone(), health)));
-
-    let (Ok(mut term), Ok(mut int), Ok(mut hup), Ok(mut usr1), Ok(mut usr2), Ok(mut quit)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::user_defined2()),
-        signal(SignalKind::quit()),
-    ) else {
-        error!("cannot install signal handlers");
-        return 1;
-    };
-    let waited = supervisor.clone();
-    let mut sup_exit = Box::pin(async move {
-        match waited {
-            Some(s) => Some(s.wait_exit().await),
-            None => std::future::pending().await,
-        }
-    });
-    let mut agent_task = agent_task;
-    let mut api_ack: Option<oneshot::Sender<()>> = None;
-    let mut app_exited: Option<i32> = None;
-    loop {
-        tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: leaving gracefully"); break; }
-            _ = int.recv() => { info!("SIGINT: leaving gracefully"); break; }
-            Some(ack) = shutdown_rx.recv() => { info!("leave requested through the API"); api_ack = Some(ack); break; }
-            code = &mut sup_exit => { app_exited = code; info!(code = ?code, "supervised services ended"); break; }
-            _ = hup.recv() => forward(&supervisor, Signal::SIGHUP),
-            _ = usr1.recv() => forward(&supervisor, Signal::SIGUSR1),
-            _ = usr2.recv() => forward(&supervisor, Signal::SIGUSR2),
-            _ = quit.recv() => forward(&supervisor, Signal::SIGQUIT),
-            _ = &mut agent_task => { error!("the gossip loop stopped unexpectedly"); return 1; }
-        }
-    }
-
-    drop(sup_exit);
-    // From here on `state` is ours to set: the health check must not turn
-    // `draining` back into `ready`.
-    if let Some(task) = health_task {
-        task.abort();
-    }
-    // Graceful stop: draining first, so the load balancer stops routing,
-    // then leave, wait for the drain, then stop the services.
-    if supervisor.is_some() && app_exited.is_none() {
-        let mut t = Tags::new();
-        t.insert("state".into(), "draining".into());
-        if let Err(e) = handle.set_tags(t, Vec::new()).await {
-            warn!(error = %e, "cannot gossip state=draining");
-        }
-    }
-    if let Err(e) = handle.leave().await {
-        warn!(error = %e, "leave did not complete");
-    }
-    let _ = tokio::time::timeout(Duration::from_secs(1), &mut agent_task).await;
-    if let Some(ack) = api_ack.take() {
-        let _ = ack.send(());
-        // Let the API write its answer before the process ends.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let Some(sup) = supervisor else {
-        return 0;
-    };
-    if app_exited.is_none() && !args.drain.is_zero() {
-        info!(drain = ?args.drain, "draining before stopping services");
-        tokio::select! {
-            _ = tokio::time::sleep(args.drain) => {}
-            code = sup.wait_exit() => { info!(code, "services ended during the drain"); }
-        }
-    }
-    // The info hook holds only a weak reference; wait out any in-flight call.
-    let mut sup = sup;
-    let sup = loop {
-        match Arc::try_unwrap(sup) {
-            Ok(s) => break s,
-            Err(again) => {
-                sup = again;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    };
-    let code = sup.shutdown().await;
-    info!(code, "stopped");
-    code
+    report(shoal::run(settings, services, requests).await)
 }
 
-fn forward(supervisor: &Option<Arc<Supervisor>>, sig: Signal) {
-    match supervisor {
-        Some(s) => s.forward_signal(sig),
-        None => info!(signal = sig.as_str(), "signal ignored: nothing supervised"),
+fn report(exit: Exit) -> i32 {
+    if let Some(e) = exit.error() {
+        eprintln!("shoal: error: {e}");
     }
+    exit.code()
 }
 
-/// Gossips the health check's verdict as tag `state`.
-async fn gossip_health(
-    handle: agent::Handle,
-    mut health: tokio::sync::watch::Receiver<shoal::supervisor::Health>,
-) {
-    loop {
-        let state = health.borrow_and_update().to_string();
-        let mut t = Tags::new();
-        t.insert("state".into(), state.clone());
-        match handle.set_tags(t, Vec::new()).await {
-            Ok(_) => info!(state = %state, "health state gossiped"),
-            Err(e) => warn!(error = %e, "cannot gossip health state"),
+/// SIGTERM and SIGINT ask for a graceful stop; SIGHUP, SIGUSR1, SIGUSR2 and
+/// SIGQUIT are passed on to the supervised services.
+fn signal_requests() -> std::io::Result<mpsc::Receiver<Request>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
+    let mut usr2 = signal(SignalKind::user_defined2())?;
+    let mut quit = signal(SignalKind::quit())?;
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let request = tokio::select! {
+                _ = term.recv() => Request::Stop("SIGTERM"),
+                _ = int.recv() => Request::Stop("SIGINT"),
+                _ = hup.recv() => Request::Forward(Signal::SIGHUP),
+                _ = usr1.recv() => Request::Forward(Signal::SIGUSR1),
+                _ = usr2.recv() => Request::Forward(Signal::SIGUSR2),
+                _ = quit.recv() => Request::Forward(Signal::SIGQUIT),
+            };
+            if tx.send(request).await.is_err() {
+                return;
+            }
         }
-        if health.changed().await.is_err() {
-            return;
-        }
-    }
+    });
+    Ok(rx)
 }

@@ -140,11 +140,9 @@ pub fn start(agent: &Handle, specs: Vec<HandlerSpec>, timeout: Duration) {
     if specs.is_empty() {
         return;
     }
-    let (backlog, rx) = {
-        let shared = agent.lock();
-        // Include the events already logged (our own join) so handlers see them.
-        shared.events.subscribe_after(0)
-    };
+    // Include the events already logged (our own join) so handlers see them.
+    let events = agent.subscribe_events(0);
+    let (backlog, rx) = (events.backlog, events.live);
     let agent = agent.clone();
     tokio::spawn(dispatch(specs, agent, backlog, rx, timeout));
 }

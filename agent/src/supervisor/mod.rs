@@ -160,6 +160,17 @@ impl Shared {
     }
 }
 
+/// See [`Supervisor::status_reader`].
+#[derive(Clone)]
+pub struct StatusReader(Arc<Shared>);
+
+impl StatusReader {
+    /// Every service, in start order.
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        self.0.status().clone()
+    }
+}
+
 struct Runner {
     stop: Option<oneshot::Sender<()>>,
     handle: JoinHandle<()>,
@@ -265,6 +276,13 @@ impl Supervisor {
     /// A snapshot of every service, in start order.
     pub fn status(&self) -> Vec<ServiceStatus> {
         self.shared.status().clone()
+    }
+
+    /// Reads [`Supervisor::status`] without holding the supervisor, so the
+    /// API can show it while the lifecycle owns (and finally shuts down)
+    /// the supervisor.
+    pub fn status_reader(&self) -> StatusReader {
+        StatusReader(self.shared.clone())
     }
 
     /// Sends `sig` to the process group of every running service.
