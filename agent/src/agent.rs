@@ -192,7 +192,7 @@ pub async fn start(cfg: AgentConfig) -> std::io::Result<(Handle, tokio::task::Jo
     if advertise.port() == 0 {
         advertise.set_port(bound.port());
     }
-    let local = NodeId::new(cfg.node.clone(), advertise, cfg.tags.clone());
+    let local = NodeId::new(cfg.node.clone(), advertise, cfg.tags.clone(), now_millis());
     let shared = Arc::new(Mutex::new(Shared {
         local: local.clone(),
         members: Vec::new(),
@@ -478,7 +478,7 @@ impl Node {
             tags::merged(&self.core.local().tags, set, &delete).map_err(|e| e.to_string())?;
         if let Some(path) = &self.cfg.tags_file {
             if next != self.core.local().tags {
-                tags::save_file(path, &next)
+                crate::persist::save_tags(path, &next)
                     .map_err(|e| format!("cannot write tags file {}: {e}", path.display()))?;
             }
         }
@@ -690,10 +690,11 @@ pub async fn apply_key_op(ctx: &KeyCtx, op: &KeyOp) -> KeyReply {
             if let Some(file) = ctx.file.clone() {
                 let copy = ring.clone();
                 let shown = file.display().to_string();
-                let saved = tokio::task::spawn_blocking(move || copy.save(&file))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let saved =
+                    tokio::task::spawn_blocking(move || crate::persist::save_keyring(&copy, &file))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
                 if let Err(e) = saved {
                     return reply(
                         Some(format!(

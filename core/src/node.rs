@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
-use crate::identity::{plausible_generation, NodeId};
+use crate::identity::{self, plausible_generation, NodeId};
 use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS};
 use crate::profile::{foca_config, size_bucket, Timing};
 use crate::tags::{self, Tags};
@@ -194,6 +194,7 @@ pub struct Core {
 
 impl Core {
     pub fn new(local: NodeId, cfg: CoreConfig, mut rng: StdRng, now: Now) -> Core {
+        identity::renewal_clock(now.wall_ms);
         let own_rng = StdRng::seed_from_u64(rng.next_u64());
         let (table, first) = Table::new(&local, cfg.reap_after.as_millis() as u64, now.wall_ms);
         let codec = ClockedCodec::new(now.wall_ms);
@@ -284,6 +285,7 @@ impl Core {
         from: SocketAddr,
         now: Now,
     ) -> Result<(), DecodeError> {
+        identity::renewal_clock(now.wall_ms);
         if self.name_taken {
             return Ok(());
         }
@@ -365,7 +367,7 @@ impl Core {
         if self.leaving.is_some() || self.name_taken || !plausible_generation(above, now.wall_ms) {
             return;
         }
-        let new_id = self.local.renewed_above(above);
+        let new_id = self.local.renewed_above(above, now.wall_ms);
         warn!(
             held = above,
             generation = new_id.generation,
@@ -462,6 +464,7 @@ impl Core {
 
     /// Fires every timer due at `now`.
     pub fn on_timers(&mut self, now: Now) {
+        identity::renewal_clock(now.wall_ms);
         if self.name_taken {
             return;
         }
@@ -499,6 +502,7 @@ impl Core {
 
     /// The periodic tick: reconcile, reap, join retries, push-pull, leave progress.
     pub fn on_tick(&mut self, now: Now) {
+        identity::renewal_clock(now.wall_ms);
         if self.name_taken {
             return;
         }
@@ -536,6 +540,7 @@ impl Core {
     /// Contacts resolved addresses: a SWIM announce and a TCP push-pull each.
     /// Returns how many were contacted (ourselves excluded).
     pub fn contact(&mut self, addrs: &[SocketAddr], join_round: bool, now: Now) -> usize {
+        identity::renewal_clock(now.wall_ms);
         if join_round {
             self.join_pending = false;
         }
@@ -600,6 +605,7 @@ impl Core {
     /// Feeds a peer's full state to foca and the table, all at once (the
     /// simulator's way; the agent merges in chunks, see [`Core::begin_merge`]).
     pub fn apply_remote(&mut self, remote: SyncMsg, now: Now) {
+        identity::renewal_clock(now.wall_ms);
         if let Some(mut merge) = self.begin_merge(remote, now) {
             while !self.merge_step(&mut merge, usize::MAX, now) {}
         }
@@ -612,6 +618,7 @@ impl Core {
     /// that owns the core keeps answering probes while a big table merges.
     /// None if the state is our own.
     pub fn begin_merge(&mut self, remote: SyncMsg, now: Now) -> Option<Merge> {
+        identity::renewal_clock(now.wall_ms);
         if self.name_taken
             || (remote.from.name == self.local.name && remote.from.addr == self.local.addr)
         {
@@ -659,6 +666,7 @@ impl Core {
     /// (a full reconcile of a big table costs many chunks), so once a merge
     /// is done the table shows all of it.
     pub fn merge_step(&mut self, merge: &mut Merge, max: usize, now: Now) -> bool {
+        identity::renewal_clock(now.wall_ms);
         let mut left = Vec::new();
         // Updates gossiped on, and news we keep to ourselves.
         let (mut gossip, mut quiet) = (Vec::new(), Vec::new());
@@ -802,11 +810,12 @@ impl Core {
     /// Replaces our tags (see [`tags::merged`]); the new identity is gossiped
     /// as an update.
     pub fn set_tags(&mut self, next: Tags, now: Now) -> Result<Tags, String> {
+        identity::renewal_clock(now.wall_ms);
         tags::validate(&next).map_err(|e| e.to_string())?;
         if next == self.local.tags {
             return Ok(next);
         }
-        let new_id = self.local.with_tags(next.clone());
+        let new_id = self.local.with_tags(next.clone(), now.wall_ms);
         self.foca
             .change_identity(new_id.clone(), &mut self.rt)
             .map_err(|e| format!("cannot change identity: {e}"))?;
@@ -823,6 +832,7 @@ impl Core {
     }
 
     pub fn force_leave(&mut self, name: &str, now: Now) -> Result<(), String> {
+        identity::renewal_clock(now.wall_ms);
         let out = self.table.force_leave(name, now.wall_ms)?;
         info!(node = %name, "force-leave: marked left");
         self.apply_outcome(out, now);
@@ -833,6 +843,7 @@ impl Core {
     /// Starts a graceful leave; [`Output::LeaveDone`] follows when every
     /// member acknowledged or the leave timeout passed.
     pub fn begin_leave(&mut self, now: Now) {
+        identity::renewal_clock(now.wall_ms);
         if self.leaving.is_some() {
             return;
         }
