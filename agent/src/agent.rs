@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::addr;
+use crate::command_error::{CommandError, ShuttingDown, TagsError};
 use crate::core::{Core, CoreConfig, Merge, Now, Output, MERGE_CHUNK};
 use crate::events::{EventLog, MemberView};
 use crate::freshness::{NonceGuard, Refusal};
@@ -26,7 +27,7 @@ use crate::join::{self, JoinReport};
 use crate::keyring::{Key, Keyring};
 use crate::limits::{ConnLimiter, WarnLimiter};
 use crate::loglist;
-use crate::membership::Status;
+use crate::membership::{ForceLeaveError, Status};
 use crate::profile::Profile;
 use crate::pushpull::{self, FrameError, SharedKeyring};
 use crate::stats::Stats;
@@ -96,11 +97,11 @@ pub enum Command {
     SetTags {
         set: Tags,
         delete: Vec<String>,
-        reply: oneshot::Sender<Result<Tags, String>>,
+        reply: oneshot::Sender<Result<Tags, TagsError>>,
     },
     ForceLeave {
         name: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ForceLeaveError>>,
     },
     /// Graceful leave; the reply comes when every member acknowledged it or
     /// the leave timeout passed. The loop then stops.
@@ -136,37 +137,51 @@ pub struct Handle {
 }
 
 impl Handle {
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ShuttingDown> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
             .await
-            .map_err(|_| "the agent is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the agent is shutting down".to_string())
+            .map_err(|_| ShuttingDown)?;
+        rx.await.map_err(|_| ShuttingDown)
     }
 
     pub async fn join(&self, targets: Vec<(String, u16)>) -> Result<JoinReport, String> {
-        self.call(|reply| Command::Join { targets, reply }).await?
+        self.call(|reply| Command::Join { targets, reply })
+            .await
+            .map_err(|e| e.to_string())?
     }
 
-    pub async fn set_tags(&self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
+    pub async fn set_tags(
+        &self,
+        set: Tags,
+        delete: Vec<String>,
+    ) -> Result<Tags, CommandError<TagsError>> {
         self.call(|reply| Command::SetTags { set, delete, reply })
             .await?
+            .map_err(CommandError::Refused)
     }
 
-    pub async fn force_leave(&self, name: String) -> Result<(), String> {
+    pub async fn force_leave(&self, name: String) -> Result<(), CommandError<ForceLeaveError>> {
         self.call(|reply| Command::ForceLeave { name, reply })
             .await?
+            .map_err(CommandError::Refused)
     }
 
     pub async fn leave(&self) -> Result<(), String> {
-        self.call(|reply| Command::Leave { reply }).await
+        self.call(|reply| Command::Leave { reply })
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Applies `op` here and on every live member; per-node results.
     pub async fn key_op(&self, op: KeyOp) -> Result<KeySummary, String> {
-        self.call(|reply| Command::KeyOp { op, reply }).await?
+        self.call(|reply| Command::KeyOp { op, reply })
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     pub fn local(&self) -> NodeId {
@@ -472,17 +487,18 @@ impl Node {
         }
     }
 
-    fn set_tags(&mut self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
+    fn set_tags(&mut self, set: Tags, delete: Vec<String>) -> Result<Tags, TagsError> {
         // Persist first: a tag change that cannot be saved is refused whole.
         let next =
-            tags::merged(&self.core.local().tags, set, &delete).map_err(|e| e.to_string())?;
+            tags::merged(&self.core.local().tags, set, &delete).map_err(TagsError::Invalid)?;
         if let Some(path) = &self.cfg.tags_file {
             if next != self.core.local().tags {
-                crate::persist::save_tags(path, &next)
-                    .map_err(|e| format!("cannot write tags file {}: {e}", path.display()))?;
+                crate::persist::save_tags(path, &next).map_err(|e| {
+                    TagsError::Save(format!("cannot write tags file {}: {e}", path.display()))
+                })?;
             }
         }
-        self.core.set_tags(next, now())
+        self.core.set_tags(next, now()).map_err(TagsError::Node)
     }
 
     /// Carries out the core's outputs and refreshes what the API reads.
@@ -680,8 +696,8 @@ pub async fn apply_key_op(ctx: &KeyCtx, op: &KeyOp) -> KeyReply {
     let changed = match op {
         KeyOp::List => Ok(false),
         KeyOp::Install(k) => Key::parse(k).map(|key| ring.install(key)),
-        KeyOp::Use(k) => ring.use_key(k),
-        KeyOp::Remove(k) => ring.remove(k),
+        KeyOp::Use(k) => ring.use_key(k).map_err(|e| e.to_string()),
+        KeyOp::Remove(k) => ring.remove(k).map_err(|e| e.to_string()),
     };
     match changed {
         Err(e) => reply(Some(e), Some(&before)),

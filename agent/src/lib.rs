@@ -24,6 +24,7 @@ pub mod atomic;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod command_error;
 pub mod commands;
 pub mod events;
 pub mod handlers;

@@ -27,6 +27,28 @@ enum Cipher {
     A256(Box<Aes256Gcm>),
 }
 
+/// Why the keyring refused a change. The keyring is unchanged either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyringError {
+    /// `use` names a key that is not installed.
+    NotInstalled,
+    /// `remove` names the primary key, which seals everything we send.
+    RemovePrimary,
+}
+
+impl std::fmt::Display for KeyringError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyringError::NotInstalled => "key is not installed; install it first",
+            KeyringError::RemovePrimary => {
+                "refusing to remove the primary key; `use` another key first"
+            }
+        })
+    }
+}
+
+impl std::error::Error for KeyringError {}
+
 /// One key, kept with its base64 form (how operators name keys).
 #[derive(Clone)]
 pub struct Key {
@@ -133,10 +155,8 @@ impl Keyring {
     }
 
     /// Makes an installed key the primary.
-    pub fn use_key(&mut self, text: &str) -> Result<bool, String> {
-        let i = self
-            .position(text)
-            .ok_or_else(|| "key is not installed; install it first".to_string())?;
+    pub fn use_key(&mut self, text: &str) -> Result<bool, KeyringError> {
+        let i = self.position(text).ok_or(KeyringError::NotInstalled)?;
         if i == 0 {
             return Ok(false);
         }
@@ -146,9 +166,9 @@ impl Keyring {
     }
 
     /// Removes a key; the primary cannot be removed.
-    pub fn remove(&mut self, text: &str) -> Result<bool, String> {
+    pub fn remove(&mut self, text: &str) -> Result<bool, KeyringError> {
         match self.position(text) {
-            Some(0) => Err("refusing to remove the primary key; `use` another key first".into()),
+            Some(0) => Err(KeyringError::RemovePrimary),
             Some(i) => {
                 self.keys.remove(i);
                 Ok(true)
@@ -213,7 +233,15 @@ mod tests {
         ring.use_key(k2.as_str()).unwrap();
         assert_eq!(ring.open(b"hdr", &sealed[3..]).unwrap(), b"hello");
         let new = ring.seal(b"hdr", b"x");
-        assert!(ring.remove(k2.as_str()).unwrap_err().contains("primary"));
+        assert_eq!(
+            ring.remove(k2.as_str()).unwrap_err(),
+            KeyringError::RemovePrimary
+        );
+        assert!(ring
+            .remove(k2.as_str())
+            .unwrap_err()
+            .to_string()
+            .contains("primary"));
         assert!(ring.remove(k1.as_str()).unwrap());
         assert!(ring.open(b"hdr", &sealed[3..]).is_none());
         assert_eq!(ring.open(b"hdr", &new[3..]).unwrap(), b"x");

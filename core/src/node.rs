@@ -16,9 +16,11 @@ use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
 use crate::identity::{self, plausible_generation, NodeId};
-use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS};
+use crate::membership::{
+    FocaState, ForceLeaveError, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS,
+};
 use crate::profile::{foca_config, size_bucket, Timing};
-use crate::tags::{self, Tags};
+use crate::tags::{self, TagError, Tags};
 use crate::wire::{self, ClockedCodec, DecodeError, Packet, SyncEntry, SyncMsg, SyncState};
 
 type Swim = Foca<NodeId, ClockedCodec, StdRng, foca::NoCustomBroadcast>;
@@ -142,6 +144,28 @@ impl Merge {
         &self.from.name
     }
 }
+
+/// Why [`Core::set_tags`] refused new tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetTagsError {
+    /// The tags break a limit (see [`tags::validate`]); nothing changed.
+    Invalid(TagError),
+    /// foca refused the new identity (an encoding failure). foca may have
+    /// taken it while the member table and [`Core::local`] kept the old one;
+    /// the next tag change or refutation brings them together again.
+    Identity(String),
+}
+
+impl std::fmt::Display for SetTagsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetTagsError::Invalid(e) => e.fmt(f),
+            SetTagsError::Identity(e) => write!(f, "cannot change identity: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SetTagsError {}
 
 /// Static settings of a core.
 #[derive(Debug, Clone)]
@@ -809,16 +833,16 @@ impl Core {
 
     /// Replaces our tags (see [`tags::merged`]); the new identity is gossiped
     /// as an update.
-    pub fn set_tags(&mut self, next: Tags, now: Now) -> Result<Tags, String> {
+    pub fn set_tags(&mut self, next: Tags, now: Now) -> Result<Tags, SetTagsError> {
         identity::renewal_clock(now.wall_ms);
-        tags::validate(&next).map_err(|e| e.to_string())?;
+        tags::validate(&next).map_err(SetTagsError::Invalid)?;
         if next == self.local.tags {
             return Ok(next);
         }
         let new_id = self.local.with_tags(next.clone(), now.wall_ms);
         self.foca
             .change_identity(new_id.clone(), &mut self.rt)
-            .map_err(|e| format!("cannot change identity: {e}"))?;
+            .map_err(|e| SetTagsError::Identity(e.to_string()))?;
         info!(tags = ?next, "tags changed");
         self.set_local(new_id, now);
         self.flush(now);
@@ -831,7 +855,7 @@ impl Core {
         self.apply_outcome(out, now);
     }
 
-    pub fn force_leave(&mut self, name: &str, now: Now) -> Result<(), String> {
+    pub fn force_leave(&mut self, name: &str, now: Now) -> Result<(), ForceLeaveError> {
         identity::renewal_clock(now.wall_ms);
         let out = self.table.force_leave(name, now.wall_ms)?;
         info!(node = %name, "force-leave: marked left");
