@@ -13,7 +13,9 @@
 //! - [`profile`]: timing profiles;
 //! - [`node`]: the sans-I/O node ([`node::Core`]): foca and the member
 //!   table, driven by explicit time;
-//! - [`loglist`]: bounded lists in log lines.
+//! - [`loglist`]: bounded lists in log lines;
+//! - `testing` (tests, or the `testing` feature): the in-memory test
+//!   network shared by these tests, the simulator and the benches.
 pub mod freshness;
 pub mod identity;
 pub mod keyring;
@@ -22,4 +24,6 @@ pub mod membership;
 pub mod node;
 pub mod profile;
 pub mod tags;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod wire;
