@@ -114,12 +114,12 @@ impl Net {
 
     /// `n` cores [`id_of`]`(i)` with [`test_config`], core `i` seeded with `i`.
     pub fn new(n: usize) -> Net {
-        Net::of((0..n).map(id_of).collect(), test_config(), WALL0_MS)
+        Net::of((0..n).map(id_of).collect(), test_config(), 0, WALL0_MS)
     }
 
-    /// Cores with these identities and settings, core `i` seeded with `i`,
-    /// the wall clock starting at `wall0_ms`.
-    pub fn of(ids: Vec<NodeId>, cfg: CoreConfig, wall0_ms: u64) -> Net {
+    /// Cores with these identities and settings, core `i` seeded with
+    /// `first_seed + i`, the wall clock starting at `wall0_ms`.
+    pub fn of(ids: Vec<NodeId>, cfg: CoreConfig, first_seed: u64, wall0_ms: u64) -> Net {
         let t0 = Instant::now();
         let now = Now {
             mono: t0,
@@ -128,7 +128,10 @@ impl Net {
         let cores = ids
             .into_iter()
             .enumerate()
-            .map(|(i, id)| Core::new(id, cfg.clone(), StdRng::seed_from_u64(i as u64), now))
+            .map(|(i, id)| {
+                let rng = StdRng::seed_from_u64(first_seed + i as u64);
+                Core::new(id, cfg.clone(), rng, now)
+            })
             .collect();
         Net {
             cores,
