@@ -653,7 +653,7 @@ pub struct KeyCtx {
     pub node: String,
     /// Serialises key operations (see [`apply_key_op`]).
     pub op_lock: tokio::sync::Mutex<()>,
-    /// Nonces of the key operations taken from peers (see [`serve_key_op`]).
+    /// Nonces of the key operations taken from peers (see `serve_key_op`).
     pub fresh: Mutex<NonceGuard>,
 }
 
