@@ -1302,6 +1302,32 @@ mod tests {
     }
 
     #[test]
+    fn a_node_declared_down_renews_with_the_time_it_was_given_not_a_clock_of_its_own() {
+        // foca renews our identity by itself (Identity::renew, no time
+        // argument); the generation must still come from the caller's wall
+        // clock, which here is virtual and far from the real one.
+        let mut net = Net::joined(3);
+        net.dead.push(2);
+        while net.status(0, "n2") != Some(Status::Failed) {
+            net.step();
+            assert!(net.now_ms < 10_000, "n2 never failed");
+        }
+        net.dead.clear();
+        let healed = net.now().wall_ms;
+        while net.cores[2].local().generation == 1 {
+            net.step();
+            assert!(net.now_ms < 30_000, "n2 never took a new generation");
+        }
+        let generation = net.cores[2].local().generation;
+        assert!(
+            (healed..=net.now().wall_ms).contains(&generation),
+            "generation {generation} is not a time the node was given \
+             ({healed}..={})",
+            net.now().wall_ms
+        );
+    }
+
+    #[test]
     fn a_replayed_leave_notice_costs_a_live_member_a_rejoin_only() {
         let mut net = Net::joined(3);
         // Someone resends n2's leave notice (as captured) to n0: n2 is left there...
