@@ -17,88 +17,49 @@ use shoal::keyring::{generate, Key, Keyring};
 use shoal::profile::Profile;
 use shoal::tags::Tags;
 use shoal::wire;
+use shoal_core::testing::Net;
 
-fn core(i: u8, t0: Instant) -> Core {
+fn id(i: u8) -> NodeId {
     let mut tags = Tags::new();
     tags.insert("service".into(), "web".into());
     tags.insert("port".into(), "3000".into());
-    let id = NodeId {
+    NodeId {
         name: format!("node-{i}"),
         addr: format!("10.0.0.{i}:7946").parse().unwrap(),
         generation: 1,
         tags,
-    };
-    let cfg = CoreConfig {
+    }
+}
+
+fn config() -> CoreConfig {
+    CoreConfig {
         timing: Profile::Lan.timing(),
         has_join_targets: false,
         retry_max: Duration::from_secs(5),
         reap_after: Duration::from_secs(3600),
         leave_timeout: Duration::from_secs(1),
-    };
-    Core::new(
-        id,
-        cfg,
-        StdRng::seed_from_u64(i.into()),
-        Now {
-            mono: t0,
-            wall_ms: 0,
-        },
-    )
+    }
 }
 
-/// Runs a small cluster for a while and returns the packets sent to node 1.
+/// Node `i`, seeded with `i`, at wall clock 0.
+fn core(i: u8, t0: Instant) -> Core {
+    let now = Now {
+        mono: t0,
+        wall_ms: 0,
+    };
+    Core::new(id(i), config(), StdRng::seed_from_u64(i.into()), now)
+}
+
+/// Runs a small cluster for a while (20 virtual seconds on the shared test
+/// network) and returns the packets sent to node 1.
 fn capture() -> (Vec<Vec<u8>>, SocketAddr) {
-    let t0 = Instant::now();
-    let mut cores: Vec<Core> = (1..=6).map(|i| core(i, t0)).collect();
-    let seed = cores[0].local().addr;
-    for c in cores.iter_mut().skip(1) {
-        c.contact(
-            &[seed],
-            true,
-            Now {
-                mono: t0,
-                wall_ms: 0,
-            },
-        );
+    let mut net = Net::of((1..=6).map(id).collect(), config(), 1, 0);
+    net.tap = Some(0);
+    net.join_all_through_first();
+    while net.now_ms < 20_000 {
+        net.step();
     }
-    let mut captured = Vec::new();
-    for step in 0..2000u64 {
-        let now = Now {
-            mono: t0 + Duration::from_millis(step * 10),
-            wall_ms: step * 10,
-        };
-        let mut queue = Vec::new();
-        for (i, c) in cores.iter_mut().enumerate() {
-            c.on_timers(now);
-            if step % 10 == 0 {
-                c.on_tick(now);
-            }
-            queue.extend(c.take_outputs().into_iter().map(|o| (i, o)));
-        }
-        while let Some((from, out)) = queue.pop() {
-            let from_addr = cores[from].local().addr;
-            match out {
-                Output::Send { to, packet } => {
-                    if let Some(j) = cores.iter().position(|c| c.local().addr == to) {
-                        if j == 0 && captured.len() < 5000 {
-                            captured.push(packet.clone());
-                        }
-                        let _ = cores[j].on_packet(&packet, from_addr, now);
-                        queue.extend(cores[j].take_outputs().into_iter().map(|o| (j, o)));
-                    }
-                }
-                Output::PushPull { to } => {
-                    if let Some(j) = cores.iter().position(|c| c.local().addr == to) {
-                        let (a, b) = (cores[from].sync_state(), cores[j].sync_state());
-                        cores[j].apply_remote(a, now);
-                        cores[from].apply_remote(b, now);
-                    }
-                }
-                _ => {}
-            }
-        }
-    }
-    (captured, "10.0.0.2:7946".parse().unwrap())
+    (net.tapped, "10.0.0.2:7946".parse().unwrap())
 }
 
 fn run(packets: &[Vec<u8>], from: SocketAddr, ring: Option<&Keyring>) -> (f64, usize) {

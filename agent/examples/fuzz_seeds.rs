@@ -14,8 +14,14 @@ fn main() -> std::io::Result<()> {
     let mut tags = Tags::new();
     tags.insert("service".into(), "web".into());
     tags.insert("port".into(), "3000".into());
-    let a = NodeId::new("web-1".into(), "10.0.0.5:7946".parse().unwrap(), tags);
-    let b = NodeId::new("lb".into(), "10.0.0.2:7946".parse().unwrap(), Tags::new());
+    let now = shoal::identity::now_millis();
+    let a = NodeId::new("web-1".into(), "10.0.0.5:7946".parse().unwrap(), tags, now);
+    let b = NodeId::new(
+        "lb".into(),
+        "10.0.0.2:7946".parse().unwrap(),
+        Tags::new(),
+        now,
+    );
     let mut seeds: Vec<(&str, Vec<u8>)> = vec![
         ("leave", wire::encode_leave(&a)),
         ("leave_ack", wire::encode_leave_ack("lb", 42)),

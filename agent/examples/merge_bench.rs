@@ -16,7 +16,8 @@ use shoal::identity::NodeId;
 use shoal::membership::MAX_MEMBERS;
 use shoal::profile::Profile;
 use shoal::tags::Tags;
-use shoal::wire::{SyncEntry, SyncMsg, SyncState};
+use shoal::wire::SyncMsg;
+use shoal_core::testing::converged;
 
 fn id(name: String, i: usize) -> NodeId {
     let mut tags = Tags::new();
@@ -79,16 +80,10 @@ fn main() {
         StdRng::seed_from_u64(1),
         now,
     );
-    let table = SyncMsg {
-        from: id("peer".into(), 2),
-        entries: (3..MAX_MEMBERS + 1)
-            .map(|i| SyncEntry {
-                id: id(format!("node-{i}"), i),
-                incarnation: 0,
-                state: SyncState::Alive,
-            })
-            .collect(),
-    };
+    let members: Vec<NodeId> = (3..MAX_MEMBERS + 1)
+        .map(|i| id(format!("node-{i}"), i))
+        .collect();
+    let table = converged(&id("peer".into(), 2), &members);
     let n = table.entries.len();
     report(
         &format!("{n} new members"),

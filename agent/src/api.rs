@@ -36,6 +36,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::{debug, info};
 
 use crate::agent::Handle;
+use crate::command_error::CommandError;
+use crate::membership::ForceLeaveError;
 use crate::tags::{self, Tags};
 use crate::wire::KeyOp;
 
@@ -350,8 +352,16 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
                     StatusCode::OK,
                     &json!({ "name": name, "status": Status::Left }),
                 ),
-                Err(e) if e.starts_with("no member") => error(StatusCode::NOT_FOUND, e),
-                Err(e) => error(StatusCode::CONFLICT, e),
+                Err(e) => {
+                    let code = match &e {
+                        CommandError::Refused(ForceLeaveError::NoMember(_)) => {
+                            StatusCode::NOT_FOUND
+                        }
+                        CommandError::Refused(ForceLeaveError::NotFailed { .. })
+                        | CommandError::ShuttingDown => StatusCode::CONFLICT,
+                    };
+                    error(code, e.to_string())
+                }
             }
         }
         (
@@ -529,7 +539,9 @@ async fn put_tags(state: &ApiState, Object(body): TagsRequest) -> Reply {
     }
     match state.agent.set_tags(body.set, body.delete).await {
         Ok(tags) => json_reply(StatusCode::OK, &json!({ "tags": tags })),
-        Err(e) => error(StatusCode::BAD_REQUEST, e),
+        // Every refusal is the caller's to fix or retry, as before: a bad
+        // tag, a tags file that cannot be written, a node shutting down.
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
     }
 }
 

@@ -243,7 +243,7 @@ impl AgentArgs {
             join.push(addr::parse_host_port(j).map_err(|e| format!("--join: {e}"))?);
         }
         let mut tag_set = match &self.tags_file {
-            Some(path) => tags::load_file(path)?,
+            Some(path) => crate::persist::load_tags(path)?,
             None => Tags::new(),
         };
         let env_tags = std::env::var(TAG_ENV).ok();
@@ -349,7 +349,9 @@ impl AgentArgs {
         let Some(file) = &self.keyring_file else {
             return Ok(key.map(Keyring::new));
         };
-        if let Some(ring) = Keyring::load(file).map_err(|e| format!("--keyring-file: {e}"))? {
+        if let Some(ring) =
+            crate::persist::load_keyring(file).map_err(|e| format!("--keyring-file: {e}"))?
+        {
             if key.is_some() {
                 tracing::warn!(file = %file.display(), "the keyring file exists: --encrypt is ignored");
             }
@@ -362,7 +364,7 @@ impl AgentArgs {
             ));
         };
         let ring = Keyring::new(key);
-        ring.save(file)
+        crate::persist::save_keyring(&ring, file)
             .map_err(|e| format!("--keyring-file: cannot write {}: {e}", file.display()))?;
         Ok(Some(ring))
     }

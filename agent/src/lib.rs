@@ -2,10 +2,14 @@
 //! supervisor and an ops CLI, in one binary.
 //!
 //! Layout:
-//! - protocol logic, pure and unit-tested: [`identity`], [`tags`], [`wire`]
-//!   (packets, frames, foca codec), [`membership`] (the Serf-style member
-//!   table), [`profile`] (timers), [`core`] (the sans-I/O node: foca + table,
-//!   driven by explicit time; the agent and the simulator both run it);
+//! - protocol logic, pure and unit-tested, lives in the `shoal-core` crate and
+//!   is re-exported here under its old paths: [`identity`], [`tags`], [`wire`]
+//!   (packets, frames, foca codec), [`keyring`], [`freshness`], [`membership`]
+//!   (the Serf-style member table), [`profile`] (timers), [`core`] (the
+//!   sans-I/O node, `shoal_core::node`: foca + table, driven by explicit
+//!   time; the agent and the simulator both run it);
+//! - the agent's files and clock: [`persist`] (tags and keyring files),
+//!   [`clock`] (the wall clock the core is given);
 //! - the lifecycle: [`lifecycle`] ([`run`]: start, wait for a reason to stop,
 //!   drain, leave, stop the services; `main.rs` is glue around it);
 //! - the runtime: [`agent`] (the one task that owns foca), [`pushpull`] (TCP
@@ -21,25 +25,30 @@ pub mod api;
 pub mod atomic;
 pub mod cli;
 pub mod client;
+pub mod clock;
+pub mod command_error;
 pub mod commands;
-pub mod core;
 pub mod events;
-pub mod freshness;
 pub mod handlers;
-pub mod identity;
 pub mod join;
-pub mod keyring;
 pub mod lifecycle;
 pub mod limits;
-pub mod loglist;
-pub mod membership;
+pub mod persist;
 pub mod process;
-pub mod profile;
 pub mod pushpull;
 pub mod stats;
 pub mod supervisor;
-pub mod tags;
 pub mod token;
-pub mod wire;
+
+/// The sans-I/O node, under its old path (`shoal_core::node`).
+pub use shoal_core::node as core;
+pub use shoal_core::{freshness, keyring, loglist, membership, profile, tags, wire};
+
+/// A node's identity (`shoal_core::identity`), with the agent's wall clock
+/// beside it where it always was.
+pub mod identity {
+    pub use crate::clock::now_millis;
+    pub use shoal_core::identity::*;
+}
 
 pub use lifecycle::{run, Exit, Request};

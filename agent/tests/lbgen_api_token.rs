@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::{ip, wait_for, Agent};
-use lbgen::source::{Source, SourceSpec};
 use lbgen::apply::ApplyOutcome as Outcome;
+use lbgen::source::{Source, SourceSpec};
 
 const TOKEN: &str = "s3cr3t-token";
 

@@ -5,7 +5,7 @@
 
 use foca::Codec;
 use libfuzzer_sys::fuzz_target;
-use shoal::wire::{self, Packet, ShoalCodec};
+use shoal_core::wire::{self, Packet, ShoalCodec};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(Packet::Foca(body)) = wire::decode_packet(data) {
@@ -25,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
     }
     // The encrypted paths: a fixed key, so the fuzzer can also reach the
     // "authenticates but is garbage inside" branch via the seeds.
-    let ring = shoal::keyring::Keyring::new(
-        shoal::keyring::Key::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("key"),
+    let ring = shoal_core::keyring::Keyring::new(
+        shoal_core::keyring::Key::parse("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=").expect("key"),
     );
     if let Ok(plain) = wire::open_packet(Some(&ring), data) {
         let _ = wire::decode_packet(&plain);

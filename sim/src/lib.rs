@@ -1,5 +1,5 @@
 //! shoal-sim: a deterministic discrete-event simulator that runs N real
-//! shoal membership cores ([`shoal::core::Core`], the code the agent runs)
+//! shoal membership cores ([`shoal_core::node::Core`], the code the agent runs)
 //! over a simulated network on virtual time, and the benchmark report.
 //!
 //! Layout:

@@ -4,20 +4,26 @@
 //! Everything that varies comes from one seeded RNG (the network) plus one
 //! seeded RNG per core, and ties in the queue are broken by insertion order,
 //! so a run is a pure function of its [`SimConfig`].
+//!
+//! Built on the core's shared test network (`shoal_core::testing`): the
+//! same identities, virtual clocks and converged table as the core's tests
+//! and the benches; this module adds the event queue, latency, loss,
+//! partitions and traffic counters.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use shoal::core::{Core, CoreConfig, Now, Output};
-use shoal::identity::NodeId;
-use shoal::membership::{EventKind, Status};
-use shoal::profile::Timing;
-use shoal::tags::Tags;
-use shoal::wire::{SyncEntry, SyncMsg, SyncState, FRAME_HEADER};
+use shoal_core::identity::NodeId;
+use shoal_core::membership::{EventKind, Status};
+use shoal_core::node::{Core, CoreConfig, Now, Output};
+use shoal_core::profile::Timing;
+pub use shoal_core::testing::{addr_of, id_of, name_of};
+use shoal_core::testing::{converged, virtual_now};
+use shoal_core::wire::{SyncMsg, FRAME_HEADER};
 
 /// The simulated network.
 #[derive(Debug, Clone, Copy)]
@@ -114,12 +120,6 @@ struct Node {
     timer_at: Option<u64>,
 }
 
-/// Wall-clock base for the cores' `wall_ms`: any fixed value later than the
-/// real clock, which renewed identities read (`NodeId::renew`), so that no
-/// renewed generation looks far ahead of the virtual clock (the cores refuse
-/// those, see `identity::MAX_GENERATION_AHEAD_MS`). 2096-10-02.
-const WALL0_MS: u64 = 4_000_000_000_000;
-
 pub struct Sim {
     t0: Instant,
     now_us: u64,
@@ -136,17 +136,6 @@ pub struct Sim {
     pub log: Vec<Observed>,
     /// Whether member events are recorded in `log`.
     pub recording: bool,
-}
-
-/// The simulated address of member `i`: 10.x.y.z, never a real socket.
-pub fn addr_of(i: usize) -> SocketAddr {
-    let n = (i + 1) as u32;
-    let ip = Ipv4Addr::new(10, (n >> 16) as u8, (n >> 8) as u8, n as u8);
-    SocketAddr::V4(SocketAddrV4::new(ip, 7946))
-}
-
-pub fn name_of(i: usize) -> String {
-    format!("n{i}")
 }
 
 impl Sim {
@@ -173,17 +162,7 @@ impl Sim {
             sim.spawn(id.clone());
         }
         if sim.cfg.n > 1 {
-            let all = SyncMsg {
-                from: ids[0].clone(),
-                entries: ids
-                    .iter()
-                    .map(|id| SyncEntry {
-                        id: id.clone(),
-                        incarnation: 0,
-                        state: SyncState::Alive,
-                    })
-                    .collect(),
-            };
+            let all = converged(&ids[0], &ids);
             let now = sim.now();
             for i in 0..sim.nodes.len() {
                 let mut msg = all.clone();
@@ -223,10 +202,7 @@ impl Sim {
     }
 
     pub fn now(&self) -> Now {
-        Now {
-            mono: self.t0 + Duration::from_micros(self.now_us),
-            wall_ms: WALL0_MS + self.now_us / 1000,
-        }
+        virtual_now(self.t0, Duration::from_micros(self.now_us))
     }
 
     pub fn now_us(&self) -> u64 {
@@ -545,15 +521,6 @@ impl Sim {
             .filter(|&i| i != subject_idx && self.nodes[i].up)
             .map(|i| first[i])
             .collect()
-    }
-}
-
-fn id_of(i: usize) -> NodeId {
-    NodeId {
-        name: name_of(i),
-        addr: addr_of(i),
-        generation: 1,
-        tags: Tags::new(),
     }
 }
 

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use shoal::membership::EventKind;
-use shoal::profile::{Profile, Timing};
+use shoal_core::membership::EventKind;
+use shoal_core::profile::{Profile, Timing};
 
 use crate::net::{NetConfig, Sim, SimConfig};
 use crate::stats::percentile;

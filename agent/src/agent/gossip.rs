@@ -16,6 +16,7 @@ use super::keys::{cluster_key_op, KeyCtx};
 use super::tcp::{allow_warning, count_frame_error};
 use super::{now, AgentConfig, Command, Snapshot, MAX_PENDING_MERGES};
 use crate::addr;
+use crate::command_error::TagsError;
 use crate::core::{Core, Merge, Output, MERGE_CHUNK};
 use crate::events::EventLog;
 use crate::identity::now_millis;
@@ -74,7 +75,7 @@ pub enum LoopEnd {
 pub(super) struct TagChange {
     set: Tags,
     delete: Vec<String>,
-    reply: oneshot::Sender<Result<Tags, String>>,
+    reply: oneshot::Sender<Result<Tags, TagsError>>,
 }
 
 impl Node {
@@ -211,7 +212,8 @@ impl Node {
             }
             Command::TagsSaved { next, saved, reply } => {
                 self.tags_saving = false;
-                let result = saved.and_then(|()| self.core.set_tags(next, now()));
+                let result =
+                    saved.and_then(|()| self.core.set_tags(next, now()).map_err(TagsError::Node));
                 let _ = reply.send(result);
                 while !self.tags_saving {
                     let Some(change) = self.tags_queued.pop_front() else {
@@ -269,14 +271,14 @@ impl Node {
         let next = match tags::merged(current, set, &delete) {
             Ok(next) => next,
             Err(e) => {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(TagsError::Invalid(e)));
                 return;
             }
         };
         let path = match &self.cfg.tags_file {
             Some(path) if next != *current => path.clone(),
             _ => {
-                let _ = reply.send(self.core.set_tags(next, now()));
+                let _ = reply.send(self.core.set_tags(next, now()).map_err(TagsError::Node));
                 return;
             }
         };
@@ -285,11 +287,12 @@ impl Node {
         tokio::spawn(async move {
             let copy = next.clone();
             let shown = path.display().to_string();
-            let saved = tokio::task::spawn_blocking(move || tags::save_file(&path, &copy))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map_err(|e| format!("cannot write tags file {shown}: {e}"));
+            let saved =
+                tokio::task::spawn_blocking(move || crate::persist::save_tags(&path, &copy))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+                    .map_err(|e| TagsError::Save(format!("cannot write tags file {shown}: {e}")));
             let _ = commands
                 .send(Command::TagsSaved { next, saved, reply })
                 .await;

@@ -8,14 +8,16 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::keys::KeySummary;
+use crate::command_error::{CommandError, ShuttingDown, TagsError};
 use crate::events::EventLog;
-use shoal_contract::{Event, Member};
 use crate::identity::NodeId;
 use crate::join::JoinReport;
+use crate::membership::ForceLeaveError;
 use crate::profile::Profile;
 use crate::stats::Stats;
 use crate::tags::Tags;
 use crate::wire::{KeyOp, SyncMsg};
+use shoal_contract::{Event, Member};
 
 /// The member table as the gossip loop last published it (after every
 /// change), read by the API without going through the loop or taking its
@@ -62,11 +64,11 @@ pub enum Command {
     SetTags {
         set: Tags,
         delete: Vec<String>,
-        reply: oneshot::Sender<Result<Tags, String>>,
+        reply: oneshot::Sender<Result<Tags, TagsError>>,
     },
     ForceLeave {
         name: String,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), ForceLeaveError>>,
     },
     /// Graceful leave; the reply comes when every member acknowledged it or
     /// the leave timeout passed. The loop then stops.
@@ -86,8 +88,8 @@ pub enum Command {
     /// A tags file write finished (off the loop): apply `next` if it was saved.
     TagsSaved {
         next: Tags,
-        saved: Result<(), String>,
-        reply: oneshot::Sender<Result<Tags, String>>,
+        saved: Result<(), TagsError>,
+        reply: oneshot::Sender<Result<Tags, TagsError>>,
     },
     /// Join targets resolved to addresses.
     Resolved {
@@ -129,41 +131,55 @@ impl Handle {
         }
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, String> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, ShuttingDown> {
         let (tx, rx) = oneshot::channel();
         self.commands
             .send(make(tx))
             .await
-            .map_err(|_| "the agent is shutting down".to_string())?;
-        rx.await
-            .map_err(|_| "the agent is shutting down".to_string())
+            .map_err(|_| ShuttingDown)?;
+        rx.await.map_err(|_| ShuttingDown)
     }
 
     pub async fn join(&self, targets: Vec<(String, u16)>) -> Result<JoinReport, String> {
-        self.call(|reply| Command::Join { targets, reply }).await?
+        self.call(|reply| Command::Join { targets, reply })
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// Answered once the tags file (if any) is saved; a change that cannot
     /// be saved is refused whole and the tags stay as they were.
-    pub async fn set_tags(&self, set: Tags, delete: Vec<String>) -> Result<Tags, String> {
+    pub async fn set_tags(
+        &self,
+        set: Tags,
+        delete: Vec<String>,
+    ) -> Result<Tags, CommandError<TagsError>> {
         self.call(|reply| Command::SetTags { set, delete, reply })
             .await?
+            .map_err(CommandError::Refused)
     }
 
-    pub async fn force_leave(&self, name: String) -> Result<(), String> {
+    pub async fn force_leave(&self, name: String) -> Result<(), CommandError<ForceLeaveError>> {
         self.call(|reply| Command::ForceLeave { name, reply })
             .await?
+            .map_err(CommandError::Refused)
     }
 
     /// Leaves the cluster gracefully; answered once every member acknowledged
     /// or `--leave-timeout` passed. The gossip loop then stops.
     pub async fn leave(&self) -> Result<(), String> {
-        self.call(|reply| Command::Leave { reply }).await
+        self.call(|reply| Command::Leave { reply })
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// Applies `op` here and on every live member; per-node results.
     pub async fn key_op(&self, op: KeyOp) -> Result<KeySummary, String> {
-        self.call(|reply| Command::KeyOp { op, reply }).await?
+        self.call(|reply| Command::KeyOp { op, reply })
+            .await
+            .map_err(|e| e.to_string())?
     }
 
     /// The member table as last published; cheap (an `Arc`), no lock held.

@@ -66,8 +66,8 @@ pub async fn apply_key_op(ctx: &KeyCtx, op: &KeyOp) -> KeyReply {
     let changed = match op {
         KeyOp::List => Ok(false),
         KeyOp::Install(k) => Key::parse(k).map(|key| ring.install(key)),
-        KeyOp::Use(k) => ring.use_key(k),
-        KeyOp::Remove(k) => ring.remove(k),
+        KeyOp::Use(k) => ring.use_key(k).map_err(|e| e.to_string()),
+        KeyOp::Remove(k) => ring.remove(k).map_err(|e| e.to_string()),
     };
     match changed {
         Err(e) => reply(Some(e), Some(&before)),
@@ -76,10 +76,11 @@ pub async fn apply_key_op(ctx: &KeyCtx, op: &KeyOp) -> KeyReply {
             if let Some(file) = ctx.file.clone() {
                 let copy = ring.clone();
                 let shown = file.display().to_string();
-                let saved = tokio::task::spawn_blocking(move || copy.save(&file))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()));
+                let saved =
+                    tokio::task::spawn_blocking(move || crate::persist::save_keyring(&copy, &file))
+                        .await
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()));
                 if let Err(e) = saved {
                     return reply(
                         Some(format!(

@@ -94,7 +94,7 @@ pub async fn start(
     if advertise.port() == 0 {
         advertise.set_port(bound.port());
     }
-    let local = NodeId::new(cfg.node.clone(), advertise, cfg.tags.clone());
+    let local = NodeId::new(cfg.node.clone(), advertise, cfg.tags.clone(), now_millis());
     let run: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot {
         local: local.clone(),

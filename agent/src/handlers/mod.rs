@@ -306,7 +306,12 @@ mod tests {
     fn environment_has_serf_and_shoal_names() {
         let mut tags = Tags::new();
         tags.insert("health-path".into(), "/h".into());
-        let id = crate::identity::NodeId::new("n1".into(), "10.0.0.1:7946".parse().unwrap(), tags);
+        let id = crate::identity::NodeId::new(
+            "n1".into(),
+            "10.0.0.1:7946".parse().unwrap(),
+            tags,
+            crate::identity::now_millis(),
+        );
         let env = environment("member-join", &id);
         assert!(env.contains(&("SERF_EVENT".into(), "member-join".into())));
         assert!(env.contains(&("SHOAL_SELF_NAME".into(), "n1".into())));

@@ -3,9 +3,8 @@
 //! frame is sealed with the primary key and a fresh random 96-bit nonce, and
 //! opened with whichever installed key authenticates it, so keys can be
 //! rotated across a live cluster: install everywhere, switch the primary,
-//! remove the old one. Pure: no I/O except loading and saving the file.
-
-use std::path::Path;
+//! remove the old one. Pure: the keyring file is read and written by the
+//! agent (`shoal::persist`).
 
 use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -27,6 +26,28 @@ enum Cipher {
     A192(Box<Aes192Gcm>),
     A256(Box<Aes256Gcm>),
 }
+
+/// Why the keyring refused a change. The keyring is unchanged either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyringError {
+    /// `use` names a key that is not installed.
+    NotInstalled,
+    /// `remove` names the primary key, which seals everything we send.
+    RemovePrimary,
+}
+
+impl std::fmt::Display for KeyringError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyringError::NotInstalled => "key is not installed; install it first",
+            KeyringError::RemovePrimary => {
+                "refusing to remove the primary key; `use` another key first"
+            }
+        })
+    }
+}
+
+impl std::error::Error for KeyringError {}
 
 /// One key, kept with its base64 form (how operators name keys).
 #[derive(Clone)]
@@ -134,10 +155,8 @@ impl Keyring {
     }
 
     /// Makes an installed key the primary.
-    pub fn use_key(&mut self, text: &str) -> Result<bool, String> {
-        let i = self
-            .position(text)
-            .ok_or_else(|| "key is not installed; install it first".to_string())?;
+    pub fn use_key(&mut self, text: &str) -> Result<bool, KeyringError> {
+        let i = self.position(text).ok_or(KeyringError::NotInstalled)?;
         if i == 0 {
             return Ok(false);
         }
@@ -147,9 +166,9 @@ impl Keyring {
     }
 
     /// Removes a key; the primary cannot be removed.
-    pub fn remove(&mut self, text: &str) -> Result<bool, String> {
+    pub fn remove(&mut self, text: &str) -> Result<bool, KeyringError> {
         match self.position(text) {
-            Some(0) => Err("refusing to remove the primary key; `use` another key first".into()),
+            Some(0) => Err(KeyringError::RemovePrimary),
             Some(i) => {
                 self.keys.remove(i);
                 Ok(true)
@@ -180,38 +199,13 @@ impl Keyring {
         self.keys.iter().find_map(|k| k.open(nonce, body, aad))
     }
 
-    /// Loads a keyring file: a JSON array of base64 keys, primary first
-    /// (the format of Serf's keyring file).
-    pub fn load(path: &Path) -> Result<Option<Keyring>, String> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read keyring file {}: {e}", path.display())),
-        };
-        let texts: Vec<String> = serde_json::from_str(&text).map_err(|e| {
-            format!(
-                "keyring file {} is not a JSON array of base64 keys: {e}",
-                path.display()
-            )
-        })?;
-        let mut keys = Vec::new();
-        for (i, t) in texts.iter().enumerate() {
-            keys.push(
-                Key::parse(t)
-                    .map_err(|e| format!("keyring file {}, key {i}: {e}", path.display()))?,
-            );
-        }
+    /// A keyring of `keys`, the first one primary; `None` if there is none.
+    pub fn from_keys(keys: Vec<Key>) -> Option<Keyring> {
         if keys.is_empty() {
-            return Err(format!("keyring file {} holds no key", path.display()));
+            None
+        } else {
+            Some(Keyring { keys })
         }
-        Ok(Some(Keyring { keys }))
-    }
-
-    /// Writes the keyring file atomically, readable by its owner only.
-    pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let texts: Vec<&str> = self.keys.iter().map(|k| k.text.as_str()).collect();
-        let body = serde_json::to_vec_pretty(&texts).map_err(std::io::Error::other)?;
-        crate::atomic::write(path, &body, 0o600)
     }
 }
 
@@ -239,7 +233,15 @@ mod tests {
         ring.use_key(k2.as_str()).unwrap();
         assert_eq!(ring.open(b"hdr", &sealed[3..]).unwrap(), b"hello");
         let new = ring.seal(b"hdr", b"x");
-        assert!(ring.remove(k2.as_str()).unwrap_err().contains("primary"));
+        assert_eq!(
+            ring.remove(k2.as_str()).unwrap_err(),
+            KeyringError::RemovePrimary
+        );
+        assert!(ring
+            .remove(k2.as_str())
+            .unwrap_err()
+            .to_string()
+            .contains("primary"));
         assert!(ring.remove(k1.as_str()).unwrap());
         assert!(ring.open(b"hdr", &sealed[3..]).is_none());
         assert_eq!(ring.open(b"hdr", &new[3..]).unwrap(), b"x");
@@ -261,37 +263,5 @@ mod tests {
             .contains("16, 24 or 32"));
         assert!(Key::parse("not base64!").unwrap_err().contains("base64"));
         assert!(!format!("{:?}", Key::parse(&generate()).unwrap()).contains('='));
-    }
-
-    #[test]
-    fn keyring_file_round_trips() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keyring.json");
-        assert!(Keyring::load(&path).unwrap().is_none());
-        let mut ring = Keyring::new(Key::parse(&generate()).unwrap());
-        ring.install(Key::parse(&generate()).unwrap());
-        ring.save(&path).unwrap();
-        let back = Keyring::load(&path).unwrap().unwrap();
-        assert_eq!(back.primary().as_str(), ring.primary().as_str());
-        assert_eq!(back.keys().count(), 2);
-        std::fs::write(&path, "[\"abc\"]").unwrap();
-        assert!(Keyring::load(&path).unwrap_err().contains("key 0"));
-    }
-
-    #[test]
-    fn a_planted_temp_file_never_makes_the_keyring_world_readable() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let path = d.path().join("keyring.json");
-        // What an earlier run (or another user) may have left next to it.
-        let planted = path.with_extension("tmp");
-        std::fs::write(&planted, "[]").unwrap();
-        std::fs::set_permissions(&planted, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let ring = Keyring::new(Key::parse(&generate()).unwrap());
-        ring.save(&path).unwrap();
-        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "keyring saved with mode {mode:o}");
-        assert_eq!(std::fs::read_to_string(&planted).unwrap(), "[]");
-        assert!(Keyring::load(&path).unwrap().is_some());
     }
 }

@@ -5,11 +5,12 @@
 //! so an announce to a seed known only by address is accepted. The generation
 //! comes from the wall clock (milliseconds), so a restarted node always carries
 //! a newer identity than the one the cluster remembers, and a tag change is a
-//! new generation too. Replacing an old entry that has the same *name* but a
+//! new generation too. The clock is never read here: callers pass the time
+//! (see [`renewal_clock`] for the one foca call that cannot take it). Replacing an old entry that has the same *name* but a
 //! different address is done by the membership table, which is keyed by name.
 
+use std::cell::Cell;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -39,11 +40,12 @@ pub struct NodeId {
 }
 
 impl NodeId {
-    pub fn new(name: String, addr: SocketAddr, tags: Tags) -> Self {
+    /// A node started at wall clock `now_ms` (milliseconds since the epoch).
+    pub fn new(name: String, addr: SocketAddr, tags: Tags, now_ms: u64) -> Self {
         NodeId {
             name,
             addr,
-            generation: now_millis(),
+            generation: now_ms,
             tags,
         }
     }
@@ -59,20 +61,20 @@ impl NodeId {
         }
     }
 
-    /// The same node with new tags and a newer generation.
-    pub fn with_tags(&self, tags: Tags) -> Self {
+    /// The same node with new tags and a newer generation, at wall clock `now_ms`.
+    pub fn with_tags(&self, tags: Tags, now_ms: u64) -> Self {
         NodeId {
             tags,
-            generation: next_generation(self.generation),
+            generation: next_generation(self.generation, now_ms),
             ..self.clone()
         }
     }
 
     /// The same node with a generation newer than both its own and `above`:
     /// how a live node refutes a leave or failure told about it.
-    pub fn renewed_above(&self, above: u64) -> Self {
+    pub fn renewed_above(&self, above: u64, now_ms: u64) -> Self {
         NodeId {
-            generation: next_generation(self.generation).max(above.saturating_add(1)),
+            generation: next_generation(self.generation, now_ms).max(above.saturating_add(1)),
             ..self.clone()
         }
     }
@@ -103,24 +105,32 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+/// The clock, but never behind the previous generation (clocks can step back).
+fn next_generation(prev: u64, now_ms: u64) -> u64 {
+    now_ms.max(prev + 1)
 }
 
-/// The clock, but never behind the previous generation (clocks can step back).
-fn next_generation(prev: u64) -> u64 {
-    now_millis().max(prev + 1)
+thread_local! {
+    static RENEWAL_CLOCK_MS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Sets the wall clock that [`foca::Identity::renew`] uses on this thread.
+///
+/// foca renews our identity by itself (when it hears that it was declared
+/// down) through a trait method that takes no time, so the node
+/// ([`crate::node::Core`]) sets the time it was called with here before it
+/// calls foca. Without it, a renewal is just the next generation.
+pub fn renewal_clock(now_ms: u64) {
+    RENEWAL_CLOCK_MS.with(|c| c.set(now_ms));
 }
 
 impl foca::Identity for NodeId {
     type Addr = SocketAddr;
 
     fn renew(&self) -> Option<Self> {
+        let now_ms = RENEWAL_CLOCK_MS.with(Cell::get);
         Some(NodeId {
-            generation: next_generation(self.generation),
+            generation: next_generation(self.generation, now_ms),
             ..self.clone()
         })
     }
@@ -139,17 +149,20 @@ mod tests {
     use super::*;
     use foca::Identity;
 
-    fn id() -> NodeId {
+    const NOW_MS: u64 = 1_800_000_000_000;
+
+    fn id(now_ms: u64) -> NodeId {
         NodeId::new(
             "web-1".into(),
             "127.0.0.1:7946".parse().unwrap(),
             Tags::new(),
+            now_ms,
         )
     }
 
     #[test]
     fn renewed_identity_wins_over_the_old_one() {
-        let a = id();
+        let a = id(NOW_MS);
         let b = a.renew().unwrap();
         assert!(b.generation > a.generation);
         assert!(b.win_addr_conflict(&a));
@@ -159,10 +172,20 @@ mod tests {
 
     #[test]
     fn a_restart_carries_a_newer_generation() {
-        let a = id();
-        std::thread::sleep(std::time::Duration::from_millis(2));
-        let restarted = id();
+        let a = id(NOW_MS);
+        let restarted = id(NOW_MS + 2);
         assert!(restarted.win_addr_conflict(&a));
+    }
+
+    #[test]
+    fn a_renewal_follows_the_given_clock_but_never_goes_back() {
+        let a = id(NOW_MS);
+        renewal_clock(NOW_MS + 500);
+        assert_eq!(a.renew().unwrap().generation, NOW_MS + 500);
+        renewal_clock(NOW_MS - 500);
+        assert_eq!(a.renew().unwrap().generation, NOW_MS + 1);
+        assert_eq!(a.with_tags(Tags::new(), NOW_MS + 7).generation, NOW_MS + 7);
+        assert_eq!(a.renewed_above(NOW_MS + 90, NOW_MS).generation, NOW_MS + 91);
     }
 
     #[test]

@@ -15,10 +15,12 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
-use crate::identity::{plausible_generation, NodeId};
-use crate::membership::{FocaState, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS};
+use crate::identity::{self, plausible_generation, NodeId};
+use crate::membership::{
+    FocaState, ForceLeaveError, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS,
+};
 use crate::profile::{foca_config, size_bucket, Timing};
-use crate::tags::{self, Tags};
+use crate::tags::{self, TagError, Tags};
 use crate::wire::{self, ClockedCodec, DecodeError, Packet, SyncEntry, SyncMsg, SyncState};
 
 type Swim = Foca<NodeId, ClockedCodec, StdRng, foca::NoCustomBroadcast>;
@@ -143,6 +145,28 @@ impl Merge {
     }
 }
 
+/// Why [`Core::set_tags`] refused new tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetTagsError {
+    /// The tags break a limit (see [`tags::validate`]); nothing changed.
+    Invalid(TagError),
+    /// foca refused the new identity (an encoding failure). foca may have
+    /// taken it while the member table and [`Core::local`] kept the old one;
+    /// the next tag change or refutation brings them together again.
+    Identity(String),
+}
+
+impl std::fmt::Display for SetTagsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SetTagsError::Invalid(e) => e.fmt(f),
+            SetTagsError::Identity(e) => write!(f, "cannot change identity: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SetTagsError {}
+
 /// Static settings of a core.
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -194,6 +218,7 @@ pub struct Core {
 
 impl Core {
     pub fn new(local: NodeId, cfg: CoreConfig, mut rng: StdRng, now: Now) -> Core {
+        identity::renewal_clock(now.wall_ms);
         let own_rng = StdRng::seed_from_u64(rng.next_u64());
         let (table, first) = Table::new(&local, cfg.reap_after.as_millis() as u64, now.wall_ms);
         let codec = ClockedCodec::new(now.wall_ms);
@@ -284,6 +309,7 @@ impl Core {
         from: SocketAddr,
         now: Now,
     ) -> Result<(), DecodeError> {
+        identity::renewal_clock(now.wall_ms);
         if self.name_taken {
             return Ok(());
         }
@@ -365,7 +391,7 @@ impl Core {
         if self.leaving.is_some() || self.name_taken || !plausible_generation(above, now.wall_ms) {
             return;
         }
-        let new_id = self.local.renewed_above(above);
+        let new_id = self.local.renewed_above(above, now.wall_ms);
         warn!(
             held = above,
             generation = new_id.generation,
@@ -462,6 +488,7 @@ impl Core {
 
     /// Fires every timer due at `now`.
     pub fn on_timers(&mut self, now: Now) {
+        identity::renewal_clock(now.wall_ms);
         if self.name_taken {
             return;
         }
@@ -499,6 +526,7 @@ impl Core {
 
     /// The periodic tick: reconcile, reap, join retries, push-pull, leave progress.
     pub fn on_tick(&mut self, now: Now) {
+        identity::renewal_clock(now.wall_ms);
         if self.name_taken {
             return;
         }
@@ -536,6 +564,7 @@ impl Core {
     /// Contacts resolved addresses: a SWIM announce and a TCP push-pull each.
     /// Returns how many were contacted (ourselves excluded).
     pub fn contact(&mut self, addrs: &[SocketAddr], join_round: bool, now: Now) -> usize {
+        identity::renewal_clock(now.wall_ms);
         if join_round {
             self.join_pending = false;
         }
@@ -600,6 +629,7 @@ impl Core {
     /// Feeds a peer's full state to foca and the table, all at once (the
     /// simulator's way; the agent merges in chunks, see [`Core::begin_merge`]).
     pub fn apply_remote(&mut self, remote: SyncMsg, now: Now) {
+        identity::renewal_clock(now.wall_ms);
         if let Some(mut merge) = self.begin_merge(remote, now) {
             while !self.merge_step(&mut merge, usize::MAX, now) {}
         }
@@ -612,6 +642,7 @@ impl Core {
     /// that owns the core keeps answering probes while a big table merges.
     /// None if the state is our own.
     pub fn begin_merge(&mut self, remote: SyncMsg, now: Now) -> Option<Merge> {
+        identity::renewal_clock(now.wall_ms);
         if self.name_taken
             || (remote.from.name == self.local.name && remote.from.addr == self.local.addr)
         {
@@ -659,6 +690,7 @@ impl Core {
     /// (a full reconcile of a big table costs many chunks), so once a merge
     /// is done the table shows all of it.
     pub fn merge_step(&mut self, merge: &mut Merge, max: usize, now: Now) -> bool {
+        identity::renewal_clock(now.wall_ms);
         let mut left = Vec::new();
         // Updates gossiped on, and news we keep to ourselves.
         let (mut gossip, mut quiet) = (Vec::new(), Vec::new());
@@ -801,15 +833,16 @@ impl Core {
 
     /// Replaces our tags (see [`tags::merged`]); the new identity is gossiped
     /// as an update.
-    pub fn set_tags(&mut self, next: Tags, now: Now) -> Result<Tags, String> {
-        tags::validate(&next).map_err(|e| e.to_string())?;
+    pub fn set_tags(&mut self, next: Tags, now: Now) -> Result<Tags, SetTagsError> {
+        identity::renewal_clock(now.wall_ms);
+        tags::validate(&next).map_err(SetTagsError::Invalid)?;
         if next == self.local.tags {
             return Ok(next);
         }
-        let new_id = self.local.with_tags(next.clone());
+        let new_id = self.local.with_tags(next.clone(), now.wall_ms);
         self.foca
             .change_identity(new_id.clone(), &mut self.rt)
-            .map_err(|e| format!("cannot change identity: {e}"))?;
+            .map_err(|e| SetTagsError::Identity(e.to_string()))?;
         info!(tags = ?next, "tags changed");
         self.set_local(new_id, now);
         self.flush(now);
@@ -822,7 +855,8 @@ impl Core {
         self.apply_outcome(out, now);
     }
 
-    pub fn force_leave(&mut self, name: &str, now: Now) -> Result<(), String> {
+    pub fn force_leave(&mut self, name: &str, now: Now) -> Result<(), ForceLeaveError> {
+        identity::renewal_clock(now.wall_ms);
         let out = self.table.force_leave(name, now.wall_ms)?;
         info!(node = %name, "force-leave: marked left");
         self.apply_outcome(out, now);
@@ -833,6 +867,7 @@ impl Core {
     /// Starts a graceful leave; [`Output::LeaveDone`] follows when every
     /// member acknowledged or the leave timeout passed.
     pub fn begin_leave(&mut self, now: Now) {
+        identity::renewal_clock(now.wall_ms);
         if self.leaving.is_some() {
             return;
         }
@@ -1092,135 +1127,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::Profile;
-    use rand::SeedableRng;
-
-    /// The virtual wall clock's base: later than the real clock that renewed
-    /// identities read, so none looks far ahead of it (as in the simulator).
-    const WALL0_MS: u64 = 4_000_000_000_000;
-
-    /// Two cores on a perfect in-memory network, on virtual time.
-    struct Net {
-        cores: Vec<Core>,
-        t0: Instant,
-        now_ms: u64,
-        /// Cores whose packets are dropped (a dead node).
-        dead: Vec<usize>,
-        /// Cores that receive no SWIM packet (only shoal's own kinds).
-        deaf_to_swim: Vec<usize>,
-    }
-
-    impl Net {
-        fn new(n: usize) -> Net {
-            let t0 = Instant::now();
-            let cores = (0..n)
-                .map(|i| {
-                    let id = NodeId {
-                        name: format!("n{i}"),
-                        addr: format!("10.0.0.{}:7946", i + 1).parse().unwrap(),
-                        generation: 1,
-                        tags: Tags::new(),
-                    };
-                    let cfg = CoreConfig {
-                        timing: Profile::Lan.timing(),
-                        has_join_targets: false,
-                        retry_max: Duration::from_secs(5),
-                        reap_after: Duration::from_secs(3600),
-                        leave_timeout: Duration::from_secs(2),
-                    };
-                    let now = Now {
-                        mono: t0,
-                        wall_ms: WALL0_MS,
-                    };
-                    Core::new(id, cfg, StdRng::seed_from_u64(i as u64), now)
-                })
-                .collect();
-            Net {
-                cores,
-                t0,
-                now_ms: 0,
-                dead: Vec::new(),
-                deaf_to_swim: Vec::new(),
-            }
-        }
-
-        /// `n` cores that joined through the first one, one virtual second later.
-        fn joined(n: usize) -> Net {
-            let mut net = Net::new(n);
-            let seed = net.cores[0].local().addr;
-            let now = net.now();
-            for i in 1..n {
-                net.cores[i].contact(&[seed], true, now);
-            }
-            for _ in 0..100 {
-                net.step();
-            }
-            net
-        }
-
-        fn now(&self) -> Now {
-            Now {
-                mono: self.t0 + Duration::from_millis(self.now_ms),
-                wall_ms: WALL0_MS + self.now_ms,
-            }
-        }
-
-        /// Delivers every output instantly, then advances time by 10 ms.
-        fn step(&mut self) {
-            let now = self.now();
-            for i in 0..self.cores.len() {
-                self.cores[i].on_timers(now);
-                if self.now_ms.is_multiple_of(100) {
-                    self.cores[i].on_tick(now);
-                }
-            }
-            let mut queue: Vec<(usize, Output)> = Vec::new();
-            for (i, c) in self.cores.iter_mut().enumerate() {
-                queue.extend(c.take_outputs().into_iter().map(|o| (i, o)));
-            }
-            let mut delivered = 0;
-            while let Some((from, out)) = queue.pop() {
-                delivered += 1;
-                assert!(
-                    delivered < 100_000,
-                    "packet storm: 100,000 messages within one 10 ms step"
-                );
-                if self.dead.contains(&from) {
-                    continue;
-                }
-                let from_addr = self.cores[from].local().addr;
-                match out {
-                    Output::Send { to, packet } => {
-                        if let Some(j) = self.cores.iter().position(|c| c.local().addr == to) {
-                            let swim = matches!(wire::decode_packet(&packet), Ok(Packet::Foca(_)));
-                            let dropped =
-                                self.dead.contains(&j) || (swim && self.deaf_to_swim.contains(&j));
-                            if !dropped {
-                                let _ = self.cores[j].on_packet(&packet, from_addr, now);
-                                queue.extend(
-                                    self.cores[j].take_outputs().into_iter().map(|o| (j, o)),
-                                );
-                            }
-                        }
-                    }
-                    Output::PushPull { to } => {
-                        if let Some(j) = self.cores.iter().position(|c| c.local().addr == to) {
-                            let theirs = self.cores[j].sync_state();
-                            let ours = self.cores[from].sync_state();
-                            self.cores[j].apply_remote(ours, now);
-                            self.cores[from].apply_remote(theirs, now);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            self.now_ms += 10;
-        }
-
-        fn status(&self, at: usize, name: &str) -> Option<Status> {
-            self.cores[at].record(name).map(|r| r.status)
-        }
-    }
+    use crate::testing::Net;
 
     #[test]
     fn cores_join_detect_a_failure_and_see_a_leave_on_virtual_time() {
@@ -1392,6 +1299,32 @@ mod tests {
                 "not one view 15 s after the heal"
             );
         }
+    }
+
+    #[test]
+    fn a_node_declared_down_renews_with_the_time_it_was_given_not_a_clock_of_its_own() {
+        // foca renews our identity by itself (Identity::renew, no time
+        // argument); the generation must still come from the caller's wall
+        // clock, which here is virtual and far from the real one.
+        let mut net = Net::joined(3);
+        net.dead.push(2);
+        while net.status(0, "n2") != Some(Status::Failed) {
+            net.step();
+            assert!(net.now_ms < 10_000, "n2 never failed");
+        }
+        net.dead.clear();
+        let healed = net.now().wall_ms;
+        while net.cores[2].local().generation == 1 {
+            net.step();
+            assert!(net.now_ms < 30_000, "n2 never took a new generation");
+        }
+        let generation = net.cores[2].local().generation;
+        assert!(
+            (healed..=net.now().wall_ms).contains(&generation),
+            "generation {generation} is not a time the node was given \
+             ({healed}..={})",
+            net.now().wall_ms
+        );
     }
 
     #[test]

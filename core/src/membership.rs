@@ -164,6 +164,32 @@ const DUPLICATE_MOVES: usize = 3;
 /// counted ([`Table::refused`]); members already known keep updating.
 pub const MAX_MEMBERS: usize = crate::wire::MAX_SYNC_ENTRIES;
 
+/// Why a force-leave was refused. The table is unchanged either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ForceLeaveError {
+    /// No member has this name.
+    NoMember(String),
+    /// The member is alive or suspect: only a failed member can be marked
+    /// left by someone else (a live one must leave by itself).
+    NotFailed { name: String, status: Status },
+}
+
+impl std::fmt::Display for ForceLeaveError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForceLeaveError::NoMember(name) => write!(f, "no member named {name:?}"),
+            ForceLeaveError::NotFailed { name, status } => write!(
+                f,
+                "member {name:?} is {}; force-leave only applies to failed members \
+                 (stop the node, or run `shoal leave` on it)",
+                status.as_str()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ForceLeaveError {}
+
 pub struct Table {
     local: String,
     /// Our first generation: identities with our name and an older
@@ -412,12 +438,12 @@ impl Table {
     }
 
     /// `shoal force-leave NAME`: a failed node is marked left at once.
-    pub fn force_leave(&mut self, name: &str, now: u64) -> Result<Outcome, String> {
+    pub fn force_leave(&mut self, name: &str, now: u64) -> Result<Outcome, ForceLeaveError> {
         let mut out = Outcome::default();
         let rec = self
             .members
             .get_mut(name)
-            .ok_or_else(|| format!("no member named {name:?}"))?;
+            .ok_or_else(|| ForceLeaveError::NoMember(name.to_string()))?;
         match rec.status {
             Status::Left => Ok(out),
             Status::Failed => {
@@ -426,11 +452,10 @@ impl Table {
                 out.event(EventKind::Leave, rec);
                 Ok(out)
             }
-            s => Err(format!(
-                "member {name:?} is {}; force-leave only applies to failed members \
-                 (stop the node, or run `shoal leave` on it)",
-                s.as_str()
-            )),
+            status => Err(ForceLeaveError::NotFailed {
+                name: name.to_string(),
+                status,
+            }),
         }
     }
 
@@ -574,10 +599,28 @@ mod tests {
         let mut t = table();
         let b = id("b", "10.0.0.2:7946", 1);
         t.observe(&b, FocaState::Alive, 0, 1);
-        assert!(t.force_leave("b", 2).unwrap_err().contains("alive"));
+        assert!(t
+            .force_leave("b", 2)
+            .unwrap_err()
+            .to_string()
+            .contains("alive"));
+        assert!(matches!(
+            t.force_leave("b", 2),
+            Err(ForceLeaveError::NotFailed {
+                status: Status::Alive,
+                ..
+            })
+        ));
         t.observe(&b, FocaState::Down, 0, 3);
         assert_eq!(kinds(&t.force_leave("b", 4).unwrap()), [EventKind::Leave]);
-        assert!(t.force_leave("nobody", 5).is_err());
+        assert_eq!(
+            t.force_leave("nobody", 5).unwrap_err(),
+            ForceLeaveError::NoMember("nobody".into())
+        );
+        assert_eq!(
+            t.force_leave("nobody", 5).unwrap_err().to_string(),
+            "no member named \"nobody\""
+        );
     }
 
     #[test]

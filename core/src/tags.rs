@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::Path;
 
 /// Tags as a sorted map so that encoding (and thus identity equality) is stable.
 pub type Tags = BTreeMap<String, String>;
@@ -123,33 +122,6 @@ pub fn validate(tags: &Tags) -> Result<(), TagError> {
     Ok(())
 }
 
-/// Reads a tags file (a JSON object of strings). A missing file is an empty set.
-pub fn load_file(path: &Path) -> Result<Tags, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Tags::new()),
-        Err(e) => return Err(format!("cannot read tags file {}: {e}", path.display())),
-    };
-    if text.trim().is_empty() {
-        return Ok(Tags::new());
-    }
-    let tags: Tags = serde_json::from_str(&text).map_err(|e| {
-        format!(
-            "tags file {} is not a JSON object of strings: {e}",
-            path.display()
-        )
-    })?;
-    validate(&tags).map_err(|e| format!("tags file {}: {e}", path.display()))?;
-    Ok(tags)
-}
-
-/// Writes the tags file atomically (see [`crate::atomic`]), mode 0644, so a
-/// crash never leaves half a file and nothing planted next to it is followed.
-pub fn save_file(path: &Path, tags: &Tags) -> std::io::Result<()> {
-    let body = serde_json::to_vec_pretty(tags).map_err(std::io::Error::other)?;
-    crate::atomic::write(path, &body, 0o644)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,33 +154,5 @@ mod tests {
         }
         let err = validate(&tags).unwrap_err();
         assert!(err.to_string().contains("limit is 512"), "{err}");
-    }
-
-    #[test]
-    fn tags_file_round_trips_and_reports_garbage() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tags.json");
-        assert!(load_file(&path).unwrap().is_empty());
-        let mut tags = Tags::new();
-        tags.insert("service".into(), "web".into());
-        save_file(&path, &tags).unwrap();
-        assert_eq!(load_file(&path).unwrap(), tags);
-        std::fs::write(&path, "[1,2]").unwrap();
-        assert!(load_file(&path).unwrap_err().contains("tags.json"));
-    }
-
-    #[test]
-    fn a_symlink_planted_next_to_the_tags_file_is_never_followed() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("tags.json");
-        let victim = dir.path().join("victim");
-        std::fs::write(&victim, "precious").unwrap();
-        std::os::unix::fs::symlink(&victim, path.with_extension("tmp")).unwrap();
-        let mut tags = Tags::new();
-        tags.insert("service".into(), "web".into());
-        save_file(&path, &tags).unwrap();
-        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
-        assert_eq!(load_file(&path).unwrap(), tags);
-        assert!(!std::fs::symlink_metadata(&path).unwrap().is_symlink());
     }
 }

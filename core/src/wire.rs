@@ -586,8 +586,16 @@ mod tests {
     use super::*;
     use crate::tags::Tags;
 
+    /// A wall clock of today's size (its varint takes as many bytes).
+    const NOW_MS: u64 = 1_800_000_000_000;
+
     fn id(name: &str) -> NodeId {
-        NodeId::new(name.into(), "127.0.0.1:7946".parse().unwrap(), Tags::new())
+        NodeId::new(
+            name.into(),
+            "127.0.0.1:7946".parse().unwrap(),
+            Tags::new(),
+            NOW_MS,
+        )
     }
 
     #[test]

@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use crate::wire::{ENVELOPE_LEN, MAX_PACKET, SEAL_OVERHEAD};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Profile {
     /// Containers / data centre (default).
     Lan,
