@@ -3,12 +3,14 @@
 //! Layout:
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
 //! - [`render`]: handlebars (strict, no escaping) with template variables.
+//! - [`grammar`]: the strict line grammar of the builtin template's output (a test oracle).
 //! - [`source`]: agent event stream / members file → change signals; snapshots.
 //! - [`watch`]: the follow loop (debounce, apply, keep last good config).
 //! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
 //! - [`haproxy`]: master CLI client: verified reload, runtime API.
 //! - [`plan`]: runtime-API commands vs reload for a model change (pure).
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
+pub mod grammar;
 pub mod haproxy;
 pub mod model;
 pub mod output;
