@@ -15,7 +15,7 @@ SHOAL_E2E_FIGURES="$FIGURES" cargo test --locked -p shoal-e2e --test docker -- -
 # The figures go to bench/results/e2e.txt and this script's section of RESULTS.md.
 mkdir -p bench/results
 {
-  echo "== shoal e2e figures ($(date -u +%FT%TZ), $(nproc) cores, $(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?') engine; suite took $((SECONDS - start)) s)"
+  echo "== shoal e2e figures ($(date -u +%FT%TZ), $(nproc) cores, $(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?') engine; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); suite took $((SECONDS - start)) s)"
   sed 's/^FIGURE /  /' "$FIGURES"
 } > bench/results/e2e.txt
 echo
