@@ -12,6 +12,16 @@ FIGURES="$(mktemp /tmp/shoal-e2e-figures.XXXXXX)"
 trap 'rm -f "$FIGURES"' EXIT
 start=$SECONDS
 SHOAL_E2E_FIGURES="$FIGURES" cargo test --locked -p shoal-e2e --test docker -- --test-threads=1 "$@"
+# The figures go to bench/results/e2e.txt and this script's section of RESULTS.md.
+mkdir -p bench/results
+{
+  echo "== shoal e2e figures ($(date -u +%FT%TZ), $(nproc) cores, $(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?') engine; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); suite took $((SECONDS - start)) s)"
+  sed 's/^FIGURE /  /' "$FIGURES"
+} > bench/results/e2e.txt
 echo
-echo "== shoal e2e figures ($(date -u +%FT%TZ), $(nproc) cores, $(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?') engine; suite took $((SECONDS - start)) s)"
-sed 's/^FIGURE /  /' "$FIGURES"
+cat bench/results/e2e.txt
+{
+  echo '```text'
+  cat bench/results/e2e.txt
+  echo '```'
+} | python3 bench/results_section.py e2e.sh

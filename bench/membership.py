@@ -29,6 +29,9 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(ROOT, "bench", "results")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_section import replace_section  # noqa: E402  (bench/results_section.py)
 # The static release build the images ship (docker/build-binaries.sh).
 SHOAL_BIN = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target/static/shoal"))
 HANDLER = """#!/bin/sh
@@ -111,15 +114,19 @@ class Cluster:
         return None
 
 
+class MemoryReadError(RuntimeError):
+    """A memory figure could not be read: an error, never a "0.0 MB" figure."""
+
+
 def rss_kb(pid, field="VmRSS:"):
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
                 if line.startswith(field):
                     return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    except (OSError, ValueError, IndexError) as e:
+        raise MemoryReadError(f"{field} of pid {pid}: {e}") from e
+    raise MemoryReadError(f"no {field} line in /proc/{pid}/status")
 
 
 def agent_command(system, shoal_bin, name, ip, seed_ip, handler, port=7946, api=7373):
@@ -146,9 +153,9 @@ def pss_kb(pid):
             for line in f:
                 if line.startswith("Pss:"):
                     return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    except (OSError, ValueError, IndexError) as e:
+        raise MemoryReadError(f"Pss of pid {pid}: {e}") from e
+    raise MemoryReadError(f"no Pss line in /proc/{pid}/smaps_rollup")
 
 
 def cpu_ticks(pid):
@@ -179,8 +186,8 @@ def measure(system, args, workdir, net):
         name = f"{system[0]}{last}"
         # Wait for the initial cluster to form.
         if c.wait_event(1, "member-join", name, 0, timeout=30) is None:
-            print(f"{system}: the cluster did not form", file=sys.stderr)
-            return res
+            # Not a row of zeros: without a cluster nothing below means anything.
+            raise SystemExit(f"{system}: the cluster did not form")
         time.sleep(2)
         # Idle cost.
         pids = [c.agent_pid(i) for i in range(1, args.nodes + 1)]
@@ -240,6 +247,15 @@ def loss_run(args, workdir):
                 c.start(i)
             clusters.append(c)
         time.sleep(10)  # form the clusters (under loss too)
+        # Zero false failures mean nothing if the clusters never formed: every node must
+        # have seen every other join before the count starts.
+        for c in clusters:
+            missing = [(i, j) for i in range(1, args.nodes + 1) for j in range(1, args.nodes + 1)
+                       if i != j and c.wait_event(i, "member-join", f"{c.system[0]}{j}", 0,
+                                                  timeout=60) is None]
+            if missing:
+                raise SystemExit(f"loss run: the {c.system} cluster did not form under "
+                                 f"{args.loss}% loss (observer, member not joined): {missing}")
         start = time.time()
         end = start + args.loss_seconds
         while time.time() < end:
@@ -285,26 +301,30 @@ def main():
         results[system] = measure(system, args, workdir, net)
     loss = loss_run(args, workdir) if args.loss_seconds > 0 else None
 
-    print(f"\n{args.nodes} agents on loopback, default profile, same handler script; "
-          f"median (max) over {args.rounds} rounds\n")
-    print("| measure | shoal | Serf |")
-    print("|---|---|---|")
+    sh, sf = results["shoal"], results["serf"]
+    out = [f"{args.nodes} agents on loopback, default profile, same handler script; "
+           f"median (max) over {args.rounds} rounds ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+           f"{os.cpu_count()} cores)", "",
+           "| measure | shoal | Serf |", "|---|---|---|"]
     for key, label in (("failed", "kill -9 -> member-failed"),
                        ("leave", "graceful stop -> member-leave"),
                        ("join", "start -> member-join")):
-        print(f"| {label} | {fmt(results['shoal'][key])} | {fmt(results['serf'][key])} |")
-    print(f"| RSS per agent, idle | {results['shoal'].get('rss_kb', 0) / 1024:.1f} MB "
-          f"| {results['serf'].get('rss_kb', 0) / 1024:.1f} MB |")
-    print(f"| private (anonymous) memory per agent | {results['shoal'].get('anon_kb', 0) / 1024:.1f} MB "
-          f"| {results['serf'].get('anon_kb', 0) / 1024:.1f} MB |")
-    print(f"| PSS per agent ({args.nodes} agents share the binary's pages) | "
-          f"{results['shoal'].get('pss_kb', 0) / 1024:.1f} MB "
-          f"| {results['serf'].get('pss_kb', 0) / 1024:.1f} MB |")
-    print(f"| CPU per agent, idle | {results['shoal'].get('cpu_pct', 0):.2f} % "
-          f"| {results['serf'].get('cpu_pct', 0):.2f} % |")
+        out.append(f"| {label} | {fmt(sh[key])} | {fmt(sf[key])} |")
+    out.append(f"| RSS per agent, idle | {sh['rss_kb'] / 1024:.1f} MB | {sf['rss_kb'] / 1024:.1f} MB |")
+    out.append(f"| private (anonymous) memory per agent | {sh['anon_kb'] / 1024:.1f} MB "
+               f"| {sf['anon_kb'] / 1024:.1f} MB |")
+    out.append(f"| PSS per agent ({args.nodes} agents share the binary's pages) | "
+               f"{sh['pss_kb'] / 1024:.1f} MB | {sf['pss_kb'] / 1024:.1f} MB |")
+    out.append(f"| CPU per agent, idle | {sh['cpu_pct']:.2f} % | {sf['cpu_pct']:.2f} % |")
     if loss is not None:
-        print(f"| false member-failed, {args.loss}% loss, {args.loss_seconds:.0f} s | "
-              f"{loss['shoal']} | {loss['serf']} |")
+        out.append(f"| false member-failed, {args.loss}% loss, {args.loss_seconds:.0f} s | "
+                   f"{loss['shoal']} | {loss['serf']} |")
+    text = "\n".join(out) + "\n"
+    print("\n" + text)
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    with open(os.path.join(RESULTS_DIR, "membership.md"), "w") as f:
+        f.write(text)
+    replace_section("membership.py", text)
     shutil.rmtree(workdir, ignore_errors=True)
 
 

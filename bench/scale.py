@@ -35,6 +35,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from membership import agent_command, cpu_ticks, rss_kb  # noqa: E402  (shared with the 5-agent bench)
+from results_section import replace_section  # noqa: E402  (bench/results_section.py)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Not 7946/7373: Docker's swarm listens on *:7946 on this kind of host.
@@ -346,6 +347,21 @@ def write(args, obs_rows, resources):
         for s, n, rm, rx, am, cm, cx in resources:
             f.write(f"{s},{n},{rm:.0f},{rx},{am:.0f},{cm:.3f},{cx:.3f}\n")
     print(f"wrote {args.out}/real_*.csv", file=sys.stderr)
+    replace_section("scale.py", csv_tables(args.out, ["real_summary.csv", "real_resources.csv"]))
+
+
+def csv_tables(out_dir, names):
+    """The CSVs as Markdown tables, for this script's section of RESULTS.md."""
+    parts = [f"Real processes on loopback ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"{os.cpu_count()} cores); raw rows in `bench/results/real_observations.csv`."]
+    for name in names:
+        with open(os.path.join(out_dir, name)) as f:
+            rows = [line.rstrip("\n").split(",") for line in f if line.strip()]
+        parts.append(f"\n`{name}`:\n")
+        parts.append("| " + " | ".join(rows[0]) + " |")
+        parts.append("|" + "---|" * len(rows[0]))
+        parts.extend("| " + " | ".join(r) + " |" for r in rows[1:])
+    return "\n".join(parts) + "\n"
 
 
 if __name__ == "__main__":

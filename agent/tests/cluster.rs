@@ -1,6 +1,10 @@
 //! Multi-process cluster tests: real `shoal agent` processes gossiping over
-//! real UDP/TCP sockets on 127.x.y.z, observed through the real CLI. Timing
-//! bounds are generous; the tight figures are in `bench/`.
+//! real UDP/TCP sockets on 127.x.y.z, observed through the real CLI.
+//!
+//! Timing bounds hold the README's promises with room for a loaded machine
+//! (2 cores shared by parallel builds; each poll is a CLI process per agent),
+//! not ten times the figure: a regression from 1.25 s to 14 s detection must
+//! fail here. The precise figures come from `bench/`.
 
 mod common;
 
@@ -9,6 +13,16 @@ use std::time::{Duration, Instant};
 use common::{converged, http, ip, wait_for, Agent};
 
 const CONVERGE: Duration = Duration::from_secs(20);
+
+/// kill -9 → `failed` everywhere (README: 1.25 s median on loopback; the
+/// LAN profile's probe period plus suspicion is under 3 s).
+const FAILED_WITHIN: Duration = Duration::from_secs(4);
+/// SIGTERM → `left` everywhere (README: 7 ms; the leave notice goes straight
+/// to every member). The polling CLI calls alone take ~0.1–0.3 s here.
+const LEFT_WITHIN: Duration = Duration::from_secs(1);
+/// A restart under the same name at a new address is adopted (README: at
+/// once, the newer generation wins).
+const MOVED_WITHIN: Duration = Duration::from_secs(2);
 
 #[test]
 fn five_agents_join_in_any_order_and_converge() {
@@ -54,9 +68,9 @@ fn killed_agent_is_failed_and_terminated_agent_is_left() {
     agents[4].kill9();
     let t = Instant::now();
     assert!(
-        wait_for(Duration::from_secs(15), || (0..4)
+        wait_for(FAILED_WITHIN, || (0..4)
             .all(|i| agents[i].status_of("b5").as_deref() == Some("failed"))),
-        "b5 not failed everywhere: {:?}",
+        "b5 not failed everywhere within {FAILED_WITHIN:?}: {:?}",
         agents[0].members()
     );
     eprintln!("kill -9 -> failed everywhere in {:?}", t.elapsed());
@@ -65,10 +79,10 @@ fn killed_agent_is_failed_and_terminated_agent_is_left() {
     let t = Instant::now();
     let code = agents[3].terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0), "log:\n{}", agents[3].log_text());
+    let left_everywhere = || (0..3).all(|i| agents[i].status_of("b4").as_deref() == Some("left"));
     assert!(
-        wait_for(Duration::from_secs(5), || (0..3)
-            .all(|i| agents[i].status_of("b4").as_deref() == Some("left"))),
-        "b4 not left everywhere: {:?}",
+        wait_for(LEFT_WITHIN.saturating_sub(t.elapsed()), left_everywhere),
+        "b4 not left everywhere within {LEFT_WITHIN:?} of its SIGTERM: {:?}",
         agents[0].members()
     );
     eprintln!("SIGTERM -> left everywhere in {:?}", t.elapsed());
@@ -105,8 +119,8 @@ fn restart_with_same_name_and_new_address_replaces_the_old_entry() {
             .is_some_and(|m| m["addr"] == format!("{}:7946", ip(3, 9)) && m["status"] == "alive")
     };
     assert!(
-        wait_for(Duration::from_secs(10), || moved(&a) && moved(&b)),
-        "new address not adopted: {:?}",
+        wait_for(MOVED_WITHIN, || moved(&a) && moved(&b)),
+        "new address not adopted within {MOVED_WITHIN:?}: {:?}",
         a.members()
     );
     eprintln!("restart with new address accepted in {:?}", t.elapsed());
@@ -313,47 +327,45 @@ fn api_and_cli_follow_the_contract() {
     assert!(info["stats"]["packets_in"].as_u64().unwrap() > 0);
 
     // The event stream replays from an index and carries monotonic indexes.
-    let mut s = std::net::TcpStream::connect(a.api()).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    use std::io::{Read, Write};
-    s.write_all(b"GET /v1/events?index=0 HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    let mut buf = vec![0u8; 8192];
-    let mut got = String::new();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && !got.contains("\"f2\"") {
-        match s.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
-    }
-    let events: Vec<serde_json::Value> = got
-        .lines()
-        .filter_map(|l| serde_json::from_str(l.trim()).ok())
-        .filter(|v: &serde_json::Value| v.get("index").is_some() && v["type"] != "keepalive")
-        .collect();
-    assert!(events.len() >= 2, "{got}");
+    let events = read_events(&a.api(), 0, |evs| {
+        evs.iter()
+            .any(|e| e["type"] == "member-join" && e["member"]["name"] == "f2")
+    });
+    assert!(events.len() >= 2, "{events:?}");
     assert!(events
         .windows(2)
         .all(|w| w[0]["index"].as_u64() < w[1]["index"].as_u64()));
     assert!(events
         .iter()
         .any(|e| e["type"] == "member-join" && e["member"]["name"] == "f2"));
+    // Resuming from an index N > 0 gives exactly the events after N, in
+    // order, none missing and none repeated (later events may follow).
+    let n = events[0]["index"].as_u64().expect("index");
+    assert!(n > 0, "indexes start at 1: {events:?}");
+    let after: Vec<&serde_json::Value> = events[1..].iter().collect();
+    let resumed = read_events(&a.api(), n, |evs| evs.len() >= after.len());
+    assert!(
+        resumed.len() >= after.len(),
+        "resume from {n} lost events: {resumed:?}, expected {after:?}"
+    );
+    assert_eq!(
+        resumed[..after.len()].iter().collect::<Vec<_>>(),
+        after,
+        "resume from index={n}"
+    );
     let (code, _) = http(&a.api(), "GET", "/v1/events?index=abc", "");
     assert_eq!(code, 400);
 
     // `shoal monitor` prints live events.
-    let mut mon = std::process::Command::new(common::shoal_bin())
-        .args(["--api", &a.api(), "monitor", "--format", "json"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mon = common::Session::spawn(
+        std::process::Command::new(common::shoal_bin())
+            .args(["--api", &a.api(), "monitor", "--format", "json"])
+            .stdout(std::process::Stdio::piped()),
+    );
     std::thread::sleep(Duration::from_millis(500));
     assert!(b.cli(&["tags", "--set", "role=x"]).status.success());
     std::thread::sleep(Duration::from_secs(2));
-    let _ = mon.kill();
-    let out = mon.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = mon.stop_and_read_stdout();
     assert!(
         text.contains("member-update") && text.contains("\"role\":\"x\""),
         "{text}"
@@ -362,10 +374,14 @@ fn api_and_cli_follow_the_contract() {
 
 #[test]
 fn the_cli_explains_a_missing_agent_and_bad_flags() {
-    let out = std::process::Command::new(common::shoal_bin())
-        .args(["--api", &format!("{}:7373", ip(7, 1)), "members"])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::shoal_bin()).args([
+            "--api",
+            &format!("{}:7373", ip(7, 1)),
+            "members",
+        ]),
+        common::CLI_TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no shoal agent answers"), "{err}");
@@ -384,10 +400,10 @@ fn the_cli_explains_a_missing_agent_and_bad_flags() {
             "--retry-interval",
         ),
     ] {
-        let out = std::process::Command::new(common::shoal_bin())
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = common::output_within(
+            std::process::Command::new(common::shoal_bin()).args(&args),
+            common::CLI_TIMEOUT,
+        );
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{args:?}: {err}");
@@ -416,24 +432,44 @@ fn garbage_packets_are_dropped_counted_and_harmless() {
             }
         }
         let _ = sock.send_to(&pkt, a.gossip());
+        if i % 100 == 99 {
+            // Paced a little, so the socket buffer (not the agent) does not drop them.
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
-    // Truncated and garbage push-pull frames on TCP.
-    for junk in [
+    assert!(
+        wait_for(Duration::from_secs(5), || common::stat(&a, "dropped_in")
+            >= 1000),
+        "{}",
+        common::info(&a)
+    );
+    let udp_dropped = common::stat(&a, "dropped_in");
+    // Truncated and garbage push-pull frames on TCP, counted on their own
+    // (not lost among the 1000 UDP drops): each one is a failed exchange.
+    let tcp_failures = common::stat(&a, "push_pull_failures");
+    let junk_frames = [
         &b"\xd5\x01\xff\xff\xff\xff"[..],
         b"hello",
         b"\xd5\x01\x00\x00\x00\x10abc",
-    ] {
-        if let Ok(mut s) = std::net::TcpStream::connect(a.gossip()) {
-            use std::io::Write;
-            let _ = s.write_all(junk);
-        }
+    ];
+    for junk in junk_frames {
+        let mut s = std::net::TcpStream::connect(a.gossip()).expect("connect gossip port");
+        use std::io::Write;
+        s.write_all(junk).expect("write junk frame");
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let (_, body) = http(&a.api(), "GET", "/v1/info", "");
-    let info: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let counted = || common::stat(&a, "push_pull_failures") - tcp_failures;
     assert!(
-        info["stats"]["dropped_in"].as_u64().unwrap() >= 1000,
-        "{info}"
+        wait_for(Duration::from_secs(5), || counted()
+            >= junk_frames.len() as u64),
+        "{} of {} junk TCP frames counted: {}",
+        counted(),
+        junk_frames.len(),
+        common::info(&a)
+    );
+    assert!(
+        common::stat(&a, "dropped_in") >= udp_dropped + junk_frames.len() as u64,
+        "{}",
+        common::info(&a)
     );
     // Still a healthy member of the cluster.
     std::thread::sleep(Duration::from_secs(1));
@@ -576,4 +612,39 @@ fn event_handlers_get_serf_env_and_stdin_and_never_block_each_other() {
             .unwrap_or_default()
             .contains("member-leave")
     }));
+}
+
+/// The indexed events (keepalives aside) of `GET /v1/events?index=N`, read
+/// until `enough` holds or 3 s pass.
+fn read_events(
+    api: &str,
+    index: u64,
+    enough: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).expect("connect api");
+    s.set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET /v1/events?index={index} HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    .expect("write");
+    let mut buf = vec![0u8; 8192];
+    let mut got = String::new();
+    let parse = |got: &str| -> Vec<serde_json::Value> {
+        got.lines()
+            .filter_map(|l| serde_json::from_str(l.trim()).ok())
+            .filter(|v: &serde_json::Value| v.get("index").is_some() && v["type"] != "keepalive")
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && !enough(&parse(&got)) {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.push_str(&String::from_utf8_lossy(&buf[..n])),
+            Err(_) => continue,
+        }
+    }
+    parse(&got)
 }

@@ -11,19 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{converged, http, ip, wait_for, Agent};
+use common::{converged, ip, wait_for, Agent};
 use shoal::identity::NodeId;
 use shoal::tags::Tags;
 use shoal::wire::{self, SyncEntry, SyncMsg, SyncState, TcpMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn info(a: &Agent) -> serde_json::Value {
-    let (_, body) = http(&a.api(), "GET", "/v1/info", "");
-    serde_json::from_str(&body).unwrap_or_default()
-}
-
 fn stat(a: &Agent, name: &str) -> u64 {
-    info(a)["stats"][name].as_u64().unwrap_or(0)
+    common::stat(a, name)
 }
 
 /// The agent's resident memory, in KiB.
@@ -381,10 +376,10 @@ fn api_abuse_under_a_low_fd_limit_leaves_the_gossip_port_working() {
 #[test]
 fn tcp_authentication_failures_are_warned_once_per_source() {
     let key = {
-        let out = std::process::Command::new(common::shoal_bin())
-            .arg("keygen")
-            .output()
-            .unwrap();
+        let out = common::output_within(
+            std::process::Command::new(common::shoal_bin()).arg("keygen"),
+            common::CLI_TIMEOUT,
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_string()
     };
     let seed = vec![format!("{}:7946", ip(48, 1))];

@@ -119,6 +119,11 @@ fn lbgen_renders_what_the_agents_gossip() {
         std::fs::read_to_string(&out).unwrap_or_default(),
         lb2.members()
     );
+    // The watch loop's own result: an error or a panic in it fails the test.
     let _ = stop_tx.send(());
-    let _ = runtime.block_on(watcher);
+    let outcome = runtime
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), watcher).await })
+        .expect("lbgen watch did not stop")
+        .expect("lbgen watch panicked");
+    assert!(outcome.is_ok(), "lbgen watch failed: {outcome:?}");
 }

@@ -98,10 +98,16 @@ fn a_join_address_with_port_zero_is_refused_in_the_cli_the_api_and_at_start() {
     let (code, body) = http(&a.api(), "POST", "/v1/join", r#"{"addrs":["lb:0"]}"#);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("port 0"), "{body}");
-    let out = std::process::Command::new(common::shoal_bin())
-        .args(["agent", "--node", "z2", "--join", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::shoal_bin()).args([
+            "agent",
+            "--node",
+            "z2",
+            "--join",
+            "127.0.0.1:0",
+        ]),
+        common::CLI_TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(err.contains("--join") && err.contains("port 0"), "{err}");

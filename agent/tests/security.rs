@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::{converged, http, ip, wait_for, Agent};
 
 fn keygen() -> String {
-    let out = std::process::Command::new(common::shoal_bin())
-        .arg("keygen")
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::shoal_bin()).arg("keygen"),
+        common::CLI_TIMEOUT,
+    );
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
@@ -56,10 +56,16 @@ fn clusters_with_different_keys_stay_apart_and_say_why() {
     assert!(info(&a)["stats"]["auth_failures"].as_u64().unwrap() > 0);
     assert!(info(&wrong)["stats"]["auth_failures"].as_u64().unwrap() > 0);
     // A bad key is refused at start, exit 2.
-    let out = std::process::Command::new(common::shoal_bin())
-        .args(["agent", "--node", "bad", "--encrypt", "c2hvcnQ="])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::shoal_bin()).args([
+            "agent",
+            "--node",
+            "bad",
+            "--encrypt",
+            "c2hvcnQ=",
+        ]),
+        common::CLI_TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("16, 24 or 32"));
 }
@@ -89,7 +95,7 @@ fn key_rotation_across_a_live_cluster_never_splits_it() {
         &refs, &names
     )));
 
-    let auth_failures = |a: &Agent| info(a)["stats"]["auth_failures"].as_u64().unwrap_or(0);
+    let auth_failures = |a: &Agent| common::stat(a, "auth_failures");
     let failures_before: Vec<u64> = agents.iter().map(auth_failures).collect();
     // Watch every node's view during the whole rotation.
     let stop = Arc::new(AtomicBool::new(false));
@@ -330,10 +336,16 @@ fn the_api_token_is_checked_and_required_off_loopback() {
     let _ = s.read_to_string(&mut resp);
     assert!(resp.starts_with("HTTP/1.1 401"), "{resp}");
     // The CLI sends the token.
-    let out = std::process::Command::new(common::shoal_bin())
-        .args(["--api", &a.api(), "--api-token", "s3cret", "members"])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::shoal_bin()).args([
+            "--api",
+            &a.api(),
+            "--api-token",
+            "s3cret",
+            "members",
+        ]),
+        common::CLI_TIMEOUT,
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -342,8 +354,8 @@ fn the_api_token_is_checked_and_required_off_loopback() {
     let out = a.cli(&["members"]);
     assert_eq!(out.status.code(), Some(1));
     // Off loopback, no token: refused before anything starts.
-    let out = std::process::Command::new(common::shoal_bin())
-        .args([
+    let out = common::output_within(
+        std::process::Command::new(common::shoal_bin()).args([
             "agent",
             "--node",
             "y2",
@@ -351,9 +363,9 @@ fn the_api_token_is_checked_and_required_off_loopback() {
             &format!("{}:7946", ip(42, 2)),
             "--api",
             "0.0.0.0:7373",
-        ])
-        .output()
-        .unwrap();
+        ]),
+        common::CLI_TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token"));
 }
@@ -379,17 +391,18 @@ fn a_lower_case_bearer_scheme_authenticates_and_an_unusable_token_is_refused_at_
     assert!(get("bearer s3cre").starts_with("HTTP/1.1 401"));
     // Tokens no Authorization header can carry as given: refused at start.
     for bad in [" s3cret", "s3cret ", "s3 cret", "pässword"] {
-        let out = std::process::Command::new(common::shoal_bin())
-            .args([
-                "agent",
-                "--node",
-                "t2",
-                "--bind",
-                &format!("{}:7946", ip(170, 2)),
-            ])
-            .args(["--api", &format!("{}:7373", ip(170, 2)), "--api-token", bad])
-            .output()
-            .unwrap();
+        let out = common::output_within(
+            std::process::Command::new(common::shoal_bin())
+                .args([
+                    "agent",
+                    "--node",
+                    "t2",
+                    "--bind",
+                    &format!("{}:7946", ip(170, 2)),
+                ])
+                .args(["--api", &format!("{}:7373", ip(170, 2)), "--api-token", bad]),
+            common::CLI_TIMEOUT,
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
         assert!(err.contains("--api-token"), "{bad:?}: {err}");
@@ -416,10 +429,16 @@ fn hostile_tags_never_reach_the_haproxy_config() {
         })
         .collect();
     // Control characters never even get into the cluster.
-    let out = std::process::Command::new(common::shoal_bin())
-        .args(["agent", "--node", "nl", "--tag", "check=/a\nbackend evil"])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::shoal_bin()).args([
+            "agent",
+            "--node",
+            "nl",
+            "--tag",
+            "check=/a\nbackend evil",
+        ]),
+        common::CLI_TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(wait_for(Duration::from_secs(20), || lb.members().len() == 5));
 
@@ -432,7 +451,7 @@ fn hostile_tags_never_reach_the_haproxy_config() {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let cfg = common::lbgen_watch_config(lb.api(), out.clone());
     let out2 = out.clone();
-    runtime.block_on(async move {
+    let outcome = runtime.block_on(async move {
         let w = tokio::spawn(lbgen::watch::run(cfg, async {
             let _ = stop_rx.await;
         }));
@@ -443,11 +462,83 @@ fn hostile_tags_never_reach_the_haproxy_config() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let _ = stop_tx.send(());
-        let _ = w.await;
+        tokio::time::timeout(Duration::from_secs(10), w).await
     });
+    // The watch loop's own result: an error or a panic in it fails the test.
+    let outcome = outcome
+        .expect("lbgen watch did not stop")
+        .expect("lbgen watch panicked");
+    assert!(outcome.is_ok(), "lbgen watch failed: {outcome:?}");
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(text.contains("server good "), "{text}");
     for bad in ["quote", "hash", "space", "\" x", "#b", "web x"] {
         assert!(!text.contains(bad), "{bad:?} reached the config:\n{text}");
     }
+    // Every line is one HAProxy understands in its place, and HAProxy itself takes the
+    // whole file: a tag that broke out of its field would show up here.
+    if let Err(e) = lbgen::render::check_lines(&text) {
+        panic!("{e}\n{text}");
+    }
+    let check = common::output_within(
+        std::process::Command::new(lbgen::output::resolve_program("haproxy"))
+            .arg("-c")
+            .arg("-f")
+            .arg(&out),
+        common::CLI_TIMEOUT,
+    );
+    assert!(
+        check.status.success(),
+        "haproxy -c refused the config rendered from hostile tags:\n{}{}\n{text}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+}
+
+#[test]
+fn a_saved_keyring_is_0600_and_one_that_cannot_be_saved_is_left_unchanged() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    let ring_dir = dir.path().join("ring");
+    std::fs::create_dir(&ring_dir).expect("mkdir");
+    let ring = ring_dir.join("keyring.json");
+    let (k1, k2, k3) = (keygen(), keygen(), keygen());
+    let a = Agent::start_in(
+        dir.clone(),
+        "kr1",
+        &ip(172, 1),
+        &[],
+        &["--encrypt", &k1, "--keyring-file", &ring.to_string_lossy()],
+    );
+    let out = a.cli(&["keys", "--install", &k2]);
+    assert!(out.status.success(), "{out:?}");
+    let mode = std::fs::metadata(&ring)
+        .expect("keyring file written")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "keyring saved with mode {mode:o}");
+    let saved = std::fs::read_to_string(&ring).expect("keyring");
+    assert!(saved.contains(&k2), "{saved}");
+    // The file cannot be written any more (its directory is gone; a read-only
+    // directory would not stop root): the install is refused and the keyring
+    // in memory is what it was, not ahead of the file.
+    std::fs::remove_dir_all(&ring_dir).expect("rm ring dir");
+    let out = a.cli(&["keys", "--install", &k3]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "an unsaved install succeeded: {text}"
+    );
+    assert!(text.contains("keyring left unchanged"), "{text}");
+    let out = a.cli(&["keys", "--list"]);
+    let list = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && list.contains(&k1) && list.contains(&k2),
+        "{list}"
+    );
+    assert!(!list.contains(&k3), "the unsaved key is in use: {list}");
 }

@@ -109,6 +109,27 @@ fn sigterm_gossips_draining_and_leaves_before_the_child_is_signalled() {
     assert!(wait_for(Duration::from_secs(20), || a
         .status_of("t2")
         .is_some_and(|s| s == "alive")));
+    // When `draining` is first seen in the cluster (t1's view, polled every 10 ms over
+    // HTTP: the handler's own timestamps lag by the coalescing window).
+    let draining_seen = {
+        let api = a.api();
+        std::thread::spawn(move || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            while std::time::Instant::now() < deadline {
+                let (_, body) = common::http(&api, "GET", "/v1/members", "");
+                let doc: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                let draining = doc["members"].as_array().is_some_and(|ms| {
+                    ms.iter()
+                        .any(|m| m["name"] == "t2" && m["tags"]["state"] == "draining")
+                });
+                if draining {
+                    return Some(epoch_secs());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        })
+    };
     let code = b.terminate(Duration::from_secs(15));
     assert_eq!(
         code,
@@ -143,6 +164,17 @@ fn sigterm_gossips_draining_and_leaves_before_the_child_is_signalled() {
         left_at < term_at,
         "leave seen at {left_at}, child signalled at {term_at}\n{log}"
     );
+    // The delay itself, not only the order: `--drain 1s` keeps the child
+    // running for (at least about) 1 s after `draining` reached the cluster.
+    let seen_at = draining_seen
+        .join()
+        .expect("poller")
+        .expect("t1 never saw t2 draining");
+    assert!(
+        term_at - seen_at >= 0.9,
+        "--drain 1s, but the child got SIGTERM {:.0} ms after t1 saw draining\n{log}",
+        (term_at - seen_at) * 1000.0
+    );
     eprintln!(
         "draining seen {:.0} ms and leave {:.0} ms before the child got SIGTERM",
         (term_at - draining_at) * 1000.0,
@@ -170,24 +202,32 @@ fn the_main_services_exit_code_is_the_agents() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(code, Some(3), "log:\n{}", b.log_text());
-    b.child = None;
     // A missing command is refused before anything starts, exit 2.
-    let out = std::process::Command::new(common::shoal_bin())
-        .args([
-            "agent",
-            "--node",
-            "u2",
-            "--bind",
-            &format!("{}:7946", ip(22, 2)),
-        ])
-        .args([
-            "--api",
-            &format!("{}:7373", ip(22, 2)),
-            "--",
-            "/nonexistent/app",
-        ])
-        .output()
-        .unwrap();
+    let out = common::output_within(
+        std::process::Command::new(common::shoal_bin())
+            .args([
+                "agent",
+                "--node",
+                "u2",
+                "--bind",
+                &format!("{}:7946", ip(22, 2)),
+            ])
+            .args([
+                "--api",
+                &format!("{}:7373", ip(22, 2)),
+                "--",
+                "/nonexistent/app",
+            ]),
+        common::CLI_TIMEOUT,
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/app"));
+}
+
+/// Wall-clock seconds, as `date +%s.%N` prints them in the scripts above.
+fn epoch_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -125,8 +125,9 @@ async fn orphans_are_re_parented_to_us_and_reaped() {
     init_reaper().expect("reaper");
     // The shell forks a grandchild, prints its pid and exits; the grandchild
     // becomes our orphan (we are a child subreaper) and exits a bit later.
+    // It lives long enough (1 s) for its parent to be read while it runs.
     let out = run_captured(
-        sh("sleep 0.3 </dev/null >/dev/null 2>&1 & echo $!"),
+        sh("sleep 1 </dev/null >/dev/null 2>&1 & echo $!"),
         Vec::new(),
         T,
         64,
@@ -138,10 +139,15 @@ async fn orphans_are_re_parented_to_us_and_reaped() {
         .trim()
         .parse()
         .expect("pid");
-    // While it runs, its parent is us.
-    if let Some(p) = ppid(pid) {
-        assert_eq!(p, std::process::id() as i32, "orphan re-parented to us");
-    }
+    // While it runs, its parent is us: only a parent can reap a process, so
+    // when it is gone below, our reaper reaped it (not init, not "somebody").
+    let parent =
+        ppid(pid).unwrap_or_else(|| panic!("orphan {pid} gone before its parent was read"));
+    assert_eq!(
+        parent,
+        std::process::id() as i32,
+        "orphan {pid} re-parented to {parent}, not to us (the subreaper)"
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         match proc_state(pid) {

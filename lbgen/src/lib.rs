@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
 //! - [`render`]: handlebars (strict, no escaping) with template variables.
+//! - [`grammar`]: the strict line grammar of the builtin template's output (a test oracle).
 //! - [`source`]: agent event stream / members file → change signals; snapshots.
 //! - [`watch`]: the follow loop: decides *when* to apply (debounce, retry, resync).
 //! - [`apply`]: the [`apply::Applier`] decides *how*: owns what is live (file text, what
@@ -14,6 +15,7 @@
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 //! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
 pub mod apply;
+pub mod grammar;
 pub mod haproxy;
 pub mod model;
 pub mod output;

@@ -9,6 +9,8 @@ use serde::Serialize;
 use crate::model::{Model, Pool, Route};
 use crate::Error;
 
+pub use crate::grammar::check_lines;
+
 /// The default template, compiled in so `lbgen render` works without `--template`.
 pub const DEFAULT_TEMPLATE: &str = include_str!("../../templates/haproxy.cfg.hbs");
 

@@ -12,11 +12,101 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// A free 127.0.0.1 TCP port (bind :0, read it, release it).
+/// Ports handed out for HAProxy to bind: below Linux's ephemeral range (32768–60999), so
+/// the kernel never gives one of them to another socket's `bind(:0)` or `connect()` between
+/// our check and HAProxy's bind (the race of "bind :0, read it, release it"); a block per
+/// process (from the pid) and a counter, so parallel test binaries and runs do not pick the
+/// same one; each still checked free on 127.0.0.1 and on every address before it is used.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+const PORTS_PER_PROCESS: u32 = 64;
+
+/// A free TCP port for a listener we cannot pass a bound socket to (HAProxy's config).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let blocks = span / PORTS_PER_PROCESS;
+    let base = (std::process::id() % blocks) * PORTS_PER_PROCESS;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst) as u32;
+        let port = PORTS.start + ((base + n) % span) as u16;
+        let free = |addr: &str| std::net::TcpListener::bind((addr, port)).is_ok();
+        if free("127.0.0.1") && free("0.0.0.0") {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {PORTS:?}");
 }
+
+/// `cmd.output()` with a deadline: the command runs in its own process group, and the
+/// group is killed if it takes longer than `within`, failing the test with what it
+/// printed instead of hanging the suite.
+pub fn output_within(cmd: &mut Command, within: Duration) -> std::process::Output {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    // stdin is the caller's to set (a file, or null).
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn().expect("spawn command");
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|r| Box::new(r) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            kill_group(child.id(), "KILL");
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = |h: std::thread::JoinHandle<Vec<u8>>| {
+                String::from_utf8_lossy(&h.join().unwrap_or_default()).into_owned()
+            };
+            panic!(
+                "{cmd:?} still running after {within:?}; stdout:\n{}\nstderr:\n{}",
+                text(out),
+                text(err)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
+
+/// `kill -SIG -PGID` through the shell's builtin (no procps needed).
+pub fn kill_group(pgid: u32, sig: &str) {
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!("kill -{sig} -{pgid}"))
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Longest a command a test runs may take (a render, `haproxy -c`).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A tiny HTTP/1.1 server (keep-alive capable) that counts requests, health checks apart.
 pub struct Backend {

@@ -7,11 +7,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn watch(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lbgen"))
-        .arg("watch")
-        .args(args)
-        .output()
-        .expect("run lbgen");
+    let out = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .arg("watch")
+            .args(args)
+            .stdin(Stdio::null()),
+        common::COMMAND_TIMEOUT,
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -83,18 +85,20 @@ fn the_binary_follows_a_members_file_and_reloads_haproxy() {
         d.path().join("admin.sock").display()
     );
     common::write_members(&members, &[common::member("web-1", 3001, "alive", &[])]);
-    let st = Command::new(env!("CARGO_BIN_EXE_lbgen"))
-        .args([
-            "render",
-            "--members",
-            members.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .env("LBGEN_VAR", &vars)
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let st = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .args([
+                "render",
+                "--members",
+                members.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ])
+            .env("LBGEN_VAR", &vars)
+            .stdin(Stdio::null()),
+        common::COMMAND_TIMEOUT,
+    );
+    assert!(st.status.success(), "{st:?}");
     let haproxy = common::Haproxy::start(d.path(), &out);
     let log = d.path().join("lbgen.log");
     let mut w = Killed(
@@ -213,18 +217,16 @@ fn watch_waits_for_a_missing_then_stale_master_socket_and_applies_once_haproxy_a
     assert!(!out.exists(), "wrote before HAProxy answered");
 
     // HAProxy comes up (it replaces the stale file) from the empty-cluster config.
-    let st = Command::new(env!("CARGO_BIN_EXE_lbgen"))
-        .args(["render", "--members", "-", "--out", out.to_str().unwrap()])
-        .env("LBGEN_VAR", &vars)
-        .stdin(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(br#"{"members":[]}"#)?;
-            c.wait()
-        })
-        .unwrap();
-    assert!(st.success());
+    let empty = d.path().join("empty.json");
+    std::fs::write(&empty, br#"{"members":[]}"#).unwrap();
+    let st = common::output_within(
+        Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .args(["render", "--members", "-", "--out", out.to_str().unwrap()])
+            .env("LBGEN_VAR", &vars)
+            .stdin(std::fs::File::open(&empty).unwrap()),
+        common::COMMAND_TIMEOUT,
+    );
+    assert!(st.status.success(), "{st:?}");
     let haproxy = common::Haproxy::start(d.path(), &out);
     assert_eq!(haproxy.master_sock, sock);
     wait_for("web-1 live", Duration::from_secs(15), || {

@@ -350,12 +350,20 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
     drop(first);
     std::fs::write(&out, &empty).unwrap();
     let second = Haproxy::start(d, &out);
-    // No membership event: the resync must notice and fix it.
+    // No membership event: the resync must notice and fix it. Failed attempts (HAProxy
+    // still starting) may come first, but not forever: a bounded number, then the test
+    // fails instead of hanging.
+    let mut failed = Vec::new();
     let r = loop {
         let r = next_report(&mut reports).await;
         if !matches!(r.outcome, ApplyOutcome::Failed(_)) {
             break r;
         }
+        failed.push(r.outcome);
+        assert!(
+            failed.len() < 20,
+            "the resync never fixed the restarted HAProxy: {failed:?}"
+        );
     };
     assert!(
         matches!(r.outcome, ApplyOutcome::Reloaded { .. }),

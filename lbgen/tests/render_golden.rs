@@ -1,6 +1,8 @@
 //! Golden-file renders of the default template, each also validated by the real `haproxy -c`.
 //! Regenerate after an intended template change: `UPDATE_GOLDEN=1 cargo test -p lbgen --test render_golden`.
 
+use lbgen::testing as common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -9,20 +11,14 @@ fn dir() -> PathBuf {
 }
 
 fn lbgen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lbgen"))
-        .args(args)
+    // stdin from a file: the command cannot block on a pipe, and it has a deadline.
+    let input = tempfile::NamedTempFile::new().expect("stdin file");
+    std::fs::write(input.path(), stdin.unwrap_or("")).expect("write stdin");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lbgen"));
+    cmd.args(args)
         .env("LBGEN_LOG", "warn")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run lbgen");
-    if let Some(s) = stdin {
-        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
-    }
-    drop(child.stdin.take());
-    let out = child.wait_with_output().unwrap();
+        .stdin(std::fs::File::open(input.path()).expect("open stdin file"));
+    let out = common::output_within(&mut cmd, common::COMMAND_TIMEOUT);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -31,11 +27,13 @@ fn lbgen(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 }
 
 fn haproxy_check(cfg: &Path) {
-    let out = Command::new(lbgen::output::resolve_program("haproxy"))
-        .args(["-c", "-f"])
-        .arg(cfg)
-        .output()
-        .expect("haproxy must be installed (apt-get install haproxy)");
+    let out = common::output_within(
+        Command::new(lbgen::output::resolve_program("haproxy"))
+            .args(["-c", "-f"])
+            .arg(cfg)
+            .stdin(Stdio::null()),
+        common::COMMAND_TIMEOUT,
+    );
     assert!(
         out.status.success(),
         "haproxy -c rejected {}: {}",

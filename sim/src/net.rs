@@ -477,6 +477,24 @@ impl Sim {
         })
     }
 
+    /// True when the cluster really is split along `groups` (group of member `i`
+    /// at index `i`): every member that is up holds the up members of its own
+    /// group alive and no member of another group alive.
+    pub fn split_along(&self, groups: &[u8]) -> bool {
+        let up: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].up)
+            .collect();
+        up.iter().all(|&i| {
+            let core = &self.nodes[i].core;
+            up.iter().all(|&j| {
+                let alive = core
+                    .record(&name_of(j))
+                    .is_some_and(|r| r.status == Status::Alive);
+                alive == (groups.get(i) == groups.get(j))
+            })
+        })
+    }
+
     /// How many members that are up (the subject itself aside) have
     /// recorded `kind` for member `subject` at or after `since_us`.
     pub fn learned(&self, kind: EventKind, subject: usize, since_us: u64) -> usize {

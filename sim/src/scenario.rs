@@ -214,13 +214,33 @@ pub fn steady_after(p: &Params, warm: Duration, window: Duration) -> Steady {
 /// Two halves cut apart for `cut`, then healed: ms until one view again
 /// (None: not within `limit`).
 pub fn partition(p: &Params, cut: Duration, limit: Duration) -> Option<f64> {
+    partition_run(p, cut, limit).healed_ms
+}
+
+/// What a partition run showed: whether the halves really split before the
+/// heal (a heal time means nothing if they never did), and the heal time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionRun {
+    /// At the end of the cut, every member held its own half alive and the
+    /// other half not alive.
+    pub split: bool,
+    /// ms from the heal until one view again (None: not within the limit).
+    pub healed_ms: Option<f64>,
+}
+
+/// [`partition`], also reporting whether the halves had split.
+pub fn partition_run(p: &Params, cut: Duration, limit: Duration) -> PartitionRun {
     let mut sim = p.sim();
     sim.run_for(Duration::from_secs(3));
-    let groups = (0..sim.len()).map(|i| u8::from(i % 2 == 1)).collect();
-    sim.partition(groups);
+    let groups: Vec<u8> = (0..sim.len()).map(|i| u8::from(i % 2 == 1)).collect();
+    sim.partition(groups.clone());
     sim.run_for(cut);
+    let split = sim.split_along(&groups);
     sim.heal();
     let t0 = sim.now_us();
     let healed = sim.run_while_not(limit, Duration::from_millis(250), |s| s.one_view());
-    healed.then(|| (sim.now_us() - t0) as f64 / 1000.0)
+    PartitionRun {
+        split,
+        healed_ms: healed.then(|| (sim.now_us() - t0) as f64 / 1000.0),
+    }
 }

@@ -29,23 +29,42 @@ fn join_failure_and_leave_reach_every_member() {
         assert!(s.observers >= 10, "{s:?}");
     }
     let [join, fail, leave] = [&spreads[0], &spreads[1], &spreads[2]];
-    // A join spreads by gossip within a few rounds; a failure needs a probe
-    // plus the suspicion time (0.8 s at this size); a leave is sent directly.
-    assert!(join.all_ms().unwrap() < 3_000.0, "{join:?}");
+    eprintln!(
+        "join {:?} ms, fail {:?} ms, leave {:?} ms",
+        join.all_ms(),
+        fail.all_ms(),
+        leave.all_ms()
+    );
+    // Virtual time, one seed: these hold the README's published figures
+    // (200 ms gossip, the N = 1000 setting: join p99.9 <= 1.2 s, failure
+    // p99.9 <= 3.18 s from the kill, leave 1 ms) with a margin, not 10x.
+    // A join spreads by gossip within a few rounds.
+    assert!(join.all_ms().unwrap() <= 1_500.0, "{join:?}");
+    // A failure needs a probe of the dead member plus the suspicion time
+    // (0.8 s at this size), then gossip to the last member.
     let fail_all = fail.all_ms().unwrap();
-    assert!((800.0..6_000.0).contains(&fail_all), "{fail:?}");
-    assert!(leave.all_ms().unwrap() < 500.0, "{leave:?}");
+    assert!((800.0..=3_000.0).contains(&fail_all), "{fail:?}");
+    // A leave notice is sent straight to every member.
+    assert!(leave.all_ms().unwrap() <= 50.0, "{leave:?}");
 }
 
+/// The README: "two halves of a 60 s partition are one view again 2.5–7 s
+/// after the heal". The old bound (180 s) let through the regression it was
+/// written for (57–87 s); the run is deterministic, so hold 15 s.
 #[test]
 fn a_healed_partition_becomes_one_view_again() {
-    let healed = scenario::partition(
+    let run = scenario::partition_run(
         &params(10, 3),
-        Duration::from_secs(10),
+        Duration::from_secs(60),
         Duration::from_secs(180),
     );
-    let ms = healed.expect("two halves never merged");
-    assert!(ms < 180_000.0);
+    eprintln!("{run:?}");
+    assert!(
+        run.split,
+        "the halves never split, so nothing healed: {run:?}"
+    );
+    let ms = run.healed_ms.expect("two halves never merged");
+    assert!(ms <= 15_000.0, "one view only {ms} ms after the heal");
 }
 
 #[test]

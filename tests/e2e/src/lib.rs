@@ -91,15 +91,27 @@ pub fn run_ok(cmd: &mut Command, timeout: Duration) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Why the end-to-end tests are skipped on purpose (`shoal_e2e`: the value of
+/// `SHOAL_E2E`, `0` skips), if they are. Panics under `CI=true`: there the switch is
+/// refused, not obeyed.
+pub fn e2e_skip(shoal_e2e: Option<&str>, ci: bool) -> Option<&'static str> {
+    let off = shoal_e2e == Some("0");
+    if off && ci {
+        panic!("SHOAL_E2E=0 under CI=true: CI does not skip the Docker end-to-end tests");
+    }
+    off.then_some("SHOAL_E2E=0")
+}
+
 /// Checks for a usable Docker engine and docker-compose. `false`: skip (message printed).
 /// Under `CI=true` a missing engine is a panic (a failure), never a skip. `SHOAL_E2E=0`
-/// skips on purpose (e.g. a quick `cargo test --workspace` on a laptop).
+/// skips on purpose (e.g. a quick `cargo test --workspace` on a laptop), but not under
+/// `CI=true`: CI must not be able to skip the tests it gates on.
 pub fn docker_ready() -> bool {
-    if std::env::var("SHOAL_E2E").is_ok_and(|v| v == "0") {
-        eprintln!("SKIPPED: shoal end-to-end tests: SHOAL_E2E=0");
+    let ci = ci();
+    if let Some(skip) = e2e_skip(std::env::var("SHOAL_E2E").ok().as_deref(), ci) {
+        eprintln!("SKIPPED: shoal end-to-end tests: {skip}");
         return false;
     }
-    let ci = ci();
     let problem = if which("docker").is_none() {
         Some("the docker CLI is not installed".to_string())
     } else if which("docker-compose").is_none() {
@@ -756,4 +768,22 @@ pub fn describe_failures(f: &[&Sample]) -> String {
         .map(|s| format!("{:.2}s: {:?}", s.at.as_secs_f64(), s.result))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::e2e_skip;
+
+    #[test]
+    fn shoal_e2e_0_skips_on_a_laptop() {
+        assert_eq!(e2e_skip(Some("0"), false), Some("SHOAL_E2E=0"));
+        assert_eq!(e2e_skip(None, false), None);
+        assert_eq!(e2e_skip(Some("1"), true), None);
+    }
+
+    #[test]
+    #[should_panic(expected = "CI=true")]
+    fn shoal_e2e_0_does_not_skip_under_ci() {
+        e2e_skip(Some("0"), true);
+    }
 }

@@ -169,9 +169,11 @@ fn scale_1_5_2_4_under_load_has_no_failed_request_and_every_webapp_serves() {
         failed.len(),
         describe_failures(&failed)
     );
-    // Bounds: "within a few seconds of being ready" (start + health check + gossip + reload).
+    // Bounds: "within a few seconds of being ready" (start + health check + gossip +
+    // reload; README: 3.6–5.7 s and 2.9–3.6 s on 2 shared cores). 15 s leaves room for a
+    // loaded Docker host and still catches a join that waits for a retry backoff.
     assert!(
-        up5 < 30 * S && up4 < 30 * S,
+        up5 <= 15 * S && up4 <= 15 * S,
         "scale-up took {up5:?} / {up4:?}"
     );
 }
@@ -226,7 +228,9 @@ fn docker_kill_under_load_removes_the_backend_within_the_failure_bound() {
     );
     std::thread::sleep(3 * S);
     let samples = load.stop();
-    let failed = failures(&samples, t_kill, Duration::MAX);
+    // Counted over the whole load, not from the kill on: a request lost while the
+    // cluster formed or before the kill fails the test too.
+    let failed = failures(&samples, Duration::ZERO, Duration::MAX);
     let after: Vec<_> = samples.iter().filter(|s| s.at >= t_kill).collect();
     let slow = after.iter().filter(|s| s.latency > S).count();
     let worst = after.iter().map(|s| s.latency).max().unwrap_or_default();
@@ -250,14 +254,17 @@ fn docker_kill_under_load_removes_the_backend_within_the_failure_bound() {
     figure(
         "docker kill: failed requests",
         format!(
-            "{} of {} after the kill (failure window {window}; {slow} requests slower than 1 s, slowest {:.2} s)",
+            "{} of {} over the whole load, {} after the kill (failure window {window}; {slow} requests slower than 1 s, slowest {:.2} s)",
             failed.len(),
+            samples.len(),
             after.len(),
             worst.as_secs_f64()
         ),
     );
-    assert!(th < 15 * S, "out of HAProxy after {th:?}");
-    assert!(tf < 15 * S, "failed after {tf:?}");
+    // README: out of UP 0.9–2.7 s, `failed` 1.6–2.9 s between containers. 4 s (kill -9 →
+    // failed on real processes) plus a second for HAProxy's view on a loaded Docker host.
+    assert!(th <= 5 * S, "out of HAProxy after {th:?}");
+    assert!(tf <= 4 * S, "failed after {tf:?}");
     assert!(
         failed.is_empty(),
         "{} failed: {}",

@@ -253,24 +253,31 @@ fn swarm_stack_scales_2_5_1_under_load_and_a_replaced_task_rejoins_at_its_new_ip
     );
     let samples = load.stop();
     let upd_failed = failures(&samples, t_upd, Duration::MAX);
+    // Counted over the whole load (deploy, scaling and the update), not only from the
+    // update on: a failure anywhere in the run fails the test.
+    let all_failed = failures(&samples, Duration::ZERO, Duration::MAX);
     figure(
         "swarm: service update --force (2 tasks, one at a time)",
         format!(
-            "{:.1} s; failed requests {} of {}",
+            "{:.1} s; failed requests {} of {} ({} of {} over the whole load)",
             update_took.as_secs_f64(),
             upd_failed.len(),
-            samples.iter().filter(|s| s.at >= t_upd).count()
+            samples.iter().filter(|s| s.at >= t_upd).count(),
+            all_failed.len(),
+            samples.len()
         ),
     );
     assert!(
-        upd_failed.is_empty(),
-        "{} failed during the update: {}",
+        all_failed.is_empty(),
+        "{} failed over the whole load: {}",
         upd_failed.len(),
-        describe_failures(&upd_failed)
+        describe_failures(&all_failed)
     );
-    // Rejoining "at once": well within a probe cycle plus the start-up health check.
+    // Rejoining "at once" (README: 0.1–0.3 s from the new container's start): 5 s
+    // leaves room for a loaded single-node swarm and catches a rejoin that waits for a
+    // probe cycle, a reap or a retry backoff.
     assert!(
-        rejoin_secs.iter().all(|s| *s < 15.0),
+        rejoin_secs.iter().all(|s| *s <= 5.0),
         "rejoin took {rejoin_secs:?} s"
     );
     figure(

@@ -1,0 +1,275 @@
+//! The strict line grammar of what the builtin template renders: every line is
+//! one HAProxy understands in its place, with each field made of the characters
+//! its value may hold. A member value that broke out of its field (a newline, a
+//! quote, a `#`, a space) leaves a line that is not in this grammar — also when
+//! the injected half is itself a valid line (`server x 6.6.6.6:80 ...`), because
+//! the half it was cut from is not.
+//!
+//! Used by the members-JSON fuzz target, the golden tests and the security test
+//! as an oracle; it knows the builtin template only (a custom template may emit
+//! any directive).
+
+/// Checks every line of `cfg`; the first line outside the grammar is the error
+/// (with its 1-based number).
+pub fn check_lines(cfg: &str) -> Result<(), String> {
+    for (i, line) in cfg.split('\n').enumerate() {
+        check_line(line).map_err(|why| format!("line {}: {why}: {line:?}", i + 1))?;
+    }
+    Ok(())
+}
+
+/// The oracle of the members-JSON fuzz target (and of the corpus replay in
+/// `cargo test`): any bytes either fail to parse, or render with the builtin
+/// template into lines inside the grammar, each `server` line naming a member
+/// of the document at that member's IP. Panics with the offending line.
+pub fn check_members_json(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(doc) = crate::model::MembersDoc::from_json(text) else {
+        return;
+    };
+    let model = crate::model::Model::build(&doc);
+    let Ok(cfg) =
+        crate::render::Renderer::builtin().render(&model, &crate::render::Vars::default())
+    else {
+        return;
+    };
+    if let Err(e) = check_lines(&cfg) {
+        panic!("{e}\n{cfg}");
+    }
+    for line in cfg.lines() {
+        let Some(rest) = line.strip_prefix("    server ") else {
+            continue;
+        };
+        let mut words = rest.split(' ');
+        let (name, addr) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let ip = addr
+            .rsplit_once(':')
+            .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+            .unwrap_or("");
+        let known = doc.members.iter().any(|m| {
+            m.name == name
+                && m.addr
+                    .rsplit_once(':')
+                    .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+                    .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+                    .zip(ip.parse::<std::net::IpAddr>().ok())
+                    .is_some_and(|(a, b)| a == b)
+        });
+        assert!(
+            known,
+            "server line of no member of the document: {line:?}\n{cfg}"
+        );
+    }
+}
+
+/// Lines of the builtin template that carry no value at all.
+const FIXED: &[&str] = &[
+    "global",
+    "defaults",
+    "    mode http",
+    "    option idle-close-on-response",
+    "    option redispatch",
+    "    retries 3",
+    "    retry-on conn-failure empty-response response-timeout",
+    "    timeout http-request 10s",
+    "    timeout http-keep-alive 10s",
+    "    timeout queue 10s",
+    "    option httpchk",
+    "    http-check expect status 200-399",
+    "    http-request disable-l7-retry if !METH_GET !METH_HEAD",
+    "    cookie SERVERID insert indirect nocache",
+    "    http-request return status 503 content-type text/plain string \"no pool serves this path\"",
+    "    stats enable",
+    "    stats uri /",
+    "    stats refresh 5s",
+];
+
+fn check_line(line: &str) -> Result<(), String> {
+    if line.is_empty() || FIXED.contains(&line) {
+        return Ok(());
+    }
+    if line.bytes().any(|b| b.is_ascii_control()) {
+        return Err("control character".into());
+    }
+    if let Some(comment) = line.trim_start_matches(' ').strip_prefix('#') {
+        // Comments may say anything printable; what a value injects after a
+        // newline is checked as a line of its own.
+        return if comment.is_empty() || comment.starts_with(' ') {
+            Ok(())
+        } else {
+            Err("comment without a space after #".into())
+        };
+    }
+    let (indented, body) = match line.strip_prefix("    ") {
+        Some(body) => (true, body),
+        None => (false, line),
+    };
+    if body.starts_with(' ') || body.ends_with(' ') || body.contains("  ") {
+        return Err("stray whitespace".into());
+    }
+    let words: Vec<&str> = body.split(' ').collect();
+    if !indented {
+        return match words.as_slice() {
+            ["frontend", "http-in"] | ["listen", "stats"] => Ok(()),
+            ["backend", name] if ident(name) => Ok(()),
+            _ => Err("not a section header".into()),
+        };
+    }
+    let ok = match words.as_slice() {
+        ["server", name, addr, "weight", w, "check"] => ident(name) && address(addr) && weight(w),
+        ["server", name, addr, "weight", w, "check", "cookie", c] => {
+            ident(name) && address(addr) && weight(w) && c == name
+        }
+        ["acl", acl, "path", prefix] => route_acl(acl) && path(prefix),
+        ["acl", acl, "path_beg", prefix] => route_acl(acl) && prefix.ends_with('/') && path(prefix),
+        ["use_backend", pool, "if", acl] => ident(pool) && acl.strip_prefix("route_") == Some(pool),
+        ["default_backend", pool] => ident(pool),
+        ["balance", algo] => word(algo),
+        ["http-check", "send", "meth", "GET", "uri", uri] => uri_path(uri),
+        ["bind", addr] => bind(addr),
+        ["maxconn", n] => number(n),
+        ["hard-stop-after", d] => duration(d),
+        ["timeout", "connect" | "client" | "server", d] => duration(d),
+        ["default-server", "inter", d, "fall", "3", "rise", "2"] => duration(d),
+        ["stats", "socket", p, "mode", "600", "level", "admin", "expose-fd", "listeners"] => {
+            file_path(p)
+        }
+        _ => return Err("not a directive of the builtin template".into()),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("a field holds characters it may not".into())
+    }
+}
+
+/// Member, pool and section names (`model::valid_name`'s alphabet).
+fn ident(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn route_acl(s: &str) -> bool {
+    s.strip_prefix("route_").is_some_and(ident)
+}
+
+fn word(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'-')
+}
+
+fn number(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 10 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn weight(s: &str) -> bool {
+    number(s) && s.parse::<u32>().is_ok_and(|w| w <= 256)
+}
+
+fn port(s: &str) -> bool {
+    number(s) && s.parse::<u16>().is_ok_and(|p| p > 0)
+}
+
+/// `IPv4:port` or `[IPv6]:port`, as the model writes server addresses.
+fn address(s: &str) -> bool {
+    let Some((host, p)) = s.rsplit_once(':') else {
+        return false;
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok(),
+    };
+    host_ok && port(p)
+}
+
+/// A `bind` address: `*:port`, `IPv4:port`, `[IPv6]:port` or `:::port`.
+fn bind(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some(("*" | "::", p)) => port(p),
+        _ => address(s),
+    }
+}
+
+/// A route prefix: an absolute path of unreserved characters.
+fn path(s: &str) -> bool {
+    s.starts_with('/')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'~' | b'-'))
+}
+
+/// A health-check URI: a path, optionally with a simple query.
+fn uri_path(s: &str) -> bool {
+    s.starts_with('/')
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'/' | b'.' | b'_' | b'~' | b'-' | b'?' | b'=' | b'&' | b'%'
+                )
+        })
+}
+
+/// `10s`, `500ms`, `2m`, `1h`, `1d`, or a bare number (milliseconds).
+fn duration(s: &str) -> bool {
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &s[digits.len()..];
+    number(digits) && matches!(unit, "" | "us" | "ms" | "s" | "m" | "h" | "d")
+}
+
+fn file_path(s: &str) -> bool {
+    s.starts_with('/')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_lines;
+    use crate::model::{MembersDoc, Model};
+    use crate::render::{Renderer, Vars};
+
+    fn render(json: &str) -> String {
+        let doc = MembersDoc::from_json(json).expect("doc");
+        Renderer::builtin()
+            .render(&Model::build(&doc), &Vars::default())
+            .expect("render")
+    }
+
+    #[test]
+    fn the_golden_inputs_render_inside_the_grammar() {
+        for name in ["empty", "one_pool", "several_pools", "injection"] {
+            let json =
+                std::fs::read_to_string(format!("tests/golden/{name}.json")).expect("golden");
+            let cfg = render(&json);
+            if let Err(e) = check_lines(&cfg) {
+                panic!("{name}: {e}\n{cfg}");
+            }
+        }
+    }
+
+    /// The case of `tests/golden/injection.json` as it would render if the
+    /// model let the port through: the old oracle (no `"`, `#` or `\` on a
+    /// `server` line) passed it.
+    #[test]
+    fn a_newline_injected_server_line_is_caught() {
+        let cfg = "backend web\n    server evil-1 172.20.0.66:3000\n    server x 6.6.6.6:80 weight 100 check\n";
+        let err = check_lines(cfg).expect_err("injection passed");
+        assert!(err.starts_with("line 2:"), "{err}");
+        for bad in [
+            "    server web-1 1.2.3.4:80 weight 100 check # x",
+            "    server web 1 1.2.3.4:80 weight 100 check",
+            "    server web-1 1.2.3.4:80 weight 100 check cookie other",
+            "    http-check send meth GET uri /h\" x",
+            "    acl route_a path /a#b",
+            "listen pwn",
+            "    use_backend a if route_b",
+            "    server web-1 evil.example:80 weight 100 check",
+            "    stats socket /tmp/x mode 600 level admin",
+        ] {
+            assert!(check_lines(bad).is_err(), "{bad:?} passed");
+        }
+    }
+}
