@@ -5,10 +5,10 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use shoal_contract::{Event, EventKind, Member, Status};
+use shoal_contract::{Event, Member};
 use tokio::sync::broadcast;
 
-use crate::membership::{self, MemberEvent, Record};
+use crate::membership::{MemberEvent, Record};
 
 /// Events kept for clients that resume.
 pub const EVENT_BUFFER: usize = 4096;
@@ -20,29 +20,8 @@ pub fn member_of(r: &Record) -> Member {
     Member {
         name: r.id.name.clone(),
         addr: r.id.addr.to_string(),
-        status: status_of(r.status),
+        status: r.status,
         tags: r.id.tags.clone(),
-    }
-}
-
-/// The membership's state as the contract spells it on the wire.
-pub fn status_of(s: membership::Status) -> Status {
-    match s {
-        membership::Status::Alive => Status::Alive,
-        membership::Status::Suspect => Status::Suspect,
-        membership::Status::Failed => Status::Failed,
-        membership::Status::Left => Status::Left,
-    }
-}
-
-/// The membership's event kind as the contract spells it on the wire.
-pub fn kind_of(k: membership::EventKind) -> EventKind {
-    match k {
-        membership::EventKind::Join => EventKind::MemberJoin,
-        membership::EventKind::Leave => EventKind::MemberLeave,
-        membership::EventKind::Failed => EventKind::MemberFailed,
-        membership::EventKind::Update => EventKind::MemberUpdate,
-        membership::EventKind::Reap => EventKind::MemberReap,
     }
 }
 
@@ -73,7 +52,7 @@ impl EventLog {
         let record = Arc::new(Event {
             index: self.next_index,
             time: rfc3339_millis(now_ms),
-            kind: kind_of(event.kind),
+            kind: event.kind,
             member: member_of(&event.record),
         });
         self.next_index += 1;
@@ -138,27 +117,6 @@ pub fn rfc3339_millis(ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn membership_names_match_the_contract_spelling() {
-        for s in [
-            membership::Status::Alive,
-            membership::Status::Suspect,
-            membership::Status::Failed,
-            membership::Status::Left,
-        ] {
-            assert_eq!(status_of(s).as_str(), s.as_str());
-        }
-        for k in [
-            membership::EventKind::Join,
-            membership::EventKind::Leave,
-            membership::EventKind::Failed,
-            membership::EventKind::Update,
-            membership::EventKind::Reap,
-        ] {
-            assert_eq!(kind_of(k).as_str(), k.as_str());
-        }
-    }
 
     #[test]
     fn formats_utc_timestamps() {

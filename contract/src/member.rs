@@ -28,6 +28,11 @@ impl Status {
     /// Every status, in lifecycle order.
     pub const ALL: [Status; 4] = [Status::Alive, Status::Suspect, Status::Failed, Status::Left];
 
+    /// Alive or suspect: still taking part (a suspect may yet refute).
+    pub fn is_active(self) -> bool {
+        matches!(self, Status::Alive | Status::Suspect)
+    }
+
     /// The wire spelling.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -9,44 +9,12 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use serde::{Deserialize, Serialize};
-
 use crate::identity::NodeId;
 use crate::wire::{SyncEntry, SyncState};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Alive,
-    Suspect,
-    Failed,
-    Left,
-}
-
-impl Status {
-    pub fn is_active(self) -> bool {
-        matches!(self, Status::Alive | Status::Suspect)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Alive => "alive",
-            Status::Suspect => "suspect",
-            Status::Failed => "failed",
-            Status::Left => "left",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Status> {
-        match s {
-            "alive" => Some(Status::Alive),
-            "suspect" => Some(Status::Suspect),
-            "failed" => Some(Status::Failed),
-            "left" => Some(Status::Left),
-            _ => None,
-        }
-    }
-}
+/// A member's state (Serf's), as the contract spells it on the wire: one
+/// enum for the table, the API and every client.
+pub use shoal_contract::Status;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Record {
@@ -58,44 +26,9 @@ pub struct Record {
     pub changed_at: u64,
 }
 
-/// Serf's event names, so existing handler scripts keep working.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum EventKind {
-    #[serde(rename = "member-join")]
-    Join,
-    #[serde(rename = "member-leave")]
-    Leave,
-    #[serde(rename = "member-failed")]
-    Failed,
-    #[serde(rename = "member-update")]
-    Update,
-    #[serde(rename = "member-reap")]
-    Reap,
-}
-
-impl EventKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Join => "member-join",
-            EventKind::Leave => "member-leave",
-            EventKind::Failed => "member-failed",
-            EventKind::Update => "member-update",
-            EventKind::Reap => "member-reap",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<EventKind> {
-        [
-            EventKind::Join,
-            EventKind::Leave,
-            EventKind::Failed,
-            EventKind::Update,
-            EventKind::Reap,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-    }
-}
+/// Serf's event names, so existing handler scripts keep working (the
+/// contract's enum: `member-join`, ...).
+pub use shoal_contract::EventKind;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemberEvent {
@@ -220,7 +153,7 @@ impl Table {
             changed_at: now,
         };
         let mut out = Outcome::default();
-        out.event(EventKind::Join, &record);
+        out.event(EventKind::MemberJoin, &record);
         table.members.insert(local.name.clone(), record);
         (table, out)
     }
@@ -261,7 +194,7 @@ impl Table {
         if let Some(rec) = self.members.get_mut(&self.local) {
             rec.id = id.clone();
             rec.changed_at = now;
-            out.event(EventKind::Update, rec);
+            out.event(EventKind::MemberUpdate, rec);
         }
         out
     }
@@ -273,7 +206,7 @@ impl Table {
             if rec.status != Status::Left {
                 rec.status = Status::Left;
                 rec.changed_at = now;
-                out.event(EventKind::Leave, rec);
+                out.event(EventKind::MemberLeave, rec);
             }
         }
         out
@@ -317,7 +250,7 @@ impl Table {
                     incarnation,
                     changed_at: now,
                 };
-                out.event(EventKind::Join, &record);
+                out.event(EventKind::MemberJoin, &record);
                 self.members.insert(id.name.clone(), record);
             }
             return out;
@@ -333,10 +266,10 @@ impl Table {
             };
             if next != rec.status {
                 let kind = match (rec.status, next) {
-                    (_, Status::Failed) => EventKind::Failed,
-                    (_, Status::Left) => EventKind::Leave,
-                    (Status::Failed, _) => EventKind::Join,
-                    _ => EventKind::Update,
+                    (_, Status::Failed) => EventKind::MemberFailed,
+                    (_, Status::Left) => EventKind::MemberLeave,
+                    (Status::Failed, _) => EventKind::MemberJoin,
+                    _ => EventKind::MemberUpdate,
                 };
                 rec.status = next;
                 rec.changed_at = now;
@@ -380,12 +313,12 @@ impl Table {
             rec.id = id.clone();
             rec.incarnation = incarnation;
             let kind = match (was_active, status.is_active()) {
-                (true, true) => Some(EventKind::Update),
-                (false, true) => Some(EventKind::Join),
-                (true, false) => Some(EventKind::Failed),
+                (true, true) => Some(EventKind::MemberUpdate),
+                (false, true) => Some(EventKind::MemberJoin),
+                (true, false) => Some(EventKind::MemberFailed),
                 (false, false) => None,
             };
-            if rec.status != status || kind == Some(EventKind::Update) {
+            if rec.status != status || kind == Some(EventKind::MemberUpdate) {
                 rec.changed_at = now;
             }
             rec.status = status;
@@ -416,7 +349,7 @@ impl Table {
                 if rec.status != Status::Left {
                     rec.status = Status::Left;
                     rec.changed_at = now;
-                    out.event(EventKind::Leave, rec);
+                    out.event(EventKind::MemberLeave, rec);
                 }
             }
             Some(_) => {} // news about an older identity
@@ -449,7 +382,7 @@ impl Table {
             Status::Failed => {
                 rec.status = Status::Left;
                 rec.changed_at = now;
-                out.event(EventKind::Leave, rec);
+                out.event(EventKind::MemberLeave, rec);
                 Ok(out)
             }
             status => Err(ForceLeaveError::NotFailed {
@@ -475,7 +408,7 @@ impl Table {
         for name in expired {
             if let Some(rec) = self.members.remove(&name) {
                 self.moves.remove(&name);
-                out.event(EventKind::Reap, &rec);
+                out.event(EventKind::MemberReap, &rec);
             }
         }
         out
@@ -534,7 +467,7 @@ mod tests {
         let b = id("b", "10.0.0.2:7946", 1);
         assert_eq!(
             kinds(&t.observe(&b, FocaState::Alive, 0, 1)),
-            [EventKind::Join]
+            [EventKind::MemberJoin]
         );
         assert!(
             t.observe(&b, FocaState::Alive, 0, 2).events.is_empty(),
@@ -542,12 +475,12 @@ mod tests {
         );
         assert_eq!(
             kinds(&t.observe(&b, FocaState::Suspect, 0, 3)),
-            [EventKind::Update]
+            [EventKind::MemberUpdate]
         );
         assert_eq!(t.get("b").unwrap().status, Status::Suspect);
         assert_eq!(
             kinds(&t.observe(&b, FocaState::Down, 0, 4)),
-            [EventKind::Failed]
+            [EventKind::MemberFailed]
         );
         assert_eq!(t.get("b").unwrap().status, Status::Failed);
     }
@@ -558,7 +491,7 @@ mod tests {
         let b = id("b", "10.0.0.2:7946", 1);
         t.observe(&b, FocaState::Alive, 0, 1);
         let out = t.leave_notice(&b, 2);
-        assert_eq!(kinds(&out), [EventKind::Leave]);
+        assert_eq!(kinds(&out), [EventKind::MemberLeave]);
         assert_eq!(out.declare_down, std::slice::from_ref(&b));
         assert!(t.observe(&b, FocaState::Down, 0, 3).events.is_empty());
         assert_eq!(t.get("b").unwrap().status, Status::Left);
@@ -571,7 +504,7 @@ mod tests {
         let new = id("b", "10.0.0.9:7946", 5);
         t.observe(&old, FocaState::Alive, 0, 1);
         let out = t.observe(&new, FocaState::Alive, 0, 2);
-        assert_eq!(kinds(&out), [EventKind::Update]);
+        assert_eq!(kinds(&out), [EventKind::MemberUpdate]);
         assert_eq!(out.declare_down, std::slice::from_ref(&old));
         assert_eq!(t.get("b").unwrap().id.addr, new.addr);
         // foca still lists the old identity for a while: it is stale, not news.
@@ -589,7 +522,7 @@ mod tests {
         let b2 = id("b", "10.0.0.2:7946", 2);
         assert_eq!(
             kinds(&t.observe(&b2, FocaState::Alive, 0, 3)),
-            [EventKind::Join]
+            [EventKind::MemberJoin]
         );
         assert_eq!(t.get("b").unwrap().status, Status::Alive);
     }
@@ -612,7 +545,10 @@ mod tests {
             })
         ));
         t.observe(&b, FocaState::Down, 0, 3);
-        assert_eq!(kinds(&t.force_leave("b", 4).unwrap()), [EventKind::Leave]);
+        assert_eq!(
+            kinds(&t.force_leave("b", 4).unwrap()),
+            [EventKind::MemberLeave]
+        );
         assert_eq!(
             t.force_leave("nobody", 5).unwrap_err(),
             ForceLeaveError::NoMember("nobody".into())
@@ -630,7 +566,7 @@ mod tests {
         t.observe(&b, FocaState::Alive, 0, 1);
         t.observe(&b, FocaState::Down, 0, 10);
         assert!(t.reap(500).events.is_empty());
-        assert_eq!(kinds(&t.reap(1010)), [EventKind::Reap]);
+        assert_eq!(kinds(&t.reap(1010)), [EventKind::MemberReap]);
         assert!(t.get("b").is_none());
         assert!(t.get("me").is_some(), "never reaps itself");
     }
@@ -682,7 +618,7 @@ mod tests {
         let mut b2 = id("b", "10.0.0.2:7946", 2);
         b2.tags.insert("state".into(), "ready".into());
         let out = t.observe(&b2, FocaState::Alive, 0, 2);
-        assert_eq!(kinds(&out), [EventKind::Update]);
+        assert_eq!(kinds(&out), [EventKind::MemberUpdate]);
         assert!(
             out.declare_down.is_empty(),
             "same address: foca resolves it"
@@ -717,13 +653,13 @@ mod tests {
         let known = id("m1", "10.0.0.2:7946", 1);
         assert_eq!(
             kinds(&t.observe(&known, FocaState::Down, 0, 3)),
-            [EventKind::Failed]
+            [EventKind::MemberFailed]
         );
         // Once a member is reaped there is room again.
         t.reap(10_000);
         assert_eq!(
             kinds(&t.observe(&extra, FocaState::Alive, 0, 10_001)),
-            [EventKind::Join]
+            [EventKind::MemberJoin]
         );
     }
 }

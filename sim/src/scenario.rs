@@ -95,7 +95,13 @@ pub fn lifecycle(p: &Params) -> Vec<Spread> {
     sim.recording = true;
     let t0 = sim.now_us();
     let x = sim.join_new();
-    out.push(until_all_learned(&mut sim, "join", EventKind::Join, x, t0));
+    out.push(until_all_learned(
+        &mut sim,
+        "join",
+        EventKind::MemberJoin,
+        x,
+        t0,
+    ));
     sim.log.clear();
     sim.run_for(Duration::from_secs(1));
 
@@ -108,7 +114,7 @@ pub fn lifecycle(p: &Params) -> Vec<Spread> {
     out.push(until_all_learned(
         &mut sim,
         "fail",
-        EventKind::Failed,
+        EventKind::MemberFailed,
         victim,
         t0,
     ));
@@ -126,7 +132,7 @@ pub fn lifecycle(p: &Params) -> Vec<Spread> {
     out.push(until_all_learned(
         &mut sim,
         "leave",
-        EventKind::Leave,
+        EventKind::MemberLeave,
         leaver,
         t0,
     ));
@@ -191,7 +197,7 @@ pub fn steady_after(p: &Params, warm: Duration, window: Duration) -> Steady {
     let failed: Vec<_> = sim
         .log
         .iter()
-        .filter(|o| o.kind == EventKind::Failed)
+        .filter(|o| o.kind == EventKind::MemberFailed)
         .collect();
     let members: BTreeSet<&str> = failed.iter().map(|o| o.subject.as_str()).collect();
     let per = |x: u64| x as f64 / p.n as f64 / window.as_secs_f64();
