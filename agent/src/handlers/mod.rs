@@ -11,6 +11,8 @@
 //! `name<TAB>ip<TAB>role<TAB>k=v,k=v`.
 
 pub mod coalesce;
+pub mod filter;
+pub mod invoke;
 pub mod schedule;
 
 use std::collections::HashMap;
@@ -19,13 +21,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::agent::Handle;
-use crate::membership::EventKind;
 use coalesce::Coalescer;
+pub use filter::HandlerSpec;
+use invoke::run_once;
+pub use invoke::{environment, stdin_line};
 use schedule::{Keyed, Schedule};
-use shoal_contract::{tags, Event, Member};
+use shoal_contract::Event;
 
 /// Members queued per handler before the oldest is dropped (and logged).
 pub const MAX_PENDING: usize = 4096;
@@ -33,95 +37,6 @@ pub const MAX_PENDING: usize = 4096;
 pub const COALESCE_QUIET: Duration = Duration::from_millis(100);
 /// ... or at the latest this long after the first one held.
 pub const COALESCE_MAX: Duration = Duration::from_secs(1);
-/// Output kept from a handler, for the log.
-const OUTPUT_CAP: usize = 4096;
-/// A handler running longer than this is logged as slow (it keeps running).
-const SLOW: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HandlerSpec {
-    /// None: every event.
-    pub filter: Option<Vec<EventKind>>,
-    pub command: String,
-}
-
-impl HandlerSpec {
-    /// `member-join,member-leave=/path/cmd` or just `/path/cmd`.
-    pub fn parse(s: &str) -> Result<HandlerSpec, String> {
-        if let Some((head, cmd)) = s.split_once('=') {
-            let kinds: Option<Vec<EventKind>> = head.split(',').map(EventKind::parse).collect();
-            match kinds {
-                Some(kinds) if !kinds.is_empty() => {
-                    if cmd.trim().is_empty() {
-                        return Err(format!("{s:?}: no command after the filter"));
-                    }
-                    return Ok(HandlerSpec {
-                        filter: Some(kinds),
-                        command: cmd.to_string(),
-                    });
-                }
-                _ if head.starts_with("member-") || head.starts_with("user") || head == "query" => {
-                    return Err(format!(
-                        "{s:?}: unknown event in filter {head:?}; use member-join, member-leave, \
-                         member-failed, member-update, member-reap"
-                    ));
-                }
-                _ => {}
-            }
-        }
-        if s.trim().is_empty() {
-            return Err("empty handler command".into());
-        }
-        Ok(HandlerSpec {
-            filter: None,
-            command: s.to_string(),
-        })
-    }
-
-    pub fn matches(&self, kind: &str) -> bool {
-        match &self.filter {
-            None => true,
-            Some(kinds) => kinds.iter().any(|k| k.as_str() == kind),
-        }
-    }
-}
-
-/// One stdin line, as Serf writes it.
-pub fn stdin_line(m: &Member) -> String {
-    let ip = m
-        .addr
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.ip().to_string())
-        .unwrap_or_else(|_| m.addr.clone());
-    let role = m.tags.get(tags::ROLE).cloned().unwrap_or_default();
-    let tags: Vec<String> = m.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    format!("{}\t{}\t{}\t{}\n", m.name, ip, role, tags.join(","))
-}
-
-/// The handler environment for an event of `kind` on this node.
-pub fn environment(kind: &str, local: &crate::identity::NodeId) -> Vec<(String, String)> {
-    let role = local.tags.get(tags::ROLE).cloned().unwrap_or_default();
-    let mut env = Vec::new();
-    for prefix in ["SERF", "SHOAL"] {
-        env.push((format!("{prefix}_EVENT"), kind.to_string()));
-        env.push((format!("{prefix}_SELF_NAME"), local.name.clone()));
-        env.push((format!("{prefix}_SELF_ROLE"), role.clone()));
-        for (k, v) in &local.tags {
-            let key: String = k
-                .chars()
-                .map(|c| {
-                    if c.is_ascii_alphanumeric() {
-                        c.to_ascii_uppercase()
-                    } else {
-                        '_'
-                    }
-                })
-                .collect();
-            env.push((format!("{prefix}_TAG_{key}"), v.clone()));
-        }
-    }
-    env
-}
 
 impl Keyed for Arc<Event> {
     fn member(&self) -> &str {
@@ -227,94 +142,5 @@ fn offer_all(schedule: &mut Schedule<Arc<Event>>, events: Vec<Arc<Event>>) {
                 "event handler queue full; oldest member event dropped"
             );
         }
-    }
-}
-
-async fn run_once(
-    n: usize,
-    spec: &HandlerSpec,
-    batch: Vec<Arc<Event>>,
-    local: &crate::identity::NodeId,
-    timeout: Duration,
-) {
-    let kind = batch[0].kind.as_str();
-    let stdin: String = batch.iter().map(|e| stdin_line(&e.member)).collect();
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.arg("-c").arg(&spec.command);
-    cmd.envs(environment(kind, local));
-    let started = Instant::now();
-    match crate::process::run_captured(cmd, stdin.into_bytes(), timeout, OUTPUT_CAP).await {
-        Ok(out) => {
-            let took = started.elapsed();
-            let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-            if out.timed_out {
-                warn!(handler = n, event = kind, command = %spec.command, ?timeout, stderr_tail = %stderr, "event handler timed out and was killed");
-            } else if !out.status.success() {
-                warn!(handler = n, event = kind, command = %spec.command, exit = %out.status, stderr_tail = %stderr, "event handler failed");
-            } else if took > SLOW {
-                warn!(handler = n, event = kind, command = %spec.command, took_ms = took.as_millis() as u64, "slow event handler");
-            } else {
-                info!(
-                    handler = n,
-                    event = kind,
-                    members = batch.len(),
-                    took_ms = took.as_millis() as u64,
-                    "event handler ran"
-                );
-            }
-        }
-        Err(e) => {
-            warn!(handler = n, command = %spec.command, error = %e, "cannot start event handler")
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::tags::Tags;
-
-    #[test]
-    fn parses_filters_like_serf() {
-        let h = HandlerSpec::parse("member-join,member-leave=/bin/handler arg").unwrap();
-        assert_eq!(h.filter.as_ref().unwrap().len(), 2);
-        assert_eq!(h.command, "/bin/handler arg");
-        assert!(h.matches("member-join") && !h.matches("member-failed"));
-        let all = HandlerSpec::parse("echo a=b").unwrap();
-        assert!(all.filter.is_none() && all.matches("member-reap"));
-        assert!(HandlerSpec::parse("member-jion=/x")
-            .unwrap_err()
-            .contains("unknown event"));
-        assert!(HandlerSpec::parse("member-join=").is_err());
-    }
-
-    #[test]
-    fn stdin_lines_match_serf() {
-        let mut tags = Tags::new();
-        tags.insert("role".into(), "web".into());
-        tags.insert("port".into(), "3000".into());
-        let m = Member {
-            name: "web-1".into(),
-            addr: "10.0.0.5:7946".into(),
-            status: shoal_contract::Status::Alive,
-            tags,
-        };
-        assert_eq!(stdin_line(&m), "web-1\t10.0.0.5\tweb\tport=3000,role=web\n");
-    }
-
-    #[test]
-    fn environment_has_serf_and_shoal_names() {
-        let mut tags = Tags::new();
-        tags.insert("health-path".into(), "/h".into());
-        let id = crate::identity::NodeId::new(
-            "n1".into(),
-            "10.0.0.1:7946".parse().unwrap(),
-            tags,
-            crate::identity::now_millis(),
-        );
-        let env = environment("member-join", &id);
-        assert!(env.contains(&("SERF_EVENT".into(), "member-join".into())));
-        assert!(env.contains(&("SHOAL_SELF_NAME".into(), "n1".into())));
-        assert!(env.contains(&("SERF_TAG_HEALTH_PATH".into(), "/h".into())));
     }
 }
