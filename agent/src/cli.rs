@@ -40,7 +40,7 @@ pub struct Cli {
     #[arg(long, global = true, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: CliCommand,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -56,7 +56,7 @@ pub enum OutputFormat {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub enum CliCommand {
     /// Run the gossip agent (and supervise `-- CMD ARGS...` if given).
     Agent(Box<AgentArgs>),
     /// List the cluster's members.
@@ -454,7 +454,7 @@ mod tests {
         ];
         for (flags, flag) in cases {
             let argv = [&["shoal", "agent"][..], flags].concat();
-            let Command::Agent(args) = Cli::try_parse_from(argv).unwrap().command else {
+            let CliCommand::Agent(args) = Cli::try_parse_from(argv).unwrap().command else {
                 panic!("not the agent command")
             };
             let err = args.to_settings("127.0.0.1:7373", None).err().unwrap();

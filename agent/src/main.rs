@@ -11,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tracing::error;
 
-use shoal::cli::{AgentArgs, Cli, Command, LogFormat};
+use shoal::cli::{AgentArgs, Cli, CliCommand, LogFormat};
 use shoal::client::Client;
 use shoal::commands;
 use shoal::lifecycle::{self, Exit, Request};
@@ -66,23 +66,25 @@ fn init_logging(format: LogFormat) {
 async fn run(cli: Cli) -> i32 {
     let client = Client::new(&cli.api, cli.api_token.clone());
     let result = match cli.command {
-        Command::Agent(args) => return run_agent(*args, &cli.api, cli.api_token.as_deref()).await,
-        Command::Members {
+        CliCommand::Agent(args) => {
+            return run_agent(*args, &cli.api, cli.api_token.as_deref()).await
+        }
+        CliCommand::Members {
             format,
             status,
             tags,
         } => commands::members(&client, format, status, &tags).await,
-        Command::Monitor { index, format } => commands::monitor(&client, index, format).await,
-        Command::Join { addrs } => commands::join(&client, addrs).await,
-        Command::Leave => commands::leave(&client).await,
-        Command::ForceLeave { name } => commands::force_leave(&client, &name).await,
-        Command::Tags { set, delete } => commands::set_tags(&client, &set, &delete).await,
-        Command::Info { format } => commands::info(&client, format).await,
-        Command::Keygen => {
+        CliCommand::Monitor { index, format } => commands::monitor(&client, index, format).await,
+        CliCommand::Join { addrs } => commands::join(&client, addrs).await,
+        CliCommand::Leave => commands::leave(&client).await,
+        CliCommand::ForceLeave { name } => commands::force_leave(&client, &name).await,
+        CliCommand::Tags { set, delete } => commands::set_tags(&client, &set, &delete).await,
+        CliCommand::Info { format } => commands::info(&client, format).await,
+        CliCommand::Keygen => {
             println!("{}", shoal::keyring::generate());
             Ok(())
         }
-        Command::Keys {
+        CliCommand::Keys {
             list,
             install,
             use_key,

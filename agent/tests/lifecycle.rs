@@ -10,7 +10,7 @@ use clap::Parser;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use shoal::cli::{Cli, Command};
+use shoal::cli::{Cli, CliCommand};
 use shoal::lifecycle::{self, Exit, Lifecycle, Request, Step};
 
 /// A run in real time must end well within this.
@@ -33,7 +33,7 @@ fn lifecycle(node: &str, extra: &[&str]) -> Lifecycle {
     ];
     argv.extend_from_slice(extra);
     let cli = Cli::try_parse_from(argv).expect("flags");
-    let Command::Agent(args) = cli.command else {
+    let CliCommand::Agent(args) = cli.command else {
         panic!("not the agent command");
     };
     let (settings, services) = lifecycle::configure(&args, &cli.api, None).expect("configured");

@@ -57,7 +57,7 @@ impl Task {
     }
 }
 
-enum Outcome {
+enum TaskResult {
     Lifecycle(usize, u64, Vec<Spread>),
     Steady(usize, u64, f64, Steady),
     Partition(usize, u64, Option<f64>),
@@ -122,16 +122,18 @@ pub fn run(cfg: &SweepConfig) -> Results {
                     p
                 };
                 let r = match task {
-                    Task::Lifecycle { n, seed } => {
-                        Outcome::Lifecycle(n, seed, scenario::lifecycle(&mk(n, seed, cfg.net.loss)))
-                    }
-                    Task::Steady { n, seed, loss } => Outcome::Steady(
+                    Task::Lifecycle { n, seed } => TaskResult::Lifecycle(
+                        n,
+                        seed,
+                        scenario::lifecycle(&mk(n, seed, cfg.net.loss)),
+                    ),
+                    Task::Steady { n, seed, loss } => TaskResult::Steady(
                         n,
                         seed,
                         loss,
                         scenario::steady(&mk(n, seed, loss / 100.0), cfg.loss_window),
                     ),
-                    Task::Partition { n, seed } => Outcome::Partition(
+                    Task::Partition { n, seed } => TaskResult::Partition(
                         n,
                         seed,
                         scenario::partition(
@@ -153,9 +155,9 @@ pub fn run(cfg: &SweepConfig) -> Results {
     let mut res = Results::default();
     for o in out.into_inner().unwrap_or_else(|e| e.into_inner()) {
         match o {
-            Outcome::Lifecycle(n, s, v) => res.lifecycle.push((n, s, v)),
-            Outcome::Steady(n, s, l, v) => res.steady.push((n, s, l, v)),
-            Outcome::Partition(n, s, v) => res.partition.push((n, s, v)),
+            TaskResult::Lifecycle(n, s, v) => res.lifecycle.push((n, s, v)),
+            TaskResult::Steady(n, s, l, v) => res.steady.push((n, s, l, v)),
+            TaskResult::Partition(n, s, v) => res.partition.push((n, s, v)),
         }
     }
     res.lifecycle.sort_by_key(|r| (r.0, r.1));

@@ -199,8 +199,8 @@ impl Node {
                     let _ = reply.send(join::run(ctx, targets).await);
                 });
             }
-            Command::Resolved { addrs, explicit } => {
-                self.core.contact(&addrs, !explicit, now());
+            Command::Resolved { addrs, join_round } => {
+                self.core.contact(&addrs, join_round, now());
             }
             Command::SetTags { set, delete, reply } => {
                 let change = TagChange { set, delete, reply };
@@ -379,7 +379,7 @@ impl Node {
             let _ = commands
                 .send(Command::Resolved {
                     addrs,
-                    explicit: false,
+                    join_round: true,
                 })
                 .await;
         });
@@ -398,7 +398,7 @@ impl Node {
             let _ = commands
                 .send(Command::Resolved {
                     addrs: vec![pick],
-                    explicit: true,
+                    join_round: false,
                 })
                 .await;
         });

@@ -94,7 +94,9 @@ pub enum Command {
     /// Join targets resolved to addresses.
     Resolved {
         addrs: Vec<SocketAddr>,
-        explicit: bool,
+        /// From the periodic join retry (not a seed push-pull): the core clears its
+        /// pending join round.
+        join_round: bool,
     },
 }
 
