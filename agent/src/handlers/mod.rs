@@ -73,7 +73,7 @@ async fn dispatch(
 ) {
     let mut schedule: Schedule<Arc<Event>> = Schedule::new(&specs, MAX_PENDING);
     let specs: Vec<Arc<HandlerSpec>> = specs.into_iter().map(Arc::new).collect();
-    let mut held = Coalescer::new(COALESCE_QUIET, COALESCE_MAX);
+    let mut held = Coalescer::new(COALESCE_QUIET, COALESCE_MAX).leading_edge();
     let mut last = 0;
     for e in backlog {
         last = e.index;
