@@ -69,6 +69,9 @@ const FIXED: &[&str] = &[
     "global",
     "defaults",
     "    mode http",
+    "    log global",
+    "    option httplog",
+    "    option forwardfor",
     "    option idle-close-on-response",
     "    option redispatch",
     "    retries 3",
@@ -130,6 +133,7 @@ fn check_line(line: &str) -> Result<(), String> {
         ["http-check", "send", "meth", "GET", "uri", uri] => uri_path(uri),
         ["bind", addr] => bind(addr),
         ["maxconn", n] => number(n),
+        ["log", target, "format", "raw", "local0"] => log_target(target),
         ["hard-stop-after", d] => duration(d),
         ["timeout", "connect" | "client" | "server", d] => duration(d),
         ["default-server", "inter", d, "fall", "3", "rise", "2"] => duration(d),
@@ -213,6 +217,17 @@ fn uri_path(s: &str) -> bool {
 }
 
 /// `10s`, `500ms`, `2m`, `1h`, `1d`, or a bare number (milliseconds).
+/// Where HAProxy logs: `stdout`, `stderr`, a socket or file path, or `udp@ADDR:PORT`.
+fn log_target(s: &str) -> bool {
+    match s {
+        "stdout" | "stderr" => true,
+        _ => match s.strip_prefix("udp@") {
+            Some(addr) => address(addr),
+            None => file_path(s),
+        },
+    }
+}
+
 fn duration(s: &str) -> bool {
     let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
     let unit = &s[digits.len()..];

@@ -26,6 +26,7 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("timeout_client", "30s"),
     ("timeout_server", "30s"),
     ("check_inter", "2s"),
+    ("access_log", "stdout"),
 ];
 
 /// Template variables: the defaults above, then `--var K=V` (last one wins).

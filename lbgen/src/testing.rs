@@ -114,8 +114,13 @@ pub struct Backend {
     pub port: u16,
     pub hits: Arc<AtomicU64>,
     pub checks: Arc<AtomicU64>,
+    /// The last request heads (health checks apart), newest last.
+    pub heads: Arc<Mutex<std::collections::VecDeque<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
+
+/// Request heads a [`Backend`] keeps.
+const HEADS_KEPT: usize = 32;
 
 impl Backend {
     pub async fn start(name: &str) -> Backend {
@@ -125,14 +130,20 @@ impl Backend {
         let port = l.local_addr().unwrap().port();
         let hits = Arc::new(AtomicU64::new(0));
         let checks = Arc::new(AtomicU64::new(0));
-        let (h, c, n) = (hits.clone(), checks.clone(), name.to_string());
+        let heads = Arc::new(Mutex::new(std::collections::VecDeque::new()));
+        let (h, c, hd, n) = (
+            hits.clone(),
+            checks.clone(),
+            heads.clone(),
+            name.to_string(),
+        );
         let task = tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = l.accept().await else {
                     continue;
                 };
-                let (h, c, n) = (h.clone(), c.clone(), n.clone());
-                tokio::spawn(serve_conn(s, h, c, n));
+                let (h, c, hd, n) = (h.clone(), c.clone(), hd.clone(), n.clone());
+                tokio::spawn(serve_conn(s, h, c, hd, n));
             }
         });
         Backend {
@@ -140,12 +151,21 @@ impl Backend {
             port,
             hits,
             checks,
+            heads,
             task,
         }
     }
 
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The request heads kept so far (health checks apart), oldest first.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
     }
 }
 
@@ -155,7 +175,13 @@ impl Drop for Backend {
     }
 }
 
-async fn serve_conn(mut s: TcpStream, hits: Arc<AtomicU64>, checks: Arc<AtomicU64>, name: String) {
+async fn serve_conn(
+    mut s: TcpStream,
+    hits: Arc<AtomicU64>,
+    checks: Arc<AtomicU64>,
+    heads: Arc<Mutex<std::collections::VecDeque<String>>>,
+    name: String,
+) {
     let mut buf = Vec::with_capacity(1024);
     let mut tmp = [0u8; 1024];
     loop {
@@ -179,6 +205,12 @@ async fn serve_conn(mut s: TcpStream, hits: Arc<AtomicU64>, checks: Arc<AtomicU6
             checks.fetch_add(1, Ordering::SeqCst);
         } else {
             hits.fetch_add(1, Ordering::SeqCst);
+            if let Ok(mut kept) = heads.lock() {
+                if kept.len() == HEADS_KEPT {
+                    kept.pop_front();
+                }
+                kept.push_back(head.clone());
+            }
         }
         let close = head.to_ascii_lowercase().contains("connection: close");
         let resp = format!(
