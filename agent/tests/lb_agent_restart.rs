@@ -16,10 +16,9 @@ use std::time::Duration;
 
 use common::{ip, wait_for, Agent};
 use lbgen::model::{MembersDoc, Model};
-use lbgen::output::CheckCmd;
 use lbgen::render::{Renderer, Vars};
 use lbgen::source::SourceSpec;
-use lbgen::watch::{Wait, WatchConfig};
+use lbgen::watch::WatchConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const WEB_PORT: u16 = 3000;
@@ -160,16 +159,12 @@ fn restarting_the_lb_agent_under_load_fails_no_request_and_keeps_every_backend()
     // the snapshot rules can bring it back after a restart.
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let cfg = WatchConfig {
-        template: None,
         vars,
-        out: cfg_path.clone(),
-        source: SourceSpec::api(lb.api(), None),
-        master: Some(haproxy.master_sock.clone()),
-        check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
-        wait: Wait::parse("20ms:200ms").unwrap(),
-        reload_timeout: Duration::from_secs(10),
-        resync: None,
-        reports: None,
+        ..lbtest::watch_config(
+            SourceSpec::api(lb.api(), None),
+            cfg_path.clone(),
+            haproxy.master_sock.clone(),
+        )
     };
     let watcher = runtime.spawn(lbgen::watch::run(cfg, async {
         let _ = stop_rx.await;

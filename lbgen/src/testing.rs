@@ -591,3 +591,28 @@ pub async fn get(port: u16) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
     out
 }
+
+/// The `watch` settings every live test starts from: the default template and variables,
+/// the default `haproxy -c` check, a 20 ms:200 ms debounce, a 10 s reload timeout, no
+/// periodic resync, no reports. Tests override what they vary with struct-update syntax.
+pub fn watch_config(
+    source: crate::source::SourceSpec,
+    out: PathBuf,
+    master: PathBuf,
+) -> crate::watch::WatchConfig {
+    crate::watch::WatchConfig {
+        template: None,
+        vars: crate::render::Vars::default(),
+        out,
+        source,
+        master: Some(master),
+        check: Some(
+            crate::output::CheckCmd::parse(crate::output::CheckCmd::DEFAULT)
+                .expect("the default check command parses"),
+        ),
+        wait: crate::watch::Wait::parse("20ms:200ms").expect("a valid --wait"),
+        reload_timeout: Duration::from_secs(10),
+        resync: None,
+        reports: None,
+    }
+}

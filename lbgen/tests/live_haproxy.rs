@@ -13,10 +13,9 @@ use common::{
 };
 use lbgen::apply::ApplyOutcome;
 use lbgen::model::{MembersDoc, Model};
-use lbgen::output::CheckCmd;
 use lbgen::render::{Renderer, Vars};
 use lbgen::source::SourceSpec;
-use lbgen::watch::{Wait, WatchConfig};
+use lbgen::watch::WatchConfig;
 
 /// (master reloads, current worker pid)
 async fn generation(h: &Haproxy) -> (u64, Option<u32>) {
@@ -76,14 +75,12 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     let cfg = WatchConfig {
         template: Some(template.clone()),
         vars,
-        out: out.clone(),
-        source: SourceSpec::File(members_file.clone()),
-        master: Some(haproxy.master_sock.clone()),
-        check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
-        wait: Wait::parse("20ms:200ms").unwrap(),
-        reload_timeout: Duration::from_secs(10),
-        resync: None,
         reports: Some(rtx),
+        ..common::watch_config(
+            SourceSpec::File(members_file.clone()),
+            out.clone(),
+            haproxy.master_sock.clone(),
+        )
     };
     let watcher = tokio::spawn(lbgen::watch::run(cfg, async {
         let _ = stop_rx.await;
@@ -324,16 +321,14 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
     let (rtx, mut reports) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let cfg = WatchConfig {
-        template: None,
         vars,
-        out: out.clone(),
-        source: SourceSpec::File(members_file.clone()),
-        master: Some(first.master_sock.clone()),
-        check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
-        wait: Wait::parse("20ms:200ms").unwrap(),
-        reload_timeout: Duration::from_secs(10),
         resync: Some(Duration::from_millis(300)),
         reports: Some(rtx),
+        ..common::watch_config(
+            SourceSpec::File(members_file.clone()),
+            out.clone(),
+            first.master_sock.clone(),
+        )
     };
     let w = tokio::spawn(lbgen::watch::run(cfg, async {
         let _ = stop_rx.await;
@@ -435,14 +430,12 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     let cfg = WatchConfig {
         template: Some(template.clone()),
         vars,
-        out: out.clone(),
-        source: SourceSpec::File(members_file.clone()),
-        master: Some(haproxy.master_sock.clone()),
-        check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
-        wait: Wait::parse("20ms:200ms").unwrap(),
-        reload_timeout: Duration::from_secs(10),
-        resync: None,
         reports: Some(rtx),
+        ..common::watch_config(
+            SourceSpec::File(members_file.clone()),
+            out.clone(),
+            haproxy.master_sock.clone(),
+        )
     };
     let watcher = tokio::spawn(lbgen::watch::run(cfg, async {
         let _ = stop_rx.await;

@@ -10,14 +10,13 @@ use std::time::{Duration, Instant};
 use lbgen::apply::{Applier, ApplyError, ApplyOutcome};
 use lbgen::haproxy::Master;
 use lbgen::model::{MembersDoc, Model};
-use lbgen::output::CheckCmd;
 use lbgen::render::{Renderer, Vars};
 use lbgen::source::SourceSpec;
 use lbgen::testing::{
     free_port, get, member, next_report, reload_counts, server_state, write_members, Backend,
     Haproxy,
 };
-use lbgen::watch::{Report, Wait, WatchConfig};
+use lbgen::watch::{Report, WatchConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::oneshot;
 
@@ -92,14 +91,12 @@ impl Rig {
         let cfg = WatchConfig {
             template,
             vars,
-            out: out.clone(),
-            source: SourceSpec::File(members_file.clone()),
-            master: Some(haproxy.master_sock.clone()),
-            check: Some(CheckCmd::parse(CheckCmd::DEFAULT).expect("check cmd")),
-            wait: Wait::parse("20ms:200ms").expect("wait"),
             reload_timeout,
-            resync: None,
-            reports: None,
+            ..lbgen::testing::watch_config(
+                SourceSpec::File(members_file.clone()),
+                out.clone(),
+                haproxy.master_sock.clone(),
+            )
         };
         let rig = Rig {
             _dir: dir,
