@@ -1,0 +1,216 @@
+//! The drain that follows the requests: after `state=draining` went out,
+//! wait until the app has no open client connection on its service port
+//! (or `--drain`, the maximum, runs out), so the app is stopped as soon as
+//! its last request ended and never in the middle of one that the maximum
+//! still allows.
+//!
+//! The count is trusted only after a minimum `grace` (`--drain-grace`): the
+//! load balancer has to hear of the drain (gossip, lbgen's debounce, the
+//! HAProxy change) before it stops sending new connections; an app with no
+//! connection at the very start of the drain may still get some.
+//!
+//! Whose connections: as the container's PID 1, the network namespace is the
+//! app's, so every established connection on the port counts. Anywhere else
+//! (a host, `docker run --init`), only sockets held by shoal's own process
+//! tree (the services, their children, orphans re-parented to shoal as the
+//! subreaper) count, found through `/proc/PID/fd`, so another process on the
+//! host with connections on the same port cannot hold the drain.
+//! The tables are those of the services' network namespace
+//! (`/proc/PID/net/tcp{,6}` of a service's process). Parsing is in
+//! [`super::sockets`].
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::sockets::{self, Owner};
+
+/// Time between two counts once the grace is over: the app is stopped at
+/// most this long (plus one count's time) after its last connection closed.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The default `--drain-grace`.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(1);
+
+/// How to drain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainSpec {
+    /// `--drain`: the longest wait.
+    pub max: Duration,
+    /// `--drain-grace`: the shortest wait before connections are counted
+    /// (capped at `max`).
+    pub grace: Duration,
+    /// The service port (tag `port`); without it the drain waits `max`.
+    pub port: Option<u16>,
+}
+
+/// Why a drain ended (logged; kept as data for metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainEnd {
+    /// No open connection was left on the service port after the grace.
+    Idle,
+    /// The maximum ran out with connections still open (the last count).
+    MaxReached { open: usize },
+    /// Nothing to count (no service port, or the kernel's tables could not
+    /// be read): the whole maximum was waited.
+    Timer,
+    /// The services ended by themselves during the drain.
+    ServicesEnded,
+}
+
+/// How a drain went: why it ended and how long it took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    pub end: DrainEnd,
+    pub took: Duration,
+}
+
+/// Counts the app's open connections on `port` (blocking: reads `/proc`).
+/// `pids` are the running services' processes (for their network namespace).
+pub fn count_open(port: u16, pids: &[i32]) -> std::io::Result<usize> {
+    let owner = if std::process::id() == 1 {
+        Owner::Namespace
+    } else {
+        Owner::Inodes(tree_socket_inodes(std::process::id() as i32))
+    };
+    let mut total = 0;
+    for dir in namespace_dirs(pids) {
+        let mut entries = Vec::new();
+        for table in ["tcp", "tcp6"] {
+            match std::fs::read_to_string(dir.join(table)) {
+                Ok(text) => entries.extend(sockets::parse_tcp_table(&text)),
+                // No IPv6 in this kernel or namespace: nothing to count there.
+                Err(e) if table == "tcp6" && e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        total += sockets::open_connections(&entries, port, &owner);
+    }
+    Ok(total)
+}
+
+/// One `/proc/PID/net` directory per distinct network namespace of `pids`
+/// (`/proc/self/net` when none can be read: the services share ours).
+fn namespace_dirs(pids: &[i32]) -> Vec<std::path::PathBuf> {
+    let mut seen = HashSet::new();
+    let mut dirs = Vec::new();
+    for pid in pids {
+        let proc_dir = Path::new("/proc").join(pid.to_string());
+        if let Ok(ns) = std::fs::read_link(proc_dir.join("ns/net")) {
+            if seen.insert(ns) {
+                dirs.push(proc_dir.join("net"));
+            }
+        }
+    }
+    if dirs.is_empty() {
+        dirs.push(Path::new("/proc/self/net").to_path_buf());
+    }
+    dirs
+}
+
+/// The socket inodes held open by the descendants of `root` (not `root`
+/// itself: shoal's own sockets are its API, gossip and health checks).
+/// Processes that vanish while being read are skipped.
+fn tree_socket_inodes(root: i32) -> HashSet<u64> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            if let Some(ppid) = sockets::stat_ppid(&stat) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut inodes = HashSet::new();
+    let mut todo: Vec<i32> = children.get(&root).cloned().unwrap_or_default();
+    let mut seen = HashSet::new();
+    while let Some(pid) = todo.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        if let Some(kids) = children.get(&pid) {
+            todo.extend(kids);
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(link) = std::fs::read_link(fd.path()) {
+                if let Some(inode) = link.to_str().and_then(sockets::socket_inode) {
+                    inodes.insert(inode);
+                }
+            }
+        }
+    }
+    inodes
+}
+
+/// Waits out a drain per `spec`; `pids` gives the services' current
+/// processes at each count. Resolves early, with [`DrainEnd::ServicesEnded`],
+/// when `ended` does.
+pub async fn wait(
+    spec: DrainSpec,
+    pids: impl Fn() -> Vec<i32>,
+    ended: impl std::future::Future<Output = i32>,
+) -> DrainReport {
+    let start = Instant::now();
+    let deadline = start + spec.max;
+    tokio::pin!(ended);
+    let report = |end| DrainReport {
+        end,
+        took: start.elapsed(),
+    };
+    let Some(port) = spec.port else {
+        tracing::info!(drain = ?spec.max, "no service port (tag `port`): waiting the whole drain");
+        return tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => report(DrainEnd::Timer),
+            _ = &mut ended => report(DrainEnd::ServicesEnded),
+        };
+    };
+    tokio::select! {
+        _ = tokio::time::sleep_until(start + spec.grace.min(spec.max)) => {}
+        _ = &mut ended => return report(DrainEnd::ServicesEnded),
+    }
+    let mut open = 0;
+    loop {
+        let now_pids = pids();
+        let counted = tokio::task::spawn_blocking(move || count_open(port, &now_pids))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match counted {
+            Ok(0) => {
+                tracing::info!(port, after = ?start.elapsed(), "no open connection left on the service port");
+                return report(DrainEnd::Idle);
+            }
+            Ok(n) => {
+                if n != open {
+                    tracing::debug!(port, open = n, "waiting for open connections to close");
+                }
+                open = n;
+            }
+            Err(e) => {
+                tracing::warn!(port, error = %e, "cannot count the open connections: waiting the whole drain");
+                return tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => report(DrainEnd::Timer),
+                    _ = &mut ended => report(DrainEnd::ServicesEnded),
+                };
+            }
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(port, open, drain = ?spec.max, "drain maximum reached with connections open");
+            return report(DrainEnd::MaxReached { open });
+        }
+        let next = (Instant::now() + POLL).min(deadline);
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = &mut ended => return report(DrainEnd::ServicesEnded),
+        }
+    }
+}
