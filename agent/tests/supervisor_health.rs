@@ -123,10 +123,17 @@ async fn checks_run_fast_until_the_first_pass_then_at_the_interval() {
     let took = opened.elapsed();
     eprintln!("port open -> ready in {took:?} (start_interval 100ms, interval 30s)");
     // One start interval plus scheduling; the 30 s interval would fail this.
-    assert!(took < Duration::from_secs(2), "ready {took:?} after the port opened");
+    assert!(
+        took < Duration::from_secs(2),
+        "ready {took:?} after the port opened"
+    );
     // From the first pass on, the 30 s interval: no further check in 1 s.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_eq!(count.load(Ordering::SeqCst), 1, "checks after the first pass");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "checks after the first pass"
+    );
     tokio::time::timeout(BOUND, sup.shutdown())
         .await
         .expect("shutdown");

@@ -114,30 +114,8 @@ fn namespace_dirs(pids: &[i32]) -> Vec<std::path::PathBuf> {
 /// itself: shoal's own sockets are its API, gossip and health checks).
 /// Processes that vanish while being read are skipped.
 fn tree_socket_inodes(root: i32) -> HashSet<u64> {
-    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-                continue;
-            };
-            if let Some(ppid) = sockets::stat_ppid(&stat) {
-                children.entry(ppid).or_default().push(pid);
-            }
-        }
-    }
     let mut inodes = HashSet::new();
-    let mut todo: Vec<i32> = children.get(&root).cloned().unwrap_or_default();
-    let mut seen = HashSet::new();
-    while let Some(pid) = todo.pop() {
-        if !seen.insert(pid) {
-            continue;
-        }
-        if let Some(kids) = children.get(&pid) {
-            todo.extend(kids);
-        }
+    for pid in descendants(root) {
         let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
         };
@@ -150,6 +128,78 @@ fn tree_socket_inodes(root: i32) -> HashSet<u64> {
         }
     }
     inodes
+}
+
+/// Every descendant of `root`: from each process's
+/// `/proc/PID/task/TID/children` lists (a few small reads), or, on a
+/// kernel without them, from the parent field of every `/proc/PID/stat`.
+fn descendants(root: i32) -> Vec<i32> {
+    match children_lists(root) {
+        Some(found) => found,
+        None => descendants_by_scan(root),
+    }
+}
+
+/// None when the kernel has no `children` lists (`CONFIG_PROC_CHILDREN`).
+fn children_lists(root: i32) -> Option<Vec<i32>> {
+    let children_of = |pid: i32| -> Option<Vec<i32>> {
+        let mut kids = Vec::new();
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .ok()?
+            .flatten()
+        {
+            match std::fs::read_to_string(task.path().join("children")) {
+                Ok(text) => kids.extend(sockets::pid_list(&text)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && pid == root => {
+                    // Ours always exists: the kernel lacks the lists.
+                    return None;
+                }
+                Err(_) => {} // a thread or process that just ended
+            }
+        }
+        Some(kids)
+    };
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut todo = children_of(root)?;
+    while let Some(pid) = todo.pop() {
+        if seen.insert(pid) {
+            found.push(pid);
+            todo.extend(children_of(pid).unwrap_or_default());
+        }
+    }
+    Some(found)
+}
+
+fn descendants_by_scan(root: i32) -> Vec<i32> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            if let Some(ppid) = sockets::stat_ppid(&stat) {
+                children.entry(ppid).or_default().push(pid);
+            }
+        }
+    }
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut todo: Vec<i32> = children.get(&root).cloned().unwrap_or_default();
+    while let Some(pid) = todo.pop() {
+        if seen.insert(pid) {
+            found.push(pid);
+            todo.extend(children.get(&pid).into_iter().flatten());
+        }
+    }
+    found
 }
 
 /// Waits out a drain per `spec`; `pids` gives the services' current

@@ -1,6 +1,7 @@
 //! Pure parsing for the drain: the kernel's TCP tables (`/proc/net/tcp`,
-//! `/proc/net/tcp6`), socket links (`/proc/PID/fd/N` → `socket:[INODE]`) and
-//! a process's parent (`/proc/PID/stat`), and the count the drain waits on:
+//! `/proc/net/tcp6`), socket links (`/proc/PID/fd/N` → `socket:[INODE]`), a
+//! process's children (`/proc/PID/task/TID/children`) and parent
+//! (`/proc/PID/stat`), and the count the drain waits on:
 //! established connections whose local port is the service port.
 //!
 //! No I/O here; [`super::drain`] reads the files and feeds them in.
@@ -56,7 +57,10 @@ pub fn parse_tcp_line(line: &str) -> Option<TcpEntry> {
 
 /// The inode of a `/proc/PID/fd/N` link that is a socket (`socket:[123]`).
 pub fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
 }
 
 /// The parent pid from a `/proc/PID/stat` line. The command name in
@@ -65,6 +69,12 @@ pub fn socket_inode(link: &str) -> Option<u64> {
 pub fn stat_ppid(stat: &str) -> Option<i32> {
     let after = &stat[stat.rfind(')')? + 1..];
     after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The pids of a `/proc/PID/task/TID/children` file (`"12 34 "`); words
+/// that are not pids are skipped.
+pub fn pid_list(text: &str) -> impl Iterator<Item = i32> + '_ {
+    text.split_whitespace().filter_map(|w| w.parse().ok())
 }
 
 /// Which sockets count as the app's.
@@ -224,5 +234,10 @@ mod tests {
         // A command name with spaces and a parenthesis in it.
         assert_eq!(stat_ppid("77 (a) b (c)) S 12 77 77 0"), Some(12));
         assert_eq!(stat_ppid("77 (no end"), None);
+        assert_eq!(
+            pid_list("1431 2525 17493 ").collect::<Vec<_>>(),
+            [1431, 2525, 17493]
+        );
+        assert_eq!(pid_list("").count(), 0);
     }
 }
