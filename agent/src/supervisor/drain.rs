@@ -15,9 +15,11 @@
 //! tree (the services, their children, orphans re-parented to shoal as the
 //! subreaper) count, found through `/proc/PID/fd`, so another process on the
 //! host with connections on the same port cannot hold the drain.
-//! The tables are those of the services' network namespace
-//! (`/proc/PID/net/tcp{,6}` of a service's process). Parsing is in
-//! [`super::sockets`].
+//! The sockets are those of the services' network namespace: shoal's own
+//! (the usual case) through the kernel's `sock_diag` netlink dump, which
+//! filters by state in the kernel, with `/proc/self/net/tcp{,6}` as the
+//! fallback; another one through `/proc/PID/net/tcp{,6}` of a service's
+//! process. Parsing is in [`super::sockets`].
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -67,8 +69,9 @@ pub struct DrainReport {
     pub took: Duration,
 }
 
-/// Counts the app's open connections on `port` (blocking: reads `/proc`).
-/// `pids` are the running services' processes (for their network namespace).
+/// Counts the app's open connections on `port` (blocking: reads `/proc`
+/// and the kernel's socket tables). `pids` are the running services'
+/// processes (for their network namespace).
 pub fn count_open(port: u16, pids: &[i32]) -> std::io::Result<usize> {
     let owner = if std::process::id() == 1 {
         Owner::Namespace
@@ -76,38 +79,139 @@ pub fn count_open(port: u16, pids: &[i32]) -> std::io::Result<usize> {
         Owner::Inodes(tree_socket_inodes(std::process::id() as i32))
     };
     let mut total = 0;
-    for dir in namespace_dirs(pids) {
-        let mut entries = Vec::new();
-        for table in ["tcp", "tcp6"] {
-            match std::fs::read_to_string(dir.join(table)) {
-                Ok(text) => entries.extend(sockets::parse_tcp_table(&text)),
-                // No IPv6 in this kernel or namespace: nothing to count there.
-                Err(e) if table == "tcp6" && e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
+    for ns in namespaces(pids) {
+        let entries = match ns {
+            // Ours: the kernel filters by state (fast with many TIME_WAITs);
+            // the tables are the fallback if sock_diag is not there.
+            Namespace::Own => match diag_dump() {
+                Ok(entries) => entries,
+                Err(e) => {
+                    tracing::debug!(error = %e, "sock_diag failed; reading /proc/self/net");
+                    read_tables(Path::new("/proc/self/net"))?
+                }
+            },
+            Namespace::Other(dir) => read_tables(&dir)?,
+        };
         total += sockets::open_connections(&entries, port, &owner);
     }
     Ok(total)
 }
 
-/// One `/proc/PID/net` directory per distinct network namespace of `pids`
-/// (`/proc/self/net` when none can be read: the services share ours).
-fn namespace_dirs(pids: &[i32]) -> Vec<std::path::PathBuf> {
-    let mut seen = HashSet::new();
-    let mut dirs = Vec::new();
-    for pid in pids {
-        let proc_dir = Path::new("/proc").join(pid.to_string());
-        if let Ok(ns) = std::fs::read_link(proc_dir.join("ns/net")) {
-            if seen.insert(ns) {
-                dirs.push(proc_dir.join("net"));
+/// The rows of `DIR/tcp` and `DIR/tcp6`.
+fn read_tables(dir: &Path) -> std::io::Result<Vec<sockets::TcpEntry>> {
+    let mut entries = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        match std::fs::read_to_string(dir.join(table)) {
+            Ok(text) => entries.extend(sockets::parse_tcp_table(&text)),
+            // No IPv6 in this kernel or namespace: nothing to count there.
+            Err(e) if table == "tcp6" && e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(entries)
+}
+
+/// Established and listening TCP sockets of shoal's own network namespace,
+/// IPv4 and IPv6, from a `sock_diag` netlink dump.
+fn diag_dump() -> std::io::Result<Vec<sockets::TcpEntry>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the descriptor is owned right away.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            4, // NETLINK_SOCK_DIAG
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let timeout = libc::timeval {
+        tv_sec: 1,
+        tv_usec: 0,
+    };
+    // SAFETY: a valid timeval of the size passed.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&timeout as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
+        let req = sockets::diag_request(family, seq);
+        // SAFETY: zeroed sockaddr_nl is valid; pid 0 = the kernel.
+        let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: the buffer and address are valid for the lengths passed.
+        let sent = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                req.as_ptr().cast(),
+                req.len(),
+                0,
+                (&kernel as *const libc::sockaddr_nl).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if sent < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        loop {
+            // SAFETY: `buf` is valid for writes of its length.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let chunk = sockets::parse_diag(&buf[..n as usize]).map_err(std::io::Error::other)?;
+            entries.extend(chunk.entries);
+            if chunk.done || n == 0 {
+                break;
             }
         }
     }
-    if dirs.is_empty() {
-        dirs.push(Path::new("/proc/self/net").to_path_buf());
+    Ok(entries)
+}
+
+/// A network namespace whose sockets are counted.
+enum Namespace {
+    /// shoal's own (the usual case: services do not leave it).
+    Own,
+    /// Another one: its `/proc/PID/net` directory.
+    Other(std::path::PathBuf),
+}
+
+/// One entry per distinct network namespace of `pids` (shoal's own when
+/// none can be read: the services share it).
+fn namespaces(pids: &[i32]) -> Vec<Namespace> {
+    let own = std::fs::read_link("/proc/self/ns/net").ok();
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    for pid in pids {
+        let proc_dir = Path::new("/proc").join(pid.to_string());
+        if let Ok(ns) = std::fs::read_link(proc_dir.join("ns/net")) {
+            if seen.insert(ns.clone()) {
+                if Some(&ns) == own.as_ref() {
+                    found.push(Namespace::Own);
+                } else {
+                    found.push(Namespace::Other(proc_dir.join("net")));
+                }
+            }
+        }
     }
-    dirs
+    if found.is_empty() {
+        found.push(Namespace::Own);
+    }
+    found
 }
 
 /// The socket inodes held open by the descendants of `root` (not `root`
@@ -262,5 +366,36 @@ pub async fn wait(
             _ = tokio::time::sleep_until(next) => {}
             _ = &mut ended => return report(DrainEnd::ServicesEnded),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    fn inode_of(fd: &impl AsRawFd) -> u64 {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).unwrap();
+        sockets::socket_inode(link.to_str().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn the_netlink_dump_and_the_proc_tables_see_the_same_real_connection() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let (served, _) = listener.accept().unwrap();
+        let ours = Owner::Inodes([inode_of(&listener), inode_of(&served)].into());
+        let dumped = diag_dump().expect("sock_diag dump");
+        let read = read_tables(Path::new("/proc/self/net")).unwrap();
+        assert_eq!(sockets::open_connections(&dumped, port, &ours), 1);
+        assert_eq!(sockets::open_connections(&read, port, &ours), 1);
+        assert_eq!(
+            sockets::open_connections(&dumped, port, &Owner::Inodes(HashSet::new())),
+            0
+        );
+        drop(served);
+        let dumped = diag_dump().expect("sock_diag dump");
+        assert_eq!(sockets::open_connections(&dumped, port, &ours), 0);
     }
 }
