@@ -12,7 +12,8 @@ drain: SIGTERM to the agent -> the app got SIGTERM (it writes the time),
        with no request in flight and with one request still running 2 s;
          before: the old timer (no `port` tag: the whole --drain 3s);
          after : the default drain (tag port, --drain-grace 1s, --drain 3s max).
-       With the request, also: its last byte -> the app's SIGTERM.
+       With the request, also: its last byte -> the app's SIGTERM. And once:
+       a 30 s download in flight with --drain 40s completes.
 
 Usage: bench/supervisor.py [--rounds 5] [--no-write]
 Needs: a release build (cargo build --release -p shoal, or SHOAL_BIN) and
@@ -43,7 +44,7 @@ APP = os.path.join(ROOT, "agent/tests/fixtures/apps/slow_http.py")
 PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
 NET = "127.0.92"
 PORT = 8080
-BOUND = 30.0  # the longest wait for anything, in seconds
+BOUND = 60.0  # the longest wait for anything, in seconds
 
 
 def read_stamp(path, within=5.0):
@@ -221,6 +222,15 @@ def main():
                     rows.append((f"drain, {label}, {what}: request's last byte → app SIGTERM",
                                  ms(ends) if ends else "n/a"))
                     rows.append((f"drain, {label}, {what}: requests cut short", f"{cut} of {len(res)}"))
+        # The long download: one round, it takes 30 s.
+        n += 1
+        waited, after_end = drain_round(
+            workdir, n, ["--drain", "40s", "--tag", f"port={PORT}"], 30_000)
+        what = "one 30 s download in flight, `--tag port=8080 --drain 40s`"
+        rows.append((f"drain, after, {what}: completed", "yes" if after_end is not None else "no (cut)"))
+        rows.append((f"drain, after, {what}: SIGTERM → app SIGTERM", f"{waited * 1000:.0f} ms (1 round)"))
+        if after_end is not None:
+            rows.append((f"drain, after, {what}: last byte → app SIGTERM", f"{after_end * 1000:.0f} ms (1 round)"))
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip() or "unknown"
     lines = [
