@@ -485,9 +485,13 @@ pub fn parse_argv(argv: Vec<std::ffi::OsString>) -> Result<Parsed, ParseError> {
         .map_err(ParseError::Clap)?;
     let mut cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
     let sub = matches.subcommand().map(|(_, m)| m);
+    // `value_source` panics on an id the command does not define.
     let source = |id: &str| {
-        sub.and_then(|m| m.value_source(id))
-            .or_else(|| matches.value_source(id))
+        [sub, Some(&matches)]
+            .into_iter()
+            .flatten()
+            .find(|m| m.try_contains_id(id).is_ok())
+            .and_then(|m| m.value_source(id))
     };
     let explicit = |id: &str| {
         matches!(

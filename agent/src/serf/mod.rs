@@ -25,3 +25,16 @@ pub fn level_directive(level: &str) -> String {
         other => other.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serfs_log_level_names_are_tracing_directives() {
+        assert_eq!(level_directive("ERR"), "error");
+        assert_eq!(level_directive("debug"), "debug");
+        assert!(invoked_as_serf(OsStr::new("/usr/local/bin/serf")));
+        assert!(!invoked_as_serf(OsStr::new("shoal")));
+    }
+}

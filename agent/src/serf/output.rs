@@ -106,7 +106,9 @@ pub fn members_text(members: &[Member], detailed: bool) -> String {
 }
 
 /// Columns padded to their widest cell and two spaces apart; the last
-/// column is not padded (what Serf's `columnize` prints).
+/// column is not padded, and the output's end is trimmed (what Serf's
+/// `columnize` prints: only the last line loses an empty last column's
+/// separator).
 pub fn columnize(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0usize; cols];
@@ -129,6 +131,11 @@ pub fn columnize(rows: &[Vec<String>]) -> String {
             }
         }
         out.push_str(&line);
+        out.push('\n');
+    }
+    let end = out.trim_end().len();
+    out.truncate(end);
+    if !out.is_empty() {
         out.push('\n');
     }
     out
@@ -221,11 +228,18 @@ mod tests {
     #[test]
     fn members_text_is_serfs_columns_without_a_header() {
         // `serf members` on two real Serf 0.8 agents (`cat -A`, `$` is the end of line):
-        // a   127.0.0.41:7946  alive  port=3000,role=web$
         // bb  127.0.0.42:7946  alive  $
+        // a   127.0.0.41:7946  alive  port=3000,role=web$
+        let mut two = members();
+        two.reverse();
+        assert_eq!(
+            members_text(&two, false),
+            "bb  127.0.0.42:7946  alive  \na   127.0.0.41:7946  alive  port=3000,role=web\n"
+        );
         assert_eq!(
             members_text(&members(), false),
-            "a   127.0.0.41:7946  alive  port=3000,role=web\nbb  127.0.0.42:7946  alive  \n"
+            "a   127.0.0.41:7946  alive  port=3000,role=web\nbb  127.0.0.42:7946  alive\n",
+            "the output's end is trimmed"
         );
         let detailed = members_text(&members(), true);
         let lines: Vec<&str> = detailed.lines().collect();
