@@ -226,11 +226,11 @@ pub struct AgentArgs {
     pub drain: Duration,
     /// Serf JSON config file (repeatable; see docs/serf.md); flags and
     /// SHOAL_* variables win over it.
-    #[arg(long = "config-file", value_name = "FILE")]
+    #[arg(long = "config-file", env = "SHOAL_CONFIG_FILE", value_name = "FILE")]
     pub config_files: Vec<PathBuf>,
     /// Directory whose *.json Serf config files are read in lexical order,
     /// after the --config-file ones (repeatable).
-    #[arg(long = "config-dir", value_name = "DIR")]
+    #[arg(long = "config-dir", env = "SHOAL_CONFIG_DIR", value_name = "DIR")]
     pub config_dirs: Vec<PathBuf>,
     /// Snapshot file: the members last known, rejoined at start (Serf's -snapshot).
     #[arg(long, env = "SHOAL_SNAPSHOT", value_name = "FILE")]
