@@ -499,12 +499,14 @@ pub fn parse_argv(argv: Vec<std::ffi::OsString>) -> Result<Parsed, ParseError> {
             Some(ValueSource::CommandLine | ValueSource::EnvVariable)
         )
     };
-    if !explicit("api") {
+    // Serf's clients read these; its agent does not (`-rpc-addr` only).
+    let client = !matches!(cli.command, CliCommand::Agent(_));
+    if client && !explicit("api") {
         if let Ok(addr) = std::env::var("SERF_RPC_ADDR") {
             cli.api = addr;
         }
     }
-    if !explicit("api_token") {
+    if client && !explicit("api_token") {
         if let Ok(token) = std::env::var("SERF_RPC_AUTH") {
             cli.api_token = Some(token);
         }
@@ -618,6 +620,55 @@ mod tests {
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn agent_args(argv: &[&str]) -> (Box<AgentArgs>, String) {
+        let parsed = parse_argv(argv.iter().map(Into::into).collect())
+            .unwrap_or_else(|_| panic!("{argv:?} refused"));
+        match parsed.cli.command {
+            CliCommand::Agent(args) => (args, parsed.cli.api),
+            _ => panic!("not the agent command"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_wins_over_serf_config_files_and_lists_append() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("serf.json");
+        std::fs::write(
+            &file,
+            r#"{"node_name":"from-file","bind":"127.0.0.1:7000","rpc_addr":"127.0.0.1:7001",
+               "start_join":["a"],"tags":{"role":"db","dc":"east"},"leave_on_terminate":false}"#,
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        let (args, api) = agent_args(&[
+            "shoal",
+            "agent",
+            "-config-file",
+            &file,
+            "-node=cli",
+            "-join",
+            "b",
+        ]);
+        assert_eq!(args.node.as_deref(), Some("cli"), "the flag wins");
+        assert_eq!(
+            args.bind, "127.0.0.1:7000",
+            "the file fills what no flag gave"
+        );
+        assert_eq!(api, "127.0.0.1:7001");
+        assert_eq!(
+            args.join,
+            ["a", "b"],
+            "the file's join targets, then the flags'"
+        );
+        assert_eq!(args.config_tags["dc"], "east");
+        assert!(
+            !args.leave_on_terminate,
+            "Serf's key selects Serf's behaviour"
+        );
+        let (args, _) = agent_args(&["shoal", "agent"]);
+        assert!(args.leave_on_terminate, "shoal's default: SIGTERM leaves");
     }
 
     #[test]

@@ -476,3 +476,41 @@ fn a_restarted_agent_rejoins_its_snapshot_members_when_its_join_name_does_not_re
         web.log_text()
     );
 }
+
+#[test]
+fn leave_on_terminate_false_makes_sigterm_stop_without_leaving_as_serf_does() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    let conf = dir.path().join("serf.json");
+    std::fs::write(&conf, r#"{"leave_on_terminate": false}"#).expect("write");
+    let conf = conf.display().to_string();
+    let lb = Agent::start("lb", &ip(235, 1), &[], &[]);
+    let mut web = Agent::start_in(
+        dir,
+        "web",
+        &ip(235, 2),
+        &[lb.gossip()],
+        &["-config-file", &conf],
+    );
+    assert!(wait_for(Duration::from_secs(10), || converged(
+        &[&lb, &web],
+        &["lb", "web"]
+    )));
+    assert_eq!(
+        web.terminate(Duration::from_secs(5)),
+        Some(0),
+        "log:\n{}",
+        web.log_text()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || lb.status_of("web").as_deref()
+            == Some("failed")),
+        "lb holds web {:?}, not failed",
+        lb.status_of("web")
+    );
+    assert!(
+        web.log_text()
+            .contains("stopping without leaving the cluster"),
+        "{}",
+        web.log_text()
+    );
+}
