@@ -141,13 +141,25 @@ pub fn columnize(rows: &[Vec<String>]) -> String {
     out
 }
 
-/// `serf info`: sections of `\tkey = value` lines, from shoal's info
-/// document (its own keys, not Serf's runtime figures).
+/// `serf info`: sections of `\tkey = value` lines: Serf's `agent` (the
+/// name) and `tags`, then shoal's info document (its own keys, not Serf's
+/// runtime figures).
 pub fn info_text(v: &Value) -> String {
     let mut out = String::new();
     let Some(obj) = v.as_object() else {
         return out;
     };
+    // Serf's first section and its `tags`, which scripts grep for.
+    out.push_str(&format!(
+        "agent:\n\tname = {}\n",
+        v["self"]["name"].as_str().unwrap_or_default()
+    ));
+    if let Some(tags) = v["self"]["tags"].as_object() {
+        out.push_str("tags:\n");
+        for (k, val) in tags {
+            out.push_str(&format!("\t{k} = {}\n", val.as_str().unwrap_or_default()));
+        }
+    }
     for (section, val) in obj {
         match val {
             Value::Object(inner) => {
@@ -247,6 +259,17 @@ mod tests {
             lines[1],
             "bb  127.0.0.42:7946  alive                      Protocol Version: 1  Available Protocol Range: [1, 1]"
         );
+    }
+
+    #[test]
+    fn info_starts_with_serfs_agent_and_tags_sections() {
+        let v = serde_json::json!({"self": {"name": "a", "tags": {"role": "web"}}, "joined": true});
+        let text = info_text(&v);
+        assert!(
+            text.starts_with("agent:\n\tname = a\ntags:\n\trole = web\n"),
+            "{text}"
+        );
+        assert!(text.contains("joined:\n\tvalue = true\n"), "{text}");
     }
 
     #[test]
