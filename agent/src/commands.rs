@@ -259,12 +259,34 @@ pub async fn members(client: &Client, style: Style, q: MembersQuery) -> CliResul
     Ok(())
 }
 
-pub async fn monitor(
-    client: &Client,
-    style: Style,
-    index: Option<u64>,
-    format: OutputFormat,
-) -> CliResult {
+/// `serf monitor`: the agent's log lines, as Serf's monitor prints them
+/// (`level`: Serf's `-log-level`, default info).
+pub async fn monitor_logs(client: &Client, level: Option<&str>, format: OutputFormat) -> CliResult {
+    let level = level.map(crate::serf::level_directive);
+    let level = level.as_deref().unwrap_or("info");
+    if crate::logstream::parse_level(level).is_none() {
+        return Err(usage(format!(
+            "--log-level {level:?}: use trace, debug, info, warn or err"
+        )));
+    }
+    client
+        .stream(&format!("/v1/logs?level={level}"), |v| {
+            match (format, serf_out::log_line(&v)) {
+                (OutputFormat::Json, _) => println!("{v}"),
+                (OutputFormat::Table, Some(l)) => println!("{l}"),
+                (OutputFormat::Table, None) => {
+                    if let Some(n) = v["lagged"].as_u64() {
+                        println!("[WARN] monitor: {n} log lines skipped (too slow)");
+                    }
+                }
+            }
+            true
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn monitor(client: &Client, index: Option<u64>, format: OutputFormat) -> CliResult {
     let path = match index {
         Some(i) => format!("/v1/events?index={i}"),
         None => {
@@ -286,10 +308,6 @@ pub async fn monitor(
             match (format, line) {
                 // As the agent sent it, fields this CLI does not know included.
                 (OutputFormat::Json, _) => println!("{ev}"),
-                // Serf's log line for a member event.
-                (OutputFormat::Table, Ok(StreamLine::Event(e))) if style == Style::Serf => {
-                    println!("{}", serf_out::event_log_line(&e))
-                }
                 (OutputFormat::Table, Ok(StreamLine::Event(e))) => println!(
                     "{} [{}] {} {} {} {} {}",
                     e.time,

@@ -20,6 +20,7 @@
 //! - the CLI: [`cli`] (flags), [`client`] (talks to the API), [`commands`];
 //!   [`serf`] (Serf's flag spellings, config files and, as `serf`, output);
 //!   [`snapshot`] (Serf's `-snapshot`: the members last known, rejoined);
+//!   [`logstream`] (the agent's log as a stream, `GET /v1/logs`);
 //! - the supervisor: [`process`] (spawning and reaping), [`supervisor`].
 pub mod addr;
 pub mod agent;
@@ -35,6 +36,7 @@ pub mod handlers;
 pub mod join;
 pub mod lifecycle;
 pub mod limits;
+pub mod logstream;
 pub mod persist;
 pub mod process;
 pub mod pushpull;

@@ -71,11 +71,13 @@ fn init_logging(format: LogFormat, level: Option<&str>) {
     };
     // The filter alone decides the level: `fmt()`'s own builder would cap it
     // at info underneath, so `SHOAL_LOG=debug` printed nothing.
+    // Each layer has its own filter: the stream for `serf monitor` takes
+    // debug lines while somebody listens, whatever the log's level.
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter);
+    let registry = tracing_subscriber::registry().with(shoal::logstream::layer());
     match format {
-        LogFormat::Json => registry.with(layer.json()).init(),
-        LogFormat::Text => registry.with(layer).init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(filter)).init(),
+        LogFormat::Text => registry.with(layer.with_filter(filter)).init(),
     }
     if let Some(msg) = bad {
         tracing::warn!("{msg}");
@@ -104,9 +106,10 @@ async fn run(cli: Cli, style: Style) -> i32 {
             };
             commands::members(&client, style, query).await
         }
-        CliCommand::Monitor { index, format } => {
-            commands::monitor(&client, style, index, format).await
-        }
+        CliCommand::Monitor { index, format } => match style {
+            Style::Shoal => commands::monitor(&client, index, format).await,
+            Style::Serf => commands::monitor_logs(&client, cli.log_level.as_deref(), format).await,
+        },
         CliCommand::Join { addrs } => commands::join(&client, style, addrs).await,
         CliCommand::Leave => commands::leave(&client, style).await,
         CliCommand::ForceLeave { name } => commands::force_leave(&client, style, &name).await,

@@ -514,3 +514,43 @@ fn leave_on_terminate_false_makes_sigterm_stop_without_leaving_as_serf_does() {
         web.log_text()
     );
 }
+
+#[test]
+fn serf_monitor_streams_the_agents_log_lines_debug_included() {
+    let link = serf_link();
+    let a = Agent::start("mon", &ip(236, 1), &[], &[]);
+    let mut cmd = Command::new(link.path().join("serf"));
+    cmd.args(["monitor", "-log-level=debug"])
+        .arg(format!("-rpc-addr={}", a.api()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut monitor = common::Session::spawn(&mut cmd);
+    // The stream only carries what is logged after it was opened.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(a.cli(&["tags", "--set", "probe=1"]).status.success());
+    // A join nobody answers is logged at debug only: the agent logs at info.
+    let nobody = format!("{}:7946", ip(236, 9));
+    let _ = a.cli(&["join", &nobody]);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = monitor.stop_and_read_stdout();
+    assert!(
+        out.lines()
+            .any(|l| l.contains("[INFO] shoal_core::node: tags changed")),
+        "{out}"
+    );
+    assert!(
+        out.lines().any(
+            |l| l.contains("[DEBUG] shoal::join: join push-pull failed") && l.contains(&nobody)
+        ),
+        "{out}"
+    );
+    assert!(
+        !a.log_text().contains("join push-pull failed"),
+        "the agent's own log stays at info"
+    );
+    let first = out.lines().next().unwrap_or_default();
+    assert!(
+        first.len() > 20 && first.as_bytes()[4] == b'/' && first.as_bytes()[10] == b' ',
+        "Serf's time format: {first}"
+    );
+}

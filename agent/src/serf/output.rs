@@ -188,27 +188,21 @@ fn flatten(obj: &serde_json::Map<String, Value>, prefix: &str, out: &mut String)
     }
 }
 
-/// A member event as a line of Serf's log (`serf monitor`):
-/// `2026/12/01 11:59:21 [INFO] serf: EventMemberJoin: a 127.0.0.41`.
-pub fn event_log_line(e: &shoal_contract::Event) -> String {
-    use shoal_contract::EventKind;
-    let name = match e.kind {
-        EventKind::MemberJoin => "EventMemberJoin",
-        EventKind::MemberLeave => "EventMemberLeave",
-        EventKind::MemberFailed => "EventMemberFailed",
-        EventKind::MemberUpdate => "EventMemberUpdate",
-        EventKind::MemberReap => "EventMemberReap",
+/// A log line as Serf's monitor prints it:
+/// `2026/12/01 11:59:21 [INFO] shoal::agent: gossip listening ...`.
+pub fn log_line(v: &Value) -> Option<String> {
+    let time = v["time"].as_str()?;
+    let level = match v["level"].as_str()? {
+        "ERROR" => "ERR",
+        "WARN" => "WARN",
+        other => other,
     };
-    let ip = e
-        .member
-        .addr
-        .rsplit_once(':')
-        .map_or(e.member.addr.as_str(), |(ip, _)| ip);
-    format!(
-        "{} [INFO] serf: {name}: {} {ip}",
-        serf_time(&e.time),
-        e.member.name
-    )
+    Some(format!(
+        "{} [{level}] {}: {}",
+        serf_time(time),
+        v["target"].as_str().unwrap_or_default(),
+        v["message"].as_str().unwrap_or_default()
+    ))
 }
 
 /// Serf's log time, `2026/12/01 11:59:21`, from the event's RFC 3339 time.
@@ -259,6 +253,17 @@ mod tests {
             lines[1],
             "bb  127.0.0.42:7946  alive                      Protocol Version: 1  Available Protocol Range: [1, 1]"
         );
+    }
+
+    #[test]
+    fn a_log_line_reads_as_serfs() {
+        let v = serde_json::json!({"time": "2026-12-01T11:59:21.123Z", "level": "ERROR",
+            "target": "shoal::agent", "message": "cannot bind"});
+        assert_eq!(
+            log_line(&v).unwrap(),
+            "2026/12/01 11:59:21 [ERR] shoal::agent: cannot bind"
+        );
+        assert_eq!(log_line(&serde_json::json!({"lagged": 3})), None);
     }
 
     #[test]
