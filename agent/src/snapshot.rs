@@ -51,8 +51,10 @@ impl SnapshotFile {
         if self.left && !rejoin {
             return Vec::new();
         }
+        // A hand-edited file may hold what no agent advertises.
         self.members
             .iter()
+            .filter(|p| p.addr.port() != 0 && !p.addr.ip().is_unspecified())
             .map(|p| (p.addr.ip().to_string(), p.addr.port()))
             .collect()
     }
@@ -230,6 +232,9 @@ mod tests {
         );
         assert!(snap(true).rejoin_targets(false).is_empty());
         assert_eq!(snap(true).rejoin_targets(true).len(), 1);
+        let mut odd = snap(false);
+        odd.members[0].addr = "0.0.0.0:7946".parse().unwrap();
+        assert!(odd.rejoin_targets(false).is_empty(), "never a join target");
     }
 
     #[test]
