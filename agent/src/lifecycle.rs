@@ -321,7 +321,7 @@ impl Running {
                         return Cause::Asked;
                     }
                     Some(Request::StopWithoutLeave(why)) => {
-                        info!("{why}: stopping without leaving the cluster (leave_on_terminate is false)");
+                        info!("{why}: stopping without leaving the cluster (Serf config: leave_on_terminate false, or skip_leave_on_interrupt true)");
                         return Cause::AskedWithoutLeave;
                     }
                     Some(Request::Forward(sig)) => forward(self.services.as_ref(), sig),
