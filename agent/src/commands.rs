@@ -540,6 +540,37 @@ mod tests {
     }
 
     #[test]
+    fn status_is_a_name_or_an_anchored_regex_and_serf_sees_suspects_alive() {
+        let d = MembersDoc::from_json(
+            r#"{"members":[
+            {"name":"a","addr":"10.0.0.5:7946","status":"suspect","tags":{}},
+            {"name":"b","addr":"10.0.0.6:7946","status":"failed","tags":{}}]}"#,
+        )
+        .unwrap();
+        let count = |style, status: &str| {
+            let f = MemberFilter::parse(style, Some(status), None, &[]).unwrap();
+            d.members.iter().filter(|m| f.matches(style, m)).count()
+        };
+        assert_eq!(count(Style::Shoal, "alive"), 0);
+        assert_eq!(count(Style::Shoal, "suspect|failed"), 2);
+        assert_eq!(count(Style::Serf, "alive"), 1, "a suspect is alive to Serf");
+        assert_eq!(count(Style::Serf, "bogus"), 0, "Serf lists nobody");
+        let e = MemberFilter::parse(Style::Shoal, Some("alvie"), None, &[])
+            .err()
+            .unwrap();
+        assert!(e.contains("alvie"), "a typo is an error for shoal: {e}");
+        assert!(MemberFilter::parse(Style::Serf, Some("("), None, &[]).is_err());
+        let by_name = MemberFilter::parse(Style::Shoal, None, Some("b"), &[]).unwrap();
+        assert_eq!(
+            d.members
+                .iter()
+                .filter(|m| by_name.matches(Style::Shoal, m))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
     fn table_is_aligned() {
         let t = members_table(&filter_members(&doc(), None, &[]));
         let lines: Vec<&str> = t.lines().collect();
