@@ -15,6 +15,9 @@ RUN if ! command -v haproxy >/dev/null; then \
     && mkdir -p /run/haproxy /usr/local/etc/haproxy /etc/lbgen /etc/shoal
 
 COPY bin/shoal bin/lbgen /usr/local/bin/
+# Serf's CLI for handler scripts written for Serf (`serf members ...`): shoal prints
+# Serf's output when invoked under that name (docs/serf.md).
+RUN ln -s shoal /usr/local/bin/serf
 COPY templates/haproxy.cfg.hbs /etc/lbgen/haproxy.cfg.hbs
 COPY docker/lb-services.toml /etc/shoal/services.toml
 

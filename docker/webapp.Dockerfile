@@ -16,6 +16,9 @@ ARG BASE=shoal-base:bookworm
 FROM ${BASE}
 
 COPY bin/shoal bin/webapp /usr/local/bin/
+# Serf's CLI for handler scripts written for Serf (`serf members ...`): shoal prints
+# Serf's output when invoked under that name (docs/serf.md).
+RUN ln -s shoal /usr/local/bin/serf
 
 # Everything is an env default, so compose (or `docker run -e`) changes it without a new
 # image: SHOAL_JOIN=lb,webapp, SHOAL_TAG=service=api,route=/api,..., WEBAPP_TAG=blue.

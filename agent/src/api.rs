@@ -284,6 +284,7 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
     match (method, path.as_str()) {
         (Method::GET, "/v1/members") => members(state),
         (Method::GET, "/v1/events") => events(state, &query),
+        (Method::GET, "/v1/logs") => logs(&query),
         (Method::GET, "/v1/info") => info_doc(state),
         (Method::GET, "/v1/health") => {
             let snapshot = state.agent.snapshot();
@@ -366,8 +367,8 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
         }
         (
             _,
-            "/v1/members" | "/v1/events" | "/v1/info" | "/v1/health" | "/v1/tags" | "/v1/join"
-            | "/v1/leave",
+            "/v1/members" | "/v1/events" | "/v1/logs" | "/v1/info" | "/v1/health" | "/v1/tags"
+            | "/v1/join" | "/v1/leave",
         ) => method_not_allowed(req.method(), &path),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
@@ -705,6 +706,55 @@ fn events(state: &ApiState, query: &str) -> Reply {
         .header("content-type", "application/x-ndjson")
         .header(VERSION_HEADER, API_VERSION)
         .header(shoal_contract::RUN_HEADER, header_run)
+        .body(http_body_util::Either::Right(EventBody { rx }))
+        .unwrap_or_else(|_| Response::new(http_body_util::Either::Left(Full::new(Bytes::new()))))
+}
+
+/// `GET /v1/logs?level=L`: the agent's log lines at L or above (default
+/// info), from now on, as NDJSON; `{"lagged":N}` when the client fell
+/// behind. Lines are streamed only while somebody listens.
+fn logs(query: &str) -> Reply {
+    let mut level = tracing::Level::INFO;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("level", v)) => match crate::logstream::parse_level(v) {
+                Some(l) => level = l,
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        format!("level={v:?}: use trace, debug, info, warn or error"),
+                    )
+                }
+            },
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown query parameter {pair:?}; only level=L"),
+                )
+            }
+        }
+    }
+    let mut live = crate::logstream::subscribe();
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        loop {
+            let out = match tokio::time::timeout(KEEPALIVE, live.recv()).await {
+                Ok(Ok(l)) if l.severity <= level => line(&*l),
+                Ok(Ok(_)) => continue,
+                Ok(Err(broadcast::error::RecvError::Lagged(n))) => line(&json!({ "lagged": n })),
+                Ok(Err(broadcast::error::RecvError::Closed)) => return,
+                // Finds a client that went away while the agent was quiet.
+                Err(_) => Bytes::from_static(b"\n"),
+            };
+            if tx.send(out).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .header(VERSION_HEADER, API_VERSION)
         .body(http_body_util::Either::Right(EventBody { rx }))
         .unwrap_or_else(|_| Response::new(http_body_util::Either::Left(Full::new(Bytes::new()))))
 }

@@ -39,6 +39,10 @@ pub struct Cli {
     /// Log format.
     #[arg(long, global = true, env = "SHOAL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Log level (trace, debug, info, warn, error; Serf's `err` too); wins
+    /// over SHOAL_LOG.
+    #[arg(long, global = true, env = "SHOAL_LOG_LEVEL", value_name = "LEVEL")]
+    pub log_level: Option<String>,
     #[command(subcommand)]
     pub command: CliCommand,
 }
@@ -51,6 +55,8 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
+    /// Aligned columns (`text`, Serf's name for it, works too).
+    #[value(alias = "text")]
     Table,
     Json,
 }
@@ -63,12 +69,19 @@ pub enum CliCommand {
     Members {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
-        /// Only members with this status (alive, suspect, failed, left).
+        /// Only members with this status (alive, suspect, failed, left), or
+        /// whose status matches this anchored regex (`alive|suspect`).
         #[arg(long)]
         status: Option<String>,
+        /// Only members whose name matches this anchored regex.
+        #[arg(long, value_name = "REGEX")]
+        name: Option<String>,
         /// Only members whose tag KEY matches REGEX (anchored), e.g. --tag service=web.
         #[arg(long = "tag", value_name = "KEY=REGEX")]
         tags: Vec<String>,
+        /// Add the protocol columns (text output).
+        #[arg(long)]
+        detailed: bool,
     },
     /// Stream member events as they happen.
     Monitor {
@@ -101,6 +114,8 @@ pub enum CliCommand {
     },
     /// Print a new random 32-byte encryption key (base64) for --encrypt.
     Keygen,
+    /// Print the version and the wire protocol version.
+    Version,
     /// Rotate the gossip encryption key on every member: --install NEW,
     /// then --use NEW, then --remove OLD. Reports each node's result.
     #[command(group(clap::ArgGroup::new("op").required(true).args(["list", "install", "use_key", "remove"])))]
@@ -218,9 +233,33 @@ pub struct AgentArgs {
     /// so the load balancer has stopped sending new ones (capped at --drain).
     #[arg(long, env = "SHOAL_DRAIN_GRACE", default_value = "1s", value_parser = parse_duration)]
     pub drain_grace: Duration,
+    /// Serf JSON config file (repeatable; see docs/serf.md); flags and
+    /// SHOAL_* variables win over it.
+    #[arg(long = "config-file", env = "SHOAL_CONFIG_FILE", value_name = "FILE")]
+    pub config_files: Vec<PathBuf>,
+    /// Directory whose *.json Serf config files are read in lexical order,
+    /// after the --config-file ones (repeatable).
+    #[arg(long = "config-dir", env = "SHOAL_CONFIG_DIR", value_name = "DIR")]
+    pub config_dirs: Vec<PathBuf>,
+    /// Snapshot file: the members last known, rejoined at start (Serf's -snapshot).
+    #[arg(long, env = "SHOAL_SNAPSHOT", value_name = "FILE")]
+    pub snapshot: Option<PathBuf>,
+    /// With --snapshot: rejoin the snapshot's members even after a graceful leave.
+    #[arg(long, env = "SHOAL_REJOIN")]
+    pub rejoin: bool,
     /// Command to supervise (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+    /// Tags from Serf config files, under the --tag ones.
+    #[arg(skip)]
+    pub config_tags: Tags,
+    /// SIGTERM leaves the cluster first (Serf's `leave_on_terminate`,
+    /// shoal's default true).
+    #[arg(skip = true)]
+    pub leave_on_terminate: bool,
+    /// SIGINT leaves the cluster first (not Serf's `skip_leave_on_interrupt`).
+    #[arg(skip = true)]
+    pub leave_on_interrupt: bool,
 }
 
 /// Checked agent settings plus what `main` needs besides the gossip core.
@@ -235,6 +274,11 @@ pub struct AgentSettings {
     pub drain: Duration,
     /// The shortest drain before connections are counted (`--drain-grace`).
     pub drain_grace: Duration,
+    /// `--snapshot`: kept up to date while the agent runs.
+    pub snapshot: Option<PathBuf>,
+    /// Whether SIGTERM / SIGINT leave the cluster before stopping.
+    pub leave_on_terminate: bool,
+    pub leave_on_interrupt: bool,
 }
 
 impl AgentArgs {
@@ -253,10 +297,14 @@ impl AgentArgs {
         for j in self.join.iter().filter(|j| !j.trim().is_empty()) {
             join.push(addr::parse_host_port(j).map_err(|e| format!("--join: {e}"))?);
         }
+        if let Some(path) = &self.snapshot {
+            self.add_snapshot_targets(path, &mut join)?;
+        }
         let mut tag_set = match &self.tags_file {
             Some(path) => crate::persist::load_tags(path)?,
             None => Tags::new(),
         };
+        tag_set.extend(self.config_tags.clone());
         let env_tags = std::env::var(TAG_ENV).ok();
         let (raw_tags, source) = tag_args(&self.tags, env_tags.as_deref());
         for t in &raw_tags {
@@ -312,7 +360,35 @@ impl AgentArgs {
             handler_timeout: self.handler_timeout,
             drain: self.drain,
             drain_grace: self.drain_grace,
+            snapshot: self.snapshot.clone(),
+            leave_on_terminate: self.leave_on_terminate,
+            leave_on_interrupt: self.leave_on_interrupt,
         })
+    }
+
+    /// The snapshot's members become join targets after the `--join` ones
+    /// (none after a graceful leave, unless `--rejoin`).
+    fn add_snapshot_targets(
+        &self,
+        path: &std::path::Path,
+        join: &mut Vec<(String, u16)>,
+    ) -> Result<(), String> {
+        let Some(snap) = crate::snapshot::load(path).map_err(|e| format!("--snapshot: {e}"))?
+        else {
+            return Ok(());
+        };
+        let targets = snap.rejoin_targets(self.rejoin);
+        if snap.left && targets.is_empty() {
+            tracing::info!(file = %path.display(), "snapshot: this node left gracefully last time; not rejoining its members (--rejoin does)");
+        } else {
+            tracing::info!(file = %path.display(), members = targets.len(), "snapshot: rejoining the members last known");
+        }
+        for t in targets {
+            if !join.contains(&t) {
+                join.push(t);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -380,6 +456,108 @@ impl AgentArgs {
             .map_err(|e| format!("--keyring-file: cannot write {}: {e}", file.display()))?;
         Ok(Some(ring))
     }
+}
+
+/// The command line, parsed: Serf spellings translated ([`crate::serf::argv`]),
+/// `SERF_RPC_ADDR` / `SERF_RPC_AUTH` used when `--api` / `--api-token` are
+/// not given, and the agent's Serf config files read in.
+pub struct Parsed {
+    pub cli: Cli,
+    /// Invoked as `serf`: print what Serf's CLI prints.
+    pub serf: bool,
+    /// For ignored Serf flags and config keys: logged once logging is up.
+    pub warnings: Vec<String>,
+}
+
+/// Why the command line was refused.
+pub enum ParseError {
+    /// clap's own (usage, `--help`, `--version`): print it as clap does.
+    Clap(clap::Error),
+    /// A Serf flag or config file: one line naming it (exit 2).
+    Serf(String),
+}
+
+/// Parses `argv` (the program name first); see [`Parsed`].
+pub fn parse_argv(argv: Vec<std::ffi::OsString>) -> Result<Parsed, ParseError> {
+    use clap::parser::ValueSource;
+    use clap::{CommandFactory, FromArgMatches};
+    let mut argv = argv.into_iter();
+    let argv0 = argv.next().unwrap_or_else(|| "shoal".into());
+    let serf = crate::serf::invoked_as_serf(&argv0);
+    let mut command = Cli::command();
+    if serf {
+        command = command.name("serf").bin_name("serf");
+    }
+    let switches = switch_flags(&command);
+    let translated = crate::serf::argv::translate(argv, &|flag| switches.iter().any(|s| s == flag))
+        .map_err(ParseError::Serf)?;
+    let mut warnings = translated.warnings;
+    let matches = command
+        .try_get_matches_from(std::iter::once(argv0).chain(translated.args))
+        .map_err(ParseError::Clap)?;
+    let mut cli = Cli::from_arg_matches(&matches).map_err(ParseError::Clap)?;
+    let sub = matches.subcommand().map(|(_, m)| m);
+    // `value_source` panics on an id the command does not define.
+    let source = |id: &str| {
+        [sub, Some(&matches)]
+            .into_iter()
+            .flatten()
+            .find(|m| m.try_contains_id(id).is_ok())
+            .and_then(|m| m.value_source(id))
+    };
+    let explicit = |id: &str| {
+        matches!(
+            source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+    // Serf's clients read these; its agent does not (`-rpc-addr` only).
+    let client = !matches!(cli.command, CliCommand::Agent(_));
+    if client && !explicit("api") {
+        if let Ok(addr) = std::env::var("SERF_RPC_ADDR") {
+            cli.api = addr;
+        }
+    }
+    if client && !explicit("api_token") {
+        if let Ok(token) = std::env::var("SERF_RPC_AUTH") {
+            cli.api_token = Some(token);
+        }
+    }
+    if let CliCommand::Agent(args) = &mut cli.command {
+        if !args.config_files.is_empty() || !args.config_dirs.is_empty() {
+            let cfg = crate::serf::config::load(&args.config_files, &args.config_dirs)
+                .map_err(ParseError::Serf)?;
+            warnings.extend(cfg.warnings.iter().cloned());
+            let globals = crate::serf::apply::Globals {
+                api: &mut cli.api,
+                api_token: &mut cli.api_token,
+                log_level: &mut cli.log_level,
+            };
+            crate::serf::apply::apply(cfg, args, globals, &explicit).map_err(ParseError::Serf)?;
+        }
+    }
+    Ok(Parsed {
+        cli,
+        serf,
+        warnings,
+    })
+}
+
+/// Every `--long` flag of every subcommand that takes no value.
+fn switch_flags(command: &clap::Command) -> Vec<String> {
+    let mut out = vec!["--help".to_string(), "--version".to_string()];
+    let mut stack = vec![command];
+    while let Some(c) = stack.pop() {
+        for a in c.get_arguments() {
+            if !a.get_action().takes_values() {
+                if let Some(l) = a.get_long() {
+                    out.push(format!("--{l}"));
+                }
+            }
+        }
+        stack.extend(c.get_subcommands());
+    }
+    out
 }
 
 /// The environment variable behind `--tag`.
@@ -454,6 +632,55 @@ mod tests {
     fn the_cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    fn agent_args(argv: &[&str]) -> (Box<AgentArgs>, String) {
+        let parsed = parse_argv(argv.iter().map(Into::into).collect())
+            .unwrap_or_else(|_| panic!("{argv:?} refused"));
+        match parsed.cli.command {
+            CliCommand::Agent(args) => (args, parsed.cli.api),
+            _ => panic!("not the agent command"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_wins_over_serf_config_files_and_lists_append() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("serf.json");
+        std::fs::write(
+            &file,
+            r#"{"node_name":"from-file","bind":"127.0.0.1:7000","rpc_addr":"127.0.0.1:7001",
+               "start_join":["a"],"tags":{"role":"db","dc":"east"},"leave_on_terminate":false}"#,
+        )
+        .unwrap();
+        let file = file.display().to_string();
+        let (args, api) = agent_args(&[
+            "shoal",
+            "agent",
+            "-config-file",
+            &file,
+            "-node=cli",
+            "-join",
+            "b",
+        ]);
+        assert_eq!(args.node.as_deref(), Some("cli"), "the flag wins");
+        assert_eq!(
+            args.bind, "127.0.0.1:7000",
+            "the file fills what no flag gave"
+        );
+        assert_eq!(api, "127.0.0.1:7001");
+        assert_eq!(
+            args.join,
+            ["a", "b"],
+            "the file's join targets, then the flags'"
+        );
+        assert_eq!(args.config_tags["dc"], "east");
+        assert!(
+            !args.leave_on_terminate,
+            "Serf's key selects Serf's behaviour"
+        );
+        let (args, _) = agent_args(&["shoal", "agent"]);
+        assert!(args.leave_on_terminate, "shoal's default: SIGTERM leaves");
     }
 
     #[test]

@@ -7,7 +7,15 @@ use shoal_contract::{Member, MembersDoc, Status, StreamLine};
 
 use crate::cli::OutputFormat;
 use crate::client::Client;
+use crate::serf::output as serf_out;
 use crate::tags;
+
+/// Whose output to print: shoal's, or Serf's (invoked as `serf`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    Shoal,
+    Serf,
+}
 
 /// A CLI failure: `usage` errors (bad flags or arguments) exit 2, others 1.
 #[derive(Debug)]
@@ -58,6 +66,64 @@ impl TagFilter {
             .tags
             .get(&self.key)
             .is_some_and(|v| self.re.is_match(v))
+    }
+}
+
+/// An anchored regex, as Serf's `-status`, `-name` and `-tag` filters.
+fn anchored(flag: &str, pattern: &str) -> Result<Regex, String> {
+    Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("{flag} {pattern:?}: bad regular expression: {e}"))
+}
+
+/// Which members `shoal members` / `serf members` lists.
+#[derive(Default)]
+pub struct MemberFilter {
+    /// Matched against the status as the style prints it.
+    pub status: Option<Regex>,
+    pub name: Option<Regex>,
+    pub tags: Vec<TagFilter>,
+}
+
+impl MemberFilter {
+    /// `--status` is a status name or an anchored regex; for shoal a plain
+    /// word must name a status (a typo is an error, not an empty list),
+    /// Serf takes any regex.
+    pub fn parse(
+        style: Style,
+        status: Option<&str>,
+        name: Option<&str>,
+        tags: &[String],
+    ) -> Result<MemberFilter, String> {
+        let status = match status {
+            None => None,
+            Some(s) => {
+                let plain = s.chars().all(|c| c.is_ascii_alphanumeric());
+                if style == Style::Shoal && plain && Status::parse(s).is_none() {
+                    return Err(format!(
+                        "--status {s:?}: use alive, suspect, failed or left (or a regex)"
+                    ));
+                }
+                Some(anchored("--status", s)?)
+            }
+        };
+        Ok(MemberFilter {
+            status,
+            name: name.map(|n| anchored("--name", n)).transpose()?,
+            tags: tags
+                .iter()
+                .map(|f| TagFilter::parse(f))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    fn matches(&self, style: Style, m: &Member) -> bool {
+        let status = match style {
+            Style::Shoal => m.status.as_str(),
+            Style::Serf => serf_out::status(m.status),
+        };
+        self.status.as_ref().is_none_or(|re| re.is_match(status))
+            && self.name.as_ref().is_none_or(|re| re.is_match(&m.name))
+            && self.tags.iter().all(|f| f.matches(m))
     }
 }
 
@@ -130,24 +196,35 @@ pub fn members_table(members: &[Member]) -> String {
     out
 }
 
-pub async fn members(
-    client: &Client,
-    format: OutputFormat,
-    status: Option<String>,
-    tag_filters: &[String],
-) -> CliResult {
-    let status = match status {
-        Some(s) => Some(Status::parse(&s).ok_or_else(|| {
-            usage(format!(
-                "--status {s:?}: use alive, suspect, failed or left"
-            ))
-        })?),
-        None => None,
-    };
-    let filters = tag_filters
-        .iter()
-        .map(|f| TagFilter::parse(f))
-        .collect::<Result<Vec<_>, _>>()
+/// `shoal members`' flags.
+pub struct MembersQuery {
+    pub format: OutputFormat,
+    pub status: Option<String>,
+    pub name: Option<String>,
+    pub tags: Vec<String>,
+    pub detailed: bool,
+}
+
+/// shoal's table with the protocol column (`--detailed`).
+fn members_table_detailed(members: &[Member]) -> String {
+    let v = crate::wire::VERSION.to_string();
+    let mut rows = vec![["NAME", "ADDRESS", "STATUS", "PROTOCOL", "TAGS"]
+        .map(String::from)
+        .to_vec()];
+    for m in members {
+        rows.push(vec![
+            m.name.clone(),
+            m.addr.clone(),
+            m.status.to_string(),
+            v.clone(),
+            member_tags_text(&m.tags),
+        ]);
+    }
+    serf_out::columnize(&rows)
+}
+
+pub async fn members(client: &Client, style: Style, q: MembersQuery) -> CliResult {
+    let filter = MemberFilter::parse(style, q.status.as_deref(), q.name.as_deref(), &q.tags)
         .map_err(usage)?;
     let doc = client.call(Method::GET, "/v1/members", None).await?;
     let doc: MembersDoc = serde_json::from_value(doc)
@@ -159,12 +236,53 @@ pub async fn members(
             u.name, u.status
         );
     }
-    let members = filter_members(&doc, status, &filters);
-    match format {
+    let members: Vec<Member> = doc
+        .members
+        .iter()
+        .filter(|m| filter.matches(style, m))
+        .cloned()
+        .collect();
+    match (style, q.format) {
         // Exactly `{"members":[...]}`: the document scripts and lbgen read.
-        OutputFormat::Json => println!("{}", MembersDoc::list(members).to_json()),
-        OutputFormat::Table => print!("{}", members_table(&members)),
+        (Style::Shoal, OutputFormat::Json) => {
+            println!("{}", MembersDoc::list(members).to_json())
+        }
+        (Style::Shoal, OutputFormat::Table) if q.detailed => {
+            print!("{}", members_table_detailed(&members))
+        }
+        (Style::Shoal, OutputFormat::Table) => print!("{}", members_table(&members)),
+        (Style::Serf, OutputFormat::Json) => println!("{}", serf_out::members_json(&members)),
+        (Style::Serf, OutputFormat::Table) => {
+            print!("{}", serf_out::members_text(&members, q.detailed))
+        }
     }
+    Ok(())
+}
+
+/// `serf monitor`: the agent's log lines, as Serf's monitor prints them
+/// (`level`: Serf's `-log-level`, default info).
+pub async fn monitor_logs(client: &Client, level: Option<&str>, format: OutputFormat) -> CliResult {
+    let level = level.map(crate::serf::level_directive);
+    let level = level.as_deref().unwrap_or("info");
+    if crate::logstream::parse_level(level).is_none() {
+        return Err(usage(format!(
+            "--log-level {level:?}: use trace, debug, info, warn or err"
+        )));
+    }
+    client
+        .stream(&format!("/v1/logs?level={level}"), |v| {
+            match (format, serf_out::log_line(&v)) {
+                (OutputFormat::Json, _) => println!("{v}"),
+                (OutputFormat::Table, Some(l)) => println!("{l}"),
+                (OutputFormat::Table, None) => {
+                    if let Some(n) = v["lagged"].as_u64() {
+                        println!("[WARN] monitor: {n} log lines skipped (too slow)");
+                    }
+                }
+            }
+            true
+        })
+        .await?;
     Ok(())
 }
 
@@ -215,7 +333,7 @@ pub async fn monitor(client: &Client, index: Option<u64>, format: OutputFormat) 
     Ok(())
 }
 
-pub async fn join(client: &Client, addrs: Vec<String>) -> CliResult {
+pub async fn join(client: &Client, style: Style, addrs: Vec<String>) -> CliResult {
     for a in &addrs {
         crate::addr::parse_host_port(a).map_err(usage)?;
     }
@@ -224,7 +342,10 @@ pub async fn join(client: &Client, addrs: Vec<String>) -> CliResult {
     let v = client
         .call(Method::POST, "/v1/join", Some(&json!({ "addrs": addrs })))
         .await?;
-    print!("{}", join_text(&v));
+    match style {
+        Style::Shoal => print!("{}", join_text(&v)),
+        Style::Serf => println!("{}", serf_out::joined(v["joined"].as_u64().unwrap_or(0))),
+    }
     Ok(())
 }
 
@@ -246,22 +367,32 @@ fn join_text(v: &Value) -> String {
     out
 }
 
-pub async fn leave(client: &Client) -> CliResult {
+pub async fn leave(client: &Client, style: Style) -> CliResult {
     client.call(Method::POST, "/v1/leave", None).await?;
-    println!("left the cluster gracefully");
+    match style {
+        Style::Shoal => println!("left the cluster gracefully"),
+        Style::Serf => println!("Graceful leave complete"),
+    }
     Ok(())
 }
 
-pub async fn force_leave(client: &Client, name: &str) -> CliResult {
+pub async fn force_leave(client: &Client, style: Style, name: &str) -> CliResult {
     crate::identity::validate_name(name).map_err(usage)?;
     client
         .call(Method::POST, &format!("/v1/force-leave/{name}"), None)
         .await?;
-    println!("{name} marked as left");
+    if style == Style::Shoal {
+        println!("{name} marked as left");
+    }
     Ok(())
 }
 
-pub async fn set_tags(client: &Client, set: &[String], delete: &[String]) -> CliResult {
+pub async fn set_tags(
+    client: &Client,
+    style: Style,
+    set: &[String],
+    delete: &[String],
+) -> CliResult {
     if set.is_empty() && delete.is_empty() {
         return Err(usage(
             "nothing to change: give --set KEY=VALUE and/or --delete KEY".into(),
@@ -274,7 +405,10 @@ pub async fn set_tags(client: &Client, set: &[String], delete: &[String]) -> Cli
     }
     let body = json!({ "set": map, "delete": delete });
     let v = client.call(Method::PUT, "/v1/tags", Some(&body)).await?;
-    println!("{}", tags_text(&v["tags"]));
+    match style {
+        Style::Shoal => println!("{}", tags_text(&v["tags"])),
+        Style::Serf => println!("Successfully updated agent tags"),
+    }
     Ok(())
 }
 
@@ -334,13 +468,27 @@ pub async fn keys(
     }
 }
 
-pub async fn info(client: &Client, format: OutputFormat) -> CliResult {
+pub async fn info(client: &Client, style: Style, format: OutputFormat) -> CliResult {
     let v = client.call(Method::GET, "/v1/info", None).await?;
-    match format {
-        OutputFormat::Json => println!("{v}"),
-        OutputFormat::Table => print!("{}", info_text(&v, "")),
+    match (style, format) {
+        (_, OutputFormat::Json) => println!("{v}"),
+        (Style::Shoal, OutputFormat::Table) => print!("{}", info_text(&v, "")),
+        (Style::Serf, OutputFormat::Table) => print!("{}", serf_out::info_text(&v)),
     }
     Ok(())
+}
+
+/// `shoal version` / `serf version`: the agent's and the wire protocol's.
+pub fn version(style: Style) {
+    let name = match style {
+        Style::Shoal => "shoal",
+        Style::Serf => "shoal (as serf)",
+    };
+    println!("{name} v{}", env!("CARGO_PKG_VERSION"));
+    println!(
+        "Agent Protocol: {} (shoal's own; no wire compatibility with Serf)",
+        crate::wire::VERSION
+    );
 }
 
 /// `key: value` lines, nested objects indented.
@@ -389,6 +537,37 @@ mod tests {
             "missing tag never matches"
         );
         assert!(TagFilter::parse("service=(").is_err());
+    }
+
+    #[test]
+    fn status_is_a_name_or_an_anchored_regex_and_serf_sees_suspects_alive() {
+        let d = MembersDoc::from_json(
+            r#"{"members":[
+            {"name":"a","addr":"10.0.0.5:7946","status":"suspect","tags":{}},
+            {"name":"b","addr":"10.0.0.6:7946","status":"failed","tags":{}}]}"#,
+        )
+        .unwrap();
+        let count = |style, status: &str| {
+            let f = MemberFilter::parse(style, Some(status), None, &[]).unwrap();
+            d.members.iter().filter(|m| f.matches(style, m)).count()
+        };
+        assert_eq!(count(Style::Shoal, "alive"), 0);
+        assert_eq!(count(Style::Shoal, "suspect|failed"), 2);
+        assert_eq!(count(Style::Serf, "alive"), 1, "a suspect is alive to Serf");
+        assert_eq!(count(Style::Serf, "bogus"), 0, "Serf lists nobody");
+        let e = MemberFilter::parse(Style::Shoal, Some("alvie"), None, &[])
+            .err()
+            .unwrap();
+        assert!(e.contains("alvie"), "a typo is an error for shoal: {e}");
+        assert!(MemberFilter::parse(Style::Serf, Some("("), None, &[]).is_err());
+        let by_name = MemberFilter::parse(Style::Shoal, None, Some("b"), &[]).unwrap();
+        assert_eq!(
+            d.members
+                .iter()
+                .filter(|m| by_name.matches(Style::Shoal, m))
+                .count(),
+            1
+        );
     }
 
     #[test]

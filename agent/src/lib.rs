@@ -18,6 +18,9 @@
 //!   [`join`] (an explicit join, waited for), [`loglist`] (bounded lists in logs),
 //!   [`limits`] (connection caps and warning rate limits for strangers);
 //! - the CLI: [`cli`] (flags), [`client`] (talks to the API), [`commands`];
+//!   [`serf`] (Serf's flag spellings, config files and, as `serf`, output);
+//!   [`snapshot`] (Serf's `-snapshot`: the members last known, rejoined);
+//!   [`logstream`] (the agent's log as a stream, `GET /v1/logs`);
 //! - the supervisor: [`process`] (spawning and reaping), [`supervisor`].
 pub mod addr;
 pub mod agent;
@@ -33,9 +36,12 @@ pub mod handlers;
 pub mod join;
 pub mod lifecycle;
 pub mod limits;
+pub mod logstream;
 pub mod persist;
 pub mod process;
 pub mod pushpull;
+pub mod serf;
+pub mod snapshot;
 pub mod stats;
 pub mod supervisor;
 pub mod token;

@@ -23,6 +23,10 @@
 //! 5. the services are stopped in reverse dependency order;
 //! 6. [`Exit::Stopped`] with the services' code (0 without services).
 //!
+//! On [`Request::StopWithoutLeave`] (a Serf config's `leave_on_terminate:
+//! false`), steps 1–4 are skipped: the gossip loop is stopped and the
+//! services are stopped in order.
+//!
 //! When the services end by themselves, the node leaves (no draining, no
 //! drain wait) and exits with their code. When the gossip loop stops by
 //! itself (this node lost its name to a newer twin), there is nothing left
@@ -58,6 +62,10 @@ const ANSWER_WAIT: Duration = Duration::from_secs(1);
 pub enum Request {
     /// Stop gracefully (SIGTERM, SIGINT); the text names the cause in the log.
     Stop(&'static str),
+    /// Stop without leaving the cluster (Serf's default on SIGTERM, chosen
+    /// with `leave_on_terminate: false`): no draining, no leave notice, the
+    /// others see this node fail; the services are stopped in order.
+    StopWithoutLeave(&'static str),
     /// Pass a signal on to every supervised service's process group
     /// (SIGHUP, SIGUSR1, SIGUSR2, SIGQUIT).
     Forward(Signal),
@@ -217,6 +225,9 @@ impl Lifecycle {
         let api_addr = listener.local_addr().unwrap_or(settings.api);
         info!(api = %api_addr, "HTTP API listening");
         handlers::start(&agent, settings.handlers, settings.handler_timeout);
+        let snapshot = settings
+            .snapshot
+            .map(|path| crate::snapshot::Writer::start(agent.clone(), path));
 
         let services = match services.map(Supervisor::start).transpose() {
             Ok(s) => s,
@@ -252,6 +263,7 @@ impl Lifecycle {
         Ok(Running {
             agent,
             gossip,
+            snapshot,
             services,
             health,
             leave_requests,
@@ -277,6 +289,8 @@ impl Steps {
 struct Running {
     agent: Handle,
     gossip: JoinHandle<LoopEnd>,
+    /// `--snapshot`: records a graceful leave at the end.
+    snapshot: Option<crate::snapshot::Writer>,
     services: Option<Supervisor>,
     /// Gossips the health check's verdict; stopped before `draining`.
     health: Option<JoinHandle<()>>,
@@ -290,6 +304,8 @@ struct Running {
 enum Cause {
     /// A signal (or every request sender gone).
     Asked,
+    /// A signal configured not to leave the cluster.
+    AskedWithoutLeave,
     /// `POST /v1/leave`: answered once the leave is done.
     ApiLeave(LeaveRequest),
     /// The main or a critical service ended (or all did); the supervisor
@@ -309,6 +325,10 @@ impl Running {
                     Some(Request::Stop(why)) => {
                         info!("{why}: leaving gracefully");
                         return Cause::Asked;
+                    }
+                    Some(Request::StopWithoutLeave(why)) => {
+                        info!("{why}: stopping without leaving the cluster (Serf config: leave_on_terminate false, or skip_leave_on_interrupt true)");
+                        return Cause::AskedWithoutLeave;
                     }
                     Some(Request::Forward(sig)) => forward(self.services.as_ref(), sig),
                     None => {
@@ -338,6 +358,7 @@ impl Running {
         }
         let (api_leave, services_ended) = match cause {
             Cause::GossipEnded(reason) => return self.stop_after_the_loop(reason).await,
+            Cause::AskedWithoutLeave => return self.stop_without_leave().await,
             Cause::Asked => (None, false),
             Cause::ApiLeave(request) => (Some(request), false),
             Cause::ServicesEnded => (None, true),
@@ -354,6 +375,9 @@ impl Running {
         match self.agent.leave().await {
             Ok(()) => self.steps.report(Step::Left),
             Err(e) => warn!(error = %e, "leave did not complete"),
+        }
+        if let Some(snapshot) = self.snapshot.take() {
+            snapshot.record_leave();
         }
         let _ = tokio::time::timeout(LOOP_END_WAIT, &mut self.gossip).await;
         if let Some(LeaveRequest { left, mut answered }) = api_leave {
@@ -377,6 +401,21 @@ impl Running {
             }
             self.steps.report(Step::Drained);
         }
+        let code = self.stop_services(services).await;
+        Exit::Stopped { code }
+    }
+
+    /// Stops gossiping without a leave (the others will see this node
+    /// fail), then the services in order; the snapshot keeps its members.
+    async fn stop_without_leave(mut self) -> Exit {
+        if let Some(snapshot) = self.snapshot.take() {
+            snapshot.stop();
+        }
+        self.gossip.abort();
+        let Some(services) = self.services.take() else {
+            self.steps.report(Step::Stopped { code: 0 });
+            return Exit::Stopped { code: 0 };
+        };
         let code = self.stop_services(services).await;
         Exit::Stopped { code }
     }

@@ -226,3 +226,35 @@ fn the_anchor_rules_match_githubs() {
         ]
     );
 }
+
+/// The first-column cells (between backticks) of the table under `## {title}`.
+fn first_column_words(doc: &str, title: &str) -> BTreeSet<String> {
+    section(doc, title)
+        .iter()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| first_cell(l).trim().trim_matches('`').to_string())
+        .collect()
+}
+
+#[test]
+fn every_serf_flag_and_config_key_shoal_translates_has_a_row_in_serf_md() {
+    let doc = read(&repo().join("docs/serf.md"));
+    let flags = first_column_words(&doc, "Flags");
+    let want: BTreeSet<String> = shoal::serf::argv::TABLE
+        .iter()
+        .map(|(name, _)| format!("-{name}"))
+        .collect();
+    assert_eq!(
+        flags, want,
+        "docs/serf.md's flag table against serf::argv::TABLE"
+    );
+    let keys = first_column_words(&doc, "Config files");
+    let want: BTreeSet<String> = shoal::serf::config::KEYS
+        .iter()
+        .map(|(key, _)| key.to_string())
+        .collect();
+    assert_eq!(
+        keys, want,
+        "docs/serf.md's key table against serf::config::KEYS"
+    );
+}

@@ -189,6 +189,11 @@ impl Handle {
         self.snapshot.borrow().clone()
     }
 
+    /// A receiver told of every new [`Snapshot`] (the snapshot file's writer).
+    pub fn snapshots(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
     pub fn local(&self) -> NodeId {
         self.snapshot.borrow().local.clone()
     }
