@@ -220,10 +220,19 @@ pub struct AgentArgs {
     /// Health check interval.
     #[arg(long, env = "SHOAL_CHECK_INTERVAL", value_parser = parse_duration)]
     pub check_interval: Option<Duration>,
-    /// On SIGTERM: time between leaving the cluster (state=draining) and
-    /// stopping the services, so the load balancer stops routing first.
+    /// Time between health checks from the start until the first pass
+    /// (default 100ms), so `state=ready` follows the app's first good answer.
+    #[arg(long, env = "SHOAL_CHECK_START_INTERVAL", value_parser = parse_duration)]
+    pub check_start_interval: Option<Duration>,
+    /// On SIGTERM: the longest wait between leaving the cluster
+    /// (state=draining) and stopping the services; they are stopped as soon
+    /// as no client connection is left open on the service port (tag `port`).
     #[arg(long, env = "SHOAL_DRAIN", default_value = "3s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// On SIGTERM: the shortest wait before open connections are counted,
+    /// so the load balancer has stopped sending new ones (capped at --drain).
+    #[arg(long, env = "SHOAL_DRAIN_GRACE", default_value = "1s", value_parser = parse_duration)]
+    pub drain_grace: Duration,
     /// Serf JSON config file (repeatable; see docs/serf.md); flags and
     /// SHOAL_* variables win over it.
     #[arg(long = "config-file", env = "SHOAL_CONFIG_FILE", value_name = "FILE")]
@@ -261,8 +270,10 @@ pub struct AgentSettings {
     pub handlers: Vec<HandlerSpec>,
     pub handler_timeout: Duration,
     /// On a requested stop, the wait between leaving the cluster and
-    /// stopping the supervised services (`--drain`).
+    /// stopping the supervised services (`--drain`): the maximum.
     pub drain: Duration,
+    /// The shortest drain before connections are counted (`--drain-grace`).
+    pub drain_grace: Duration,
     /// `--snapshot`: kept up to date while the agent runs.
     pub snapshot: Option<PathBuf>,
     /// Whether SIGTERM / SIGINT leave the cluster before stopping.
@@ -348,6 +359,7 @@ impl AgentArgs {
             handlers,
             handler_timeout: self.handler_timeout,
             drain: self.drain,
+            drain_grace: self.drain_grace,
             snapshot: self.snapshot.clone(),
             leave_on_terminate: self.leave_on_terminate,
             leave_on_interrupt: self.leave_on_interrupt,

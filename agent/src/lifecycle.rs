@@ -16,7 +16,10 @@
 //!    stop routing here;
 //! 3. the node leaves the cluster (answered when members acknowledged it,
 //!    or `--leave-timeout` passed); an API leave request is answered;
-//! 4. `--drain` is waited, so requests in flight finish;
+//! 4. the drain: the services keep running until no client connection is
+//!    left open on the service port (tag `port`; counted after
+//!    `--drain-grace`) or `--drain` (the maximum) ran out, so requests in
+//!    flight finish ([`crate::supervisor::drain`]);
 //! 5. the services are stopped in reverse dependency order;
 //! 6. [`Exit::Stopped`] with the services' code (0 without services).
 //!
@@ -44,7 +47,7 @@ use crate::api::{self, ApiState, InfoHook, LeaveRequest};
 use crate::cli::{AgentArgs, AgentSettings};
 use crate::handlers;
 use crate::process;
-use crate::supervisor::{Health, Supervisor, SupervisorSpec};
+use crate::supervisor::{DrainEnd, DrainSpec, Health, Supervisor, SupervisorSpec};
 use crate::tags::Tags;
 
 /// Longest wait for the gossip loop to end after the leave.
@@ -150,6 +153,7 @@ pub fn configure(
             args.check_cmd.as_deref(),
             args.check_interval,
         )
+        .and_then(|()| s.apply_check_start_interval(args.check_start_interval))
         .map(|()| s)
     });
     match spec {
@@ -264,6 +268,7 @@ impl Lifecycle {
             health,
             leave_requests,
             drain: settings.drain,
+            drain_grace: settings.drain_grace,
             steps,
         })
     }
@@ -291,6 +296,7 @@ struct Running {
     health: Option<JoinHandle<()>>,
     leave_requests: mpsc::Receiver<LeaveRequest>,
     drain: Duration,
+    drain_grace: Duration,
     steps: Steps,
 }
 
@@ -378,15 +384,20 @@ impl Running {
             let _ = left.send(());
             let _ = tokio::time::timeout(ANSWER_WAIT, answered.recv()).await;
         }
-        let Some(services) = self.services.take() else {
+        let Some(mut services) = self.services.take() else {
             self.steps.report(Step::Stopped { code: 0 });
             return Exit::Stopped { code: 0 };
         };
         if draining && !self.drain.is_zero() {
-            info!(drain = ?self.drain, "draining before stopping services");
-            tokio::select! {
-                _ = tokio::time::sleep(self.drain) => {}
-                code = services.wait_exit() => info!(code, "services ended during the drain"),
+            let spec = DrainSpec {
+                max: self.drain,
+                grace: self.drain_grace,
+                port: service_port(&self.agent),
+            };
+            info!(max = ?spec.max, grace = ?spec.grace, port = ?spec.port, "draining before stopping services");
+            let report = services.drain(spec).await;
+            if report.end == DrainEnd::ServicesEnded {
+                info!("services ended during the drain");
             }
             self.steps.report(Step::Drained);
         }
@@ -455,6 +466,17 @@ fn loop_end_reason(end: Result<LoopEnd, tokio::task::JoinError>) -> String {
         Ok(LoopEnd::Closed) => "the gossip loop stopped unexpectedly (no commands)".into(),
         Err(e) => format!("the gossip loop stopped unexpectedly: {e}"),
     }
+}
+
+/// The port the load balancer sends this node's clients to (tag `port`), as
+/// gossiped now: the one whose connections the drain follows.
+fn service_port(agent: &Handle) -> Option<u16> {
+    agent
+        .local()
+        .tags
+        .get(shoal_contract::tags::PORT)
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p != 0)
 }
 
 /// Gossips the health check's verdict as tag `state`.

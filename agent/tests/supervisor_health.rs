@@ -57,6 +57,7 @@ async fn an_http_check_flips_ready_unhealthy_ready() {
     spec.check = Some(CheckSpec {
         target: CheckTarget::parse_http(&format!("http://127.0.0.1:{port}/health")).expect("url"),
         interval: Duration::from_millis(50),
+        start_interval: Duration::from_millis(50),
         timeout: Duration::from_millis(50),
         rise: 2,
         fall: 2,
@@ -73,6 +74,66 @@ async fn an_http_check_flips_ready_unhealthy_ready() {
     expect_state(&mut rx, Health::Unhealthy).await;
     code.store(302, Ordering::SeqCst);
     expect_state(&mut rx, Health::Ready).await;
+    tokio::time::timeout(BOUND, sup.shutdown())
+        .await
+        .expect("shutdown");
+}
+
+/// Counts the requests it answers (200), from the moment it is started.
+async fn serve_counting(listener: tokio::net::TcpListener, count: Arc<AtomicU16>) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        count.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            let resp = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+            let _ = s.write_all(resp.as_bytes()).await;
+        });
+    }
+}
+
+#[tokio::test]
+async fn checks_run_fast_until_the_first_pass_then_at_the_interval() {
+    // A port that nothing listens on yet; the "app" opens it 700 ms in.
+    let addr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let mut spec = main_sleeping();
+    spec.check = Some(CheckSpec {
+        target: CheckTarget::parse_http(&format!("http://{addr}/health")).expect("url"),
+        interval: Duration::from_secs(30),
+        start_interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
+        rise: 1,
+        fall: 3,
+    });
+    let sup = Supervisor::start(spec).expect("start");
+    let mut rx = sup.health().expect("health");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(*rx.borrow(), Health::Starting);
+    let count = Arc::new(AtomicU16::new(0));
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind");
+    let opened = std::time::Instant::now();
+    tokio::spawn(serve_counting(listener, count.clone()));
+    expect_state(&mut rx, Health::Ready).await;
+    let took = opened.elapsed();
+    eprintln!("port open -> ready in {took:?} (start_interval 100ms, interval 30s)");
+    // One start interval plus scheduling; the 30 s interval would fail this.
+    assert!(
+        took < Duration::from_secs(2),
+        "ready {took:?} after the port opened"
+    );
+    // From the first pass on, the 30 s interval: no further check in 1 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        1,
+        "checks after the first pass"
+    );
     tokio::time::timeout(BOUND, sup.shutdown())
         .await
         .expect("shutdown");

@@ -190,11 +190,12 @@ async fn shutdown_stops_services_in_reverse_dependency_order() {
             .map(|d| format!("depends_on = [\"{d}\"]\n"))
             .unwrap_or_default();
         format!(
-            "[services.{name}]\ncommand = [\"/bin/sh\", \"-c\", \"echo start {name} >> {log}; trap 'echo stop {name} >> {log}; exit 0' TERM; while :; do sleep 0.05; done\"]\n{dep}stop_timeout = \"5s\"\n\n",
+            "[services.{name}]\ncommand = [\"/bin/sh\", \"-c\", \"trap 'echo stop {name} >> {log}; exit 0' TERM; echo start {name} >> {log}; while :; do sleep 0.05; done\"]\n{dep}stop_timeout = \"5s\"\n\n",
             log = log.display()
         )
     };
-    // File order deliberately differs from dependency order.
+    // File order deliberately differs from dependency order. The trap is
+    // set before `start` is logged: a SIGTERM right after cannot miss it.
     let text = format!(
         "{}{}{}",
         svc("web", Some("app")),

@@ -189,6 +189,46 @@ fn check_flags_override_the_file_and_exclude_each_other() {
     assert!(plain.check.is_some());
 }
 
+#[test]
+fn the_start_interval_comes_from_the_file_or_the_flag_and_must_be_positive() {
+    let text = "[services.x]\ncommand = [\"/bin/true\"]\n[check]\ncommand = \"true\"\nstart_interval = \"50ms\"\n";
+    let mut spec = SupervisorSpec::from_toml_str("t.toml", text).expect("valid");
+    let c = spec.check.as_ref().expect("check");
+    assert_eq!(c.start_interval, Duration::from_millis(50));
+    assert_eq!(c.interval, Duration::from_secs(2));
+    spec.apply_check_start_interval(Some(Duration::from_millis(20)))
+        .expect("flag");
+    assert_eq!(
+        spec.check.as_ref().expect("check").start_interval,
+        Duration::from_millis(20)
+    );
+    // Without either, the default.
+    let text = "[services.x]\ncommand = [\"/bin/true\"]\n[check]\ncommand = \"true\"\n";
+    let spec = SupervisorSpec::from_toml_str("t.toml", text).expect("valid");
+    assert_eq!(
+        spec.check.as_ref().expect("check").start_interval,
+        Duration::from_millis(100)
+    );
+
+    let text = "[services.x]\ncommand = [\"/bin/true\"]\n[check]\ncommand = \"true\"\nstart_interval = 0\n";
+    let errs = config_errors(SupervisorSpec::from_toml_str("t.toml", text));
+    assert_eq!(errs[0].key, "check.start_interval", "{errs:?}");
+    assert!(errs[0].message.contains("more than 0"), "{errs:?}");
+
+    let mut plain = SupervisorSpec::from_command(&["/bin/true".into()]).expect("valid");
+    let err = plain
+        .apply_check_start_interval(Some(Duration::from_millis(50)))
+        .expect_err("no check to pace");
+    assert!(err.to_string().contains("--check-start-interval"), "{err}");
+    plain
+        .apply_check_flags(Some("http://127.0.0.1:3000/health"), None, None)
+        .expect("http check");
+    let err = plain
+        .apply_check_start_interval(Some(Duration::ZERO))
+        .expect_err("zero");
+    assert!(err.to_string().contains("more than 0"), "{err}");
+}
+
 /// The services-file example in docs/supervisor.md must stay valid: every
 /// error it may give here is only about commands not installed on this machine.
 #[test]

@@ -1,5 +1,11 @@
-//! The health check: an HTTP GET or a command, run every `interval`, turned
-//! into a [`Health`] state with rise/fall thresholds.
+//! The health check: an HTTP GET or a command, turned into a [`Health`]
+//! state with rise/fall thresholds.
+//!
+//! The first check runs as soon as the checker starts (with the service);
+//! while the state is `Starting` the checks follow each other every
+//! `start_interval` (100 ms by default), so a service is `Ready` within that
+//! much of its health endpoint first answering, not one full `interval` later;
+//! from the first `Ready` on they run every `interval`.
 //!
 //! `Starting` until `rise` consecutive passes; `Ready` until `fall`
 //! consecutive failures, then `Unhealthy` until `rise` passes again.
@@ -93,12 +99,19 @@ impl CheckTarget {
     }
 }
 
+/// The default `start_interval`: fast enough that `ready` follows the app's
+/// first good answer within ~100 ms, slow enough not to load a starting app.
+pub const DEFAULT_START_INTERVAL: Duration = Duration::from_millis(100);
+
 /// A health check and its thresholds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckSpec {
     pub target: CheckTarget,
-    /// Time between the starts of two checks.
+    /// Time between two checks once the service was `Ready` once.
     pub interval: Duration,
+    /// Time between two checks until the service is first `Ready` (capped
+    /// at `interval`).
+    pub start_interval: Duration,
     /// One check's budget (connect + response, or the command's run time).
     pub timeout: Duration,
     /// Consecutive passes to become `Ready`.
@@ -112,6 +125,7 @@ impl Default for CheckSpec {
         CheckSpec {
             target: CheckTarget::Command("true".into()),
             interval: Duration::from_secs(2),
+            start_interval: DEFAULT_START_INTERVAL,
             timeout: Duration::from_secs(1),
             rise: 1,
             fall: 3,
@@ -230,16 +244,26 @@ impl Thresholds {
     }
 }
 
+/// The time from one check's start to the next one's: `start_interval`
+/// until the service was first `Ready`, `interval` after.
+pub fn next_delay(spec: &CheckSpec, ever_ready: bool) -> Duration {
+    if ever_ready {
+        spec.interval
+    } else {
+        spec.start_interval.min(spec.interval)
+    }
+}
+
 /// Starts the checker task; it runs until the returned sender side is
 /// dropped by aborting the task (the supervisor does this on shutdown).
+/// The first check runs at once; see the module docs for the pace.
 pub fn spawn_checker(spec: CheckSpec) -> (watch::Receiver<Health>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Health::Starting);
     let handle = tokio::spawn(async move {
         let mut th = Thresholds::new(spec.rise, spec.fall);
-        let mut tick = tokio::time::interval(spec.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ever_ready = false;
         loop {
-            tick.tick().await;
+            let began = tokio::time::Instant::now();
             let res = check_once(&spec.target, spec.timeout).await;
             let before = th.state();
             let after = th.observe(res.is_ok());
@@ -253,10 +277,15 @@ pub fn spawn_checker(spec: CheckSpec) -> (watch::Receiver<Health>, tokio::task::
                         tracing::warn!(service = "health", health = %after, %reason, "health changed")
                     }
                 }
+                // Sent before anything else: the agent gossips it at once.
                 if tx.send(after).is_err() {
                     return;
                 }
             }
+            ever_ready |= after == Health::Ready;
+            // The pace is from start to start, as an interval timer would
+            // keep it, but a slow check never makes the next one overlap.
+            tokio::time::sleep_until(began + next_delay(&spec, ever_ready)).await;
         }
     });
     (rx, handle)
@@ -295,6 +324,23 @@ mod tests {
         assert!(CheckTarget::parse_http("https://x/").is_err());
         assert!(CheckTarget::parse_http("http://x:notaport/").is_err());
         assert!(CheckTarget::parse_http("http://:80/").is_err());
+    }
+
+    #[test]
+    fn checks_are_fast_until_the_first_ready_then_at_the_interval() {
+        let spec = CheckSpec {
+            interval: Duration::from_secs(2),
+            start_interval: Duration::from_millis(100),
+            ..CheckSpec::default()
+        };
+        assert_eq!(next_delay(&spec, false), Duration::from_millis(100));
+        assert_eq!(next_delay(&spec, true), Duration::from_secs(2));
+        // Never slower than the interval itself.
+        let short = CheckSpec {
+            interval: Duration::from_millis(50),
+            ..spec
+        };
+        assert_eq!(next_delay(&short, false), Duration::from_millis(50));
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //!   commands) before anything starts; all problems come back together in
 //!   [`SupervisorError::Config`], each naming file, line and key.
 //! - [`health`]: the `--check` / `--check-cmd` loop producing a
-//!   `watch::Receiver<Health>` (`starting` → `ready` ⇄ `unhealthy`).
+//!   `watch::Receiver<Health>` (`starting` → `ready` ⇄ `unhealthy`); fast
+//!   checks from the start until the first `ready`.
+//! - [`drain`] (with the pure parsing in [`sockets`]): on a stop, wait until
+//!   the app has no open connection on its service port, or the maximum.
 //! - this file: [`Supervisor`], one task per service that spawns it through
 //!   [`crate::process`] (the only place that spawns and reaps), restarts it
 //!   per its policy with exponential backoff and a crash-loop limit, and stops
@@ -39,7 +42,9 @@
 //! shutdown, the main service's final status (so a main killed by its
 //! SIGTERM gives 143, as with tini); 0 without a main service.
 
+pub mod drain;
 pub mod health;
+pub mod sockets;
 pub mod spec;
 
 use std::collections::VecDeque;
@@ -55,6 +60,7 @@ use tokio::task::JoinHandle;
 
 use crate::process::{self, Child, ExitStatus};
 
+pub use drain::{DrainEnd, DrainReport, DrainSpec};
 pub use health::{CheckSpec, CheckTarget, Health};
 pub use spec::{ConfigError, RestartPolicy, ServiceSpec, SupervisorError, SupervisorSpec};
 
@@ -321,6 +327,21 @@ impl Supervisor {
             // The sender lives in `shared`, which we hold: unreachable.
             _ => std::future::pending().await,
         }
+    }
+
+    /// Waits out a drain (see [`drain`]): until the services have no open
+    /// connection on the service port after the grace, the maximum, or
+    /// their own end. The health check stops first: its verdict no longer
+    /// matters, and its own connections must not hold the drain.
+    pub async fn drain(&mut self, spec: DrainSpec) -> DrainReport {
+        if let Some((_, h)) = self.health.take() {
+            h.abort();
+        }
+        let shared = self.shared.clone();
+        let pids = move || -> Vec<i32> { shared.status().iter().filter_map(|s| s.pid).collect() };
+        let report = drain::wait(spec, pids, self.wait_exit()).await;
+        tracing::info!(end = ?report.end, took = ?report.took, "drained");
+        report
     }
 
     /// Stops everything: each service after the services that depend on it

@@ -277,12 +277,21 @@ struct RawCheck {
     http: Option<Spanned<String>>,
     command: Option<Spanned<String>>,
     interval: Option<Dur>,
+    start_interval: Option<Dur>,
     timeout: Option<Dur>,
     rise: Option<u32>,
     fall: Option<u32>,
 }
 
-const CHECK_KEYS: &[&str] = &["http", "command", "interval", "timeout", "rise", "fall"];
+const CHECK_KEYS: &[&str] = &[
+    "http",
+    "command",
+    "interval",
+    "start_interval",
+    "timeout",
+    "rise",
+    "fall",
+];
 
 // ---------------------------------------------------------------- loading
 
@@ -520,6 +529,31 @@ impl SupervisorSpec {
         Ok(())
     }
 
+    /// Applies `--check-start-interval` over the `[check]` section: the time
+    /// between checks until the service is first ready.
+    pub fn apply_check_start_interval(
+        &mut self,
+        start_interval: Option<Duration>,
+    ) -> Result<(), SupervisorError> {
+        let Some(d) = start_interval else {
+            return Ok(());
+        };
+        let message = if d.is_zero() {
+            "must be more than 0"
+        } else if let Some(c) = self.check.as_mut() {
+            c.start_interval = d;
+            return Ok(());
+        } else {
+            "needs --check, --check-cmd or a [check] section"
+        };
+        Err(SupervisorError::Config(vec![ConfigError {
+            file: "command line".into(),
+            line: None,
+            key: "--check-start-interval".into(),
+            message: message.into(),
+        }]))
+    }
+
     /// The service whose exit code is the container's, if any.
     pub fn main_service(&self) -> Option<&ServiceSpec> {
         self.services.iter().find(|s| s.main)
@@ -652,6 +686,7 @@ fn read_check(src: &mut Src<'_>, body: Spanned<DeValue<'_>>) -> Option<RawCheck>
             "http" => raw.http = src.value(&fkey, v),
             "command" => raw.command = src.value(&fkey, v),
             "interval" => raw.interval = src.value(&fkey, v),
+            "start_interval" => raw.start_interval = src.value(&fkey, v),
             "timeout" => raw.timeout = src.value(&fkey, v),
             "rise" => raw.rise = src.value(&fkey, v),
             "fall" => raw.fall = src.value(&fkey, v),
@@ -745,6 +780,12 @@ fn convert_check(src: &mut Src<'_>, raw: RawCheck) -> Option<CheckSpec> {
     }
     if let Some(d) = raw.timeout {
         c.timeout = d.0;
+    }
+    if let Some(d) = raw.start_interval {
+        if d.0.is_zero() {
+            src.err(None, "check.start_interval", "must be more than 0");
+        }
+        c.start_interval = d.0;
     }
     if let Some(n) = raw.rise {
         c.rise = n.max(1);
