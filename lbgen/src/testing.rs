@@ -614,5 +614,6 @@ pub fn watch_config(
         reload_timeout: Duration::from_secs(10),
         resync: None,
         reports: None,
+        http: None,
     }
 }
