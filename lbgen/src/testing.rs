@@ -3,6 +3,8 @@
 //! whole process group), a bounded load generator, members documents. 127.0.0.1 only.
 //! Only built with the `testing` feature; it panics on setup failures, as tests should.
 
+pub mod browser;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

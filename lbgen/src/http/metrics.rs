@@ -50,6 +50,15 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// Every (kind, result) of `lbgen_applies_total` ([`apply_labels`]).
+pub const APPLY_SERIES: [(&str, &str); 5] = [
+    ("reload", "applied"),
+    ("runtime", "applied"),
+    ("written", "applied"),
+    ("none", "unchanged"),
+    ("none", "failed"),
+];
+
 /// Why an apply failed, as the `class` label of `lbgen_apply_errors_total`:
 /// `template` (an edited template rejected), `permanent` (render error, failed check,
 /// unwritable file), `refused` (HAProxy refused the reload), `transient` (agent or master
@@ -194,6 +203,9 @@ impl Metrics {
             events,
         };
         // Every fixed series exists from the start, so a rate() has a zero to start from.
+        for (kind, result) in APPLY_SERIES {
+            let _ = m.applies.get_or_create(&ApplyLabels { kind, result });
+        }
         for class in ERROR_CLASSES {
             let _ = m.apply_errors.get_or_create(&ErrorLabels { class });
         }
