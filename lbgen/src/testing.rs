@@ -4,6 +4,7 @@
 //! Only built with the `testing` feature; it panics on setup failures, as tests should.
 
 pub mod browser;
+pub mod status_page;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

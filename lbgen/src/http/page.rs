@@ -266,14 +266,19 @@ const JS: &str = r#"
   var state = { loadedAt: Date.now(), refreshes: 0, pushes: 0 };
   window.shoalStatus = state;
   var busy = false, again = false, timer = null;
+  // Returns a promise, so a test or bench can await one refresh (and read lastRefreshMs:
+  // fetch + swap + layout of the new fragment).
   function refresh() {
-    if (busy) { again = true; return; }
+    if (busy) { again = true; return Promise.resolve(); }
     busy = true;
-    fetch("status.html", { cache: "no-store" }).then(function (r) {
+    var t0 = performance.now();
+    return fetch("status.html", { cache: "no-store" }).then(function (r) {
       if (!r.ok) { throw new Error("HTTP " + r.status); }
       return r.text();
     }).then(function (html) {
       main.innerHTML = html;
+      void main.offsetHeight;
+      state.lastRefreshMs = performance.now() - t0;
       state.refreshes++;
       conn.textContent = "live · updated " + new Date().toLocaleTimeString();
     }).catch(function (e) {
@@ -283,6 +288,7 @@ const JS: &str = r#"
       if (again) { again = false; refresh(); }
     });
   }
+  state.refresh = refresh;
   function soon() {
     state.pushes++;
     if (timer === null) { timer = setTimeout(function () { timer = null; refresh(); }, 100); }

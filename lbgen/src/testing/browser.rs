@@ -27,6 +27,8 @@ pub struct Browser {
 /// One tab, by its DevTools session.
 pub struct Tab {
     session: String,
+    /// Its target id (`Target.closeTarget`).
+    pub target: String,
 }
 
 /// `fd` duplicated to a number of at least 10, close-on-exec (so the child's `dup2` onto
@@ -153,6 +155,7 @@ impl Browser {
         );
         let tab = Tab {
             session: a["sessionId"].as_str().expect("sessionId").to_string(),
+            target,
         };
         self.call(
             Some(&tab.session),
