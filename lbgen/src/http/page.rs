@@ -87,10 +87,10 @@ fn fragment_into(out: &mut String, v: &StatusView) {
 fn summary(out: &mut String, v: &StatusView) {
     let count = |s: &str| v.members.iter().filter(|m| m.status.as_str() == s).count();
     let servers: usize = v.pools.iter().map(|p| p.servers.len()).sum();
-    let _ = write!(
+    let _ = writeln!(
         out,
         "<section id=\"summary\"><p><b>{}</b> members: {} alive, {} suspect, {} failed, {} left · \
-         <b>{}</b> pools, <b>{servers}</b> servers · source {}</p>\n",
+         <b>{}</b> pools, <b>{servers}</b> servers · source {}</p>",
         v.members.len(),
         count("alive"),
         count("suspect"),
@@ -99,19 +99,19 @@ fn summary(out: &mut String, v: &StatusView) {
         v.pools.len(),
         escape(&v.source)
     );
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<p id=\"haproxy\" data-state=\"{0}\">HAProxy: <span class=\"hs hs-{0}\">{0}</span> {1}</p>\n",
+        "<p id=\"haproxy\" data-state=\"{0}\">HAProxy: <span class=\"hs hs-{0}\">{0}</span> {1}</p>",
         v.haproxy.state,
         escape(&v.haproxy.detail)
     );
     match &v.last_apply {
         None => out.push_str("<p id=\"last-apply\" data-result=\"none\">No apply yet.</p>\n"),
         Some(a) => {
-            let _ = write!(
+            let _ = writeln!(
                 out,
                 "<p id=\"last-apply\" data-result=\"{}\" data-kind=\"{}\">Last apply: \
-                 <span class=\"res res-{0}\">{0}</span> ({1}) at {2}, {3} ms{4}</p>\n",
+                 <span class=\"res res-{0}\">{0}</span> ({1}) at {2}, {3} ms{4}</p>",
                 a.result,
                 a.kind,
                 rfc3339(a.at),
@@ -138,9 +138,9 @@ fn summary(out: &mut String, v: &StatusView) {
 }
 
 fn pools(out: &mut String, v: &StatusView) {
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<section id=\"pools\"><h2>Pools ({})</h2>\n",
+        "<section id=\"pools\"><h2>Pools ({})</h2>",
         v.pools.len()
     );
     if v.pools.is_empty() {
