@@ -3,6 +3,8 @@
 //! navigation → load event (server render, transfer, parse, layout), one live refresh with
 //! JS (fetch `status.html` + swap + layout), and `GET /` as a client on 127.0.0.1 sees it.
 //!
+//! A 3-member page is measured first, as the baseline of a tab and a navigation.
+//!
 //! Flags: `--members N` (default 1000), `--loads N` (default 10).
 
 fn arg(name: &str, default: usize) -> usize {
@@ -31,12 +33,20 @@ fn line(label: &str, mut v: Vec<f64>) {
 fn main() {
     let members = arg("--members", 1000);
     let loads = arg("--loads", 10).max(1);
-    let f = lbgen::testing::status_page::measure(members, loads);
-    println!("status page with {members} members ({loads} loads, headless chromium):");
-    line("page load (navigation start -> load event end)", f.load_ms);
-    line("live refresh with JS (fetch + swap + layout)", f.refresh_ms);
-    line(
-        "GET / from 127.0.0.1 (server render + transfer)",
-        f.server_ms,
-    );
+    // A 3-member page first: what a tab and a navigation cost in this chromium, apart from
+    // the members.
+    for n in [3, members] {
+        let f = lbgen::testing::status_page::measure(n, loads);
+        println!("status page with {n} members ({loads} loads, headless chromium):");
+        line("page load (navigation start -> load event end)", f.load_ms);
+        line(
+            "chromium CPU time for one page load (all processes)",
+            f.load_cpu_ms,
+        );
+        line("live refresh with JS (fetch + swap + layout)", f.refresh_ms);
+        line(
+            "GET / from 127.0.0.1 (server render + transfer)",
+            f.server_ms,
+        );
+    }
 }

@@ -151,14 +151,16 @@ fn pools(out: &mut String, v: &StatusView) {
         let _ = write!(
             out,
             "<div class=\"pool\" data-pool=\"{name}\"><h3>{name} <small>route {}{} · check {} · {}{}</small></h3>\n\
-             <table><thead><tr><th>server</th><th>address</th><th>weight</th><th>lbgen</th><th>HAProxy</th><th>check</th></tr></thead><tbody>\n",
+             ",
             escape(&p.route),
             if p.default { " (default)" } else { "" },
             escape(&p.check),
             escape(&p.balance),
             if p.sticky { " · sticky" } else { "" },
         );
+        let mut t = Chunked::open(out, &SERVER_TABLE);
         for s in &p.servers {
+            t.row(out);
             let state = match s.state {
                 crate::model::ServerState::Ready => "ready",
                 crate::model::ServerState::Drain => "drain",
@@ -166,9 +168,9 @@ fn pools(out: &mut String, v: &StatusView) {
             let hs = escape(&s.haproxy);
             let _ = writeln!(
                 out,
-                "<tr class=\"server\" data-pool=\"{name}\" data-server=\"{sn}\" data-state=\"{state}\" data-haproxy=\"{hs}\">\
-                 <td>{sn}</td><td>{}</td><td>{}</td><td><span class=\"st st-{state}\">{state}</span></td>\
-                 <td><span class=\"hs hs-{}\">{hs}</span></td><td>{}</td></tr>",
+                "<tr class=\"server\" data-server=\"{sn}\" data-state=\"{state}\" data-haproxy=\"{hs}\">\
+                 <td>{sn}</td><td>{}</td><td>{}</td><td class=\"st-{state}\">{state}</td>\
+                 <td class=\"hs-{}\">{hs}</td><td>{}</td></tr>",
                 escape(&s.addr),
                 s.weight,
                 haproxy_class(&s.haproxy),
@@ -176,7 +178,8 @@ fn pools(out: &mut String, v: &StatusView) {
                 sn = escape(&s.name),
             );
         }
-        out.push_str("</tbody></table></div>\n");
+        t.close(out);
+        out.push_str("</div>\n");
     }
     out.push_str("</section>\n");
 }
@@ -200,24 +203,87 @@ fn haproxy_class(s: &str) -> &'static str {
 fn members(out: &mut String, v: &StatusView) {
     let _ = write!(
         out,
-        "<section id=\"members\"><h2>Members ({})</h2>\n<table><thead><tr><th>name</th><th>address</th><th>status</th><th>tags</th></tr></thead><tbody>\n",
+        "<section id=\"members\"><h2>Members ({})</h2>\n",
         v.members.len()
     );
+    let mut t = Chunked::open(out, &MEMBER_TABLE);
     for m in &v.members {
+        t.row(out);
         let name = escape(&m.name);
         let status = m.status.as_str();
         let _ = write!(
             out,
             "<tr class=\"member\" data-name=\"{name}\" data-status=\"{status}\"><td>{name}</td><td>{}</td>\
-             <td><span class=\"st st-{status}\">{status}</span></td><td>",
+             <td class=\"st-{status}\">{status}</td><td class=\"tags\">",
             escape(&m.addr)
         );
-        for (k, val) in &m.tags {
-            let _ = write!(out, "<code>{}={}</code> ", escape(k), escape(val));
+        // One text node per row (not an element per tag): 1,000 members stay cheap to lay out.
+        for (i, (k, val)) in m.tags.iter().enumerate() {
+            if i > 0 {
+                out.push_str(" · ");
+            }
+            let _ = write!(out, "{}={}", escape(k), escape(val));
         }
         out.push_str("</td></tr>\n");
     }
-    out.push_str("</tbody></table></section>\n");
+    t.close(out);
+    out.push_str("</section>\n");
+}
+
+/// A table's class and header.
+struct TableHead {
+    class: &'static str,
+    header: &'static str,
+}
+
+const SERVER_TABLE: TableHead = TableHead {
+    class: "servers",
+    header:
+        "<th>server</th><th>address</th><th>weight</th><th>lbgen</th><th>HAProxy</th><th>check</th>",
+};
+
+const MEMBER_TABLE: TableHead = TableHead {
+    class: "members",
+    header: "<th>name</th><th>address</th><th>status</th><th>tags</th>",
+};
+
+/// Rows per chunk of a long table.
+const CHUNK_ROWS: usize = 100;
+
+/// A long table written as chunks of [`CHUNK_ROWS`] rows, each its own fixed-layout table in
+/// a `content-visibility: auto` box: the browser lays out and paints only the chunks on
+/// screen, which keeps 1,000 members within the page's render budget. The header goes on the
+/// first chunk; every chunk has the same column widths, so they read as one table.
+struct Chunked {
+    head: &'static TableHead,
+    rows: usize,
+}
+
+impl Chunked {
+    fn open(out: &mut String, head: &'static TableHead) -> Chunked {
+        let _ = write!(
+            out,
+            "<div class=\"chunk\"><table class=\"{}\"><thead><tr>{}</tr></thead><tbody>\n",
+            head.class, head.header
+        );
+        Chunked { head, rows: 0 }
+    }
+
+    /// Call before each row.
+    fn row(&mut self, out: &mut String) {
+        if self.rows > 0 && self.rows % CHUNK_ROWS == 0 {
+            let _ = write!(
+                out,
+                "</tbody></table></div>\n<div class=\"chunk\"><table class=\"{}\"><tbody>\n",
+                self.head.class
+            );
+        }
+        self.rows += 1;
+    }
+
+    fn close(self, out: &mut String) {
+        out.push_str("</tbody></table></div>\n");
+    }
 }
 
 fn events(out: &mut String, v: &StatusView) {
@@ -245,11 +311,17 @@ fn events(out: &mut String, v: &StatusView) {
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#222;background:#fafafa}\
 header{display:flex;gap:1em;align-items:baseline;padding:.6em 1em;background:#1f3b57;color:#fff}\
 h1{font-size:1.2em;margin:0}h2{font-size:1.05em;margin:1.2em 0 .4em}h3{font-size:1em;margin:.8em 0 .3em}\
-main{padding:0 1em 2em}table{border-collapse:collapse;width:100%;background:#fff}\
+main{padding:0 1em 2em}table{border-collapse:collapse;width:100%;background:#fff;table-layout:fixed}\
+.chunk{content-visibility:auto;contain-intrinsic-size:auto 2400px}\
+.members tr:first-child>:nth-child(1){width:18%}.members tr:first-child>:nth-child(2){width:17%}\
+.members tr:first-child>:nth-child(3){width:8%}.servers tr:first-child>:nth-child(1),\
+.servers tr:first-child>:nth-child(2){width:22%}.servers tr:first-child>:nth-child(3){width:9%}\
+.servers tr:first-child>:nth-child(4),.servers tr:first-child>:nth-child(5){width:12%}td{overflow:hidden;text-overflow:ellipsis;white-space:nowrap}\
+td.tags{font:12px ui-monospace,monospace;white-space:normal;overflow-wrap:anywhere}\
 th,td{text-align:left;padding:2px 8px;border-bottom:1px solid #e4e4e4;vertical-align:top}\
 th{background:#eef2f6;font-weight:600}code{font-size:12px;background:#f1f1f1;padding:0 3px;margin-right:2px}\
 small{color:#666;font-weight:normal}.conn{font-size:12px;opacity:.8}.err{color:#a00}\
-.st,.hs,.res{padding:0 6px;border-radius:3px;font-size:12px}\
+.hs,.res{padding:0 6px;border-radius:3px;font-size:12px}\
 .st-alive,.st-ready,.hs-up,.res-applied{background:#d7f2dc}.st-suspect,.st-drain,.hs-drain,.res-unchanged{background:#fff1c7}\
 .st-failed,.hs-down,.res-failed{background:#f8d3d3}.st-left,.hs-maint,.hs-unknown,.hs-absent{background:#e6e6e6}\
 .hs-live{background:#d7f2dc}.hs-error{background:#f8d3d3}.skipped,.conflict{color:#8a5a00;margin:.2em 0}\

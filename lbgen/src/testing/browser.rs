@@ -196,6 +196,44 @@ impl Browser {
         }
     }
 
+    /// CPU ticks (user + system) used so far by each live process of chromium's process
+    /// group (the browser, renderers, GPU and utility processes), by PID.
+    pub fn cpu_ticks(&self) -> std::collections::HashMap<u32, u64> {
+        let pgid = self.child.id().to_string();
+        let mut out = std::collections::HashMap::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid pgrp ... utime stime`: fields after the last `)`.
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() > 12 && f[2] == pgid {
+                let t = f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+                out.insert(pid, t);
+            }
+        }
+        out
+    }
+
+    /// CPU time chromium used since `before` ([`Browser::cpu_ticks`]): the growth of each
+    /// process alive now. Unlike wall time it hardly depends on what else the machine runs.
+    pub fn cpu_since(&self, before: &std::collections::HashMap<u32, u64>) -> Duration {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        let ticks: u64 = self
+            .cpu_ticks()
+            .iter()
+            .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+            .sum();
+        Duration::from_millis(ticks * 1000 / hz)
+    }
+
     /// A PNG of the whole page (`captureBeyondViewport`) written to `path`.
     pub fn screenshot(&mut self, tab: &Tab, path: &Path) {
         use base64::Engine;

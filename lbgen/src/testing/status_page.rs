@@ -17,6 +17,8 @@ pub struct PageFigures {
     /// Navigation start → load event end in chromium (server render, transfer, parse,
     /// style and layout of the whole page).
     pub load_ms: Vec<f64>,
+    /// chromium's CPU time (all its processes) for one page load.
+    pub load_cpu_ms: Vec<f64>,
     /// One live update with JS: fetch `status.html`, swap it in, lay it out.
     pub refresh_ms: Vec<f64>,
     /// `GET /` answered in full, seen from a client on 127.0.0.1.
@@ -97,6 +99,7 @@ pub fn measure(n: usize, loads: usize) -> PageFigures {
     }
     let mut b = Browser::start();
     for _ in 0..loads {
+        let cpu0 = b.cpu_ticks();
         let tab = b.open(&format!("http://{addr}/"), 1200, 900);
         let loaded = "document.readyState === 'complete' && \
                       performance.getEntriesByType('navigation').length === 1 && \
@@ -112,6 +115,14 @@ pub fn measure(n: usize, loads: usize) -> PageFigures {
             "performance.getEntriesByType('navigation')[0].loadEventEnd",
         );
         figures.load_ms.push(load.as_f64().expect("a load time"));
+        // One frame after load: the page laid out and painted.
+        b.eval(
+            &tab,
+            "new Promise(function (r) { requestAnimationFrame(function () { setTimeout(r, 0); }); })",
+        );
+        figures
+            .load_cpu_ms
+            .push(b.cpu_since(&cpu0).as_secs_f64() * 1000.0);
         let refresh = b.eval(
             &tab,
             "window.shoalStatus.refresh().then(function () { return window.shoalStatus.lastRefreshMs; })",
