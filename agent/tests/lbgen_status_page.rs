@@ -284,7 +284,7 @@ fn screenshot_path(dir: &Path) -> PathBuf {
 fn the_status_page_shows_members_and_server_states_and_updates_without_a_reload() {
     let mut c = Cluster::start(62, 2);
     let mut b = lbtest::browser::Browser::start();
-    let tab = b.open(&format!("http://{}/", c.http), 1200, 900);
+    let tab = b.open(&format!("http://{}/", c.http), 1200, 640);
     // Every member, and each pool's servers UP in HAProxy (its health checks passed).
     let up = |s: &str| {
         exists(&format!(
