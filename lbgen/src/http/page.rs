@@ -148,10 +148,9 @@ fn pools(out: &mut String, v: &StatusView) {
     }
     for p in &v.pools {
         let name = escape(&p.name);
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<div class=\"pool\" data-pool=\"{name}\"><h3>{name} <small>route {}{} · check {} · {}{}</small></h3>\n\
-             ",
+            "<div class=\"pool\" data-pool=\"{name}\"><h3>{name} <small>route {}{} · check {} · {}{}</small></h3>",
             escape(&p.route),
             if p.default { " (default)" } else { "" },
             escape(&p.check),
@@ -201,9 +200,9 @@ fn haproxy_class(s: &str) -> &'static str {
 }
 
 fn members(out: &mut String, v: &StatusView) {
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<section id=\"members\"><h2>Members ({})</h2>\n",
+        "<section id=\"members\"><h2>Members ({})</h2>",
         v.members.len()
     );
     let mut t = Chunked::open(out, &MEMBER_TABLE);
@@ -261,9 +260,9 @@ struct Chunked {
 
 impl Chunked {
     fn open(out: &mut String, head: &'static TableHead) -> Chunked {
-        let _ = write!(
+        let _ = writeln!(
             out,
-            "<div class=\"chunk\"><table class=\"{}\"><thead><tr>{}</tr></thead><tbody>\n",
+            "<div class=\"chunk\"><table class=\"{}\"><thead><tr>{}</tr></thead><tbody>",
             head.class, head.header
         );
         Chunked { head, rows: 0 }
@@ -271,7 +270,7 @@ impl Chunked {
 
     /// Call before each row.
     fn row(&mut self, out: &mut String) {
-        if self.rows > 0 && self.rows % CHUNK_ROWS == 0 {
+        if self.rows > 0 && self.rows.is_multiple_of(CHUNK_ROWS) {
             let _ = write!(
                 out,
                 "</tbody></table></div>\n<div class=\"chunk\"><table class=\"{}\"><tbody>\n",
