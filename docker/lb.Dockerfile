@@ -31,7 +31,7 @@ ENV SHOAL_SERVICES=/etc/shoal/services.toml \
     LBGEN_VAR=http_port=80,stats_port=1936,timeout_connect=1s \
     LBGEN_WAIT=200ms:2s
 
-EXPOSE 80 1936 7946/tcp 7946/udp
+EXPOSE 80 1936 8405 7946/tcp 7946/udp
 HEALTHCHECK --interval=2s --timeout=2s --start-period=10s --retries=3 \
     CMD shoal info --format json | grep -q '"state":"ready"'
 ENTRYPOINT ["shoal", "agent"]

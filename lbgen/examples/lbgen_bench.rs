@@ -111,6 +111,7 @@ async fn main() {
         reload_timeout: Duration::from_secs(10),
         resync: None,
         reports: Some(rtx),
+        http: None,
     };
     let w = tokio::spawn(lbgen::watch::run(cfg, async {
         let _ = stop_rx.await;

@@ -424,6 +424,7 @@ mod tests {
             reload_timeout: Duration::from_secs(1),
             resync: None,
             reports: None,
+            http: None,
         }
     }
 

@@ -12,11 +12,13 @@
 //! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
 //! - [`haproxy`]: master CLI client: verified reload, runtime API.
 //! - [`plan`]: runtime-API commands vs reload for a model change (pure).
+//! - [`http`]: `watch --http`: the status page, `/status.json`, `/metrics`, `/events`.
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 //! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
 pub mod apply;
 pub mod grammar;
 pub mod haproxy;
+pub mod http;
 pub mod model;
 pub mod output;
 pub mod plan;

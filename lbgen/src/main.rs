@@ -107,6 +107,10 @@ struct WatchArgs {
     /// Re-check membership, the file and HAProxy this often without a signal ("0" = never).
     #[arg(long, env = "LBGEN_RESYNC", default_value = "10s")]
     resync: String,
+    /// Serve the status page (/), /status.json, /metrics and /events on ADDR
+    /// (e.g. 127.0.0.1:9100). Off without it.
+    #[arg(long, env = "LBGEN_HTTP", value_name = "ADDR")]
+    http: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -275,6 +279,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         reload_timeout: parse_duration(&a.reload_timeout)?,
         resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
         reports: None,
+        http: a.http.as_deref().map(lbgen::http::bind).transpose()?,
     };
     lbgen::watch::run(cfg, shutdown_signal()).await
 }

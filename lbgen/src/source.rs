@@ -63,7 +63,11 @@ type HttpClient = Client<HttpConnector, Empty<Bytes>>;
 pub struct Source {
     spec: SourceSpec,
     client: HttpClient,
+    tap: Option<EventTap>,
 }
+
+/// Sees every parsed line of the agent's event stream (the status page's events, metrics).
+pub type EventTap = std::sync::Arc<dyn Fn(&StreamLine) + Send + Sync>;
 
 /// Keeps a source's background task or file watcher alive; stops it on drop.
 pub enum SourceHandle {
@@ -128,7 +132,14 @@ impl Source {
                 .pool_idle_timeout(POOL_IDLE)
                 .pool_timer(hyper_util::rt::TokioTimer::new())
                 .build_http(),
+            tap: None,
         }
+    }
+
+    /// Also hands every event-stream line to `tap` (members files have no stream).
+    pub fn with_tap(mut self, tap: Option<EventTap>) -> Source {
+        self.tap = tap;
+        self
     }
 
     pub fn describe(&self) -> String {
@@ -202,6 +213,7 @@ impl Source {
                     base,
                     token.clone(),
                     tx,
+                    self.tap.clone(),
                 ))))
             }
         }
@@ -215,6 +227,7 @@ async fn follow_events(
     base: String,
     token: Option<String>,
     tx: UnboundedSender<Signal>,
+    tap: Option<EventTap>,
 ) {
     let mut pos = StreamPos::default();
     let mut backoff = Duration::from_millis(100);
@@ -229,6 +242,7 @@ async fn follow_events(
             client: &client,
             url: &url,
             token: token.as_deref(),
+            tap: tap.as_ref(),
         };
         match stream.once(&mut pos, &tx, first, &mut connected).await {
             Ok(()) => tracing::warn!(%url, "event stream ended; reconnecting"),
@@ -283,6 +297,7 @@ struct Stream<'a> {
     client: &'a HttpClient,
     url: &'a str,
     token: Option<&'a str>,
+    tap: Option<&'a EventTap>,
 }
 
 impl Stream<'_> {
@@ -302,7 +317,7 @@ impl Stream<'_> {
         if !resp.status().is_success() {
             return Err(refused(url, resp.status(), self.token));
         }
-        read_events(resp, url, pos, tx, first, connected).await
+        read_events(resp, url, pos, tx, first, connected, self.tap).await
     }
 }
 
@@ -314,6 +329,7 @@ async fn read_events(
     tx: &UnboundedSender<Signal>,
     first: bool,
     connected: &mut bool,
+    tap: Option<&EventTap>,
 ) -> Result<(), Error> {
     *connected = true;
     tracing::info!(%url, "following agent events");
@@ -348,7 +364,11 @@ async fn read_events(
             if line.is_empty() {
                 continue;
             }
-            match StreamLine::from_json(line) {
+            let parsed = StreamLine::from_json(line);
+            if let (Some(tap), Ok(l)) = (tap, &parsed) {
+                tap(l);
+            }
+            match parsed {
                 Ok(StreamLine::Notice(n)) if n.kind == NoticeKind::Keepalive => {
                     let restarted = pos.observe_run(n.run.as_deref());
                     // An index going backwards also means the agent restarted: resync.

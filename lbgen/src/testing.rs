@@ -3,6 +3,9 @@
 //! whole process group), a bounded load generator, members documents. 127.0.0.1 only.
 //! Only built with the `testing` feature; it panics on setup failures, as tests should.
 
+pub mod browser;
+pub mod status_page;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -614,5 +617,6 @@ pub fn watch_config(
         reload_timeout: Duration::from_secs(10),
         resync: None,
         reports: None,
+        http: None,
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::time::Instant;
 
 use crate::apply::{Applier, ApplyError, ApplyOutcome};
+use crate::http::{error_class, StatusHub};
 use crate::output::CheckCmd;
 use crate::render::Vars;
 use crate::source::{watch_file, Signal, Source, SourceSpec};
@@ -65,6 +66,9 @@ pub struct WatchConfig {
     /// Every apply is reported here too (tests, benchmarks); a periodic resync only when it
     /// changed something.
     pub reports: Option<UnboundedSender<Report>>,
+    /// `--http`: serve the status page, `/status.json`, `/metrics` and `/events` here
+    /// (bound by the caller with [`crate::http::bind`], so a taken port fails at start-up).
+    pub http: Option<std::net::TcpListener>,
 }
 
 /// One apply, as reported on [`WatchConfig::reports`].
@@ -86,8 +90,21 @@ const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Runs until `shutdown` resolves. Startup problems (template, paths, master socket) are
 /// returned as one error before anything is touched. This loop only decides *when* to apply
 /// (debounce, retry, resync); the [`Applier`] decides *how*.
-pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let mut applier = Applier::new(&cfg)?;
+    let source = Source::new(cfg.source.clone());
+    let hub = cfg.http.as_ref().map(|_| {
+        let master = cfg.master.as_ref().map(crate::haproxy::Master::new);
+        StatusHub::new(source.describe(), master)
+    });
+    let _server = match (cfg.http.take(), &hub) {
+        (Some(l), Some(h)) => Some(crate::http::spawn(l, h.clone())?),
+        _ => None,
+    };
+    let source = source.with_tap(hub.clone().map(|h| {
+        std::sync::Arc::new(move |l: &shoal_contract::StreamLine| h.stream_line(l))
+            as crate::source::EventTap
+    }));
     tokio::pin!(shutdown);
     if let Some(m) = applier.master() {
         // HAProxy may still be starting, or its socket file be left from a previous run.
@@ -101,7 +118,6 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
         tracing::info!(master = p.master_pid, worker = ?p.current_worker(), "haproxy master reachable");
     }
     let (tx, mut rx) = unbounded_channel();
-    let source = Source::new(cfg.source.clone());
     let _template_watch = match &cfg.template {
         Some(p) => Some(watch_file(p, tx.clone(), Signal::Template)?),
         None => None,
@@ -151,9 +167,15 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
                 resync_at = cfg.resync.map(|d| Instant::now() + d);
                 let started = Instant::now();
                 let result = match source.snapshot().await {
-                    Ok(doc) => applier.apply(&doc).await,
+                    Ok(doc) => {
+                        if let Some(h) = &hub {
+                            h.snapshot(&doc);
+                        }
+                        applier.apply(&doc).await
+                    }
                     Err(e) => Err(ApplyError::Transient(e)),
                 };
+                let failure = result.as_ref().err().map(error_class);
                 let (outcome, live_at) = match result {
                     Ok(done) => {
                         retry_delay = RETRY;
@@ -174,6 +196,9 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
                 };
                 if is_resync && outcome == ApplyOutcome::Unchanged {
                     continue;
+                }
+                if let Some(h) = &hub {
+                    h.applied(&outcome, failure, started.elapsed());
                 }
                 if let Some(r) = &cfg.reports {
                     let done = live_at.unwrap_or_else(Instant::now);

@@ -27,6 +27,10 @@ fn startup_errors_are_one_line_and_touch_nothing() {
     std::fs::write(&members, r#"{"members":[]}"#).unwrap();
     let out = d.path().join("haproxy.cfg");
     let (m, o) = (members.to_str().unwrap(), out.to_str().unwrap());
+    // A port something else listens on: `--http` fails at start-up, naming it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let taken_msg = format!("--http {taken_addr}: cannot listen");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
@@ -45,6 +49,14 @@ fn startup_errors_are_one_line_and_touch_nothing() {
         ),
         (vec!["--members", m, "--out", o, "--wait", "soon"], "soon"),
         (vec!["--members", m, "--out", o, "--var", "x"], "\"x\""),
+        (
+            vec!["--members", m, "--out", o, "--http", "127.0.0.1:http"],
+            "--http 127.0.0.1:http: cannot listen",
+        ),
+        (
+            vec!["--members", m, "--out", o, "--http", &taken_addr],
+            &taken_msg,
+        ),
     ];
     for (args, needle) in cases {
         let (ok, err) = watch(&args);

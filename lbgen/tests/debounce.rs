@@ -44,6 +44,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
         reload_timeout: Duration::from_secs(5),
         resync: None,
         reports: Some(rtx),
+        http: None,
     };
     let w = tokio::spawn(lbgen::watch::run(cfg, async {
         let _ = stop_rx.await;

@@ -424,5 +424,6 @@ pub fn lbgen_watch_config(api: String, out: PathBuf) -> lbgen::watch::WatchConfi
         reload_timeout: Duration::from_secs(5),
         resync: None,
         reports: None,
+        http: None,
     }
 }

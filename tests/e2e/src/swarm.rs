@@ -138,7 +138,8 @@ impl Stack {
             .arg(repo_root().join("compose/stack.yml"))
             .arg(&stack.name)
             .env("LB_HTTP_PORT", "0")
-            .env("LB_STATS_PORT", "0");
+            .env("LB_STATS_PORT", "0")
+            .env("LB_STATUS_PORT", "0");
         for (k, v) in env {
             cmd.env(k, v);
         }

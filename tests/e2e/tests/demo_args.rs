@@ -16,6 +16,7 @@ fn demo(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env("SKIP_BUILD", "1")
         .env_remove("LB_HTTP_PORT")
         .env_remove("LB_STATS_PORT")
+        .env_remove("LB_STATUS_PORT")
         .envs(env.iter().copied())
         .output()
         .expect("run ./demo")
@@ -56,6 +57,7 @@ fn a_host_port_variable_that_is_not_a_port_is_refused_by_name() {
         ("LB_HTTP_PORT", "http"),
         ("LB_HTTP_PORT", "70000"),
         ("LB_STATS_PORT", "-1"),
+        ("LB_STATUS_PORT", "9100x"),
     ] {
         let out = demo(&["up", "1"], &[(var, value)]);
         let err = stderr(&out);
@@ -68,7 +70,11 @@ fn a_host_port_variable_that_is_not_a_port_is_refused_by_name() {
 fn a_taken_host_port_is_named_with_the_variable_that_moves_it() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    for (var, cmd) in [("LB_HTTP_PORT", "up"), ("LB_STATS_PORT", "scale")] {
+    for (var, cmd) in [
+        ("LB_HTTP_PORT", "up"),
+        ("LB_STATS_PORT", "scale"),
+        ("LB_STATUS_PORT", "up"),
+    ] {
         let out = demo(&[cmd, "1"], &[(var, &port)]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{var} {cmd}: {err}");
@@ -80,7 +86,11 @@ fn a_taken_host_port_is_named_with_the_variable_that_moves_it() {
     // Port 0 (a free one, picked by Docker) is never "taken": on to Docker.
     let out = demo(
         &["up", "1"],
-        &[("LB_HTTP_PORT", "0"), ("LB_STATS_PORT", "0")],
+        &[
+            ("LB_HTTP_PORT", "0"),
+            ("LB_STATS_PORT", "0"),
+            ("LB_STATUS_PORT", "0"),
+        ],
     );
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
