@@ -109,6 +109,7 @@ async fn main() {
         check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
         wait,
         reload_timeout: Duration::from_secs(10),
+        leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         reports: Some(rtx),
     };

@@ -273,6 +273,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         check,
         wait: Wait::parse(&a.wait)?,
         reload_timeout: parse_duration(&a.reload_timeout)?,
+        leaving_max: lbgen::watch::LEAVING_MAX,
         resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
         reports: None,
     };

@@ -612,6 +612,7 @@ pub fn watch_config(
         ),
         wait: crate::watch::Wait::parse("20ms:200ms").expect("a valid --wait"),
         reload_timeout: Duration::from_secs(10),
+        leaving_max: crate::watch::LEAVING_MAX,
         resync: None,
         reports: None,
     }
