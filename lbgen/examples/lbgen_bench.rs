@@ -79,6 +79,7 @@ async fn main() {
         format!("http_port={http_port}"),
         format!("stats_port={}", common::free_port()),
         format!("stats_socket={}", d.join("admin.sock").display()),
+        format!("server_state_file={}", d.join("server-state").display()),
     ])
     .expect("vars");
     let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/haproxy.cfg.hbs");

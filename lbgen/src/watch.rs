@@ -166,9 +166,11 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
                 // Anything but a runtime change (a reload, an error) is left to the debounce.
                 if let Ok(Some(done)) = result {
                     pending = None;
-                    if done.outcome != ApplyOutcome::Unchanged {
-                        tracing::debug!(outcome = ?done.outcome, "applied at once");
+                    // A signal that changed nothing (a file event repeated) is not reported.
+                    if done.outcome == ApplyOutcome::Unchanged {
+                        continue;
                     }
+                    tracing::debug!(outcome = ?done.outcome, "applied at once");
                     if let Some(r) = &cfg.reports {
                         let _ = r.send(Report {
                             outcome: done.outcome,
