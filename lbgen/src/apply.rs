@@ -188,7 +188,24 @@ impl Applier {
                     live.deleted(&key);
                 }
                 Err(e) if e.0.contains("still has connections") => {
-                    tracing::debug!(server = %id, "leaving server still has connections");
+                    if idle_only(&master, &key).await {
+                        // Only idle keep-alive connections left (a request that finished
+                        // after the maint put its connection back in the pool): HAProxy
+                        // closes a server's idle connections when it enters maint, so
+                        // re-enter it. The drain between lets nothing new in.
+                        let again = [
+                            format!("set server {id} state drain"),
+                            format!("set server {id} state maint"),
+                            format!("del server {id}"),
+                        ];
+                        if master.runtime_batch(&again).await.is_ok() {
+                            tracing::info!(server = %id, waited_ms = since.elapsed().as_millis() as u64, "server deleted (it left and its requests are done)");
+                            done.deleted.push(id.clone());
+                            live.deleted(&key);
+                        }
+                    } else {
+                        tracing::debug!(server = %id, "leaving server still serves requests");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(server = %id, error = %e, "could not delete a server that left; trying again");
@@ -542,6 +559,38 @@ fn read_template(p: Option<&Path>) -> Result<Option<String>, Error> {
     .transpose()
 }
 
+/// Whether `key`'s connections in the running worker are all idle ones (`show servers conn`:
+/// `used_cur` 0, `idle_cur` above 0).
+async fn idle_only(master: &Master, key: &Key) -> bool {
+    let Ok(out) = master
+        .command(&format!("@1 show servers conn {}", key.0))
+        .await
+    else {
+        return false;
+    };
+    parse_conn_use(&out, key).is_some_and(|(used, idle)| used == 0 && idle > 0)
+}
+
+/// (`used_cur`, `idle_cur`) of `key` in a `show servers conn` answer (HAProxy 2.6 columns:
+/// `bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb
+/// safe_nb idle_lim idle_cur ...`).
+fn parse_conn_use(out: &str, key: &Key) -> Option<(u64, u64)> {
+    let head: Vec<&str> = out
+        .lines()
+        .next()?
+        .trim_start_matches("# ")
+        .split_whitespace()
+        .collect();
+    let used = head.iter().position(|c| *c == "used_cur")?;
+    let idle = head.iter().position(|c| *c == "idle_cur")?;
+    let name = format!("{}/{}", key.0, key.1);
+    let row: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.first() == Some(&name.as_str()))?;
+    Some((row.get(used)?.parse().ok()?, row.get(idle)?.parse().ok()?))
+}
+
 /// Writes what the running worker knows of its servers (`show servers state`: health,
 /// weights, drain and maint) to the server-state file `text` names, right before a reload,
 /// so the new worker starts from it. A failure is logged and the reload goes on (HAProxy then
@@ -582,6 +631,18 @@ fn restore_last_good(out: &Path, last: Option<&str>) {
 mod tests {
     use super::*;
     use crate::render::DEFAULT_TEMPLATE;
+
+    #[test]
+    fn show_servers_conn_of_haproxy_2_6_gives_used_and_idle() {
+        let out = "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]\n\
+web/a 3/1 127.0.0.1 18091 - 5000 0 1 1 1 0 -1 1 1 0\n\
+web/b 3/2 127.0.0.1 18092 - 5000 2 2 0 0 0 -1 0 0 0\n\n";
+        let k = |s: &str| ("web".to_string(), s.to_string());
+        assert_eq!(parse_conn_use(out, &k("a")), Some((0, 1)));
+        assert_eq!(parse_conn_use(out, &k("b")), Some((2, 0)));
+        assert_eq!(parse_conn_use(out, &k("c")), None);
+        assert_eq!(parse_conn_use("Unknown command.\n", &k("a")), None);
+    }
     use crate::source::SourceSpec;
     use crate::watch::Wait;
 
