@@ -11,6 +11,9 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
+/// (backend, server name)
+pub type ServerKey = (String, String);
+
 /// One `server NAME ADDR [keywords]` line of a `backend` or `listen` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLine {
@@ -53,7 +56,7 @@ pub struct Layout {
     pub frame: Vec<String>,
     /// (backend, server name) → line. A name twice in one backend is refused by HAProxy
     /// itself; here both lines stay in the frame so any change reloads.
-    pub servers: BTreeMap<(String, String), ServerLine>,
+    pub servers: BTreeMap<ServerKey, ServerLine>,
     /// `server-state-file` of the `global` section, as written.
     pub server_state_file: Option<String>,
     /// `server-state-base` of the `global` section, as written.
@@ -83,7 +86,7 @@ impl Layout {
         // The proxy a server line belongs to (backend/listen), None elsewhere.
         let mut proxy: Option<String> = None;
         let mut in_global = false;
-        let mut lines: Vec<(&str, Option<((String, String), ServerLine)>)> = Vec::new();
+        let mut lines: Vec<(&str, Option<(ServerKey, ServerLine)>)> = Vec::new();
         for line in text.lines() {
             let words: Vec<&str> = line.split_whitespace().collect();
             let Some(&first) = words.first() else {
@@ -112,13 +115,13 @@ impl Layout {
             lines.push((line, server));
         }
         // A name twice in one proxy: both lines stay in the frame.
-        let mut count: BTreeMap<&(String, String), usize> = BTreeMap::new();
+        let mut count: BTreeMap<&ServerKey, usize> = BTreeMap::new();
         for (_, s) in &lines {
             if let Some((k, _)) = s {
                 *count.entry(k).or_default() += 1;
             }
         }
-        let twice: Vec<(String, String)> = count
+        let twice: Vec<ServerKey> = count
             .into_iter()
             .filter(|(_, n)| *n > 1)
             .map(|(k, _)| k.clone())

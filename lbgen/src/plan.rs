@@ -24,7 +24,7 @@ pub enum Admin {
 }
 
 /// (backend, server name)
-pub type Key = (String, String);
+pub use crate::layout::ServerKey as Key;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LiveServer {

@@ -1,6 +1,9 @@
-//! `lbgen watch`: one task owns the state; sources only signal. Each debounced batch of
+//! `lbgen watch`: one task owns the state; sources only signal. A membership signal is tried
+//! at once (after [`FAST_WINDOW`]) as a runtime-only change ([`Applier::apply_fast`]); what
+//! needs a reload, and every template change, waits for the debounce. Each debounced batch of
 //! signals (or a retry, or a periodic resync) takes a full snapshot and hands it to the
-//! [`Applier`], which makes it live or leaves everything as it was.
+//! [`Applier`], which makes it live or leaves everything as it was. Between applies the
+//! Applier's reaper deletes servers that left, every [`crate::apply::REAP_EVERY`].
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -165,7 +168,10 @@ pub async fn run(cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result
                 };
                 // Anything but a runtime change (a reload, an error) is left to the debounce.
                 if let Ok(Some(done)) = result {
+                    // The whole snapshot is live: nothing left to debounce or retry.
                     pending = None;
+                    retry_at = None;
+                    retry_delay = RETRY;
                     // A signal that changed nothing (a file event repeated) is not reported.
                     if done.outcome == ApplyOutcome::Unchanged {
                         continue;
