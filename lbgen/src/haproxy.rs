@@ -341,7 +341,7 @@ const RUNTIME_OK: &[&str] = &[
 
 /// The runtime commands of one master-CLI line stay under this many bytes (HAProxy reads a
 /// request into one buffer, 16 kB by default).
-const BATCH_BYTES: usize = 8 * 1024;
+pub const BATCH_BYTES: usize = 8 * 1024;
 
 /// The first line of a runtime answer that is not a success, if any.
 fn runtime_error(answer: &str) -> Option<&str> {
