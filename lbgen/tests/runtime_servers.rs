@@ -199,6 +199,14 @@ async fn a_pool_scales_1_to_10_to_1_under_load_without_a_reload_or_a_failed_requ
     }
     rig.assert_file_renders_the_members();
     assert_eq!(rig.file_servers("web"), names(10));
+    // A reload from that file (as a restart of HAProxy would load it) runs the same servers
+    // as the runtime changes made, although `add server` appended them in another order.
+    lbgen::haproxy::Master::new(&rig.haproxy.master_sock)
+        .reload(Duration::from_secs(10))
+        .await
+        .expect("a reload of the file lbgen wrote");
+    assert_eq!(running_servers(&rig.haproxy, "web").await, names(10));
+    let reloads0 = reloads0 + 1;
     // Every added server takes requests.
     let hits: Vec<u64> = bs.iter().map(Backend::hits).collect();
     tokio::time::sleep(Duration::from_millis(800)).await;
