@@ -476,7 +476,14 @@ impl Applier {
         // No --check-cmd here: the frame is the one the last reload checked and HAProxy took
         // the server lines; the next reload checks the whole file again.
         match write_atomic(&self.out, &text, None).await {
-            Ok(()) => self.live.text = Some(text),
+            Ok(()) => {
+                // Kept current too: an HAProxy restarted by its supervisor from this file
+                // loads it, and must not bring back a drain or maint lbgen has since undone.
+                if let Some(master) = &self.master {
+                    dump_server_state(master, &text).await;
+                }
+                self.live.text = Some(text)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "runtime change applied but config file not updated")
             }
@@ -497,7 +504,13 @@ impl Applier {
             .await
             .map_err(ApplyError::Permanent)?;
         let t_reload = Instant::now();
-        dump_server_state(master, &text).await;
+        // What the running worker has is only worth keeping when lbgen knows it: after a start
+        // or an HAProxy restart (which loaded a state file lbgen did not write for it), the
+        // new worker starts its servers from the config instead.
+        match self.live.haproxy {
+            Some(_) => dump_server_state(master, &text).await,
+            None => clear_server_state(&text),
+        }
         match master.reload(self.reload_timeout).await {
             Ok(p) => {
                 let worker = p.current_worker().unwrap_or(0);
@@ -589,6 +602,19 @@ fn parse_conn_use(out: &str, key: &Key) -> Option<(u64, u64)> {
         .map(|l| l.split_whitespace().collect::<Vec<_>>())
         .find(|c| c.first() == Some(&name.as_str()))?;
     Some((row.get(used)?.parse().ok()?, row.get(idle)?.parse().ok()?))
+}
+
+/// Empties the server-state file `text` names (the format's version line only), so the next
+/// worker takes no stale state from it.
+fn clear_server_state(text: &str) {
+    let Some(path) = Layout::parse(text).server_state_path() else {
+        return;
+    };
+    if path.exists() {
+        if let Err(e) = restore(&path, "1\n") {
+            tracing::warn!(error = %e, "could not clear the server state file");
+        }
+    }
 }
 
 /// Writes what the running worker knows of its servers (`show servers state`: health,

@@ -24,7 +24,7 @@ struct Rig {
     vars: Vars,
     members_file: std::path::PathBuf,
     out: std::path::PathBuf,
-    haproxy: Haproxy,
+    haproxy: Option<Haproxy>,
     reports: tokio::sync::mpsc::UnboundedReceiver<Report>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     watcher: Option<tokio::task::JoinHandle<Result<(), lbgen::Error>>>,
@@ -80,7 +80,7 @@ impl Rig {
             vars,
             members_file,
             out,
-            haproxy,
+            haproxy: Some(haproxy),
             reports,
             stop: Some(stop_tx),
             watcher: Some(watcher),
@@ -116,8 +116,20 @@ impl Rig {
             .collect()
     }
 
+    fn h(&self) -> &Haproxy {
+        self.haproxy.as_ref().expect("haproxy runs")
+    }
+
+    /// Stops HAProxy (SIGTERM to its group) and starts it again from the file lbgen wrote, as
+    /// a supervisor would.
+    fn restart_haproxy(&mut self) {
+        drop(self.haproxy.take());
+        let dir = self.out.parent().expect("a temp dir").to_path_buf();
+        self.haproxy = Some(Haproxy::start(&dir, &self.out));
+    }
+
     async fn reloads(&self) -> u64 {
-        let (reloads, failed) = reload_counts(&self.haproxy).await;
+        let (reloads, failed) = reload_counts(self.h()).await;
         assert_eq!(failed, 0, "a reload failed");
         reloads
     }
@@ -125,7 +137,7 @@ impl Rig {
     async fn wait_running(&self, pool: &str, want: &[String], within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            let now = running_servers(&self.haproxy, pool).await;
+            let now = running_servers(self.h(), pool).await;
             if now == want {
                 return;
             }
@@ -201,11 +213,11 @@ async fn a_pool_scales_1_to_10_to_1_under_load_without_a_reload_or_a_failed_requ
     assert_eq!(rig.file_servers("web"), names(10));
     // A reload from that file (as a restart of HAProxy would load it) runs the same servers
     // as the runtime changes made, although `add server` appended them in another order.
-    lbgen::haproxy::Master::new(&rig.haproxy.master_sock)
+    lbgen::haproxy::Master::new(&rig.h().master_sock)
         .reload(Duration::from_secs(10))
         .await
         .expect("a reload of the file lbgen wrote");
-    assert_eq!(running_servers(&rig.haproxy, "web").await, names(10));
+    assert_eq!(running_servers(rig.h(), "web").await, names(10));
     let reloads0 = reloads0 + 1;
     // Every added server takes requests.
     let hits: Vec<u64> = bs.iter().map(Backend::hits).collect();
@@ -273,8 +285,8 @@ async fn a_pool_scales_1_to_10_to_1_under_load_without_a_reload_or_a_failed_requ
         "{outcome:?}"
     );
     assert_eq!(rig.reloads().await, reloads0 + 1);
-    assert_eq!(running_servers(&rig.haproxy, "web").await, names(1));
-    assert_eq!(running_servers(&rig.haproxy, "api").await, ["api-1"]);
+    assert_eq!(running_servers(rig.h(), "web").await, names(1));
+    assert_eq!(running_servers(rig.h(), "api").await, ["api-1"]);
     rig.stop().await;
 }
 
@@ -296,7 +308,9 @@ fn answer(resp: &str) -> (String, Option<String>) {
 async fn a_sticky_pool_keeps_its_clients_servers_through_a_scale() {
     let bs = backends(5).await;
     let sticky = [("sticky", "true")];
-    let mut rig = Rig::start(&web(2, &bs, &sticky), "500ms", lbgen::watch::LEAVING_MAX).await;
+    // Checks every 2 s (each may take that long): on a loaded machine three 500 ms check
+    // timeouts in a row would take a server DOWN and move its clients, rightly.
+    let mut rig = Rig::start(&web(2, &bs, &sticky), "2s", lbgen::watch::LEAVING_MAX).await;
     // Eight clients, each stuck to the server that answered its first request.
     let mut clients = Vec::new();
     for _ in 0..8 {
@@ -376,10 +390,7 @@ async fn a_removed_server_keeps_its_long_request_until_done_and_is_deleted_after
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!long.is_finished());
-    assert_eq!(
-        running_servers(&rig.haproxy, "web").await,
-        ["web-0", "web-1"]
-    );
+    assert_eq!(running_servers(rig.h(), "web").await, ["web-0", "web-1"]);
     let (resp, ended) = long.await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert_eq!(answer(&resp).0, "b0");
@@ -444,12 +455,8 @@ async fn drain_and_down_states_survive_a_reload_through_the_server_state_file() 
     for _ in 0..6 {
         assert!(get(rig.http_port).await.starts_with("HTTP/1.1 200"));
     }
-    assert_eq!(
-        states(&rig.haproxy, "web", "web-2").await.0,
-        0,
-        "web-2 not down"
-    );
-    assert_ne!(states(&rig.haproxy, "web", "web-1").await.1 & 0x08, 0);
+    assert_eq!(states(rig.h(), "web", "web-2").await.0, 0, "web-2 not down");
+    assert_ne!(states(rig.h(), "web", "web-1").await.1 & 0x08, 0);
 
     let mut with_pool = ms.clone();
     with_pool.push(member(
@@ -466,12 +473,12 @@ async fn drain_and_down_states_survive_a_reload_through_the_server_state_file() 
     // The new worker starts from the dumped states: web-1 drained (admin flag, which the
     // config's weight 0 alone does not set), web-2 down before any check ran.
     assert_ne!(
-        states(&rig.haproxy, "web", "web-1").await.1 & 0x08,
+        states(rig.h(), "web", "web-1").await.1 & 0x08,
         0,
         "web-1 lost its drain"
     );
     assert_eq!(
-        states(&rig.haproxy, "web", "web-2").await.0,
+        states(rig.h(), "web", "web-2").await.0,
         0,
         "web-2 came back up"
     );
@@ -497,7 +504,7 @@ async fn a_slowstart_tag_reaches_runtime_added_servers() {
     }
     rig.assert_file_renders_the_members();
     // Ramping up: HAProxy shows a throttle below 100 % for the new server.
-    let stat = lbgen::haproxy::Master::new(&rig.haproxy.master_sock)
+    let stat = lbgen::haproxy::Master::new(&rig.h().master_sock)
         .command("@1 show stat web 4 -1")
         .await
         .unwrap();
@@ -516,5 +523,48 @@ async fn a_slowstart_tag_reaches_runtime_added_servers() {
         .collect();
     let throttle: u32 = row[col].parse().expect("a throttle while slow-starting");
     assert!(throttle < 100, "{throttle}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_haproxy_restarted_from_the_file_does_not_bring_back_a_drain_lbgen_undid() {
+    let bs = backends(2).await;
+    let mut rig = Rig::start(&web(2, &bs, &[]), "500ms", lbgen::watch::LEAVING_MAX).await;
+    let mut drained = web(2, &bs, &[]);
+    drained[1] = member("web-1", bs[1].port, "alive", &[("state", "draining")]);
+    let (outcome, _) = rig.set(&drained).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Runtime { .. }),
+        "{outcome:?}"
+    );
+    // A reload while web-1 is drained writes its drain into the server-state file ...
+    let mut with_pool = drained.clone();
+    with_pool.push(member(
+        "api-1",
+        bs[0].port,
+        "alive",
+        &[("service", "api"), ("route", "/api")],
+    ));
+    let (outcome, _) = rig.set(&with_pool).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Reloaded { .. }),
+        "{outcome:?}"
+    );
+    assert_ne!(states(rig.h(), "web", "web-1").await.1 & 0x08, 0);
+    // ... then web-1 is ready again through the runtime API.
+    let mut ready = web(2, &bs, &[]);
+    ready.push(with_pool[2].clone());
+    let (outcome, _) = rig.set(&ready).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Runtime { .. }),
+        "{outcome:?}"
+    );
+    // HAProxy dies and its supervisor starts it again from the file: web-1 is ready.
+    rig.restart_haproxy();
+    assert_eq!(
+        states(rig.h(), "web", "web-1").await.1 & 0x08,
+        0,
+        "the restarted HAProxy brought web-1's drain back"
+    );
     rig.stop().await;
 }
