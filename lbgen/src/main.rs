@@ -93,7 +93,8 @@ struct WatchArgs {
     /// Validation command; `{}` is the candidate file. "none" disables the check.
     #[arg(long, env = "LBGEN_CHECK_CMD", default_value = lbgen::output::CheckCmd::DEFAULT)]
     check_cmd: String,
-    /// Debounce: apply after MIN of quiet, at most MAX after the first change.
+    /// Debounce of changes that reload: apply after MIN of quiet, at most MAX after the first
+    /// change. Runtime-API changes (servers joining/leaving a pool) do not wait.
     #[arg(
         long,
         env = "LBGEN_WAIT",
