@@ -2,9 +2,10 @@
 //! what the running HAProxy has ([`Live`]), which master runs it — and the template in use;
 //! [`crate::watch`] only decides *when* to call it.
 //!
-//! One apply: model → render → plan → (runtime API | check + write + reload). On any failure
-//! the live config file and the running HAProxy stay as they were: a reload HAProxy refused or
-//! did not confirm puts the last good config back in the file.
+//! One apply: model → render → plan → (runtime API + write | check + write + state dump +
+//! reload). On any failure the live config file and the running HAProxy stay as they were: a
+//! reload HAProxy refused or did not confirm puts the last good config back in the file.
+//! Between applies, [`Applier::reap`] deletes the servers that left once they are idle.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
