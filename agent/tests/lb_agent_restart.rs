@@ -144,6 +144,7 @@ fn restarting_the_lb_agent_under_load_fails_no_request_and_keeps_every_backend()
         format!("http_port={http_port}"),
         format!("stats_port={}", lbtest::free_port()),
         format!("stats_socket={}", d.join("admin.sock").display()),
+        format!("server_state_file={}", d.join("server-state").display()),
         "check_inter=500ms".to_string(),
     ])
     .unwrap();

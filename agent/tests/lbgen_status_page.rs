@@ -75,6 +75,7 @@ impl Cluster {
             format!("http_port={http_port}"),
             format!("stats_port={}", lbtest::free_port()),
             format!("stats_socket={}", d.join("admin.sock").display()),
+            format!("server_state_file={}", d.join("server-state").display()),
             "check_inter=500ms".to_string(),
         ])
         .unwrap();
@@ -93,6 +94,7 @@ impl Cluster {
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = WatchConfig {
             vars,
+            leaving_max: lbgen::watch::LEAVING_MAX,
             http: Some(listener),
             ..lbtest::watch_config(
                 SourceSpec::api(lb.api(), None),

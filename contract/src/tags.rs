@@ -17,6 +17,9 @@ pub const WEIGHT: &str = "weight";
 pub const STICKY: &str = "sticky";
 /// HAProxy balance algorithm of the pool (default `roundrobin`).
 pub const BALANCE: &str = "balance";
+/// Slow start of the pool's servers, a duration (`30s`): a server that joins or comes
+/// back ramps its weight up over it (HAProxy `slowstart`). Default none.
+pub const SLOWSTART: &str = "slowstart";
 /// The supervised service's state, see [`state`]; absent means ready.
 pub const STATE: &str = "state";
 /// The node's role: `SERF_SELF_ROLE` and the third column of a handler's stdin.

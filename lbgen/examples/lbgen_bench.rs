@@ -79,6 +79,7 @@ async fn main() {
         format!("http_port={http_port}"),
         format!("stats_port={}", common::free_port()),
         format!("stats_socket={}", d.join("admin.sock").display()),
+        format!("server_state_file={}", d.join("server-state").display()),
     ])
     .expect("vars");
     let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/haproxy.cfg.hbs");
@@ -109,6 +110,7 @@ async fn main() {
         check: Some(CheckCmd::parse(CheckCmd::DEFAULT).unwrap()),
         wait,
         reload_timeout: Duration::from_secs(10),
+        leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         reports: Some(rtx),
         http: None,
@@ -132,18 +134,23 @@ async fn main() {
     );
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Membership events that need a reload: a new server each time.
+    // Membership events that need a reload: a new pool each time (a new server in an
+    // existing pool goes through the runtime API; bench/lbgen-runtime measures those).
     let mut event_to_live = Vec::new();
     let mut apply_only = Vec::new();
     let mut reloads = 0;
-    for i in 0..n_reloads {
-        let mut ms = base.clone();
-        ms.push(member(
+    let extra = |i: usize| {
+        let (pool, route) = (format!("extra{i}"), format!("/extra{i}"));
+        member(
             &format!("extra-{i}"),
             backends[2].port,
             "alive",
-            &[],
-        ));
+            &[("service", &pool), ("route", &route)],
+        )
+    };
+    for i in 0..n_reloads {
+        let mut ms = base.clone();
+        ms.push(extra(i));
         let t0 = Instant::now();
         write_members(&members_file, &ms);
         let r = report(&mut rx).await;
@@ -160,12 +167,12 @@ async fn main() {
 
     // Pure state changes: drain / ready toggles through the runtime API.
     let mut state_change = Vec::new();
-    let last = format!("extra-{}", n_reloads.saturating_sub(1));
+    let last = extra(n_reloads.saturating_sub(1));
     for i in 0..20 {
         let state = if i % 2 == 0 { "draining" } else { "ready" };
         let mut ms = base.clone();
         ms[1] = member("web-1", backends[1].port, "alive", &[("state", state)]);
-        ms.push(member(&last, backends[2].port, "alive", &[]));
+        ms.push(last.clone());
         let t0 = Instant::now();
         write_members(&members_file, &ms);
         let r = report(&mut rx).await;

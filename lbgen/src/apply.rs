@@ -2,19 +2,22 @@
 //! what the running HAProxy has ([`Live`]), which master runs it — and the template in use;
 //! [`crate::watch`] only decides *when* to call it.
 //!
-//! One apply: model → render → plan → (runtime API | check + write + reload). On any failure
-//! the live config file and the running HAProxy stay as they were: a reload HAProxy refused or
-//! did not confirm puts the last good config back in the file.
+//! One apply: model → render → plan → (runtime API + write | check + write + state dump +
+//! reload). On any failure the live config file and the running HAProxy stay as they were: a
+//! reload HAProxy refused or did not confirm puts the last good config back in the file.
+//! Between applies, [`Applier::reap`] deletes the servers that left once they are idle.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::haproxy::{Master, ReloadError};
+use crate::layout::Layout;
 use crate::model::{sanitize_for_log, MembersDoc, Model};
 use crate::output::{restore, write_atomic, CheckCmd};
-use crate::plan::{Live, Plan};
+use crate::plan::{Key, Live, Plan};
 use crate::render::{Renderer, Vars};
 use crate::watch::WatchConfig;
 use crate::Error;
@@ -24,7 +27,7 @@ use crate::Error;
 pub enum ApplyOutcome {
     /// New config written and a new worker generation verified running.
     Reloaded { worker: u32 },
-    /// Only server states changed: applied through the runtime API, no reload.
+    /// Only server lines changed: applied through the runtime API, file written, no reload.
     Runtime { commands: Vec<String> },
     /// Written (no `--haproxy-master` configured).
     Written,
@@ -103,6 +106,23 @@ pub struct Applier {
     /// The last model built, to log only new warnings.
     last_model: Option<Model>,
     live: LiveConfig,
+    /// When each server gone from the config (in maint, see [`Live::leaving`]) left it.
+    leaving_since: BTreeMap<Key, Instant>,
+    /// After this long a leaving server's sessions are shut down and it is deleted.
+    leaving_max: Duration,
+    last_reap: Instant,
+}
+
+/// How often servers that left the config are tried for deletion.
+pub const REAP_EVERY: Duration = Duration::from_millis(100);
+
+/// What one pass of the reaper did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// `POOL/SERVER` deleted from HAProxy.
+    pub deleted: Vec<String>,
+    /// `POOL/SERVER` whose sessions were shut down (it outlived the maximum).
+    pub forced: Vec<String>,
 }
 
 impl Applier {
@@ -124,7 +144,96 @@ impl Applier {
             rejected_template: None,
             last_model: None,
             live: LiveConfig::default(),
+            leaving_since: BTreeMap::new(),
+            leaving_max: cfg.leaving_max,
+            last_reap: Instant::now(),
         })
+    }
+
+    /// When the reaper should run next: only while servers wait to be deleted.
+    pub fn next_reap(&self) -> Option<Instant> {
+        (!self.leaving_since.is_empty()).then(|| self.last_reap + REAP_EVERY)
+    }
+
+    /// Deletes the servers that left the config and hold no connection any more (HAProxy's
+    /// `del server` refuses while one is attached); one that outlived `leaving_max` has its
+    /// sessions shut down first. Quick (one master-CLI round trip per server), so it never
+    /// holds up an apply for long.
+    pub async fn reap(&mut self) -> Reaped {
+        self.last_reap = Instant::now();
+        let mut done = Reaped::default();
+        let (Some(master), Some(live)) = (self.master.clone(), self.live.haproxy.as_mut()) else {
+            self.leaving_since.clear();
+            return done;
+        };
+        for key in live.leaving() {
+            let id = format!("{}/{}", key.0, key.1);
+            let since = *self
+                .leaving_since
+                .entry(key.clone())
+                .or_insert(self.last_reap);
+            let forced = since.elapsed() >= self.leaving_max;
+            let mut cmds = Vec::new();
+            if forced {
+                cmds.push(format!("shutdown sessions server {id}"));
+            }
+            cmds.push(format!("set server {id} state maint"));
+            cmds.push(format!("del server {id}"));
+            match master.runtime_batch(&cmds).await {
+                Ok(()) => {
+                    tracing::info!(server = %id, waited_ms = since.elapsed().as_millis() as u64, "server deleted (it left and holds no connection)");
+                    done.deleted.push(id.clone());
+                    live.deleted(&key);
+                }
+                Err(e) if e.0.contains("No such server") => {
+                    live.deleted(&key);
+                }
+                Err(e) if e.0.contains("still has connections") => {
+                    if idle_only(&master, &key).await {
+                        // Only idle keep-alive connections left (a request that finished
+                        // after the maint put its connection back in the pool): HAProxy
+                        // closes a server's idle connections when it enters maint, so
+                        // re-enter it. The drain between lets nothing new in.
+                        let again = [
+                            format!("set server {id} state drain"),
+                            format!("set server {id} state maint"),
+                            format!("del server {id}"),
+                        ];
+                        if master.runtime_batch(&again).await.is_ok() {
+                            tracing::info!(server = %id, waited_ms = since.elapsed().as_millis() as u64, "server deleted (it left and its requests are done)");
+                            done.deleted.push(id.clone());
+                            live.deleted(&key);
+                        }
+                    } else {
+                        tracing::debug!(server = %id, "leaving server still serves requests");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %id, error = %e, "could not delete a server that left; trying again");
+                }
+            }
+            if forced && !done.forced.contains(&id) {
+                tracing::warn!(server = %id, max = ?self.leaving_max, "leaving server still had sessions after the maximum; shut them down");
+                done.forced.push(id);
+            }
+        }
+        self.sync_leaving();
+        done
+    }
+
+    /// Keeps `leaving_since` to the servers [`Live`] says are leaving.
+    fn sync_leaving(&mut self) {
+        let leaving = self
+            .live
+            .haproxy
+            .as_ref()
+            .map(Live::leaving)
+            .unwrap_or_default();
+        self.leaving_since.retain(|k, _| leaving.contains(k));
+        let now = Instant::now();
+        for k in leaving {
+            self.leaving_since.entry(k).or_insert(now);
+        }
     }
 
     /// The HAProxy master client, if lbgen reloads one.
@@ -144,11 +253,42 @@ impl Applier {
         log_model_changes(&model, self.last_model.as_ref());
         self.last_model = Some(model.clone());
         self.sync_with_what_runs().await?;
-        if std::mem::take(&mut self.template_dirty) {
+        let r = if std::mem::take(&mut self.template_dirty) {
             self.try_template(&model).await
         } else {
             self.apply_model(&model).await
+        };
+        self.sync_leaving();
+        r
+    }
+
+    /// Makes `doc` live only if that takes no reload (runtime commands, or nothing); Ok(None)
+    /// when it would reload (or the template changed, or there is no master): the caller
+    /// debounces and calls [`Applier::apply`].
+    pub async fn apply_fast(&mut self, doc: &MembersDoc) -> Result<Option<Applied>, ApplyError> {
+        if self.template_dirty || self.master.is_none() {
+            return Ok(None);
         }
+        let model = Model::build(doc);
+        self.sync_with_what_runs().await?;
+        let Some(live) = &self.live.haproxy else {
+            return Ok(None);
+        };
+        let text = self
+            .renderer
+            .render(&model, &self.vars)
+            .map_err(ApplyError::Permanent)?;
+        if self.live.text.as_deref() == Some(text.as_str()) {
+            return Ok(Some(Applied::nothing_went_live(ApplyOutcome::Unchanged)));
+        }
+        let Plan::Runtime { commands, next } = live.plan(&text, &model) else {
+            return Ok(None);
+        };
+        log_model_changes(&model, self.last_model.as_ref());
+        self.last_model = Some(model);
+        let r = self.run_runtime(text, commands, next).await;
+        self.sync_leaving();
+        Ok(r)
     }
 
     /// Compares against what is really on disk (someone, e.g. a supervisor's start-up script,
@@ -268,20 +408,53 @@ impl Applier {
         };
         let plan = match &self.live.haproxy {
             // The first apply always reloads: we cannot know what the running HAProxy loaded.
-            None => Plan::Reload,
+            None => Plan::Reload("first apply since lbgen or HAProxy started".into()),
             Some(_) if same_text => return Ok(Applied::nothing_went_live(ApplyOutcome::Unchanged)),
-            Some(_) if template_changed => Plan::Reload,
-            Some(live) => live.plan(model),
+            Some(_) if template_changed => Plan::Reload("the template changed".into()),
+            Some(live) => live.plan(&text, model),
         };
-        if let Plan::Runtime(cmds) = plan {
-            match runtime(&master, &cmds).await {
-                Ok(()) => return Ok(self.after_runtime(text, model, cmds).await),
-                Err(e) => {
-                    tracing::warn!(error = %e, "runtime API change failed; reloading instead")
+        match plan {
+            Plan::Runtime { commands, next } => {
+                if let Some(done) = self.run_runtime(text.clone(), commands, next).await {
+                    return Ok(done);
+                }
+                self.reload(&master, text, model).await
+            }
+            Plan::Nothing => {
+                // Same servers, same frame: only the bytes of a server line's spacing differ.
+                let next = self.live.haproxy.clone();
+                match next {
+                    Some(next) => match self.run_runtime(text.clone(), Vec::new(), next).await {
+                        Some(done) => Ok(done),
+                        None => self.reload(&master, text, model).await,
+                    },
+                    None => self.reload(&master, text, model).await,
                 }
             }
+            Plan::Reload(why) => {
+                tracing::debug!(why = %why, "reload needed");
+                self.reload(&master, text, model).await
+            }
         }
-        self.reload(&master, text, model).await
+    }
+
+    /// Runs a runtime plan; None if HAProxy refused a command (the caller reloads: the file is
+    /// the truth, so the reload repairs whatever part of the batch did run).
+    async fn run_runtime(
+        &mut self,
+        text: String,
+        cmds: Vec<String>,
+        next: Live,
+    ) -> Option<Applied> {
+        if !cmds.is_empty() {
+            let master = self.master.clone()?;
+            if let Err(e) = master.runtime_batch(&cmds).await {
+                tracing::warn!(error = %e, "runtime API change failed; reloading instead");
+                return None;
+            }
+        }
+        self.live.haproxy = Some(next);
+        Some(self.after_runtime(text, cmds).await)
     }
 
     /// No master: the file is the whole job.
@@ -296,16 +469,22 @@ impl Applier {
 
     /// The runtime commands were answered: record them, then keep the file in step so a later
     /// reload or restart agrees (the running HAProxy already has the change).
-    async fn after_runtime(&mut self, text: String, model: &Model, cmds: Vec<String>) -> Applied {
+    async fn after_runtime(&mut self, text: String, cmds: Vec<String>) -> Applied {
         let done = Applied::live_now(ApplyOutcome::Runtime {
             commands: cmds.clone(),
         });
-        if let Some(live) = self.live.haproxy.as_mut() {
-            live.apply_runtime(model);
-        }
-        tracing::info!(commands = ?cmds, "server states changed through the runtime API");
-        match write_atomic(&self.out, &text, self.check.as_ref()).await {
-            Ok(()) => self.live.text = Some(text),
+        tracing::info!(commands = ?cmds, "servers changed through the runtime API (no reload)");
+        // No --check-cmd here: the frame is the one the last reload checked and HAProxy took
+        // the server lines; the next reload checks the whole file again.
+        match write_atomic(&self.out, &text, None).await {
+            Ok(()) => {
+                // Kept current too: an HAProxy restarted by its supervisor from this file
+                // loads it, and must not bring back a drain or maint lbgen has since undone.
+                if let Some(master) = &self.master {
+                    dump_server_state(master, &text).await;
+                }
+                self.live.text = Some(text)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "runtime change applied but config file not updated")
             }
@@ -326,6 +505,13 @@ impl Applier {
             .await
             .map_err(ApplyError::Permanent)?;
         let t_reload = Instant::now();
+        // What the running worker has is only worth keeping when lbgen knows it: after a start
+        // or an HAProxy restart (which loaded a state file lbgen did not write for it), the
+        // new worker starts its servers from the config instead.
+        match self.live.haproxy {
+            Some(_) => dump_server_state(master, &text).await,
+            None => clear_server_state(&text),
+        }
         match master.reload(self.reload_timeout).await {
             Ok(p) => {
                 let worker = p.current_worker().unwrap_or(0);
@@ -338,7 +524,7 @@ impl Applier {
                     reload_ms = t_reload.elapsed().as_millis() as u64,
                     "config live (reloaded)"
                 );
-                self.live.haproxy = Some(Live::from_model(model));
+                self.live.haproxy = Some(Live::from_text(&text, model));
                 self.live.text = Some(text);
                 Ok(done)
             }
@@ -387,11 +573,75 @@ fn read_template(p: Option<&Path>) -> Result<Option<String>, Error> {
     .transpose()
 }
 
-async fn runtime(master: &Master, cmds: &[String]) -> Result<(), Error> {
-    for c in cmds {
-        master.runtime(c).await?;
+/// Whether `key`'s connections in the running worker are all idle ones (`show servers conn`:
+/// `used_cur` 0, `idle_cur` above 0).
+async fn idle_only(master: &Master, key: &Key) -> bool {
+    let Ok(out) = master
+        .command(&format!("@1 show servers conn {}", key.0))
+        .await
+    else {
+        return false;
+    };
+    parse_conn_use(&out, key).is_some_and(|(used, idle)| used == 0 && idle > 0)
+}
+
+/// (`used_cur`, `idle_cur`) of `key` in a `show servers conn` answer (HAProxy 2.6 columns:
+/// `bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb
+/// safe_nb idle_lim idle_cur ...`).
+fn parse_conn_use(out: &str, key: &Key) -> Option<(u64, u64)> {
+    let head: Vec<&str> = out
+        .lines()
+        .next()?
+        .trim_start_matches("# ")
+        .split_whitespace()
+        .collect();
+    let used = head.iter().position(|c| *c == "used_cur")?;
+    let idle = head.iter().position(|c| *c == "idle_cur")?;
+    let name = format!("{}/{}", key.0, key.1);
+    let row: Vec<&str> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|c| c.first() == Some(&name.as_str()))?;
+    Some((row.get(used)?.parse().ok()?, row.get(idle)?.parse().ok()?))
+}
+
+/// Empties the server-state file `text` names (the format's version line only), so the next
+/// worker takes no stale state from it.
+fn clear_server_state(text: &str) {
+    let Some(path) = Layout::parse(text).server_state_path() else {
+        return;
+    };
+    if path.exists() {
+        if let Err(e) = restore(&path, "1\n") {
+            tracing::warn!(error = %e, "could not clear the server state file");
+        }
     }
-    Ok(())
+}
+
+/// Writes what the running worker knows of its servers (`show servers state`: health,
+/// weights, drain and maint) to the server-state file `text` names, right before a reload,
+/// so the new worker starts from it. A failure is logged and the reload goes on (HAProxy then
+/// starts its servers from the config, as without a state file).
+async fn dump_server_state(master: &Master, text: &str) {
+    let Some(path) = Layout::parse(text).server_state_path() else {
+        return;
+    };
+    let state = match master.command("@1 show servers state").await {
+        // The dump starts with its format version, `1`.
+        Ok(s) if s.starts_with("1\n") => s,
+        Ok(s) => {
+            tracing::warn!(answer = %sanitize_for_log(&s), "unexpected `show servers state` answer; server states not kept across this reload");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "server states not kept across this reload");
+            return;
+        }
+    };
+    // Atomic, without the `.bak` that config writes keep.
+    if let Err(e) = restore(&path, &state) {
+        tracing::warn!(error = %e, "server state file not written; server states not kept across this reload");
+    }
 }
 
 fn restore_last_good(out: &Path, last: Option<&str>) {
@@ -408,6 +658,18 @@ fn restore_last_good(out: &Path, last: Option<&str>) {
 mod tests {
     use super::*;
     use crate::render::DEFAULT_TEMPLATE;
+
+    #[test]
+    fn show_servers_conn_of_haproxy_2_6_gives_used_and_idle() {
+        let out = "# bkname/svname bkid/svid addr port - purge_delay used_cur used_max need_est unsafe_nb safe_nb idle_lim idle_cur idle_per_thr[2]\n\
+web/a 3/1 127.0.0.1 18091 - 5000 0 1 1 1 0 -1 1 1 0\n\
+web/b 3/2 127.0.0.1 18092 - 5000 2 2 0 0 0 -1 0 0 0\n\n";
+        let k = |s: &str| ("web".to_string(), s.to_string());
+        assert_eq!(parse_conn_use(out, &k("a")), Some((0, 1)));
+        assert_eq!(parse_conn_use(out, &k("b")), Some((2, 0)));
+        assert_eq!(parse_conn_use(out, &k("c")), None);
+        assert_eq!(parse_conn_use("Unknown command.\n", &k("a")), None);
+    }
     use crate::source::SourceSpec;
     use crate::watch::Wait;
 
@@ -422,6 +684,7 @@ mod tests {
             check: None,
             wait: Wait::parse("20ms").unwrap(),
             reload_timeout: Duration::from_secs(1),
+            leaving_max: crate::watch::LEAVING_MAX,
             resync: None,
             reports: None,
             http: None,

@@ -83,6 +83,8 @@ const FIXED: &[&str] = &[
     "    http-check expect status 200-399",
     "    http-request disable-l7-retry if !METH_GET !METH_HEAD",
     "    cookie SERVERID insert indirect nocache",
+    "    hash-type consistent",
+    "    load-server-state-from-file global",
     "    http-request return status 503 content-type text/plain string \"no pool serves this path\"",
     "    stats enable",
     "    stats uri /",
@@ -121,9 +123,16 @@ fn check_line(line: &str) -> Result<(), String> {
         };
     }
     let ok = match words.as_slice() {
-        ["server", name, addr, "weight", w, "check"] => ident(name) && address(addr) && weight(w),
-        ["server", name, addr, "weight", w, "check", "cookie", c] => {
-            ident(name) && address(addr) && weight(w) && c == name
+        ["server", name, addr, "weight", w, "check", "inter", d, "fall", "3", "rise", "2", "observe", "layer4", "error-limit", "1", "on-error", "mark-down", rest @ ..] =>
+        {
+            let tail = match rest {
+                [] => true,
+                ["slowstart", s] => duration(s),
+                ["cookie", c] => c == name,
+                ["slowstart", s, "cookie", c] => duration(s) && c == name,
+                _ => false,
+            };
+            ident(name) && address(addr) && weight(w) && duration(d) && tail
         }
         ["acl", acl, "path", prefix] => route_acl(acl) && path(prefix),
         ["acl", acl, "path_beg", prefix] => route_acl(acl) && prefix.ends_with('/') && path(prefix),
@@ -136,7 +145,7 @@ fn check_line(line: &str) -> Result<(), String> {
         ["log", target, "format", "raw", "local0"] => log_target(target),
         ["hard-stop-after", d] => duration(d),
         ["timeout", "connect" | "client" | "server", d] => duration(d),
-        ["default-server", "inter", d, "fall", "3", "rise", "2"] => duration(d),
+        ["server-state-file", p] => file_path(p),
         ["stats", "socket", p, "mode", "600", "level", "admin", "expose-fd", "listeners"] => {
             file_path(p)
         }

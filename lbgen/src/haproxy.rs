@@ -328,9 +328,95 @@ impl Master {
     }
 }
 
+/// What HAProxy 2.6 answers runtime commands that worked: nothing (most `set` commands), or
+/// one of these lines. Anything else is an error message.
+const RUNTIME_OK: &[&str] = &[
+    "New server registered.",
+    "Server deleted.",
+    "IP changed from ",
+    "port changed from ",
+    "no need to change the addr",
+    "no need to change the port",
+];
+
+/// The runtime commands of one master-CLI line stay under this many bytes (HAProxy reads a
+/// request into one buffer, 16 kB by default).
+pub const BATCH_BYTES: usize = 8 * 1024;
+
+/// The first line of a runtime answer that is not a success, if any.
+fn runtime_error(answer: &str) -> Option<&str> {
+    answer
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !RUNTIME_OK.iter().any(|ok| l.starts_with(ok)))
+}
+
+/// `cmds` as master-CLI lines (`@1 a; @1 b; ...`), each under [`BATCH_BYTES`].
+pub fn batch_lines(cmds: &[String]) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for c in cmds {
+        match lines.last_mut() {
+            Some(l) if l.len() + c.len() + 6 <= BATCH_BYTES => {
+                l.push_str("; @1 ");
+                l.push_str(c);
+            }
+            _ => lines.push(format!("@1 {c}")),
+        }
+    }
+    lines
+}
+
+impl Master {
+    /// Runs runtime-API commands on the current worker, as few master-CLI connections as
+    /// their length allows (`@1 a; @1 b`: the master sends each to the worker in order and
+    /// answers them all). Every command runs even after one failed; the first failure is the
+    /// error.
+    pub async fn runtime_batch(&self, cmds: &[String]) -> Result<(), Error> {
+        let mut first_err = None;
+        for line in batch_lines(cmds) {
+            let out = self.command(&line).await?;
+            if let Some(bad) = runtime_error(&out) {
+                first_err.get_or_insert_with(|| {
+                    Error::new(format!(
+                        "haproxy runtime API: {bad} (in `{}`)",
+                        line.chars().take(300).collect::<String>()
+                    ))
+                });
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtime_answers_success_and_errors() {
+        let ok = "New server registered.\n\n\n\nIP changed from '127.0.0.1' to '127.0.0.2', port changed from '1' to '2' by 'stats socket command'\n\nServer deleted.\n\n";
+        assert_eq!(runtime_error(ok), None);
+        assert_eq!(
+            runtime_error("\n'cookie' option is not accepted for dynamic server\n"),
+            Some("'cookie' option is not accepted for dynamic server")
+        );
+        assert_eq!(runtime_error("No such server.\n"), Some("No such server."));
+    }
+
+    #[test]
+    fn batches_stay_under_the_buffer() {
+        let cmds: Vec<String> = (0..400)
+            .map(|i| format!("set server web/s{i} state ready"))
+            .collect();
+        let lines = batch_lines(&cmds);
+        assert!(lines.len() > 1);
+        assert!(lines
+            .iter()
+            .all(|l| l.len() <= BATCH_BYTES && l.starts_with("@1 ")));
+        let back: Vec<&str> = lines.iter().flat_map(|l| l.split("; ")).collect();
+        assert_eq!(back.len(), 400);
+        assert!(back.iter().all(|c| c.starts_with("@1 set server web/s")));
+    }
 
     #[test]
     fn parses_show_proc_of_haproxy_2_6() {

@@ -11,7 +11,8 @@
 //!   reload, restore of the last good config.
 //! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
 //! - [`haproxy`]: master CLI client: verified reload, runtime API.
-//! - [`plan`]: runtime-API commands vs reload for a model change (pure).
+//! - [`layout`]: a rendered config split into its frame and its server lines (pure).
+//! - [`plan`]: runtime-API commands vs reload for a config change (pure).
 //! - [`http`]: `watch --http`: the status page, `/status.json`, `/metrics`, `/events`.
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 //! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
@@ -19,6 +20,7 @@ pub mod apply;
 pub mod grammar;
 pub mod haproxy;
 pub mod http;
+pub mod layout;
 pub mod model;
 pub mod output;
 pub mod plan;

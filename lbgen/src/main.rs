@@ -93,7 +93,8 @@ struct WatchArgs {
     /// Validation command; `{}` is the candidate file. "none" disables the check.
     #[arg(long, env = "LBGEN_CHECK_CMD", default_value = lbgen::output::CheckCmd::DEFAULT)]
     check_cmd: String,
-    /// Debounce: apply after MIN of quiet, at most MAX after the first change.
+    /// Debounce of changes that reload: apply after MIN of quiet, at most MAX after the first
+    /// change. Runtime-API changes (servers joining/leaving a pool) do not wait.
     #[arg(
         long,
         env = "LBGEN_WAIT",
@@ -277,6 +278,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         check,
         wait: Wait::parse(&a.wait)?,
         reload_timeout: parse_duration(&a.reload_timeout)?,
+        leaving_max: lbgen::watch::LEAVING_MAX,
         resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
         reports: None,
         http: a.http.as_deref().map(lbgen::http::bind).transpose()?,

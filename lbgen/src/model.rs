@@ -49,6 +49,8 @@ pub struct Pool {
     pub check: String,
     pub sticky: bool,
     pub balance: String,
+    /// HAProxy `slowstart` of the pool's servers (`30s`, `1500ms`), from the `slowstart` tag.
+    pub slowstart: Option<String>,
     pub servers: Vec<Server>,
 }
 
@@ -146,6 +148,8 @@ struct Backend {
     check: String,
     sticky: bool,
     balance: String,
+    /// HAProxy time, validated; "" = none.
+    slowstart: String,
     server: Server,
 }
 
@@ -241,6 +245,10 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         Some(b) if BALANCES.contains(&b.as_str()) => b.clone(),
         Some(b) => return Err(format!("tag balance={} must be one of {BALANCES:?}", q(b))),
     };
+    let slowstart = match m.tags.get(tags::SLOWSTART) {
+        None => String::new(),
+        Some(v) => slowstart_of(v)?,
+    };
     let state = match m.tags.get(tags::STATE).map(String::as_str) {
         None | Some(state::READY) => alive_state,
         Some(state::DRAINING) => ServerState::Drain,
@@ -259,6 +267,7 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         check,
         sticky,
         balance,
+        slowstart,
         server: Server {
             name: m.name.clone(),
             ip,
@@ -269,6 +278,31 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
             drain: state == ServerState::Drain,
         },
     }))
+}
+
+/// The longest slow start a tag may ask for.
+pub const MAX_SLOWSTART: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// `slowstart=` (the contract's duration syntax, 1 ms to [`MAX_SLOWSTART`]) → HAProxy time:
+/// whole seconds as `30s`, anything else in milliseconds (`1500ms`).
+fn slowstart_of(v: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "tag slowstart={} must be a duration from 1ms to {}s (e.g. 30s)",
+            q(v),
+            MAX_SLOWSTART.as_secs()
+        )
+    };
+    let d = shoal_contract::parse_duration(v).map_err(|_| bad())?;
+    let ms = d.as_millis();
+    if ms == 0 || d > MAX_SLOWSTART || d.subsec_nanos() % 1_000_000 != 0 {
+        return Err(bad());
+    }
+    Ok(if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    })
 }
 
 /// The pool-wide value of one setting: the value held by most members; a tie goes to the
@@ -361,6 +395,7 @@ impl Model {
             let check = pick("check", |b| b.check.clone());
             let sticky = pick("sticky", |b| b.sticky.to_string()) == "true";
             let balance = pick("balance", |b| b.balance.clone());
+            let slowstart = pick("slowstart", |b| b.slowstart.clone());
             let mut servers: Vec<Server> = backends.into_iter().map(|b| b.server).collect();
             servers.sort_by(|a, b| a.name.cmp(&b.name));
             model.pools.push(Pool {
@@ -369,6 +404,7 @@ impl Model {
                 check,
                 sticky,
                 balance,
+                slowstart: (!slowstart.is_empty()).then_some(slowstart),
                 servers,
             });
         }
@@ -890,6 +926,36 @@ mod tests {
         assert_eq!(m.default_pool.as_deref(), Some("alpha"));
         assert_eq!(m.pools.len(), 2);
         assert_eq!(m.conflicts.len(), 1);
+    }
+
+    #[test]
+    fn slowstart_tag_becomes_an_haproxy_time_and_bad_values_are_skipped() {
+        for (v, want) in [
+            ("30s", "30s"),
+            ("1.5s", "1500ms"),
+            ("2m", "120s"),
+            ("45", "45s"),
+        ] {
+            let mut a = web("a", "10.0.0.1");
+            a.tags.insert("slowstart".into(), v.into());
+            let m = Model::build(&doc(vec![a]));
+            assert_eq!(m.pools[0].slowstart.as_deref(), Some(want), "{v}");
+        }
+        for v in ["0s", "2h", "fast", "1s 2s", "-1s", "0.0001s", ""] {
+            let mut a = web("a", "10.0.0.1");
+            a.tags.insert("slowstart".into(), v.into());
+            let m = Model::build(&doc(vec![a]));
+            assert!(m.pools.is_empty(), "{v:?}: {:?}", m.pools);
+            assert!(
+                m.rejected[0].reason.contains("slowstart"),
+                "{:?}",
+                m.rejected
+            );
+        }
+        assert_eq!(
+            Model::build(&doc(vec![web("a", "10.0.0.1")])).pools[0].slowstart,
+            None
+        );
     }
 
     #[test]

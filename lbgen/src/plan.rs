@@ -1,9 +1,17 @@
-//! Decides how to bring the running HAProxy to a new model: nothing, runtime-API commands
-//! (pure server state changes: ready ↔ drain ↔ gone), or a reload. Pure code, no I/O.
+//! Decides how to bring the running HAProxy to a new rendered config: nothing, runtime-API
+//! commands, or a reload. Pure code, no I/O.
+//!
+//! The frame of the config (everything but the backends' `server` lines, see
+//! [`crate::layout`]) can only change by a reload. Inside it, every membership change is a
+//! runtime change: a new server line → `add server` with that line's keywords, its health
+//! check enabled, then its state set; a changed address → `set server addr`; a changed
+//! weight → `set server weight`; a state change → `set server state`; a server line gone →
+//! `maint`, and deleted by the applier's reaper once it holds no connection.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
+use crate::layout::{Layout, ServerLine};
 use crate::model::{Model, ServerState};
 
 /// Admin state of a server in the running HAProxy.
@@ -11,34 +19,42 @@ use crate::model::{Model, ServerState};
 pub enum Admin {
     Ready,
     Drain,
-    /// Still in the running config but no longer in the model (failed/left): set to maint.
+    /// No longer in the config: takes nothing new, waits to be deleted.
     Maint,
 }
 
+/// (backend, server name)
+pub use crate::layout::ServerKey as Key;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct LiveServer {
-    ip: IpAddr,
-    port: u16,
+    /// Its line in the config last written.
+    line: ServerLine,
+    /// The weight HAProxy uses (a drained server keeps its weight; the file renders 0).
     weight: u16,
     admin: Admin,
+    /// Gone from the config, still in HAProxy until the reaper deletes it.
+    leaving: bool,
 }
 
-/// What the running HAProxy has: the model of the last reload plus runtime changes since.
+/// What the running HAProxy has: the config of the last reload plus runtime changes since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Live {
-    /// pool → (route, check, sticky, balance)
-    pools: BTreeMap<String, (String, String, bool, String)>,
-    servers: BTreeMap<(String, String), LiveServer>,
+    frame: Vec<String>,
+    /// The frame has a `default-server` line, which `add server` would not apply.
+    default_server: bool,
+    servers: BTreeMap<Key, LiveServer>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
     /// The running HAProxy already matches.
     Nothing,
-    /// Runtime-API commands (without the `@1` prefix), in order.
-    Runtime(Vec<String>),
-    /// Anything else needs the new config file and a reload.
-    Reload,
+    /// Runtime-API commands (without the `@1` prefix), in order, and what runs after them.
+    /// The commands may be empty when only the file's text changes (a drained server's line).
+    Runtime { commands: Vec<String>, next: Live },
+    /// Needs the new config file and a reload; why, in words.
+    Reload(String),
 }
 
 fn admin_of(s: ServerState) -> Admin {
@@ -48,108 +64,187 @@ fn admin_of(s: ServerState) -> Admin {
     }
 }
 
+/// The state `model` wants for `key`; a server line no member backs (a custom template's
+/// fixed server) is ready.
+fn wanted(model: &Model, key: &Key) -> Admin {
+    model
+        .server(&key.0, &key.1)
+        .map_or(Admin::Ready, |(_, s)| admin_of(s.state))
+}
+
+/// Keywords HAProxy 2.6's `add server` refuses ("'cookie' option is not accepted for
+/// dynamic server"): a server line with one of them can only arrive by a reload.
+pub const NOT_DYNAMIC: &[&str] = &["cookie"];
+
 impl Live {
-    /// The state right after HAProxy loaded the config rendered from `m`.
-    pub fn from_model(m: &Model) -> Live {
-        let mut live = Live {
-            pools: BTreeMap::new(),
-            servers: BTreeMap::new(),
-        };
-        for p in &m.pools {
-            live.pools.insert(
-                p.name.clone(),
-                (
-                    p.route.clone(),
-                    p.check.clone(),
-                    p.sticky,
-                    p.balance.clone(),
-                ),
+    /// The state right after HAProxy loaded `text` (rendered from `model`).
+    pub fn from_text(text: &str, model: &Model) -> Live {
+        let layout = Layout::parse(text);
+        let default_server = layout.has_default_server();
+        let servers = layout
+            .servers
+            .into_iter()
+            .map(|(key, line)| {
+                let admin = wanted(model, &key);
+                let weight = line.weight;
+                let s = LiveServer {
+                    line,
+                    weight,
+                    admin,
+                    leaving: false,
+                };
+                (key, s)
+            })
+            .collect();
+        Live {
+            frame: layout.frame,
+            default_server,
+            servers,
+        }
+    }
+
+    /// Plans the change to `text`, rendered from `model`.
+    pub fn plan(&self, text: &str, model: &Model) -> Plan {
+        let new = Layout::parse(text);
+        if new.frame != self.frame {
+            return Plan::Reload(
+                "the config outside the server lines changed (a pool, route, pool setting, listener, global setting or the template)".into(),
             );
-            for s in &p.servers {
-                live.servers.insert(
-                    (p.name.clone(), s.name.clone()),
+        }
+        let mut cmds = Vec::new();
+        let mut next = self.clone();
+        for (key, line) in &new.servers {
+            let id = format!("{}/{}", key.0, key.1);
+            let want = wanted(model, key);
+            let Some(l) = self.servers.get(key) else {
+                if let Some(k) = line
+                    .keywords
+                    .iter()
+                    .find(|k| NOT_DYNAMIC.contains(&k.as_str()))
+                {
+                    return Plan::Reload(format!(
+                        "new server {id} has `{k}`, which HAProxy 2.6 refuses on `add server`"
+                    ));
+                }
+                if self.default_server {
+                    return Plan::Reload(format!(
+                        "new server {id}: the config has a default-server line, which `add server` would not apply"
+                    ));
+                }
+                cmds.push(format!("add server {id} {}", line.add_args()));
+                if line.has_check() {
+                    cmds.push(format!("enable health {id}"));
+                }
+                cmds.push(match want {
+                    Admin::Drain => format!("set server {id} state drain"),
+                    _ => format!("set server {id} state ready"),
+                });
+                next.servers.insert(
+                    key.clone(),
                     LiveServer {
-                        ip: s.ip,
-                        port: s.port,
-                        weight: s.weight,
-                        admin: admin_of(s.state),
+                        line: line.clone(),
+                        weight: line.weight,
+                        admin: want,
+                        leaving: false,
                     },
                 );
-            }
-        }
-        live
-    }
-
-    /// Plans the change to `new`. Runtime commands only when every pool and every server
-    /// of `new` already exists with the same settings and only admin states differ.
-    pub fn plan(&self, new: &Model) -> Plan {
-        let mut cmds = Vec::new();
-        if new.pools.len() != self.pools.len() {
-            return Plan::Reload;
-        }
-        let mut wanted = BTreeMap::new();
-        for p in &new.pools {
-            let attrs = (
-                p.route.clone(),
-                p.check.clone(),
-                p.sticky,
-                p.balance.clone(),
-            );
-            if self.pools.get(&p.name) != Some(&attrs) {
-                return Plan::Reload;
-            }
-            for s in &p.servers {
-                let key = (p.name.clone(), s.name.clone());
-                let Some(l) = self.servers.get(&key) else {
-                    return Plan::Reload;
-                };
-                if (l.ip, l.port, l.weight) != (s.ip, s.port, s.weight) {
-                    return Plan::Reload;
-                }
-                wanted.insert(key, admin_of(s.state));
-            }
-        }
-        for (key, l) in &self.servers {
-            let want = wanted.get(key).copied().unwrap_or(Admin::Maint);
-            if want == l.admin {
                 continue;
+            };
+            if l.line.keywords != line.keywords {
+                return Plan::Reload(format!(
+                    "server {id}: its line changed beyond address and weight"
+                ));
             }
-            let id = format!("{}/{}", key.0, key.1);
+            if l.line.addr != line.addr {
+                let Some(sa) = line.socket_addr() else {
+                    return Plan::Reload(format!(
+                        "server {id}: new address {} is not IP:PORT",
+                        line.addr
+                    ));
+                };
+                cmds.push(format!(
+                    "set server {id} addr {} port {}",
+                    plain_ip(sa.ip()),
+                    sa.port()
+                ));
+            }
+            let mut weight = l.weight;
             match want {
                 Admin::Ready => {
-                    // The config may carry weight 0 for a server rendered as drained.
-                    cmds.push(format!("set server {id} weight {}", l.weight));
-                    cmds.push(format!("set server {id} state ready"));
+                    // From drain or maint the running weight may be the file's 0.
+                    if l.weight != line.weight || l.admin != Admin::Ready {
+                        cmds.push(format!("set server {id} weight {}", line.weight));
+                        weight = line.weight;
+                    }
+                    if l.admin != Admin::Ready {
+                        cmds.push(format!("set server {id} state ready"));
+                    }
                 }
-                Admin::Drain => cmds.push(format!("set server {id} state drain")),
-                Admin::Maint => cmds.push(format!("set server {id} state maint")),
+                Admin::Drain if l.admin != Admin::Drain => {
+                    cmds.push(format!("set server {id} state drain"))
+                }
+                Admin::Drain | Admin::Maint => {}
+            }
+            next.servers.insert(
+                key.clone(),
+                LiveServer {
+                    line: line.clone(),
+                    weight,
+                    admin: want,
+                    leaving: false,
+                },
+            );
+        }
+        for (key, l) in &self.servers {
+            if new.servers.contains_key(key) || l.leaving {
+                continue;
+            }
+            // maint rather than drain: no new request, no sticky client either (it is
+            // redispatched); requests in flight finish. Deleted once it holds no connection.
+            cmds.push(format!("set server {}/{} state maint", key.0, key.1));
+            if let Some(s) = next.servers.get_mut(key) {
+                s.admin = Admin::Maint;
+                s.leaving = true;
             }
         }
-        if cmds.is_empty() {
+        if cmds.is_empty() && next == *self {
             Plan::Nothing
         } else {
-            Plan::Runtime(cmds)
+            Plan::Runtime {
+                commands: cmds,
+                next,
+            }
         }
     }
 
-    /// Records that the runtime commands for `new` were applied.
-    pub fn apply_runtime(&mut self, new: &Model) {
-        let mut wanted = BTreeMap::new();
-        for p in &new.pools {
-            for s in &p.servers {
-                wanted.insert((p.name.clone(), s.name.clone()), admin_of(s.state));
-            }
-        }
-        for (key, l) in self.servers.iter_mut() {
-            l.admin = wanted.get(key).copied().unwrap_or(Admin::Maint);
+    /// Servers gone from the config that HAProxy still has (in maint, maybe serving the
+    /// requests they had).
+    pub fn leaving(&self) -> Vec<Key> {
+        self.servers
+            .iter()
+            .filter(|(_, s)| s.leaving)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// `key` was deleted from HAProxy (or is not there any more).
+    pub fn deleted(&mut self, key: &Key) {
+        if self.servers.get(key).is_some_and(|s| s.leaving) {
+            self.servers.remove(key);
         }
     }
+}
+
+/// An IP as `set server addr` takes it: no brackets.
+fn plain_ip(ip: IpAddr) -> String {
+    ip.to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::MembersDoc;
+    use crate::render::{Renderer, Vars};
 
     type Spec<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
 
@@ -177,78 +272,204 @@ mod tests {
         Model::build(&doc)
     }
 
+    /// (rendered text, model) with the default template.
+    fn rendered(members: &[Spec]) -> (String, Model) {
+        let m = model(members);
+        let text = Renderer::builtin()
+            .render(&m, &Vars::default())
+            .expect("renders");
+        (text, m)
+    }
+
+    fn live(members: &[Spec]) -> Live {
+        let (t, m) = rendered(members);
+        Live::from_text(&t, &m)
+    }
+
+    fn plan(live: &Live, members: &[Spec]) -> Plan {
+        let (t, m) = rendered(members);
+        live.plan(&t, &m)
+    }
+
+    fn commands(p: &Plan) -> Vec<String> {
+        match p {
+            Plan::Runtime { commands, .. } => commands.clone(),
+            other => panic!("expected a runtime plan, got {other:?}"),
+        }
+    }
+
+    /// Applies a runtime plan.
+    fn after(p: Plan) -> Live {
+        match p {
+            Plan::Runtime { next, .. } => next,
+            other => panic!("expected a runtime plan, got {other:?}"),
+        }
+    }
+
     const A: &str = "10.0.0.1:1";
     const B: &str = "10.0.0.2:1";
+    const C: &str = "10.0.0.3:1";
 
     #[test]
-    fn same_model_needs_nothing() {
-        let m = model(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
-        assert_eq!(Live::from_model(&m).plan(&m), Plan::Nothing);
+    fn same_config_needs_nothing() {
+        let m = [("a", A, "alive", &[][..]), ("b", B, "alive", &[])];
+        assert_eq!(plan(&live(&m), &m), Plan::Nothing);
     }
 
     #[test]
     fn draining_and_suspect_are_runtime_changes() {
-        let m0 = model(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
-        let m1 = model(&[
-            ("a", A, "alive", &[("state", "draining")]),
-            ("b", B, "suspect", &[]),
-        ]);
-        let live = Live::from_model(&m0);
+        let l = live(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
+        let p = plan(
+            &l,
+            &[
+                ("a", A, "alive", &[("state", "draining")]),
+                ("b", B, "suspect", &[]),
+            ],
+        );
         assert_eq!(
-            live.plan(&m1),
-            Plan::Runtime(vec![
-                "set server web/a state drain".into(),
-                "set server web/b state drain".into()
-            ])
+            commands(&p),
+            [
+                "set server web/a state drain",
+                "set server web/b state drain"
+            ]
         );
     }
 
     #[test]
-    fn failed_server_goes_to_maint_and_comes_back_without_reload() {
-        let m0 = model(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
-        let m1 = model(&[("a", A, "alive", &[]), ("b", B, "failed", &[])]);
-        let mut live = Live::from_model(&m0);
+    fn a_joining_member_is_added_with_its_lines_keywords_then_enabled() {
+        let l = live(&[("a", A, "alive", &[])]);
+        let (t, m) = rendered(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
+        let line = t
+            .lines()
+            .find(|l| l.trim_start().starts_with("server b "))
+            .expect("a line for b")
+            .trim()
+            .to_string();
+        let p = l.plan(&t, &m);
+        let c = commands(&p);
         assert_eq!(
-            live.plan(&m1),
-            Plan::Runtime(vec!["set server web/b state maint".into()])
+            c[0],
+            format!(
+                "add server web/b {}",
+                line.strip_prefix("server b ").unwrap()
+            )
         );
-        live.apply_runtime(&m1);
-        assert_eq!(live.plan(&m1), Plan::Nothing);
+        assert!(c[0].contains(" check inter 2s fall 3 rise 2"), "{}", c[0]);
         assert_eq!(
-            live.plan(&m0),
-            Plan::Runtime(vec![
-                "set server web/b weight 100".into(),
-                "set server web/b state ready".into()
-            ])
+            c[1..],
+            ["enable health web/b", "set server web/b state ready"]
+        );
+        // Applied, the same config needs nothing more.
+        assert_eq!(after(p).plan(&t, &m), Plan::Nothing);
+    }
+
+    #[test]
+    fn a_leaving_member_goes_to_maint_and_waits_for_the_reaper() {
+        let l = live(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
+        let gone = [("a", A, "alive", &[][..]), ("b", B, "failed", &[])];
+        let p = plan(&l, &gone);
+        assert_eq!(commands(&p), ["set server web/b state maint"]);
+        let mut l = after(p);
+        assert_eq!(l.leaving(), [("web".to_string(), "b".to_string())]);
+        assert_eq!(plan(&l, &gone), Plan::Nothing);
+        // Back before it was deleted: the same server is made ready again, not added.
+        let back = [("a", A, "alive", &[][..]), ("b", B, "alive", &[])];
+        assert_eq!(
+            commands(&plan(&l, &back)),
+            [
+                "set server web/b weight 100",
+                "set server web/b state ready"
+            ]
+        );
+        // Deleted: it comes back with `add server`.
+        l.deleted(&("web".into(), "b".into()));
+        assert!(l.leaving().is_empty());
+        assert!(commands(&plan(&l, &back))[0].starts_with("add server web/b "));
+    }
+
+    #[test]
+    fn address_and_weight_changes_are_runtime_changes() {
+        let l = live(&[("a", A, "alive", &[])]);
+        assert_eq!(
+            commands(&plan(&l, &[("a", C, "alive", &[("weight", "5")])])),
+            [
+                "set server web/a addr 10.0.0.3 port 80",
+                "set server web/a weight 5"
+            ]
+        );
+        assert_eq!(
+            commands(&plan(&l, &[("a", "[fd00::1]:1", "alive", &[])])),
+            ["set server web/a addr fd00::1 port 80"]
         );
     }
 
     #[test]
-    fn new_server_new_address_weight_or_pool_settings_need_a_reload() {
-        let m0 = model(&[("a", A, "alive", &[])]);
-        let live = Live::from_model(&m0);
+    fn a_drained_server_keeps_its_weight_and_returns_with_it() {
+        let l = live(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
+        let drained = [
+            ("a", A, "alive", &[][..]),
+            ("b", B, "alive", &[("state", "draining")]),
+        ];
+        let l = after(plan(&l, &drained));
         assert_eq!(
-            live.plan(&model(&[("a", A, "alive", &[]), ("b", B, "alive", &[])])),
-            Plan::Reload
+            commands(&plan(&l, &[("a", A, "alive", &[]), ("b", B, "alive", &[])])),
+            [
+                "set server web/b weight 100",
+                "set server web/b state ready"
+            ]
         );
-        assert_eq!(live.plan(&model(&[("a", B, "alive", &[])])), Plan::Reload);
+    }
+
+    #[test]
+    fn a_sticky_pool_adds_by_reload_but_removes_at_runtime() {
+        let s = &[("sticky", "true")][..];
+        let l = live(&[("a", A, "alive", s), ("b", B, "alive", s)]);
+        assert!(matches!(
+            plan(&l, &[("a", A, "alive", s), ("b", B, "alive", s), ("c", C, "alive", s)]),
+            Plan::Reload(why) if why.contains("cookie")
+        ));
         assert_eq!(
-            live.plan(&model(&[("a", A, "alive", &[("port", "81")])])),
-            Plan::Reload
+            commands(&plan(&l, &[("a", A, "alive", s), ("b", B, "left", s)])),
+            ["set server web/b state maint"]
         );
-        assert_eq!(
-            live.plan(&model(&[("a", A, "alive", &[("weight", "5")])])),
-            Plan::Reload
-        );
-        assert_eq!(
-            live.plan(&model(&[("a", A, "alive", &[("check", "/h")])])),
-            Plan::Reload
-        );
-        assert_eq!(
-            live.plan(&model(&[("a", A, "alive", &[("sticky", "true")])])),
-            Plan::Reload
-        );
-        // The last server of a pool leaving removes the pool (and its route): reload.
-        assert_eq!(live.plan(&model(&[("a", A, "failed", &[])])), Plan::Reload);
+    }
+
+    #[test]
+    fn structural_changes_need_a_reload() {
+        let l = live(&[("a", A, "alive", &[])]);
+        for change in [
+            &[("check", "/h")][..],
+            &[("sticky", "true")],
+            &[("balance", "leastconn")],
+            &[("route", "/api")],
+            &[("slowstart", "10s")],
+        ] {
+            assert!(
+                matches!(plan(&l, &[("a", A, "alive", change)]), Plan::Reload(_)),
+                "{change:?}"
+            );
+        }
+        // A new pool.
+        let mut two = vec![("a", A, "alive", &[][..])];
+        let other = [("service", "api")];
+        two.push(("z", B, "alive", &other));
+        assert!(matches!(plan(&l, &two), Plan::Reload(_)));
+        // The last server of a pool leaving removes the pool (and its route).
+        assert!(matches!(
+            plan(&l, &[("a", A, "failed", &[])]),
+            Plan::Reload(_)
+        ));
+    }
+
+    #[test]
+    fn a_template_with_default_server_adds_by_reload() {
+        let m = model(&[("a", A, "alive", &[])]);
+        let t0 =
+            "defaults\n    default-server inter 1s\nbackend web\n    server a 10.0.0.1:80 check\n";
+        let t1 = format!("{t0}    server b 10.0.0.2:80 check\n");
+        assert!(matches!(
+            Live::from_text(t0, &m).plan(&t1, &m),
+            Plan::Reload(why) if why.contains("default-server")
+        ));
     }
 }

@@ -26,6 +26,7 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("timeout_client", "30s"),
     ("timeout_server", "30s"),
     ("check_inter", "2s"),
+    ("server_state_file", "/run/haproxy/server-state"),
     ("access_log", "stdout"),
 ];
 

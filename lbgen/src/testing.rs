@@ -215,6 +215,13 @@ async fn serve_conn(
                 kept.push_back(head.clone());
             }
         }
+        // `/slow/MS`: a long request (a download, a slow report) answered after MS ms.
+        if let Some(ms) = path
+            .strip_prefix("/slow/")
+            .and_then(|m| m.parse::<u64>().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms.min(60_000))).await;
+        }
         let close = head.to_ascii_lowercase().contains("connection: close");
         let resp = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{}\r\n{}",
@@ -584,15 +591,36 @@ pub async fn reload_counts(h: &Haproxy) -> (u64, u64) {
 
 /// One `GET /` with `Connection: close`; the whole response.
 pub async fn get(port: u16) -> String {
+    get_with(port, "/", "", Duration::from_secs(5)).await
+}
+
+/// One `GET path` with `Connection: close` and extra header lines (`"Cookie: a=b\r\n"`);
+/// the whole response, or what arrived within `within`.
+pub async fn get_with(port: u16, path: &str, headers: &str, within: Duration) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect to haproxy");
-    s.write_all(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send request");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: t\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("send request");
     let mut out = String::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out)).await;
+    let _ = tokio::time::timeout(within, s.read_to_string(&mut out)).await;
     out
+}
+
+/// The server names `show servers state POOL` lists in the running worker, sorted.
+pub async fn running_servers(h: &Haproxy, pool: &str) -> Vec<String> {
+    let out = crate::haproxy::Master::new(&h.master_sock)
+        .command(&format!("@1 show servers state {pool}"))
+        .await
+        .expect("show servers state");
+    let mut names: Vec<String> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|c| c.len() > 7 && c[1] == pool)
+        .map(|c| c[3].to_string())
+        .collect();
+    names.sort();
+    names
 }
 
 /// The `watch` settings every live test starts from: the default template and variables,
@@ -615,6 +643,7 @@ pub fn watch_config(
         ),
         wait: crate::watch::Wait::parse("20ms:200ms").expect("a valid --wait"),
         reload_timeout: Duration::from_secs(10),
+        leaving_max: crate::watch::LEAVING_MAX,
         resync: None,
         reports: None,
         http: None,

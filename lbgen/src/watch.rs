@@ -1,6 +1,9 @@
-//! `lbgen watch`: one task owns the state; sources only signal. Each debounced batch of
+//! `lbgen watch`: one task owns the state; sources only signal. A membership signal is tried
+//! at once (after [`FAST_WINDOW`]) as a runtime-only change ([`Applier::apply_fast`]); what
+//! needs a reload, and every template change, waits for the debounce. Each debounced batch of
 //! signals (or a retry, or a periodic resync) takes a full snapshot and hands it to the
-//! [`Applier`], which makes it live or leaves everything as it was.
+//! [`Applier`], which makes it live or leaves everything as it was. Between applies the
+//! Applier's reaper deletes servers that left, every [`crate::apply::REAP_EVERY`].
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -59,6 +62,9 @@ pub struct WatchConfig {
     pub check: Option<CheckCmd>,
     pub wait: Wait,
     pub reload_timeout: Duration,
+    /// How long a server that left its pool may keep its connections before they are shut
+    /// down and it is deleted ([`LEAVING_MAX`] in `lbgen watch`).
+    pub leaving_max: Duration,
     /// Re-check everything this often even without a signal (a missed event, HAProxy
     /// restarted by its supervisor from another config, the file changed by someone else).
     /// None = never.
@@ -81,6 +87,14 @@ pub struct Report {
     /// or when the attempt ended for other outcomes.
     pub done: Instant,
 }
+
+/// A server that left its pool is deleted from HAProxy once its last connection closed, or
+/// after this long with its sessions shut down.
+pub const LEAVING_MAX: Duration = Duration::from_secs(300);
+
+/// A membership signal is tried through the runtime API after this quiet window (events of
+/// one burst become one batch); what needs a reload waits for the `--wait` debounce.
+pub const FAST_WINDOW: Duration = Duration::from_millis(2);
 
 /// First retry after a transient failure (agent or master socket unreachable); doubles up
 /// to [`RETRY_MAX`] while failures continue.
@@ -129,7 +143,10 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut retry_at: Option<(Instant, Instant)> = None;
     let mut retry_delay = RETRY;
     let mut resync_at = cfg.resync.map(|d| Instant::now() + d);
+    // A membership signal not yet tried through the runtime API: (first signal, try at).
+    let mut fast: Option<(Instant, Instant)> = None;
     loop {
+        let reap_at = applier.next_reap();
         let apply_at = match (pending, retry_at) {
             (Some((first, quiet)), _) => Some(quiet.min(first + cfg.wait.max)),
             (None, Some((_, at))) => Some(at),
@@ -148,12 +165,45 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                 let Some(sig) = sig else {
                     return Err(Error::new("membership source stopped"));
                 };
+                let now = Instant::now();
                 if sig == Signal::Template {
                     applier.template_changed();
+                    fast = None;
+                } else {
+                    let first = fast.map_or(now, |f| f.0);
+                    fast = Some((first, now + FAST_WINDOW));
                 }
-                let now = Instant::now();
                 let first = pending.map_or(now, |p| p.0);
                 pending = Some((first, now + cfg.wait.min));
+            }
+            _ = tokio::time::sleep_until(fast.map_or_else(Instant::now, |f| f.1)), if fast.is_some() => {
+                let Some((signalled, _)) = fast.take() else { continue };
+                let result = match source.snapshot().await {
+                    Ok(doc) => applier.apply_fast(&doc).await,
+                    Err(e) => Err(ApplyError::Transient(e)),
+                };
+                // Anything but a runtime change (a reload, an error) is left to the debounce.
+                if let Ok(Some(done)) = result {
+                    // The whole snapshot is live: nothing left to debounce or retry.
+                    pending = None;
+                    retry_at = None;
+                    retry_delay = RETRY;
+                    // A signal that changed nothing (a file event repeated) is not reported.
+                    if done.outcome == ApplyOutcome::Unchanged {
+                        continue;
+                    }
+                    tracing::debug!(outcome = ?done.outcome, "applied at once");
+                    if let Some(r) = &cfg.reports {
+                        let _ = r.send(Report {
+                            outcome: done.outcome,
+                            signalled,
+                            done: done.live_at.unwrap_or_else(Instant::now),
+                        });
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(reap_at.unwrap_or_else(Instant::now)), if reap_at.is_some() => {
+                applier.reap().await;
             }
             _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 let is_resync = apply_at.is_none_or(|a| a > Instant::now());

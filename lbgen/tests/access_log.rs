@@ -34,6 +34,7 @@ fn vars(d: &std::path::Path, http_port: u16, extra: &[&str]) -> Vars {
         format!("http_port={http_port}"),
         format!("stats_port={}", common::free_port()),
         format!("stats_socket={}", d.join("admin.sock").display()),
+        format!("server_state_file={}", d.join("server-state").display()),
         "check_inter=200ms".to_string(),
     ];
     v.extend(extra.iter().map(|s| s.to_string()));

@@ -92,9 +92,10 @@ fn the_binary_follows_a_members_file_and_reloads_haproxy() {
     let out = d.path().join("haproxy.cfg");
     let port = common::free_port();
     let vars = format!(
-        "bind=127.0.0.1,http_port={port},stats_port={},stats_socket={}",
+        "bind=127.0.0.1,http_port={port},stats_port={},stats_socket={},server_state_file={}",
         common::free_port(),
-        d.path().join("admin.sock").display()
+        d.path().join("admin.sock").display(),
+        d.path().join("server-state").display()
     );
     common::write_members(&members, &[common::member("web-1", 3001, "alive", &[])]);
     let st = common::output_within(
@@ -141,17 +142,23 @@ fn the_binary_follows_a_members_file_and_reloads_haproxy() {
     wait_for("the first reload", Duration::from_secs(15), || {
         reloads() >= 1
     });
+    // A new pool (a membership change inside a pool would go through the runtime API).
     common::write_members(
         &members,
         &[
             common::member("web-1", 3001, "alive", &[]),
-            common::member("web-2", 3002, "alive", &[]),
+            common::member(
+                "api-1",
+                3002,
+                "alive",
+                &[("service", "api"), ("route", "/api")],
+            ),
         ],
     );
-    wait_for("web-2 in the config", Duration::from_secs(15), || {
+    wait_for("api-1 in the config", Duration::from_secs(15), || {
         std::fs::read_to_string(&out)
             .unwrap_or_default()
-            .contains("server web-2 ")
+            .contains("server api-1 ")
     });
     wait_for("the second reload", Duration::from_secs(15), || {
         reloads() >= 2
@@ -193,9 +200,10 @@ fn watch_waits_for_a_missing_then_stale_master_socket_and_applies_once_haproxy_a
     let sock = d.path().join("master.sock");
     let port = common::free_port();
     let vars = format!(
-        "bind=127.0.0.1,http_port={port},stats_port={},stats_socket={}",
+        "bind=127.0.0.1,http_port={port},stats_port={},stats_socket={},server_state_file={}",
         common::free_port(),
-        d.path().join("admin.sock").display()
+        d.path().join("admin.sock").display(),
+        d.path().join("server-state").display()
     );
     common::write_members(&members, &[common::member("web-1", 3001, "alive", &[])]);
     let log = d.path().join("lbgen.log");

@@ -42,6 +42,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
         check: None,
         wait: Wait::parse("500ms:1500ms").unwrap(),
         reload_timeout: Duration::from_secs(5),
+        leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         reports: Some(rtx),
         http: None,

@@ -56,6 +56,7 @@ fn start(members: &[serde_json::Value]) -> Watch {
         reload_timeout: Duration::from_secs(5),
         resync: None,
         reports: None,
+        leaving_max: lbgen::watch::LEAVING_MAX,
         http: Some(listener),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -43,6 +43,7 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
         format!("http_port={http_port}"),
         format!("stats_port={stats_port}"),
         format!("stats_socket={}", d.join("admin.sock").display()),
+        format!("server_state_file={}", d.join("server-state").display()),
         "check_inter=500ms".to_string(),
     ])
     .unwrap();
@@ -99,15 +100,23 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     let ka_load = Load::start_mode(http_port, 2, 2_000_000, Duration::from_secs(120), true);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    // ≥20 reloads: each round adds a new server (a reload) and drops the previous extra one.
+    // ≥20 reloads: each round adds a new pool with one server (a reload) and drops the
+    // previous one (a new server in an existing pool would be a runtime change).
     let mut reloads = 0;
     let mut runtime_changes = 0;
     let mut extra: Option<serde_json::Value> = None;
     for i in 0..22 {
-        // The previous extra server is gone from this document (rendered absent).
+        // The previous extra pool is gone from this document (rendered absent).
         let mut ms = base.clone();
         let b = &backends[2 + i % 2];
-        let e = member(&format!("extra-{i}"), b.port, "alive", &[]);
+        let pool = format!("extra{i}");
+        let route = format!("/extra{i}");
+        let e = member(
+            &format!("extra-{i}"),
+            b.port,
+            "alive",
+            &[("service", &pool), ("route", &route)],
+        );
         ms.push(e.clone());
         extra = Some(e);
         write_members(&members_file, &ms);
@@ -151,8 +160,14 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
         before,
         "drained server got new requests"
     );
-    // Still drained after a reload (the config renders it with weight 0).
-    ms.push(member("extra-x", backends[2].port, "alive", &[]));
+    // Still drained after a reload (the server-state file keeps it, and the config renders
+    // it with weight 0).
+    ms.push(member(
+        "extra-x",
+        backends[2].port,
+        "alive",
+        &[("service", "x"), ("route", "/x")],
+    ));
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
@@ -190,16 +205,17 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
         gen_before,
         "haproxy was reloaded"
     );
-    // Membership changes meanwhile still apply, with the last good template.
+    // Membership changes meanwhile still apply, with the last good template (a new server in
+    // an existing pool: the runtime API).
     ms.push(member("extra-y", backends[3].port, "alive", &[]));
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
-        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
+        matches!(r.outcome, ApplyOutcome::Runtime { .. }),
         "{:?}",
         r.outcome
     );
-    reloads += 1;
+    runtime_changes += 1;
     let cfg_now = std::fs::read_to_string(&out).unwrap();
     assert!(cfg_now.contains("server extra-y "), "{cfg_now}");
     assert!(!cfg_now.contains("bogus-keyword"), "{cfg_now}");
@@ -308,6 +324,7 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
         format!("http_port={http_port}"),
         format!("stats_port={}", common::free_port()),
         format!("stats_socket={}", d.join("admin.sock").display()),
+        format!("server_state_file={}", d.join("server-state").display()),
     ])
     .unwrap();
     let members_file = d.join("members.json");
@@ -403,6 +420,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
         format!("http_port={http_port}"),
         format!("stats_port={}", common::free_port()),
         format!("stats_socket={}", d.join("admin.sock").display()),
+        format!("server_state_file={}", d.join("server-state").display()),
         "check_inter=500ms".to_string(),
     ])
     .unwrap();
@@ -486,8 +504,13 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
         "web-1 is not drained in HAProxy"
     );
 
-    // A new member reloads with the last good template; the bad one is not tried again.
-    ms.push(member("web-2", backends[2].port, "alive", &[]));
+    // A new pool reloads with the last good template; the bad one is not tried again.
+    ms.push(member(
+        "api-1",
+        backends[2].port,
+        "alive",
+        &[("service", "api"), ("route", "/api")],
+    ));
     write_members(&members_file, &ms);
     let r = next_report(&mut reports).await;
     assert!(
@@ -497,7 +520,7 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     );
     let now = std::fs::read_to_string(&out).unwrap();
     assert!(
-        now.contains("server web-2 ") && !now.contains("listen squat"),
+        now.contains("server api-1 ") && !now.contains("listen squat"),
         "{now}"
     );
     assert_eq!(reload_counts(&haproxy).await, (reloads0 + 2, 0));

@@ -72,6 +72,7 @@ impl Rig {
             format!("http_port={http_port}"),
             format!("stats_port={}", free_port()),
             format!("stats_socket={}", d.join("admin.sock").display()),
+            format!("server_state_file={}", d.join("server-state").display()),
             "check_inter=500ms".to_string(),
         ])
         .expect("vars");

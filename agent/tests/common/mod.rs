@@ -422,6 +422,7 @@ pub fn lbgen_watch_config(api: String, out: PathBuf) -> lbgen::watch::WatchConfi
         check: None,
         wait: lbgen::watch::Wait::parse("20ms:200ms").expect("wait"),
         reload_timeout: Duration::from_secs(5),
+        leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         reports: None,
         http: None,

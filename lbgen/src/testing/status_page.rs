@@ -73,6 +73,7 @@ pub fn measure(n: usize, loads: usize) -> PageFigures {
         reload_timeout: Duration::from_secs(10),
         resync: None,
         reports: None,
+        leaving_max: crate::watch::LEAVING_MAX,
         http: Some(listener),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
