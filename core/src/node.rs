@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
+use crate::counters::{Direction, ProtocolCounters};
 use crate::identity::{self, plausible_generation, NodeId};
 use crate::membership::{
     FocaState, ForceLeaveError, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS,
@@ -211,6 +212,8 @@ pub struct Core {
     members_refused: u64,
     members_refused_logged: u64,
     out: Vec<Output>,
+    /// SWIM traffic and suspicions, for the agent's metrics.
+    counters: ProtocolCounters,
     /// Our own choices (push-pull targets), seeded from the caller's RNG so a
     /// simulated run is reproducible.
     rng: StdRng,
@@ -251,6 +254,7 @@ impl Core {
             members_refused: 0,
             members_refused_logged: 0,
             out: Vec::new(),
+            counters: ProtocolCounters::default(),
             rng: own_rng,
             cfg,
         };
@@ -272,6 +276,16 @@ impl Core {
 
     pub fn count(&self, status: Status) -> usize {
         self.table.count(status)
+    }
+
+    /// What the SWIM layer did so far (probes, acks, suspicions).
+    pub fn counters(&self) -> &ProtocolCounters {
+        &self.counters
+    }
+
+    /// Direct probe round trips measured since the last call.
+    pub fn take_probe_rtts(&mut self) -> Vec<Duration> {
+        self.counters.take_rtts()
     }
 
     /// Member updates foca still has to gossip (what a merge queued).
@@ -319,6 +333,7 @@ impl Core {
                 if self.leaving.is_some() {
                     return Ok(());
                 }
+                self.counters.observe(Direction::In, body, now.mono);
                 self.foca
                     .handle_data(body, &mut self.rt)
                     .map_err(|e| DecodeError::Malformed(format!("refused by SWIM: {e}")))
@@ -455,6 +470,7 @@ impl Core {
             return;
         }
         debug!(%from, incarnation, "suspected by a peer; refuting");
+        self.counters.self_refutations += 1;
         let me = Member::new(self.local.clone(), incarnation, State::Suspect);
         if let Err(e) = self
             .foca
@@ -471,12 +487,16 @@ impl Core {
     /// it refutes or foca declares it down.
     fn notify_suspects(&mut self, now: Now) {
         let interval = notice_interval(&self.cfg.timing);
-        let table = &self.table;
+        let (table, counters) = (&self.table, &mut self.counters);
         self.suspicions.retain(|name, s| {
-            now.mono < s.deadline
-                && table
-                    .get(name)
-                    .is_some_and(|r| r.status == Status::Suspect && r.id.generation == s.generation)
+            let status = table
+                .get(name)
+                .filter(|r| r.id.generation == s.generation)
+                .map(|r| r.status);
+            if status == Some(Status::Alive) {
+                counters.suspicions_refuted += 1;
+            }
+            now.mono < s.deadline && status == Some(Status::Suspect)
         });
         for (name, s) in &mut self.suspicions {
             if now.mono >= s.next_notice {
@@ -1057,6 +1077,7 @@ impl Core {
                 return;
             }
             while let Some((to, data)) = self.rt.to_send() {
+                self.counters.observe(Direction::Out, &data, now.mono);
                 self.out.push(Output::Send {
                     to: to.addr,
                     packet: wire::encode_foca(&data),
@@ -1078,6 +1099,7 @@ impl Core {
                         next_notice: now.mono + notice_interval(&self.cfg.timing),
                     };
                     self.out.push(s.notice(&member_id.name));
+                    self.counters.suspicions_raised += 1;
                     self.suspicions.insert(member_id.name.clone(), s);
                 }
                 self.timer_seq += 1;

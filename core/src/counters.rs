@@ -1,0 +1,239 @@
+//! What the SWIM layer did, counted for the agent's metrics: plain numbers
+//! (this crate has no metrics library), read by the agent at scrape time.
+//!
+//! foca does not report probes or acks, so the node reads the header of
+//! every SWIM packet it hands to foca or sends for it (foca's own codec,
+//! the same bytes foca reads): a direct probe is a `Ping` out, its answer an
+//! `Ack` in with the same probe number from the same member, and the time
+//! between the two, on the node's monotonic clock, is a round trip.
+//! Suspicions are the ones this node's own probes raised (foca scheduled the
+//! suspect-to-down timer); one is refuted when the member is seen alive
+//! under the same identity before that timer ends it.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use foca::{Codec, Message, PostcardCodec};
+
+use crate::identity::NodeId;
+
+/// The SWIM message kinds, in the order of [`ProtocolCounters::messages`].
+pub const MESSAGE_KINDS: [&str; 11] = [
+    "ping",
+    "ack",
+    "ping_req",
+    "indirect_ping",
+    "indirect_ack",
+    "forwarded_ack",
+    "announce",
+    "feed",
+    "gossip",
+    "broadcast",
+    "turn_undead",
+];
+
+/// Direct probes awaiting their ack, at most; the oldest is forgotten
+/// beyond it (a probe unanswered that long is foca's to give up on).
+const MAX_PENDING_PROBES: usize = 64;
+/// A probe older than this no longer matches an ack (probe numbers wrap at 256).
+const PROBE_MATCH_WINDOW: Duration = Duration::from_secs(30);
+/// Round trips kept between two reads by the agent ([`ProtocolCounters::take_rtts`]).
+const MAX_RTT_SAMPLES: usize = 1024;
+
+/// Which way a SWIM message went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    In,
+    Out,
+}
+
+/// Counts of one node's SWIM traffic and suspicions since it started.
+#[derive(Debug, Default)]
+pub struct ProtocolCounters {
+    /// Messages by [`MESSAGE_KINDS`] index: `[in, out]`.
+    pub messages: [[u64; 2]; MESSAGE_KINDS.len()],
+    /// Direct probes (`Ping`) this node sent.
+    pub probes_sent: u64,
+    /// Acks that answered one of this node's direct probes.
+    pub probe_acks: u64,
+    /// Indirect probes this node asked others for (`PingReq`s sent).
+    pub indirect_probes_sent: u64,
+    /// Acks to this node's indirect probes, forwarded back (`ForwardedAck`s in).
+    pub indirect_acks: u64,
+    /// Members this node's own probes failed (a suspicion started here).
+    pub suspicions_raised: u64,
+    /// Of those, members heard alive again before the suspicion ran out.
+    pub suspicions_refuted: u64,
+    /// Times a peer told this node it suspects it, and this node refuted.
+    pub self_refutations: u64,
+    /// SWIM packets foca could not read the header of (counted once).
+    pub unreadable: u64,
+    /// (member, probe number, sent at) of direct probes not yet acked.
+    pending: VecDeque<(String, u8, Instant)>,
+    /// Round trips of acked direct probes, not yet taken by the agent.
+    rtts: Vec<Duration>,
+}
+
+impl ProtocolCounters {
+    /// One foca payload (no envelope) to or from `peer`; `now` is the
+    /// node's monotonic clock.
+    pub fn observe(&mut self, direction: Direction, body: &[u8], now: Instant) {
+        let Ok(header) = PostcardCodec.decode_header(body) else {
+            self.unreadable += 1;
+            return;
+        };
+        let kind = kind_index(&header.message);
+        self.messages[kind][direction as usize] += 1;
+        match (direction, &header.message) {
+            (Direction::Out, Message::Ping(n)) => {
+                self.probes_sent += 1;
+                if self.pending.len() >= MAX_PENDING_PROBES {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back((header.dst.name, *n, now));
+            }
+            (Direction::In, Message::Ack(n)) => self.match_ack(&header.src, *n, now),
+            (Direction::Out, Message::PingReq { .. }) => self.indirect_probes_sent += 1,
+            (Direction::In, Message::ForwardedAck { .. }) => self.indirect_acks += 1,
+            _ => {}
+        }
+    }
+
+    fn match_ack(&mut self, from: &NodeId, n: u8, now: Instant) {
+        self.pending
+            .retain(|(_, _, sent)| now.saturating_duration_since(*sent) < PROBE_MATCH_WINDOW);
+        let Some(i) = self
+            .pending
+            .iter()
+            .position(|(name, probe, _)| *probe == n && *name == from.name)
+        else {
+            return;
+        };
+        if let Some((_, _, sent)) = self.pending.remove(i) {
+            self.probe_acks += 1;
+            if self.rtts.len() < MAX_RTT_SAMPLES {
+                self.rtts.push(now.saturating_duration_since(sent));
+            }
+        }
+    }
+
+    /// The round trips measured since the last call.
+    pub fn take_rtts(&mut self) -> Vec<Duration> {
+        std::mem::take(&mut self.rtts)
+    }
+}
+
+fn kind_index(m: &Message<NodeId>) -> usize {
+    match m {
+        Message::Ping(_) => 0,
+        Message::Ack(_) => 1,
+        Message::PingReq { .. } => 2,
+        Message::IndirectPing { .. } => 3,
+        Message::IndirectAck { .. } => 4,
+        Message::ForwardedAck { .. } => 5,
+        Message::Announce => 6,
+        Message::Feed => 7,
+        Message::Gossip => 8,
+        Message::Broadcast => 9,
+        Message::TurnUndead => 10,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tags::Tags;
+    use foca::Header;
+
+    fn id(name: &str) -> NodeId {
+        NodeId {
+            name: name.into(),
+            addr: "127.0.0.1:7946".parse().unwrap(),
+            generation: 1,
+            tags: Tags::new(),
+        }
+    }
+
+    fn packet(src: &str, dst: &str, message: Message<NodeId>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        PostcardCodec
+            .encode_header(
+                &Header {
+                    src: id(src),
+                    src_incarnation: 0,
+                    dst: id(dst),
+                    message,
+                },
+                &mut buf,
+            )
+            .unwrap();
+        buf
+    }
+
+    #[test]
+    fn an_ack_from_the_probed_member_gives_one_round_trip() {
+        let mut c = ProtocolCounters::default();
+        let t0 = Instant::now();
+        c.observe(Direction::Out, &packet("a", "b", Message::Ping(7)), t0);
+        // An ack with another probe number, or from someone else, is not it.
+        c.observe(Direction::In, &packet("b", "a", Message::Ack(8)), t0);
+        c.observe(Direction::In, &packet("c", "a", Message::Ack(7)), t0);
+        let t1 = t0 + Duration::from_millis(3);
+        c.observe(Direction::In, &packet("b", "a", Message::Ack(7)), t1);
+        // A duplicate ack is not a second round trip.
+        c.observe(Direction::In, &packet("b", "a", Message::Ack(7)), t1);
+        assert_eq!((c.probes_sent, c.probe_acks), (1, 1));
+        assert_eq!(c.take_rtts(), vec![Duration::from_millis(3)]);
+        assert!(c.take_rtts().is_empty());
+        assert_eq!(c.messages[1][Direction::In as usize], 4);
+        assert_eq!(c.messages[0][Direction::Out as usize], 1);
+    }
+
+    #[test]
+    fn indirect_probes_and_unreadable_packets_are_counted() {
+        let mut c = ProtocolCounters::default();
+        let now = Instant::now();
+        let req = Message::PingReq {
+            target: id("b"),
+            probe_number: 1,
+        };
+        c.observe(Direction::Out, &packet("a", "c", req), now);
+        let fwd = Message::ForwardedAck {
+            origin: id("a"),
+            probe_number: 1,
+        };
+        c.observe(Direction::In, &packet("c", "a", fwd), now);
+        c.observe(Direction::In, &[0xff, 0xff], now);
+        assert_eq!((c.indirect_probes_sent, c.indirect_acks), (1, 1));
+        assert_eq!(c.unreadable, 1);
+    }
+
+    #[test]
+    fn a_cluster_counts_probes_round_trips_and_the_suspicion_of_a_dead_member() {
+        let mut net = crate::testing::Net::joined(3);
+        for _ in 0..300 {
+            net.step();
+        }
+        let c = net.cores[0].counters();
+        assert!(c.probes_sent > 0 && c.probe_acks > 0, "{c:?}");
+        assert!(c.probe_acks <= c.probes_sent, "{c:?}");
+        assert_eq!(c.suspicions_raised, 0, "{c:?}");
+        assert!(!net.cores[0].take_probe_rtts().is_empty());
+        // n2 dies: whoever probes it next suspects it, and nobody refutes.
+        net.dead.push(2);
+        let failed = Some(crate::membership::Status::Failed);
+        for _ in 0..1000 {
+            if net.status(0, "n2") == failed {
+                break;
+            }
+            net.step();
+        }
+        assert_eq!(net.status(0, "n2"), failed, "not failed after 1,000 steps");
+        let raised: u64 = (0..2).map(|i| net.cores[i].counters().suspicions_raised).sum();
+        let refuted: u64 = (0..2).map(|i| net.cores[i].counters().suspicions_refuted).sum();
+        assert!(raised >= 1, "no suspicion raised");
+        assert_eq!(refuted, 0);
+        let sent: u64 = (0..2).map(|i| net.cores[i].counters().indirect_probes_sent).sum();
+        assert!(sent >= 1, "no indirect probe of the dead member");
+    }
+}
