@@ -48,8 +48,8 @@ pub enum Direction {
 }
 
 /// Counts of one node's SWIM traffic and suspicions since it started.
-#[derive(Debug, Default)]
-pub struct ProtocolCounters {
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ProtocolCounts {
     /// Messages by [`MESSAGE_KINDS`] index: `[in, out]`.
     pub messages: [[u64; 2]; MESSAGE_KINDS.len()],
     /// Direct probes (`Ping`) this node sent.
@@ -66,8 +66,14 @@ pub struct ProtocolCounters {
     pub suspicions_refuted: u64,
     /// Times a peer told this node it suspects it, and this node refuted.
     pub self_refutations: u64,
-    /// SWIM packets foca could not read the header of (counted once).
+    /// SWIM packets whose header could not be read.
     pub unreadable: u64,
+}
+
+/// [`ProtocolCounts`] and what it takes to measure probe round trips.
+#[derive(Debug, Default)]
+pub struct ProtocolCounters {
+    pub counts: ProtocolCounts,
     /// (member, probe number, sent at) of direct probes not yet acked.
     pending: VecDeque<(String, u8, Instant)>,
     /// Round trips of acked direct probes, not yet taken by the agent.
@@ -79,22 +85,22 @@ impl ProtocolCounters {
     /// node's monotonic clock.
     pub fn observe(&mut self, direction: Direction, body: &[u8], now: Instant) {
         let Ok(header) = PostcardCodec.decode_header(body) else {
-            self.unreadable += 1;
+            self.counts.unreadable += 1;
             return;
         };
         let kind = kind_index(&header.message);
-        self.messages[kind][direction as usize] += 1;
+        self.counts.messages[kind][direction as usize] += 1;
         match (direction, &header.message) {
             (Direction::Out, Message::Ping(n)) => {
-                self.probes_sent += 1;
+                self.counts.probes_sent += 1;
                 if self.pending.len() >= MAX_PENDING_PROBES {
                     self.pending.pop_front();
                 }
                 self.pending.push_back((header.dst.name, *n, now));
             }
             (Direction::In, Message::Ack(n)) => self.match_ack(&header.src, *n, now),
-            (Direction::Out, Message::PingReq { .. }) => self.indirect_probes_sent += 1,
-            (Direction::In, Message::ForwardedAck { .. }) => self.indirect_acks += 1,
+            (Direction::Out, Message::PingReq { .. }) => self.counts.indirect_probes_sent += 1,
+            (Direction::In, Message::ForwardedAck { .. }) => self.counts.indirect_acks += 1,
             _ => {}
         }
     }
@@ -110,7 +116,7 @@ impl ProtocolCounters {
             return;
         };
         if let Some((_, _, sent)) = self.pending.remove(i) {
-            self.probe_acks += 1;
+            self.counts.probe_acks += 1;
             if self.rtts.len() < MAX_RTT_SAMPLES {
                 self.rtts.push(now.saturating_duration_since(sent));
             }
@@ -182,11 +188,11 @@ mod tests {
         c.observe(Direction::In, &packet("b", "a", Message::Ack(7)), t1);
         // A duplicate ack is not a second round trip.
         c.observe(Direction::In, &packet("b", "a", Message::Ack(7)), t1);
-        assert_eq!((c.probes_sent, c.probe_acks), (1, 1));
+        assert_eq!((c.counts.probes_sent, c.counts.probe_acks), (1, 1));
         assert_eq!(c.take_rtts(), vec![Duration::from_millis(3)]);
         assert!(c.take_rtts().is_empty());
-        assert_eq!(c.messages[1][Direction::In as usize], 4);
-        assert_eq!(c.messages[0][Direction::Out as usize], 1);
+        assert_eq!(c.counts.messages[1][Direction::In as usize], 4);
+        assert_eq!(c.counts.messages[0][Direction::Out as usize], 1);
     }
 
     #[test]
@@ -204,8 +210,11 @@ mod tests {
         };
         c.observe(Direction::In, &packet("c", "a", fwd), now);
         c.observe(Direction::In, &[0xff, 0xff], now);
-        assert_eq!((c.indirect_probes_sent, c.indirect_acks), (1, 1));
-        assert_eq!(c.unreadable, 1);
+        assert_eq!(
+            (c.counts.indirect_probes_sent, c.counts.indirect_acks),
+            (1, 1)
+        );
+        assert_eq!(c.counts.unreadable, 1);
     }
 
     #[test]
@@ -215,9 +224,9 @@ mod tests {
             net.step();
         }
         let c = net.cores[0].counters();
-        assert!(c.probes_sent > 0 && c.probe_acks > 0, "{c:?}");
-        assert!(c.probe_acks <= c.probes_sent, "{c:?}");
-        assert_eq!(c.suspicions_raised, 0, "{c:?}");
+        assert!(c.counts.probes_sent > 0 && c.counts.probe_acks > 0, "{c:?}");
+        assert!(c.counts.probe_acks <= c.counts.probes_sent, "{c:?}");
+        assert_eq!(c.counts.suspicions_raised, 0, "{c:?}");
         assert!(!net.cores[0].take_probe_rtts().is_empty());
         // n2 dies: whoever probes it next suspects it, and nobody refutes.
         net.dead.push(2);
@@ -229,11 +238,17 @@ mod tests {
             net.step();
         }
         assert_eq!(net.status(0, "n2"), failed, "not failed after 1,000 steps");
-        let raised: u64 = (0..2).map(|i| net.cores[i].counters().suspicions_raised).sum();
-        let refuted: u64 = (0..2).map(|i| net.cores[i].counters().suspicions_refuted).sum();
+        let raised: u64 = (0..2)
+            .map(|i| net.cores[i].counters().counts.suspicions_raised)
+            .sum();
+        let refuted: u64 = (0..2)
+            .map(|i| net.cores[i].counters().counts.suspicions_refuted)
+            .sum();
         assert!(raised >= 1, "no suspicion raised");
         assert_eq!(refuted, 0);
-        let sent: u64 = (0..2).map(|i| net.cores[i].counters().indirect_probes_sent).sum();
+        let sent: u64 = (0..2)
+            .map(|i| net.cores[i].counters().counts.indirect_probes_sent)
+            .sum();
         assert!(sent >= 1, "no indirect probe of the dead member");
     }
 }

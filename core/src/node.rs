@@ -470,7 +470,7 @@ impl Core {
             return;
         }
         debug!(%from, incarnation, "suspected by a peer; refuting");
-        self.counters.self_refutations += 1;
+        self.counters.counts.self_refutations += 1;
         let me = Member::new(self.local.clone(), incarnation, State::Suspect);
         if let Err(e) = self
             .foca
@@ -494,7 +494,7 @@ impl Core {
                 .filter(|r| r.id.generation == s.generation)
                 .map(|r| r.status);
             if status == Some(Status::Alive) {
-                counters.suspicions_refuted += 1;
+                counters.counts.suspicions_refuted += 1;
             }
             now.mono < s.deadline && status == Some(Status::Suspect)
         });
@@ -1099,7 +1099,7 @@ impl Core {
                         next_notice: now.mono + notice_interval(&self.cfg.timing),
                     };
                     self.out.push(s.notice(&member_id.name));
-                    self.counters.suspicions_raised += 1;
+                    self.counters.counts.suspicions_raised += 1;
                     self.suspicions.insert(member_id.name.clone(), s);
                 }
                 self.timer_seq += 1;
