@@ -85,8 +85,60 @@ pub struct Metrics {
     protocol: Mutex<ProtocolCounts>,
 }
 
+/// Every `reason` a drop is counted under (see [`Metrics::dropped_frame`]).
+pub const DROP_REASONS: [&str; 9] = [
+    "decode", "auth", "size", "foreign", "version", "conn_cap", "deadline", "busy", "io",
+];
+/// Every member event kind.
+const EVENT_KINDS: [&str; 5] = [
+    "member-join",
+    "member-leave",
+    "member-failed",
+    "member-update",
+    "member-reap",
+];
+const RUN_RESULTS: [RunResult; 4] = [
+    RunResult::Ok,
+    RunResult::Failed,
+    RunResult::Timeout,
+    RunResult::Error,
+];
+
 impl Default for Metrics {
+    /// Every series whose labels are known up front starts at 0, so a
+    /// dashboard sees it (and `rate()` works) before the first event.
     fn default() -> Self {
+        let m = Metrics::empty();
+        for kind in EVENT_KINDS {
+            let _ = m.member_events.get_or_create(&[("kind", kind)]);
+        }
+        for dir in [Dir::In, Dir::Out] {
+            for result in ["ok", "failed"] {
+                let _ = m
+                    .push_pulls
+                    .get_or_create(&[("direction", dir.as_str()), ("result", result)]);
+            }
+            let _ = m
+                .push_pull_duration
+                .get_or_create(&[("direction", dir.as_str())]);
+            for transport in ["udp", "tcp"] {
+                let labels = [("transport", transport), ("direction", dir.as_str())];
+                let _ = m.packets.get_or_create(&labels);
+                let _ = m.bytes.get_or_create(&labels);
+            }
+        }
+        for reason in DROP_REASONS {
+            let _ = m.dropped.get_or_create(&[("reason", reason)]);
+        }
+        for result in RUN_RESULTS {
+            let _ = m.handler_runs.get_or_create(&[("result", result.as_str())]);
+        }
+        m
+    }
+}
+
+impl Metrics {
+    fn empty() -> Self {
         Metrics {
             member_events: Family::default(),
             // 100 µs (loopback) to 1.6 s (past every profile's probe timeout).
@@ -105,6 +157,17 @@ impl Default for Metrics {
             // 5 ms to 41 s (the default timeout is 30 s).
             handler_duration: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             protocol: Mutex::new(ProtocolCounts::default()),
+        }
+    }
+}
+
+impl RunResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunResult::Ok => "ok",
+            RunResult::Failed => "failed",
+            RunResult::Timeout => "timeout",
+            RunResult::Error => "error",
         }
     }
 }
@@ -177,7 +240,7 @@ impl Metrics {
         });
     }
 
-    /// Something inbound was dropped for `reason` (see docs/metrics.md).
+    /// Something inbound was dropped for `reason`, one of [`DROP_REASONS`].
     pub fn dropped(&self, reason: &'static str) {
         self.dropped.get_or_create(&[("reason", reason)]).inc();
     }
@@ -189,13 +252,9 @@ impl Metrics {
 
     /// An event handler run ended.
     pub fn handler_run(&self, result: RunResult, took: Duration) {
-        let result = match result {
-            RunResult::Ok => "ok",
-            RunResult::Failed => "failed",
-            RunResult::Timeout => "timeout",
-            RunResult::Error => "error",
-        };
-        self.handler_runs.get_or_create(&[("result", result)]).inc();
+        self.handler_runs
+            .get_or_create(&[("result", result.as_str())])
+            .inc();
         self.handler_duration.observe(took.as_secs_f64());
     }
 }

@@ -131,6 +131,26 @@ fn scrape(a: &Agent) -> Scrape {
     }
 }
 
+/// The metric families of a scrape (its `# TYPE` lines).
+fn families(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+/// The metrics named in the first column of docs/metrics.md's table.
+fn documented() -> std::collections::BTreeSet<String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md");
+    let doc = std::fs::read_to_string(path).expect("docs/metrics.md");
+    doc.lines()
+        .filter_map(|l| l.strip_prefix("| `shoal_"))
+        .filter_map(|l| l.split('`').next())
+        .map(|name| format!("shoal_{name}"))
+        .collect()
+}
+
 /// Every counter of `after` is at least its value in `before`.
 fn counters_only_grow(before: &Scrape, after: &Scrape) {
     for (name, labels, was) in &before.samples {
@@ -258,6 +278,9 @@ interval = "200ms"
     );
     assert_eq!(s.sum("shoal_service_state", &[("service", "main")]), 1.0);
     assert!(s.has("shoal_gossip_timer_lag_seconds_count"));
+    // This agent (handlers, services, a check) shows every family, and
+    // docs/metrics.md has a row for each, and none more.
+    assert_eq!(families(&s.text), documented(), "scrape vs docs/metrics.md");
     // A member without services shows none.
     assert!(!scrape(&agents[1]).has("shoal_service_state"));
 
