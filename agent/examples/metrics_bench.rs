@@ -9,7 +9,7 @@
 //!
 //! 1. CPU per scrape: A's CPU time (utime + stime from /proc) over 2,000
 //!    sequential scrapes, minus its idle CPU rate over the same wall time.
-//! 2. Gossip lag: 10 s idle, then 10 s of 100 scrapes/s. For each window,
+//! 2. Gossip lag: 20 s idle, then 20 s of 100 scrapes/s. For each window,
 //!    A's `shoal_gossip_timer_lag_seconds` (how late its loop ran due
 //!    protocol timers) and B's `shoal_probe_rtt_seconds` (B's probes of A
 //!    wait for A's loop to answer).
@@ -33,7 +33,7 @@ const N: usize = 1000;
 /// Scrapes whose CPU is measured.
 const SCRAPES: usize = 2000;
 /// Each lag window.
-const WINDOW: Duration = Duration::from_secs(10);
+const WINDOW: Duration = Duration::from_secs(20);
 /// Scrapes per second in the loaded window.
 const RATE: u32 = 100;
 
@@ -66,18 +66,26 @@ fn main() {
         "B's API",
     );
     teach_members(&format!("{A}:7946"));
-    wait(
-        Duration::from_secs(20),
-        || {
-            let s = scrape(&api_a);
-            sum(&s, "shoal_members", &[("status", "alive")]) >= N as f64
-                && sum(&s, "shoal_probe_acks_received_total", &[]) > 0.0
-        },
-        "A to hold 1,000 members and B",
+    let mut last = String::new();
+    let held = wait_until(Duration::from_secs(20), || {
+        last = scrape(&api_a);
+        sum(&last, "shoal_members", &[]) >= (N + 2) as f64
+    });
+    assert!(
+        held,
+        "A does not hold 1,000 members and B after 20 s:\n{last}"
     );
+    let b_alive = || {
+        let s = scrape(&api_b);
+        sum(&s, "shoal_members", &[("status", "alive")]) >= 2.0
+            && sum(&s, "shoal_probe_acks_received_total", &[]) > 0.0
+    };
+    wait(Duration::from_secs(20), b_alive, "B to probe A");
     std::thread::sleep(Duration::from_secs(3));
     let pid = a.0[0].id();
+    let alive = |api: &str| sum(&scrape(api), "shoal_members", &[("status", "alive")]);
     let members = sum(&scrape(&api_a), "shoal_members", &[]);
+    let alive_at_start = alive(&api_a);
     let size = scrape(&api_a).len();
 
     // 1. CPU per scrape.
@@ -96,7 +104,9 @@ fn main() {
     let wall = t0.elapsed().as_secs_f64();
     let busy = cpu_seconds(pid) - c0 - idle_rate * wall;
     latencies.sort();
-    println!("A: {members} members in its table, a scrape is {size} bytes of Prometheus text");
+    println!(
+        "A: {members} members in its table ({alive_at_start} alive), a scrape is {size} bytes of Prometheus text"
+    );
     println!(
         "CPU per scrape at A: {:.3} ms ({SCRAPES} scrapes in {wall:.1} s, A's CPU {:.2} s minus {:.1}% idle); latency at the client p50 {:.2} ms, p99 {:.2} ms",
         busy / SCRAPES as f64 * 1e3,
@@ -139,6 +149,18 @@ fn main() {
             rtt.count
         );
     }
+    println!(
+        "A's table at the end: {} alive of {members} (the simulated members do not answer probes)",
+        alive(&api_a)
+    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "load average during the run (1, 5, 15 min): {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     drop(a);
 }
 
@@ -185,12 +207,19 @@ fn start(bin: &PathBuf, name: &str, ip: &str, join: Option<&str>) -> Child {
     cmd.spawn().expect("spawn shoal agent")
 }
 
-fn wait(within: Duration, mut ok: impl FnMut() -> bool, what: &str) {
+fn wait(within: Duration, ok: impl FnMut() -> bool, what: &str) {
+    assert!(wait_until(within, ok), "waited {within:?} for {what}");
+}
+
+fn wait_until(within: Duration, mut ok: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + within;
     while !ok() {
-        assert!(Instant::now() < deadline, "waited {within:?} for {what}");
+        if Instant::now() >= deadline {
+            return false;
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+    true
 }
 
 /// One push-pull to `to` carrying N alive members at 127.1.x.y.
