@@ -17,7 +17,7 @@ use foca::{Codec, Message, PostcardCodec};
 
 use crate::identity::NodeId;
 
-/// The SWIM message kinds, in the order of [`ProtocolCounters::messages`].
+/// The SWIM message kinds, in the order of [`ProtocolCounts::messages`].
 pub const MESSAGE_KINDS: [&str; 11] = [
     "ping",
     "ack",
