@@ -446,7 +446,7 @@ fn encode_protocol(enc: &mut DescriptorEncoder, c: &ProtocolCounts) -> Result<()
             ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
         }
     }
-    let plain: [(&str, &str, u64); 8] = [
+    let plain: [(&str, &str, u64); 7] = [
         (
             "shoal_probes_sent",
             "Direct probes (ping) this node sent",
@@ -481,11 +481,6 @@ fn encode_protocol(enc: &mut DescriptorEncoder, c: &ProtocolCounts) -> Result<()
             "shoal_self_refutations",
             "Times a member told this node it suspects it and this node refuted",
             c.self_refutations,
-        ),
-        (
-            "shoal_swim_unreadable",
-            "SWIM packets whose header could not be read",
-            c.unreadable,
         ),
     ];
     for (name, help, v) in plain {

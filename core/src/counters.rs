@@ -1,11 +1,12 @@
 //! What the SWIM layer did, counted for the agent's metrics: plain numbers
 //! (this crate has no metrics library), read by the agent at scrape time.
 //!
-//! foca does not report probes or acks, so the node reads the header of
-//! every SWIM packet it hands to foca or sends for it (foca's own codec,
-//! the same bytes foca reads): a direct probe is a `Ping` out, its answer an
-//! `Ack` in with the same probe number from the same member, and the time
-//! between the two, on the node's monotonic clock, is a round trip.
+//! foca does not report probes or acks, so the codec it encodes and decodes
+//! every SWIM header with ([`crate::wire::ClockedCodec`]) notes each one
+//! ([`Seen`]), and the node records them with its monotonic clock after each
+//! call into foca (no packet is decoded twice): a direct probe is a `Ping`
+//! out, its answer an `Ack` in with the same probe number from the same
+//! member, and the time between the two is a round trip.
 //! Suspicions are the ones this node's own probes raised (foca scheduled the
 //! suspect-to-down timer); one is refuted when the member is seen alive
 //! under the same identity before that timer ends it.
@@ -13,7 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use foca::{Codec, Message, PostcardCodec};
+use foca::{Header, Message};
 
 use crate::identity::NodeId;
 
@@ -66,8 +67,40 @@ pub struct ProtocolCounts {
     pub suspicions_refuted: u64,
     /// Times a peer told this node it suspects it, and this node refuted.
     pub self_refutations: u64,
-    /// SWIM packets whose header could not be read.
-    pub unreadable: u64,
+}
+
+/// One SWIM header foca decoded (in) or encoded (out), as its codec saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub direction: Direction,
+    /// Index in [`MESSAGE_KINDS`].
+    pub kind: usize,
+    /// For a `Ping` out, its target; for an `Ack` in, its sender; with the
+    /// probe number (what a round trip is matched on).
+    pub probe: Option<(String, u8)>,
+    /// A `PingReq` out or a `ForwardedAck` in.
+    indirect: bool,
+}
+
+impl Seen {
+    pub fn of(direction: Direction, header: &Header<NodeId>) -> Seen {
+        let probe = match (direction, &header.message) {
+            (Direction::Out, Message::Ping(n)) => Some((header.dst.name.clone(), *n)),
+            (Direction::In, Message::Ack(n)) => Some((header.src.name.clone(), *n)),
+            _ => None,
+        };
+        let indirect = matches!(
+            (direction, &header.message),
+            (Direction::Out, Message::PingReq { .. })
+                | (Direction::In, Message::ForwardedAck { .. })
+        );
+        Seen {
+            direction,
+            kind: kind_index(&header.message),
+            probe,
+            indirect,
+        }
+    }
 }
 
 /// [`ProtocolCounts`] and what it takes to measure probe round trips.
@@ -81,37 +114,31 @@ pub struct ProtocolCounters {
 }
 
 impl ProtocolCounters {
-    /// One foca payload (no envelope) to or from `peer`; `now` is the
-    /// node's monotonic clock.
-    pub fn observe(&mut self, direction: Direction, body: &[u8], now: Instant) {
-        let Ok(header) = PostcardCodec.decode_header(body) else {
-            self.counts.unreadable += 1;
-            return;
-        };
-        let kind = kind_index(&header.message);
-        self.counts.messages[kind][direction as usize] += 1;
-        match (direction, &header.message) {
-            (Direction::Out, Message::Ping(n)) => {
+    /// One header foca read or wrote; `now` is the node's monotonic clock.
+    pub fn record(&mut self, seen: Seen, now: Instant) {
+        self.counts.messages[seen.kind][seen.direction as usize] += 1;
+        match (seen.direction, seen.probe) {
+            (Direction::Out, Some((to, n))) => {
                 self.counts.probes_sent += 1;
                 if self.pending.len() >= MAX_PENDING_PROBES {
                     self.pending.pop_front();
                 }
-                self.pending.push_back((header.dst.name, *n, now));
+                self.pending.push_back((to, n, now));
             }
-            (Direction::In, Message::Ack(n)) => self.match_ack(&header.src, *n, now),
-            (Direction::Out, Message::PingReq { .. }) => self.counts.indirect_probes_sent += 1,
-            (Direction::In, Message::ForwardedAck { .. }) => self.counts.indirect_acks += 1,
+            (Direction::In, Some((from, n))) => self.match_ack(&from, n, now),
+            (Direction::Out, None) if seen.indirect => self.counts.indirect_probes_sent += 1,
+            (Direction::In, None) if seen.indirect => self.counts.indirect_acks += 1,
             _ => {}
         }
     }
 
-    fn match_ack(&mut self, from: &NodeId, n: u8, now: Instant) {
+    fn match_ack(&mut self, from: &str, n: u8, now: Instant) {
         self.pending
             .retain(|(_, _, sent)| now.saturating_duration_since(*sent) < PROBE_MATCH_WINDOW);
         let Some(i) = self
             .pending
             .iter()
-            .position(|(name, probe, _)| *probe == n && *name == from.name)
+            .position(|(name, probe, _)| *probe == n && name == from)
         else {
             return;
         };
@@ -149,7 +176,6 @@ fn kind_index(m: &Message<NodeId>) -> usize {
 mod tests {
     use super::*;
     use crate::tags::Tags;
-    use foca::Header;
 
     fn id(name: &str) -> NodeId {
         NodeId {
@@ -160,34 +186,56 @@ mod tests {
         }
     }
 
-    fn packet(src: &str, dst: &str, message: Message<NodeId>) -> Vec<u8> {
-        let mut buf = Vec::new();
-        PostcardCodec
-            .encode_header(
-                &Header {
-                    src: id(src),
-                    src_incarnation: 0,
-                    dst: id(dst),
-                    message,
-                },
-                &mut buf,
-            )
-            .unwrap();
-        buf
+    fn packet(src: &str, dst: &str, message: Message<NodeId>) -> Header<NodeId> {
+        Header {
+            src: id(src),
+            src_incarnation: 0,
+            dst: id(dst),
+            message,
+        }
+    }
+
+    fn observe(c: &mut ProtocolCounters, dir: Direction, h: &Header<NodeId>, now: Instant) {
+        c.record(Seen::of(dir, h), now);
     }
 
     #[test]
     fn an_ack_from_the_probed_member_gives_one_round_trip() {
         let mut c = ProtocolCounters::default();
         let t0 = Instant::now();
-        c.observe(Direction::Out, &packet("a", "b", Message::Ping(7)), t0);
+        observe(
+            &mut c,
+            Direction::Out,
+            &packet("a", "b", Message::Ping(7)),
+            t0,
+        );
         // An ack with another probe number, or from someone else, is not it.
-        c.observe(Direction::In, &packet("b", "a", Message::Ack(8)), t0);
-        c.observe(Direction::In, &packet("c", "a", Message::Ack(7)), t0);
+        observe(
+            &mut c,
+            Direction::In,
+            &packet("b", "a", Message::Ack(8)),
+            t0,
+        );
+        observe(
+            &mut c,
+            Direction::In,
+            &packet("c", "a", Message::Ack(7)),
+            t0,
+        );
         let t1 = t0 + Duration::from_millis(3);
-        c.observe(Direction::In, &packet("b", "a", Message::Ack(7)), t1);
+        observe(
+            &mut c,
+            Direction::In,
+            &packet("b", "a", Message::Ack(7)),
+            t1,
+        );
         // A duplicate ack is not a second round trip.
-        c.observe(Direction::In, &packet("b", "a", Message::Ack(7)), t1);
+        observe(
+            &mut c,
+            Direction::In,
+            &packet("b", "a", Message::Ack(7)),
+            t1,
+        );
         assert_eq!((c.counts.probes_sent, c.counts.probe_acks), (1, 1));
         assert_eq!(c.take_rtts(), vec![Duration::from_millis(3)]);
         assert!(c.take_rtts().is_empty());
@@ -196,25 +244,23 @@ mod tests {
     }
 
     #[test]
-    fn indirect_probes_and_unreadable_packets_are_counted() {
+    fn indirect_probes_and_their_acks_are_counted() {
         let mut c = ProtocolCounters::default();
         let now = Instant::now();
         let req = Message::PingReq {
             target: id("b"),
             probe_number: 1,
         };
-        c.observe(Direction::Out, &packet("a", "c", req), now);
+        observe(&mut c, Direction::Out, &packet("a", "c", req), now);
         let fwd = Message::ForwardedAck {
             origin: id("a"),
             probe_number: 1,
         };
-        c.observe(Direction::In, &packet("c", "a", fwd), now);
-        c.observe(Direction::In, &[0xff, 0xff], now);
+        observe(&mut c, Direction::In, &packet("c", "a", fwd), now);
         assert_eq!(
             (c.counts.indirect_probes_sent, c.counts.indirect_acks),
             (1, 1)
         );
-        assert_eq!(c.counts.unreadable, 1);
     }
 
     #[test]

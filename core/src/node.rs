@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
-use crate::counters::{Direction, ProtocolCounters};
+use crate::counters::ProtocolCounters;
 use crate::identity::{self, plausible_generation, NodeId};
 use crate::membership::{
     FocaState, ForceLeaveError, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS,
@@ -333,7 +333,6 @@ impl Core {
                 if self.leaving.is_some() {
                     return Ok(());
                 }
-                self.counters.observe(Direction::In, body, now.mono);
                 self.foca
                     .handle_data(body, &mut self.rt)
                     .map_err(|e| DecodeError::Malformed(format!("refused by SWIM: {e}")))
@@ -1069,6 +1068,10 @@ impl Core {
     fn flush_with(&mut self, now: Now, reconcile: bool) {
         let mut dirty = !reconcile;
         loop {
+            // The headers foca read and wrote since the last flush (same turn).
+            for seen in self.codec.take_seen() {
+                self.counters.record(seen, now.mono);
+            }
             if self.name_taken {
                 // Silent for good: nothing foca queued may go out.
                 while self.rt.to_send().is_some() {}
@@ -1077,7 +1080,6 @@ impl Core {
                 return;
             }
             while let Some((to, data)) = self.rt.to_send() {
-                self.counters.observe(Direction::Out, &data, now.mono);
                 self.out.push(Output::Send {
                     to: to.addr,
                     packet: wire::encode_foca(&data),
