@@ -4,7 +4,8 @@
 //!
 //! Routes: `GET /v1/members`, `GET /v1/events`, `PUT /v1/tags`,
 //! `POST /v1/join`, `POST /v1/leave`, `POST /v1/force-leave/{name}`,
-//! `GET /v1/info`, `GET /v1/health`.
+//! `GET /v1/info`, `GET /v1/health`, and `GET /metrics` (Prometheus text,
+//! [`crate::metrics`]; under the same token as the rest).
 //!
 //! Open to whoever can connect, so bounded: headers must arrive within
 //! [`HEADER_TIMEOUT`] (also the idle timeout of a keep-alive connection),
@@ -81,6 +82,8 @@ pub struct ApiState {
     pub info_hook: Option<InfoHook>,
     /// When set, every request must carry `Authorization: Bearer <token>`.
     pub token: Option<String>,
+    /// What `GET /metrics` renders.
+    pub scrape: Arc<crate::metrics::Scrape>,
 }
 
 /// Serves the API until the listener fails.
@@ -286,6 +289,7 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
         (Method::GET, "/v1/events") => events(state, &query),
         (Method::GET, "/v1/logs") => logs(&query),
         (Method::GET, "/v1/info") => info_doc(state),
+        (Method::GET, "/metrics") => metrics(state, &req),
         (Method::GET, "/v1/health") => {
             let snapshot = state.agent.snapshot();
             json_reply(
@@ -368,7 +372,7 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
         (
             _,
             "/v1/members" | "/v1/events" | "/v1/logs" | "/v1/info" | "/v1/health" | "/v1/tags"
-            | "/v1/join" | "/v1/leave",
+            | "/v1/join" | "/v1/leave" | "/metrics",
         ) => method_not_allowed(req.method(), &path),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
@@ -460,6 +464,22 @@ fn members(state: &ApiState) -> Reply {
         unrecognised: Vec::new(),
     };
     json_reply(StatusCode::OK, &doc)
+}
+
+/// `GET /metrics`: Prometheus text 0.0.4, or OpenMetrics if the scraper's
+/// `Accept` asks for it. Read from atomics and the published snapshot only.
+fn metrics(state: &ApiState, req: &Request<Incoming>) -> Reply {
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (text, content_type) = state.scrape.render(accept);
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", content_type)
+        .header(VERSION_HEADER, API_VERSION)
+        .body(http_body_util::Either::Left(Full::new(Bytes::from(text))))
+        .unwrap_or_else(|_| Response::new(http_body_util::Either::Left(Full::new(Bytes::new()))))
 }
 
 fn info_doc(state: &ApiState) -> Reply {

@@ -15,6 +15,7 @@ use tracing::debug;
 use crate::addr;
 use crate::agent::Command;
 use crate::keyring::Keyring;
+use crate::metrics::Dir;
 use crate::pushpull::{self, FrameError};
 use crate::stats::Stats;
 use crate::wire::{DecodeError, SyncMsg, TcpMsg};
@@ -95,10 +96,19 @@ pub async fn run(ctx: JoinCtx, targets: Vec<(String, u16)>) -> Result<JoinReport
     for to in addrs {
         let ours = TcpMsg::Sync(ctx.ours.clone());
         let ring = ctx.ring.clone();
-        tasks.spawn(async move { (to, pushpull::exchange(to, ours, ring).await) });
+        let stats = ctx.stats.clone();
+        tasks.spawn(async move {
+            let started = std::time::Instant::now();
+            let result = pushpull::exchange(to, ours, ring, &stats.metrics).await;
+            (to, result, started.elapsed())
+        });
     }
     while let Some(done) = tasks.join_next().await {
-        let Ok((to, result)) = done else { continue };
+        let Ok((to, result, took)) = done else {
+            continue;
+        };
+        let synced = matches!(result, Ok(TcpMsg::Sync(_)));
+        ctx.stats.metrics.push_pull(Dir::Out, synced, took);
         match result {
             Ok(TcpMsg::Sync(remote)) => {
                 Stats::add(&ctx.stats.push_pulls, 1);

@@ -12,6 +12,8 @@
 //!   [`clock`] (the wall clock the core is given);
 //! - the lifecycle: [`lifecycle`] ([`run`]: start, wait for a reason to stop,
 //!   drain, leave, stop the services; `main.rs` is glue around it);
+//! - observability: [`stats`] (`/v1/info` counters), [`metrics`]
+//!   (`GET /metrics`, Prometheus);
 //! - the runtime: [`agent`] (the one task that owns foca), [`pushpull`] (TCP
 //!   state exchange), [`events`] (indexed event log), [`handlers`] (Serf-style
 //!   event scripts), [`api`] (HTTP API), [`addr`] (advertise / join addresses),
@@ -37,6 +39,7 @@ pub mod join;
 pub mod lifecycle;
 pub mod limits;
 pub mod logstream;
+pub mod metrics;
 pub mod persist;
 pub mod process;
 pub mod pushpull;
@@ -48,7 +51,7 @@ pub mod token;
 
 /// The sans-I/O node, under its old path (`shoal_core::node`).
 pub use shoal_core::node as core;
-pub use shoal_core::{freshness, keyring, loglist, membership, profile, tags, wire};
+pub use shoal_core::{counters, freshness, keyring, loglist, membership, profile, tags, wire};
 
 /// A node's identity (`shoal_core::identity`), with the agent's wall clock
 /// beside it where it always was.

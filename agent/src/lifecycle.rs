@@ -242,6 +242,10 @@ impl Lifecycle {
                 Arc::new(move || serde_json::to_value(reader.status()).unwrap_or_default());
             hook
         });
+        let scrape = Arc::new(crate::metrics::Scrape::new(
+            &agent,
+            services.as_ref().map(|s| s.status_reader()),
+        ));
         let (leave_tx, leave_requests) = mpsc::channel(4);
         tokio::spawn(api::serve(
             listener,
@@ -250,6 +254,7 @@ impl Lifecycle {
                 shutdown: leave_tx,
                 info_hook,
                 token: settings.api_token,
+                scrape,
             },
         ));
         let health = services

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::keyring::Keyring;
+use crate::metrics::{Dir, Metrics};
 use crate::wire::{self, DecodeError, TcpMsg, FRAME_HEADER, FRAME_PREFIX};
 
 /// A whole exchange (connect, write, read) must finish within this.
@@ -97,6 +98,7 @@ pub async fn read_frame(
     stream: &mut (impl AsyncRead + Unpin),
     ring: Option<&Keyring>,
     first_bytes: Duration,
+    metrics: &Metrics,
 ) -> Result<TcpMsg, FrameError> {
     let mut prefix = [0u8; FRAME_PREFIX];
     tokio::time::timeout(first_bytes, stream.read_exact(&mut prefix))
@@ -105,6 +107,7 @@ pub async fn read_frame(
         .map_err(|e| FrameError::Io(format!("reading frame header: {e}")))?;
     let len = wire::check_prefix(&prefix, ring.is_some()).map_err(FrameError::Decode)?;
     let (body, _charged) = read_body(stream, prefix[FRAME_HEADER], len).await?;
+    metrics.tcp(Dir::In, FRAME_HEADER + body.len());
     wire::decode_frame_body(&body, ring).map_err(FrameError::Decode)
 }
 
@@ -137,6 +140,7 @@ pub async fn write_frame(
     stream: &mut TcpStream,
     msg: &TcpMsg,
     ring: Option<&Keyring>,
+    metrics: &Metrics,
 ) -> Result<(), FrameError> {
     let bytes = wire::encode_frame(msg, ring).map_err(FrameError::Io)?;
     stream
@@ -146,7 +150,9 @@ pub async fn write_frame(
     stream
         .flush()
         .await
-        .map_err(|e| FrameError::Io(e.to_string()))
+        .map_err(|e| FrameError::Io(e.to_string()))?;
+    metrics.tcp(Dir::Out, bytes.len());
+    Ok(())
 }
 
 /// Initiates an exchange: send ours, read theirs.
@@ -154,13 +160,14 @@ pub async fn exchange(
     addr: SocketAddr,
     ours: TcpMsg,
     ring: Option<Keyring>,
+    metrics: &Metrics,
 ) -> Result<TcpMsg, FrameError> {
     let run = async {
         let mut stream = TcpStream::connect(addr)
             .await
             .map_err(|e| FrameError::Io(format!("connect: {e}")))?;
-        write_frame(&mut stream, &ours, ring.as_ref()).await?;
-        read_frame(&mut stream, ring.as_ref(), IO_TIMEOUT).await
+        write_frame(&mut stream, &ours, ring.as_ref(), metrics).await?;
+        read_frame(&mut stream, ring.as_ref(), IO_TIMEOUT, metrics).await
     };
     tokio::time::timeout(IO_TIMEOUT, run)
         .await

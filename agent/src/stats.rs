@@ -1,4 +1,5 @@
-//! Traffic counters shown by `shoal info` and `GET /v1/info`.
+//! Traffic counters shown by `shoal info` and `GET /v1/info`, and the
+//! Prometheus metrics of `GET /metrics` ([`crate::metrics`]) beside them.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -34,6 +35,8 @@ pub struct Stats {
     pub key_ops_stale: AtomicU64,
     /// Key operations refused because their nonce was used already.
     pub key_ops_replayed: AtomicU64,
+    /// What `GET /metrics` shows (counted at the same places).
+    pub metrics: crate::metrics::Metrics,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize, Default, PartialEq)]

@@ -13,9 +13,12 @@
 //! - [`profile`]: timing profiles;
 //! - [`node`]: the sans-I/O node ([`node::Core`]): foca and the member
 //!   table, driven by explicit time;
+//! - [`counters`]: probes, acks and suspicions counted for the agent's
+//!   metrics;
 //! - [`loglist`]: bounded lists in log lines;
 //! - `testing` (tests, or the `testing` feature): the in-memory test
 //!   network shared by these tests, the simulator and the benches.
+pub mod counters;
 pub mod freshness;
 pub mod identity;
 pub mod keyring;

@@ -15,6 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngExt, SeedableRng};
 use tracing::{debug, info, warn};
 
+use crate::counters::ProtocolCounters;
 use crate::identity::{self, plausible_generation, NodeId};
 use crate::membership::{
     FocaState, ForceLeaveError, MemberEvent, Outcome, Record, Status, Table, MAX_MEMBERS,
@@ -211,6 +212,8 @@ pub struct Core {
     members_refused: u64,
     members_refused_logged: u64,
     out: Vec<Output>,
+    /// SWIM traffic and suspicions, for the agent's metrics.
+    counters: ProtocolCounters,
     /// Our own choices (push-pull targets), seeded from the caller's RNG so a
     /// simulated run is reproducible.
     rng: StdRng,
@@ -251,6 +254,7 @@ impl Core {
             members_refused: 0,
             members_refused_logged: 0,
             out: Vec::new(),
+            counters: ProtocolCounters::default(),
             rng: own_rng,
             cfg,
         };
@@ -272,6 +276,16 @@ impl Core {
 
     pub fn count(&self, status: Status) -> usize {
         self.table.count(status)
+    }
+
+    /// What the SWIM layer did so far (probes, acks, suspicions).
+    pub fn counters(&self) -> &ProtocolCounters {
+        &self.counters
+    }
+
+    /// Direct probe round trips measured since the last call.
+    pub fn take_probe_rtts(&mut self) -> Vec<Duration> {
+        self.counters.take_rtts()
     }
 
     /// Member updates foca still has to gossip (what a merge queued).
@@ -455,6 +469,7 @@ impl Core {
             return;
         }
         debug!(%from, incarnation, "suspected by a peer; refuting");
+        self.counters.counts.self_refutations += 1;
         let me = Member::new(self.local.clone(), incarnation, State::Suspect);
         if let Err(e) = self
             .foca
@@ -471,12 +486,16 @@ impl Core {
     /// it refutes or foca declares it down.
     fn notify_suspects(&mut self, now: Now) {
         let interval = notice_interval(&self.cfg.timing);
-        let table = &self.table;
+        let (table, counters) = (&self.table, &mut self.counters);
         self.suspicions.retain(|name, s| {
-            now.mono < s.deadline
-                && table
-                    .get(name)
-                    .is_some_and(|r| r.status == Status::Suspect && r.id.generation == s.generation)
+            let status = table
+                .get(name)
+                .filter(|r| r.id.generation == s.generation)
+                .map(|r| r.status);
+            if status == Some(Status::Alive) {
+                counters.counts.suspicions_refuted += 1;
+            }
+            now.mono < s.deadline && status == Some(Status::Suspect)
         });
         for (name, s) in &mut self.suspicions {
             if now.mono >= s.next_notice {
@@ -1049,6 +1068,10 @@ impl Core {
     fn flush_with(&mut self, now: Now, reconcile: bool) {
         let mut dirty = !reconcile;
         loop {
+            // The headers foca read and wrote since the last flush (same turn).
+            for seen in self.codec.take_seen() {
+                self.counters.record(seen, now.mono);
+            }
             if self.name_taken {
                 // Silent for good: nothing foca queued may go out.
                 while self.rt.to_send().is_some() {}
@@ -1078,6 +1101,7 @@ impl Core {
                         next_notice: now.mono + notice_interval(&self.cfg.timing),
                     };
                     self.out.push(s.notice(&member_id.name));
+                    self.counters.counts.suspicions_raised += 1;
                     self.suspicions.insert(member_id.name.clone(), s);
                 }
                 self.timer_seq += 1;

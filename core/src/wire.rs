@@ -7,6 +7,7 @@
 use foca::{Codec, Header, Member, Message, PostcardCodec};
 use serde::{Deserialize, Serialize};
 
+use crate::counters::{Direction, Seen};
 use crate::identity::NodeId;
 use crate::keyring::Keyring;
 
@@ -305,15 +306,34 @@ impl Codec<NodeId> for ShoalCodec {
 /// [`crate::identity::plausible_generation`]), so a forged `u64::MAX`
 /// generation never reaches foca through SWIM either. The core moves the
 /// clock forward ([`ClockedCodec::set_now`]); clones share it.
+/// It also notes every header it encodes or decodes for the node's
+/// [`crate::counters`] (a bounded list the node drains after each call).
 #[derive(Debug, Clone)]
 pub struct ClockedCodec {
     now_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Seen>>>,
 }
+
+/// Headers noted between two drains, at most (the node drains every turn).
+const MAX_SEEN: usize = 4096;
 
 impl ClockedCodec {
     pub fn new(now_ms: u64) -> ClockedCodec {
         ClockedCodec {
             now_ms: std::sync::Arc::new(now_ms.into()),
+            seen: Default::default(),
+        }
+    }
+
+    /// The headers encoded and decoded since the last call.
+    pub fn take_seen(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.seen.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn note(&self, direction: Direction, header: &Header<NodeId>) {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() < MAX_SEEN {
+            seen.push(Seen::of(direction, header));
         }
     }
 
@@ -345,7 +365,9 @@ impl Codec<NodeId> for ClockedCodec {
         header: &Header<NodeId>,
         buf: impl bytes::BufMut,
     ) -> Result<(), CodecError> {
-        ShoalCodec.encode_header(header, buf)
+        ShoalCodec.encode_header(header, buf)?;
+        self.note(Direction::Out, header);
+        Ok(())
     }
 
     fn decode_header(&mut self, buf: impl bytes::Buf) -> Result<Header<NodeId>, CodecError> {
@@ -358,6 +380,7 @@ impl Codec<NodeId> for ClockedCodec {
             | Message::ForwardedAck { origin: id, .. } => self.check_clock(id)?,
             _ => {}
         }
+        self.note(Direction::In, &header);
         Ok(header)
     }
 

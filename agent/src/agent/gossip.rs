@@ -24,6 +24,7 @@ use crate::join;
 use crate::limits::WarnLimiter;
 use crate::loglist;
 use crate::membership::Status;
+use crate::metrics::Dir;
 use crate::pushpull::{self, FrameError};
 use crate::stats::Stats;
 use crate::tags::{self, Tags};
@@ -95,7 +96,10 @@ impl Node {
                     Ok((len, from)) => self.on_datagram(&buf[..len], from),
                     Err(e) => debug!(error = %e, "UDP receive error"),
                 },
-                _ = tokio::time::sleep_until(next_timer) => self.core.on_timers(now()),
+                _ = tokio::time::sleep_until(next_timer) => {
+                    self.stats.metrics.timer_lag(Instant::now().saturating_duration_since(next_timer));
+                    self.core.on_timers(now());
+                }
                 command = commands.recv() => match command {
                     Some(c) => self.on_command(c),
                     None => return LoopEnd::Closed,
@@ -120,6 +124,7 @@ impl Node {
     fn on_datagram(&mut self, data: &[u8], from: SocketAddr) {
         Stats::add(&self.stats.packets_in, 1);
         Stats::add(&self.stats.bytes_in, data.len() as u64);
+        self.stats.metrics.udp(Dir::In, data.len());
         let opened = {
             let ring = self.keys.ring.read().unwrap_or_else(|p| p.into_inner());
             wire::open_packet(ring.as_ref(), data).map(|p| p.into_owned())
@@ -130,10 +135,12 @@ impl Node {
             Err(e @ (DecodeError::Auth | DecodeError::Encrypted | DecodeError::Unencrypted)) => {
                 Stats::add(&self.stats.dropped_in, 1);
                 Stats::add(&self.stats.auth_failures, 1);
+                self.stats.metrics.dropped_packet(&e);
                 self.warn_auth(from, &e.to_string());
             }
             Err(e) => {
                 Stats::add(&self.stats.dropped_in, 1);
+                self.stats.metrics.dropped_packet(&e);
                 debug!(%from, error = %e, "dropped packet");
             }
         }
@@ -149,6 +156,7 @@ impl Node {
     fn queue_merge(&mut self, remote: SyncMsg) {
         if self.merges.len() >= MAX_PENDING_MERGES {
             Stats::add(&self.stats.dropped_busy, 1);
+            self.stats.metrics.dropped("busy");
             debug!(peer = %remote.from.name, "push-pull not merged: {MAX_PENDING_MERGES} merges pending");
             return;
         }
@@ -242,8 +250,9 @@ impl Node {
                     .map(|r| (r.id.name.clone(), r.id.addr))
                     .collect();
                 let keys = self.keys.clone();
+                let stats = self.stats.clone();
                 tokio::spawn(async move {
-                    let _ = reply.send(cluster_key_op(keys, op, peers).await);
+                    let _ = reply.send(cluster_key_op(keys, op, peers, stats).await);
                 });
             }
         }
@@ -306,7 +315,10 @@ impl Node {
         for output in outputs {
             match output {
                 Output::Send { to, packet } => self.send_raw(to, &packet),
-                Output::Event(e) => events.push(e),
+                Output::Event(e) => {
+                    self.stats.metrics.member_event(e.kind.as_str());
+                    events.push(e);
+                }
                 Output::JoinRound => self.join_round(),
                 Output::PushPull { to } => self.push_pull_with(to),
                 Output::SeedPushPull { exclude } => self.seed_push_pull(exclude),
@@ -323,6 +335,10 @@ impl Node {
                 }
             }
         }
+        let rtts = self.core.take_probe_rtts();
+        self.stats
+            .metrics
+            .protocol(&self.core.counters().counts, &rtts);
         self.stats.members_refused.store(
             self.core.members_refused(),
             std::sync::atomic::Ordering::Relaxed,
@@ -410,7 +426,11 @@ impl Node {
         let stats = self.stats.clone();
         let ring = pushpull::snapshot(&self.keys.ring);
         tokio::spawn(async move {
-            match pushpull::exchange(addr, ours, ring).await {
+            let started = std::time::Instant::now();
+            let result = pushpull::exchange(addr, ours, ring, &stats.metrics).await;
+            let synced = matches!(result, Ok(TcpMsg::Sync(_)));
+            stats.metrics.push_pull(Dir::Out, synced, started.elapsed());
+            match result {
                 Ok(TcpMsg::Sync(remote)) => {
                     Stats::add(&stats.push_pulls, 1);
                     let _ = commands.send(Command::PushPullOut { remote }).await;
@@ -448,9 +468,11 @@ impl Node {
             Ok(n) => {
                 Stats::add(&self.stats.packets_out, 1);
                 Stats::add(&self.stats.bytes_out, n as u64);
+                self.stats.metrics.udp(Dir::Out, n);
             }
             Err(e) => {
                 Stats::add(&self.stats.dropped_out, 1);
+                self.stats.metrics.send_error();
                 debug!(%to, error = %e, "send failed");
             }
         }

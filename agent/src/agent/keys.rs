@@ -132,6 +132,7 @@ pub(super) async fn cluster_key_op(
     ctx: Arc<KeyCtx>,
     op: KeyOp,
     peers: Vec<(String, SocketAddr)>,
+    stats: Arc<Stats>,
 ) -> Result<KeySummary, String> {
     if let KeyOp::Install(k) | KeyOp::Use(k) | KeyOp::Remove(k) = &op {
         Key::parse(k)?;
@@ -147,8 +148,9 @@ pub(super) async fn cluster_key_op(
     for (name, addr) in peers {
         let msg = TcpMsg::KeyOp(request.clone());
         let ring = ring.clone();
+        let stats = stats.clone();
         tasks.spawn(async move {
-            match pushpull::exchange(addr, msg, ring).await {
+            match pushpull::exchange(addr, msg, ring, &stats.metrics).await {
                 Ok(TcpMsg::KeyReply(r)) => r,
                 Ok(_) => KeyReply {
                     node: name,

@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 use super::keys::{serve_key_op, KeyCtx};
 use super::Command;
 use crate::limits::{ConnLimiter, WarnLimiter};
+use crate::metrics::Dir;
 use crate::pushpull::{self, FrameError};
 use crate::stats::Stats;
 use crate::wire::{self, TcpMsg};
@@ -66,6 +67,7 @@ pub(super) async fn accept_tcp(
             Ok(slot) => slot,
             Err(why) => {
                 Stats::add(&stats.dropped_conn_cap, 1);
+                stats.metrics.dropped("conn_cap");
                 if allow_warning(&warned, peer) {
                     warn!(%peer, "TCP connection on the gossip port closed at once: {why}");
                 } else {
@@ -96,10 +98,18 @@ async fn serve_tcp(
     keys: &KeyCtx,
     warned: &Mutex<WarnLimiter>,
 ) {
+    let started = std::time::Instant::now();
+    // Whether the exchange was a key operation (not a push-pull), once known.
+    let mut key_op = false;
     let run = async {
         let ring = pushpull::snapshot(&keys.ring);
-        let msg = match pushpull::read_frame(&mut stream, ring.as_ref(), pushpull::HEADER_TIMEOUT)
-            .await
+        let msg = match pushpull::read_frame(
+            &mut stream,
+            ring.as_ref(),
+            pushpull::HEADER_TIMEOUT,
+            &stats.metrics,
+        )
+        .await
         {
             Ok(m) => m,
             Err(e) => {
@@ -121,12 +131,15 @@ async fn serve_tcp(
                     .map_err(|_| stopped())?;
                 TcpMsg::Sync(rx.await.map_err(|_| stopped())?)
             }
-            TcpMsg::KeyOp(req) => TcpMsg::KeyReply(serve_key_op(keys, stats, &req).await),
+            TcpMsg::KeyOp(req) => {
+                key_op = true;
+                TcpMsg::KeyReply(serve_key_op(keys, stats, &req).await)
+            }
             TcpMsg::KeyReply(_) => return Err(FrameError::Io("unexpected key reply".into())),
         };
         // Answer with the keyring as it is now (a `use` just switched it).
         let ring = pushpull::snapshot(&keys.ring);
-        pushpull::write_frame(&mut stream, &answer, ring.as_ref()).await
+        pushpull::write_frame(&mut stream, &answer, ring.as_ref(), &stats.metrics).await
     };
     let result = tokio::time::timeout(pushpull::IO_TIMEOUT, run)
         .await
@@ -136,11 +149,17 @@ async fn serve_tcp(
                 pushpull::IO_TIMEOUT
             )))
         });
+    if !key_op {
+        stats
+            .metrics
+            .push_pull(Dir::In, result.is_ok(), started.elapsed());
+    }
     match result {
         Ok(()) => Stats::add(&stats.push_pulls, 1),
         Err(e) => {
             Stats::add(&stats.push_pull_failures, 1);
             Stats::add(&stats.dropped_in, 1);
+            stats.metrics.dropped_frame(&e);
             count_frame_error(stats, &e);
             if e.is_auth() {
                 Stats::add(&stats.auth_failures, 1);

@@ -11,6 +11,7 @@ use shoal_contract::{tags, Event, Member};
 use tracing::{info, warn};
 
 use super::filter::HandlerSpec;
+use crate::metrics::{Metrics, RunResult};
 
 /// Output kept from a handler, for the log.
 const OUTPUT_CAP: usize = 4096;
@@ -61,6 +62,7 @@ pub(super) async fn run_once(
     batch: Vec<Arc<Event>>,
     local: &crate::identity::NodeId,
     timeout: Duration,
+    metrics: &Metrics,
 ) {
     let kind = batch[0].kind.as_str();
     let stdin: String = batch.iter().map(|e| stdin_line(&e.member)).collect();
@@ -71,6 +73,14 @@ pub(super) async fn run_once(
     match crate::process::run_captured(cmd, stdin.into_bytes(), timeout, OUTPUT_CAP).await {
         Ok(out) => {
             let took = started.elapsed();
+            let result = if out.timed_out {
+                RunResult::Timeout
+            } else if out.status.success() {
+                RunResult::Ok
+            } else {
+                RunResult::Failed
+            };
+            metrics.handler_run(result, took);
             let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
             if out.timed_out {
                 warn!(handler = n, event = kind, command = %spec.command, ?timeout, stderr_tail = %stderr, "event handler timed out and was killed");
@@ -89,6 +99,7 @@ pub(super) async fn run_once(
             }
         }
         Err(e) => {
+            metrics.handler_run(RunResult::Error, started.elapsed());
             warn!(handler = n, command = %spec.command, error = %e, "cannot start event handler")
         }
     }

@@ -89,7 +89,10 @@ async fn dispatch(
         for (h, batch) in schedule.next_runs() {
             let spec = specs[h].clone();
             let local = agent.local();
-            let task = runs.spawn(async move { run_once(h, &spec, batch, &local, timeout).await });
+            let of = agent.clone();
+            let task = runs.spawn(async move {
+                run_once(h, &spec, batch, &local, timeout, &of.stats().metrics).await
+            });
             running.insert(task.id(), h);
         }
         let deadline = held.deadline().map(tokio::time::Instant::from_std);

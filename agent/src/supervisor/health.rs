@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -39,6 +40,34 @@ impl fmt::Display for Health {
             Health::Ready => state::READY,
             Health::Unhealthy => state::UNHEALTHY,
         })
+    }
+}
+
+/// Health checks run in this process, by result, for `GET /metrics`. One
+/// per process, as the supervisor is (`shoal agent -- CMD`).
+pub static CHECK_RESULTS: CheckResults = CheckResults {
+    passed: AtomicU64::new(0),
+    failed: AtomicU64::new(0),
+};
+
+/// See [`CHECK_RESULTS`].
+pub struct CheckResults {
+    passed: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl CheckResults {
+    pub fn record(&self, pass: bool) {
+        let counter = if pass { &self.passed } else { &self.failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (passed, failed).
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.passed.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -265,6 +294,7 @@ pub fn spawn_checker(spec: CheckSpec) -> (watch::Receiver<Health>, tokio::task::
         loop {
             let began = tokio::time::Instant::now();
             let res = check_once(&spec.target, spec.timeout).await;
+            CHECK_RESULTS.record(res.is_ok());
             let before = th.state();
             let after = th.observe(res.is_ok());
             if let Err(reason) = &res {
