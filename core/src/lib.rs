@@ -13,6 +13,8 @@
 //! - [`profile`]: timing profiles;
 //! - [`node`]: the sans-I/O node ([`node::Core`]): foca and the member
 //!   table, driven by explicit time;
+//! - [`userev`]: user events and queries (Serf's `event` and `query`):
+//!   broadcasts, Lamport clocks, de-duplication, query completion;
 //! - [`loglist`]: bounded lists in log lines;
 //! - `testing` (tests, or the `testing` feature): the in-memory test
 //!   network shared by these tests, the simulator and the benches.
@@ -26,4 +28,7 @@ pub mod profile;
 pub mod tags;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod userev;
+#[cfg(test)]
+mod userev_net_tests;
 pub mod wire;
