@@ -12,13 +12,16 @@
 //!   [`Command`];
 //! - `keys`: key rotation, Serf's key manager ([`apply_key_op`],
 //!   [`KeySummary`]);
-//! - `tcp`: the TCP server on the gossip port (push-pull and key operations,
-//!   under [`MAX_TCP_CONNS`]).
+//! - `tcp`: the TCP server on the gossip port (push-pull, key operations,
+//!   large query responses and event payloads, under [`MAX_TCP_CONNS`]);
+//! - `user`: user events and queries ([`UserDelivery`] to the handlers, the
+//!   queries this node waits on, payload fetches).
 
 mod gossip;
 mod handle;
 mod keys;
 mod tcp;
+mod user;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,6 +47,7 @@ pub use gossip::LoopEnd;
 pub use handle::{Command, EventSubscription, Handle, Snapshot};
 pub use keys::{apply_key_op, KeyCtx, KeySummary};
 pub use tcp::{MAX_TCP_CONNS, MAX_TCP_CONNS_PER_SOURCE};
+pub use user::{QueryParams, UserDelivery, USER_CHANNEL};
 
 /// Peer states waiting to be merged by the loop; a push-pull beyond it is
 /// answered but not merged (counted in `dropped_busy`).
@@ -109,6 +113,7 @@ pub async fn start(
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(1024);
     let (synced_tx, synced_rx) = watch::channel(false);
+    let (user_tx, _) = tokio::sync::broadcast::channel(USER_CHANNEL);
     let handle = Handle::new(
         tx.clone(),
         snapshot_rx,
@@ -117,6 +122,7 @@ pub async fn start(
         stats.clone(),
         bound,
         cfg.profile,
+        user_tx.clone(),
     );
     info!(
         node = %local.name,
@@ -177,6 +183,8 @@ pub async fn start(
         tags_queued: Default::default(),
         synced: false,
         synced_tx,
+        user_tx,
+        queries: Default::default(),
         cfg,
     };
     node.carry_out();
