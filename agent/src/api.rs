@@ -376,9 +376,7 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
         (
             _,
             "/v1/members" | "/v1/events" | "/v1/info" | "/v1/health" | "/v1/tags" | "/v1/join"
-            | "/v1/leave"
-            | "/v1/event"
-            | "/v1/query",
+            | "/v1/leave" | "/v1/event" | "/v1/query",
         ) => method_not_allowed(req.method(), &path),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }

@@ -476,7 +476,8 @@ pub async fn query(client: &Client, q: QueryArgs, format: QueryFormat) -> CliRes
                 }
                 shoal_contract::QueryLine::Response { from, payload } => {
                     if format == QueryFormat::Text {
-                        println!("Response from '{from}': {payload}");
+                        let shown = payload.strip_suffix('\n').unwrap_or(&payload);
+                        println!("Response from '{from}': {shown}");
                     }
                     responses.insert(from, Value::String(payload));
                 }

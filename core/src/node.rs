@@ -1162,8 +1162,9 @@ impl Core {
             payload: Payload::Inline(Vec::new()),
         };
         let inline_fits = payload.len() <= userev::INLINE_PAYLOAD
-            && postcard::to_stdvec(&Broadcast::Event(event.clone()))
-                .map_or(false, |v| v.len() + payload.len() + 4 <= self.broadcast_room());
+            && postcard::to_stdvec(&Broadcast::Event(event.clone())).map_or(false, |v| {
+                v.len() + payload.len() + 4 <= self.broadcast_room()
+            });
         if inline_fits {
             event.payload = Payload::Inline(payload);
         } else {

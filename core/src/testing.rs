@@ -244,7 +244,12 @@ impl Net {
                     if let Some(answer) = self.answer {
                         let kind = answer(from, &q);
                         self.cores[from].respond(&q, kind);
-                        queue.extend(self.cores[from].take_outputs().into_iter().map(|o| (from, o)));
+                        queue.extend(
+                            self.cores[from]
+                                .take_outputs()
+                                .into_iter()
+                                .map(|o| (from, o)),
+                        );
                     }
                     self.queries[from].push((self.now_ms, q));
                 }

@@ -38,7 +38,10 @@ fn a_user_event_reaches_every_member_exactly_once() {
     for (i, got) in net.user_events.iter().enumerate() {
         assert_eq!(got.len(), 1, "n{i} got {got:?}");
         let e = &got[0].1;
-        assert_eq!((e.name.as_str(), e.ltime, e.origin.as_str()), ("deploy", ltime, "n3"));
+        assert_eq!(
+            (e.name.as_str(), e.ltime, e.origin.as_str()),
+            ("deploy", ltime, "n3")
+        );
         assert_eq!(e.payload, Payload::Inline(b"v42".to_vec()));
     }
     eprintln!("one event, 20 members: everyone after {took} ms");
@@ -52,7 +55,10 @@ fn a_large_event_payload_is_announced_for_fetching_and_an_oversized_one_refused(
     let ltime = net.cores[0]
         .user_event("config", big.clone(), false, now)
         .unwrap();
-    run_until(&mut net, 2_000, |n| n.user_events.iter().all(|e| !e.is_empty())).unwrap();
+    run_until(&mut net, 2_000, |n| {
+        n.user_events.iter().all(|e| !e.is_empty())
+    })
+    .unwrap();
     let e = &net.user_events[2][0].1;
     let from = net.cores[0].local().addr;
     assert_eq!(e.payload, Payload::Fetch { len: 4000, from });
@@ -60,7 +66,10 @@ fn a_large_event_payload_is_announced_for_fetching_and_an_oversized_one_refused(
     let err = net.cores[0]
         .user_event("config", vec![0; MAX_EVENT_PAYLOAD + 1], false, now)
         .unwrap_err();
-    assert!(err.to_string().contains("exceeds the limit of 8192"), "{err}");
+    assert!(
+        err.to_string().contains("exceeds the limit of 8192"),
+        "{err}"
+    );
 }
 
 /// Sends a query from core 0 and follows it until complete or timed out:
@@ -106,7 +115,10 @@ fn a_query_completes_as_soon_as_every_member_answered() {
     let from: BTreeSet<_> = responses.iter().map(|(f, _)| f.clone()).collect();
     assert_eq!(from.len(), 10, "{responses:?}");
     assert!(responses.contains(&("n4".into(), b"n4:uptime".to_vec())));
-    assert!(acks <= 10, "one ack per member at most (a response that comes first counts as one)");
+    assert!(
+        acks <= 10,
+        "one ack per member at most (a response that comes first counts as one)"
+    );
     eprintln!("query to 10 members: complete after {took} ms");
 }
 
@@ -148,7 +160,15 @@ fn a_response_larger_than_a_packet_goes_over_tcp() {
     net.answer = Some(|_, _| ReplyKind::Response(vec![b'x'; 5000]));
     let now = net.now();
     net.cores[0]
-        .query("big", vec![], vec!["n1".into()], vec![], true, Duration::from_secs(2), now)
+        .query(
+            "big",
+            vec![],
+            vec!["n1".into()],
+            vec![],
+            true,
+            Duration::from_secs(2),
+            now,
+        )
         .unwrap();
     // The simulated network hands a ReplyTcp straight to its receiver; the
     // point is that the core asks for TCP rather than an oversized packet.
@@ -181,7 +201,12 @@ fn foca_broadcast_queue_under_a_burst() {
         net.user_events.iter().all(|e| e.len() >= burst)
     })
     .expect("a burst of 50 events did not reach 100 members in 20 s");
-    let backlog_max = net.cores.iter().map(|c| c.broadcast_backlog()).max().unwrap_or(0);
+    let backlog_max = net
+        .cores
+        .iter()
+        .map(|c| c.broadcast_backlog())
+        .max()
+        .unwrap_or(0);
     eprintln!(
         "burst of {burst} events (100 B) from {burst} origins, {n} members: all delivered \
          after {took} ms ({} gossip rounds of 100 ms); largest queue left {backlog_max}",
@@ -197,7 +222,11 @@ fn foca_broadcast_queue_under_a_burst() {
             .user_event("same", format!("{k}").into_bytes(), true, now)
             .unwrap();
     }
-    assert_eq!(net.cores[0].broadcast_backlog(), 1, "the queue keeps the newest only");
+    assert_eq!(
+        net.cores[0].broadcast_backlog(),
+        1,
+        "the queue keeps the newest only"
+    );
     run_until(&mut net, 5_000, |net| {
         net.user_events.iter().all(|e| {
             e.iter()

@@ -442,43 +442,43 @@ impl Node {
     pub(super) fn carry_out(&mut self) {
         let mut events = Vec::new();
         loop {
-        let outputs = self.core.take_outputs();
-        if outputs.is_empty() {
-            break;
-        }
-        for output in outputs {
-            match output {
-                Output::Send { to, packet } => self.send_raw(to, &packet),
-                Output::Event(e) => events.push(e),
-                Output::JoinRound => self.join_round(),
-                Output::PushPull { to } => self.push_pull_with(to),
-                Output::SeedPushPull { exclude } => self.seed_push_pull(exclude),
-                Output::LeaveDone => {
-                    for reply in self.leave_reply.drain(..) {
-                        let _ = reply.send(());
+            let outputs = self.core.take_outputs();
+            if outputs.is_empty() {
+                break;
+            }
+            for output in outputs {
+                match output {
+                    Output::Send { to, packet } => self.send_raw(to, &packet),
+                    Output::Event(e) => events.push(e),
+                    Output::JoinRound => self.join_round(),
+                    Output::PushPull { to } => self.push_pull_with(to),
+                    Output::SeedPushPull { exclude } => self.seed_push_pull(exclude),
+                    Output::LeaveDone => {
+                        for reply in self.leave_reply.drain(..) {
+                            let _ = reply.send(());
+                        }
+                        self.end = Some(LoopEnd::Left);
                     }
-                    self.end = Some(LoopEnd::Left);
-                }
-                Output::NameTaken { reason } => {
-                    // Stop the loop; the lifecycle stops the services and
-                    // exits non-zero, saying why.
-                    self.end = Some(LoopEnd::NameTaken(reason));
-                }
-                Output::UserEvent(e) => self.deliver_event(e),
-                Output::Query(q) => {
-                    if self.user_tx.receiver_count() == 0 {
-                        // No handlers at all: say so, so the asker need not wait.
-                        self.core.respond(&q, ReplyKind::NoResponse);
-                    } else {
-                        let _ = self.user_tx.send(Arc::new(UserDelivery::Query(q)));
+                    Output::NameTaken { reason } => {
+                        // Stop the loop; the lifecycle stops the services and
+                        // exits non-zero, saying why.
+                        self.end = Some(LoopEnd::NameTaken(reason));
                     }
-                }
-                Output::QueryReply(r) => self.on_reply(r),
-                Output::ReplyTcp { to, reply } => {
-                    user::reply_over_tcp(to, reply, pushpull::snapshot(&self.keys.ring));
+                    Output::UserEvent(e) => self.deliver_event(e),
+                    Output::Query(q) => {
+                        if self.user_tx.receiver_count() == 0 {
+                            // No handlers at all: say so, so the asker need not wait.
+                            self.core.respond(&q, ReplyKind::NoResponse);
+                        } else {
+                            let _ = self.user_tx.send(Arc::new(UserDelivery::Query(q)));
+                        }
+                    }
+                    Output::QueryReply(r) => self.on_reply(r),
+                    Output::ReplyTcp { to, reply } => {
+                        user::reply_over_tcp(to, reply, pushpull::snapshot(&self.keys.ring));
+                    }
                 }
             }
-        }
         }
         self.stats.members_refused.store(
             self.core.members_refused(),

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::keys::KeySummary;
+use super::user::{QueryParams, UserDelivery};
 use crate::command_error::{CommandError, ShuttingDown, TagsError};
 use crate::events::EventLog;
 use crate::identity::NodeId;
@@ -16,7 +17,6 @@ use crate::membership::ForceLeaveError;
 use crate::profile::Profile;
 use crate::stats::Stats;
 use crate::tags::Tags;
-use super::user::{QueryParams, UserDelivery};
 use crate::userev::{Query, Reply, ReplyKind, UserError};
 use crate::wire::{KeyOp, SyncMsg};
 use shoal_contract::{Event, Member, QueryLine};

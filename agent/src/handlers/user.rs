@@ -89,14 +89,16 @@ async fn run_user_handler(
 
 /// Starts the user event and query dispatcher (if any handler takes them).
 pub fn start(agent: &Handle, specs: &[HandlerSpec], timeout: Duration) {
-    let takes = |s: &HandlerSpec| s.filter.as_ref().is_none_or(|f| {
-        f.iter().any(|f| {
-            matches!(
-                f,
-                super::filter::Filter::User(_) | super::filter::Filter::Query(_)
-            )
+    let takes = |s: &HandlerSpec| {
+        s.filter.as_ref().is_none_or(|f| {
+            f.iter().any(|f| {
+                matches!(
+                    f,
+                    super::filter::Filter::User(_) | super::filter::Filter::Query(_)
+                )
+            })
         })
-    });
+    };
     if !specs.iter().any(takes) {
         return;
     }
@@ -144,8 +146,7 @@ async fn dispatch(
         .enumerate()
         .map(|(n, s)| spawn_worker(n, s.clone(), agent.clone(), timeout))
         .collect();
-    let mut held: Coalescer<UserRun> =
-        Coalescer::new(COALESCE_QUIET, COALESCE_MAX).leading_edge();
+    let mut held: Coalescer<UserRun> = Coalescer::new(COALESCE_QUIET, COALESCE_MAX).leading_edge();
     loop {
         let deadline = held.deadline().map(tokio::time::Instant::from_std);
         tokio::select! {
