@@ -361,47 +361,6 @@ fn info_text(v: &Value, indent: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn doc() -> MembersDoc {
-        MembersDoc::from_json(r#"{"members":[
-            {"name":"web-1","addr":"10.0.0.5:7946","status":"alive","tags":{"service":"web","port":"3000"}},
-            {"name":"api-1","addr":"10.0.0.6:7946","status":"failed","tags":{"service":"api"}},
-            {"name":"lb","addr":"10.0.0.2:7946","status":"alive","tags":{}}
-        ]}"#)
-        .unwrap()
-    }
-
-    #[test]
-    fn filters_by_status_and_anchored_tag_regex() {
-        let d = doc();
-        assert_eq!(filter_members(&d, Some(Status::Alive), &[]).len(), 2);
-        let web = [TagFilter::parse("service=web").unwrap()];
-        assert_eq!(filter_members(&d, None, &web).len(), 1);
-        let we = [TagFilter::parse("service=we").unwrap()];
-        assert!(filter_members(&d, None, &we).is_empty(), "anchored");
-        let any = [TagFilter::parse("service=.*").unwrap()];
-        assert_eq!(
-            filter_members(&d, None, &any).len(),
-            2,
-            "missing tag never matches"
-        );
-        assert!(TagFilter::parse("service=(").is_err());
-    }
-
-    #[test]
-    fn table_is_aligned() {
-        let t = members_table(&filter_members(&doc(), None, &[]));
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), 4);
-        assert!(lines[0].starts_with("NAME "));
-        let col = lines[0].find("ADDRESS").unwrap();
-        assert_eq!(&lines[1][col..col + 13], "10.0.0.5:7946");
-    }
-}
-
 /// `shoal event NAME [PAYLOAD]`: one user event to every member.
 pub async fn event(client: &Client, name: &str, payload: String, coalesce: bool) -> CliResult {
     crate::userev::validate_event_name(name).map_err(|e| usage(e.to_string()))?;
@@ -508,4 +467,45 @@ pub async fn query(client: &Client, q: QueryArgs, format: QueryFormat) -> CliRes
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc() -> MembersDoc {
+        MembersDoc::from_json(r#"{"members":[
+            {"name":"web-1","addr":"10.0.0.5:7946","status":"alive","tags":{"service":"web","port":"3000"}},
+            {"name":"api-1","addr":"10.0.0.6:7946","status":"failed","tags":{"service":"api"}},
+            {"name":"lb","addr":"10.0.0.2:7946","status":"alive","tags":{}}
+        ]}"#)
+        .unwrap()
+    }
+
+    #[test]
+    fn filters_by_status_and_anchored_tag_regex() {
+        let d = doc();
+        assert_eq!(filter_members(&d, Some(Status::Alive), &[]).len(), 2);
+        let web = [TagFilter::parse("service=web").unwrap()];
+        assert_eq!(filter_members(&d, None, &web).len(), 1);
+        let we = [TagFilter::parse("service=we").unwrap()];
+        assert!(filter_members(&d, None, &we).is_empty(), "anchored");
+        let any = [TagFilter::parse("service=.*").unwrap()];
+        assert_eq!(
+            filter_members(&d, None, &any).len(),
+            2,
+            "missing tag never matches"
+        );
+        assert!(TagFilter::parse("service=(").is_err());
+    }
+
+    #[test]
+    fn table_is_aligned() {
+        let t = members_table(&filter_members(&doc(), None, &[]));
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with("NAME "));
+        let col = lines[0].find("ADDRESS").unwrap();
+        assert_eq!(&lines[1][col..col + 13], "10.0.0.5:7946");
+    }
 }

@@ -22,8 +22,8 @@ use crate::membership::{
 use crate::profile::{foca_config, size_bucket, Timing};
 use crate::tags::{self, TagError, Tags};
 use crate::userev::{
-    self, Broadcast, Delivered, Gossip, Payload, Query, QueryFilter, Reply, ReplyKind, UserError,
-    UserEvent, UserState,
+    self, Broadcast, Delivered, Gossip, Payload, Query, QueryFilter, QuerySpec, Reply, ReplyKind,
+    UserError, UserEvent, UserState,
 };
 use crate::wire::{self, ClockedCodec, DecodeError, Packet, SyncEntry, SyncMsg, SyncState};
 
@@ -1162,9 +1162,8 @@ impl Core {
             payload: Payload::Inline(Vec::new()),
         };
         let inline_fits = payload.len() <= userev::INLINE_PAYLOAD
-            && postcard::to_stdvec(&Broadcast::Event(event.clone())).map_or(false, |v| {
-                v.len() + payload.len() + 4 <= self.broadcast_room()
-            });
+            && postcard::to_stdvec(&Broadcast::Event(event.clone()))
+                .is_ok_and(|v| v.len() + payload.len() + 4 <= self.broadcast_room());
         if inline_fits {
             event.payload = Payload::Inline(payload);
         } else {
@@ -1195,15 +1194,19 @@ impl Core {
     /// live members it addressed (whose answers complete it).
     pub fn query(
         &mut self,
-        name: &str,
-        payload: Vec<u8>,
-        nodes: Vec<String>,
-        tags: Vec<(String, String)>,
-        ack: bool,
-        timeout: Duration,
+        spec: QuerySpec,
         now: Now,
     ) -> Result<(Query, BTreeSet<String>), UserError> {
         identity::renewal_clock(now.wall_ms);
+        let QuerySpec {
+            name,
+            payload,
+            nodes,
+            tags,
+            ack,
+            timeout,
+        } = spec;
+        let name = name.as_str();
         userev::validate_event_name(name)?;
         let filter = QueryFilter::new(&nodes, &tags)?;
         if timeout.is_zero() || timeout > userev::MAX_QUERY_TIMEOUT {

@@ -179,6 +179,17 @@ pub struct Query {
     pub timeout_ms: u64,
 }
 
+/// What a query asks, before it is sent ([`crate::node::Core::query`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuerySpec {
+    pub name: String,
+    pub payload: Vec<u8>,
+    pub nodes: Vec<String>,
+    pub tags: Vec<(String, String)>,
+    pub ack: bool,
+    pub timeout: Duration,
+}
+
 /// One custom broadcast, as foca carries it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Broadcast {

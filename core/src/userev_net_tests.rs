@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::testing::Net;
-use crate::userev::{Payload, QueryNews, QueryRun, ReplyKind, MAX_EVENT_PAYLOAD};
+use crate::userev::{Payload, QueryNews, QueryRun, QuerySpec, ReplyKind, MAX_EVENT_PAYLOAD};
 
 /// Steps until `done` or `limit_ms` of virtual time; the time it took.
 fn run_until(net: &mut Net, limit_ms: u64, done: impl Fn(&Net) -> bool) -> Option<u64> {
@@ -81,9 +81,15 @@ fn follow_query(
     timeout: Duration,
 ) -> (u64, Vec<(String, Vec<u8>)>, usize, bool) {
     let now = net.now();
-    let (q, expected) = net.cores[0]
-        .query("uptime", b"?".to_vec(), nodes, vec![], ack, timeout, now)
-        .unwrap();
+    let spec = QuerySpec {
+        name: "uptime".into(),
+        payload: b"?".to_vec(),
+        nodes,
+        tags: vec![],
+        ack,
+        timeout,
+    };
+    let (q, expected) = net.cores[0].query(spec, now).unwrap();
     let mut run = QueryRun::new(&q, expected, now.mono);
     let t0 = net.now_ms;
     let mut responses = Vec::new();
@@ -161,12 +167,14 @@ fn a_response_larger_than_a_packet_goes_over_tcp() {
     let now = net.now();
     net.cores[0]
         .query(
-            "big",
-            vec![],
-            vec!["n1".into()],
-            vec![],
-            true,
-            Duration::from_secs(2),
+            QuerySpec {
+                name: "big".into(),
+                payload: vec![],
+                nodes: vec!["n1".into()],
+                tags: vec![],
+                ack: true,
+                timeout: Duration::from_secs(2),
+            },
             now,
         )
         .unwrap();

@@ -294,9 +294,15 @@ impl Node {
             )
         });
         let sent = std::time::Instant::now();
-        let (query, expected) =
-            self.core
-                .query(&p.name, p.payload, p.nodes, p.tags, p.ack, timeout, now())?;
+        let spec = userev::QuerySpec {
+            name: p.name,
+            payload: p.payload,
+            nodes: p.nodes,
+            tags: p.tags,
+            ack: p.ack,
+            timeout,
+        };
+        let (query, expected) = self.core.query(spec, now())?;
         info!(query = %query.name, ltime = query.ltime, addressed = expected.len(), ?timeout, "query sent");
         let _ = lines.send(QueryLine::Started {
             name: query.name.clone(),

@@ -140,14 +140,13 @@ pub struct Handle {
 
 impl Handle {
     pub(super) fn new(
-        commands: mpsc::Sender<Command>,
+        (commands, user): (mpsc::Sender<Command>, broadcast::Sender<Arc<UserDelivery>>),
         snapshot: watch::Receiver<Arc<Snapshot>>,
         events: Arc<Mutex<EventLog>>,
         synced: watch::Receiver<bool>,
         stats: Arc<Stats>,
         gossip_addr: SocketAddr,
         profile: Profile,
-        user: broadcast::Sender<Arc<UserDelivery>>,
     ) -> Handle {
         Handle {
             commands,

@@ -115,14 +115,13 @@ pub async fn start(
     let (synced_tx, synced_rx) = watch::channel(false);
     let (user_tx, _) = tokio::sync::broadcast::channel(USER_CHANNEL);
     let handle = Handle::new(
-        tx.clone(),
+        (tx.clone(), user_tx.clone()),
         snapshot_rx,
         events.clone(),
         synced_rx,
         stats.clone(),
         bound,
         cfg.profile,
-        user_tx.clone(),
     );
     info!(
         node = %local.name,

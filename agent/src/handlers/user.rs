@@ -49,18 +49,32 @@ fn user_env(kind: &str, name: &str, ltime: u64) -> Vec<(String, String)> {
     env
 }
 
+/// One run of a handler for a user event or query.
+struct Invocation<'a> {
+    /// `user` or `query`.
+    kind: &'a str,
+    name: &'a str,
+    ltime: u64,
+    payload: Vec<u8>,
+    /// Output bytes kept.
+    cap: usize,
+}
+
 /// Runs `spec` once with the payload on stdin; its output, if it started.
 async fn run_user_handler(
     n: usize,
     spec: &HandlerSpec,
-    kind: &str,
-    name: &str,
-    ltime: u64,
-    payload: Vec<u8>,
+    inv: Invocation<'_>,
     local: &crate::identity::NodeId,
     timeout: Duration,
-    cap: usize,
 ) -> Option<crate::process::CapturedOutput> {
+    let Invocation {
+        kind,
+        name,
+        ltime,
+        payload,
+        cap,
+    } = inv;
     let mut cmd = std::process::Command::new("/bin/sh");
     cmd.arg("-c").arg(&spec.command);
     cmd.envs(environment(kind, local));
@@ -118,18 +132,14 @@ fn spawn_worker(
     tokio::spawn(async move {
         while let Some(run) = rx.recv().await {
             let local = agent.local();
-            run_user_handler(
-                n,
-                &spec,
-                "user",
-                &run.name,
-                run.ltime,
-                run.payload,
-                &local,
-                timeout,
-                EVENT_OUTPUT_CAP,
-            )
-            .await;
+            let inv = Invocation {
+                kind: "user",
+                name: &run.name,
+                ltime: run.ltime,
+                payload: run.payload,
+                cap: EVENT_OUTPUT_CAP,
+            };
+            run_user_handler(n, &spec, inv, &local, timeout).await;
         }
     });
     tx
@@ -204,18 +214,14 @@ async fn answer(specs: Vec<Arc<HandlerSpec>>, agent: Handle, q: Query, timeout: 
         if !spec.matches_query(&q.name) {
             continue;
         }
-        let out = run_user_handler(
-            n,
-            spec,
-            "query",
-            &q.name,
-            q.ltime,
-            q.payload.clone(),
-            &local,
-            timeout,
-            userev::MAX_RESPONSE,
-        )
-        .await;
+        let inv = Invocation {
+            kind: "query",
+            name: &q.name,
+            ltime: q.ltime,
+            payload: q.payload.clone(),
+            cap: userev::MAX_RESPONSE,
+        };
+        let out = run_user_handler(n, spec, inv, &local, timeout).await;
         let Some(out) = out else { continue };
         if answered || !out.status.success() || out.timed_out || out.stdout.is_empty() {
             continue;
