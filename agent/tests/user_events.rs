@@ -282,3 +282,99 @@ fn a_handler_filter_shoal_does_not_know_is_a_start_up_error_naming_it() {
         );
     }
 }
+
+#[test]
+fn a_restarted_agents_first_event_is_not_taken_for_an_old_one() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let out = dir.path().join("u1.txt");
+    let seed = vec![format!("{}:7946", ip(95, 1))];
+    let handler = format!(
+        "user=echo \"$SERF_USER_EVENT $SERF_USER_LTIME\" >> {}",
+        out.display()
+    );
+    let a = Agent::start_in(
+        dir.clone(),
+        "u1",
+        &ip(95, 1),
+        &seed,
+        &["--event-handler", &handler],
+    );
+    let mut b = Agent::start_in(dir.clone(), "u2", &ip(95, 2), &seed, &[]);
+    assert!(wait_for(Duration::from_secs(10), || converged(
+        &[&a, &b],
+        &["u1", "u2"]
+    )));
+    // Move the cluster's clock well past the 64 times a node remembers.
+    for k in 0..80 {
+        let body = format!(r#"{{"name":"tick{k}","coalesce":false}}"#);
+        assert_eq!(http(&a.api(), "POST", "/v1/event", &body).0, 200);
+    }
+    assert!(wait_for(Duration::from_secs(5), || read(&out).contains("tick79 79")));
+    // Until the gossip has stopped repeating them (10 sends each), so the
+    // restarted node cannot learn the clock from them.
+    std::thread::sleep(Duration::from_secs(3));
+    b.kill9();
+    let b = Agent::start_in(dir.clone(), "u2", &ip(95, 2), &seed, &[]);
+    assert!(wait_for(Duration::from_secs(10), || converged(
+        &[&a, &b],
+        &["u1", "u2"]
+    )));
+    // It learned the clock with its push-pull: its event is new, not old.
+    let sent = b.cli(&["event", "fresh"]);
+    assert!(sent.status.success(), "{sent:?}");
+    assert!(
+        wait_for(Duration::from_secs(5), || read(&out).contains("fresh 8")),
+        "the restarted node's event was dropped (or had an old Lamport time):\n{}",
+        read(&out)
+    );
+}
+
+#[test]
+fn events_and_queries_work_with_an_encrypted_cluster_and_large_payloads_are_sealed_too() {
+    let key = "cg8StVXbQJ0gPvMd9o7yrg+2oZ0f3WYydl9aGbyF/Bs=";
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let out = |i: u8| dir.path().join(format!("e{i}.txt"));
+    let seed = vec![format!("{}:7946", ip(96, 1))];
+    let agents: Vec<Agent> = (1..=2u8)
+        .map(|i| {
+            let user = format!("user=wc -c >> {}", out(i).display());
+            Agent::start_in(
+                dir.clone(),
+                &format!("u{i}"),
+                &ip(96, i),
+                &seed,
+                &[
+                    "--encrypt",
+                    key,
+                    "--event-handler",
+                    &user,
+                    "--event-handler",
+                    "query:big=head -c 3000 /dev/zero | tr '\\0' y",
+                ],
+            )
+        })
+        .collect();
+    let refs: Vec<&Agent> = agents.iter().collect();
+    assert!(wait_for(Duration::from_secs(10), || converged(
+        &refs,
+        &["u1", "u2"]
+    )));
+    assert!(agents[0]
+        .cli(&["event", "cfg", &"z".repeat(5000)])
+        .status
+        .success());
+    assert!(wait_for(Duration::from_secs(5), || (1..=2)
+        .all(|i| read(&out(i)).contains("5000"))));
+    let q = agents[1].cli(&["query", "big", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&q.stdout).expect("json");
+    assert_eq!(
+        doc["Responses"]["u1"].as_str().map(str::len),
+        Some(3000),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["Responses"]["u2"].as_str().map(str::len),
+        Some(3000),
+        "{doc}"
+    );
+}

@@ -1252,6 +1252,17 @@ impl Core {
         }
     }
 
+    /// Our Lamport clocks (events, queries), for [`wire::TcpMsg::Clocks`].
+    pub fn clocks(&self) -> (u64, u64) {
+        let s = self.user.state();
+        (s.event_clock.time(), s.query_clock.time())
+    }
+
+    /// A peer's Lamport clocks (see [`UserState::peer_clocks`]).
+    pub fn peer_clocks(&mut self, event: u64, query: u64) {
+        self.user.state().peer_clocks(event, query);
+    }
+
     /// Custom broadcasts foca still has to gossip.
     pub fn broadcast_backlog(&self) -> usize {
         self.foca.custom_broadcast_backlog()

@@ -84,6 +84,11 @@ impl Lamport {
         t
     }
 
+    /// Another node's clock reads `t`: ours is at least that from now on.
+    pub fn catch_up(&mut self, t: u64) {
+        self.0 = self.0.max(t);
+    }
+
     /// A message with time `t` was seen: we are past it from now on.
     pub fn witness(&mut self, t: u64) {
         if t >= self.0 {
@@ -395,6 +400,10 @@ pub struct UserState {
     tags: Tags,
     /// Broadcasts dropped as too old, refused, or pushed out of a full inbox.
     pub dropped: u64,
+    /// Events and queries from before we joined (Lamport times below these)
+    /// are not handed out, as in Serf without `-replay`; set once, when the
+    /// first peer's clocks arrive.
+    min_times: Option<(u64, u64)>,
 }
 
 impl UserState {
@@ -409,6 +418,25 @@ impl UserState {
     pub fn set_local(&mut self, local: &NodeId) {
         self.name = local.name.clone();
         self.tags = local.tags.clone();
+    }
+
+    /// A peer's clocks (after a push-pull): catch up; the first ones also
+    /// mark what came before we joined.
+    pub fn peer_clocks(&mut self, event: u64, query: u64) {
+        if self.min_times.is_none() {
+            self.min_times = Some((event, query));
+        }
+        self.event_clock.catch_up(event);
+        self.query_clock.catch_up(query);
+    }
+
+    /// Whether `b` is from before we joined.
+    fn before_join(&self, b: &Broadcast) -> bool {
+        match (self.min_times, b) {
+            (Some((e, _)), Broadcast::Event(ev)) => ev.ltime < e,
+            (Some((_, q)), Broadcast::Query(qu)) => qu.ltime < q,
+            (None, _) => false,
+        }
     }
 
     /// De-duplicates `b`; true if it is new (and queued for delivery).
@@ -432,6 +460,7 @@ impl UserState {
             }
         };
         match admit {
+            Admit::New if self.before_join(&b) => return false,
             Admit::New => {}
             Admit::Duplicate => return false,
             Admit::TooOld => {
@@ -665,6 +694,27 @@ mod tests {
         assert_eq!(s.drain().len(), 3);
         assert!(s.drain().is_empty());
         assert_eq!(s.event_clock.time(), 6);
+    }
+
+    #[test]
+    fn a_restarted_node_catches_up_and_skips_what_came_before_it_joined() {
+        let mut s = UserState::default();
+        s.peer_clocks(500, 40);
+        assert_eq!(
+            s.event_clock.tick(),
+            500,
+            "its first event is not old to others"
+        );
+        assert!(
+            !s.receive(event(499, "n1", "before", b"")),
+            "sent before we joined"
+        );
+        assert!(s.receive(event(501, "n1", "after", b"")));
+        // Later exchanges only catch up.
+        s.peer_clocks(600, 50);
+        assert!(s.receive(event(550, "n2", "in-flight", b"")));
+        assert_eq!(s.event_clock.time(), 600);
+        assert_eq!(s.query_clock.time(), 50);
     }
 
     #[test]

@@ -263,6 +263,17 @@ impl Node {
             }
             Command::Respond { query, kind } => self.core.respond(&query, kind),
             Command::ReplyIn(r) => self.on_reply(r),
+            Command::Clocks {
+                event,
+                query,
+                reply,
+            } => {
+                let ours = self.core.clocks();
+                self.core.peer_clocks(event, query);
+                if let Some(reply) = reply {
+                    let _ = reply.send(ours);
+                }
+            }
             Command::FetchPayload { ltime, name, reply } => {
                 let _ = reply.send(self.core.kept_payload(ltime, &name));
             }
@@ -569,14 +580,29 @@ impl Node {
 
     fn push_pull_with(&self, addr: SocketAddr) {
         let ours = TcpMsg::Sync(self.core.sync_state());
+        let clocks = self.core.clocks();
         let commands = self.commands.clone();
         let stats = self.stats.clone();
         let ring = pushpull::snapshot(&self.keys.ring);
         tokio::spawn(async move {
-            match pushpull::exchange(addr, ours, ring).await {
+            match pushpull::exchange(addr, ours, ring.clone()).await {
                 Ok(TcpMsg::Sync(remote)) => {
                     Stats::add(&stats.push_pulls, 1);
                     let _ = commands.send(Command::PushPullOut { remote }).await;
+                    let (event, query) = clocks;
+                    match pushpull::exchange(addr, TcpMsg::Clocks { event, query }, ring).await {
+                        Ok(TcpMsg::Clocks { event, query }) => {
+                            let _ = commands
+                                .send(Command::Clocks {
+                                    event,
+                                    query,
+                                    reply: None,
+                                })
+                                .await;
+                        }
+                        Ok(_) => debug!(%addr, "clock exchange answered with another message"),
+                        Err(e) => debug!(%addr, error = %e, "clock exchange failed"),
+                    }
                 }
                 Ok(_) => {
                     Stats::add(&stats.push_pull_failures, 1);

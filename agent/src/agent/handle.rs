@@ -116,6 +116,12 @@ pub enum Command {
         name: String,
         reply: oneshot::Sender<Option<Vec<u8>>>,
     },
+    /// A peer's Lamport clocks; answered with ours when `reply` is set.
+    Clocks {
+        event: u64,
+        query: u64,
+        reply: Option<oneshot::Sender<(u64, u64)>>,
+    },
     /// Join targets resolved to addresses.
     Resolved {
         addrs: Vec<SocketAddr>,
