@@ -16,8 +16,11 @@ Measured, per system:
 
 Usage: bench/userev.py [--nodes 50] [--rounds 30] [--serf-query-rounds 3]
                        [--no-results]
-Needs: a release shoal (SHOAL_BIN, default target/release/shoal) and serf
-(apt-get install serf). Traffic stays on 127.0.0.0/8; every process started
+Also the simulated figure: one event in N = 1,000 members with 200 ms gossip
+(`shoal-sim run --scenario user-event -n 1000`).
+
+Needs: release builds of shoal and shoal-sim (SHOAL_BIN, SHOAL_SIM_BIN;
+default target/release/) and serf (apt-get install serf). Traffic stays on 127.0.0.0/8; every process started
 is killed; every loop is bounded in count and time.
 """
 
@@ -37,6 +40,7 @@ from membership import agent_command  # noqa: E402  (same command lines as membe
 from results_section import replace_section  # noqa: E402
 
 SHOAL_BIN = os.environ.get("SHOAL_BIN", os.path.join(ROOT, "target/release/shoal"))
+SIM_BIN = os.environ.get("SHOAL_SIM_BIN", os.path.join(ROOT, "target/release/shoal-sim"))
 HANDLER = """#!/bin/sh
 # Serf-style: one script for every event, dispatching on SERF_EVENT.
 case "$SERF_EVENT" in
@@ -204,6 +208,12 @@ def main():
         sys.exit("--nodes must be 2..200 and --rounds 1..500")
     if not os.access(SHOAL_BIN, os.X_OK):
         sys.exit(f"no shoal binary at {SHOAL_BIN} (cargo build --release -p shoal, or SHOAL_BIN)")
+    if not os.access(SIM_BIN, os.X_OK):
+        sys.exit(f"no shoal-sim binary at {SIM_BIN} (cargo build --release -p sim)")
+    simulated = subprocess.run(
+        [SIM_BIN, "run", "--scenario", "user-event", "-n", "1000", "--gossip-interval", "200"],
+        capture_output=True, text=True, timeout=600, check=True).stdout.strip()
+    print(simulated)
     rows = {}
     with tempfile.TemporaryDirectory(prefix="userev-bench-") as work:
         rows["shoal"] = measure("shoal", a.nodes, a.rounds, a.query_rounds, work, 181)
@@ -227,8 +237,9 @@ def main():
             f"{ms(pct(r['queries'], 0.99))} | {r['short']} |")
     lines += ["", f"Serf's query waits for its whole default timeout "
               f"({len(rows['serf']['queries'])} rounds); shoal's ends when every addressed "
-              f"member answered ({len(rows['shoal']['queries'])} rounds). The simulated "
-              f"N = 1,000 figure is `cargo test -p sim --release --test sim user -- --nocapture`."]
+              f"member answered ({len(rows['shoal']['queries'])} rounds).",
+              "", f"Simulated (`shoal-sim run --scenario user-event -n 1000 --gossip-interval 200`, "
+              f"virtual time, 0.5-1 ms links): {simulated}."]
     text = "\n".join(lines)
     print(text)
     if not a.no_results:

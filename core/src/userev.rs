@@ -400,10 +400,6 @@ pub struct UserState {
     tags: Tags,
     /// Broadcasts dropped as too old, refused, or pushed out of a full inbox.
     pub dropped: u64,
-    /// Events and queries from before we joined (Lamport times below these)
-    /// are not handed out, as in Serf without `-replay`; set once, when the
-    /// first peer's clocks arrive.
-    min_times: Option<(u64, u64)>,
 }
 
 impl UserState {
@@ -420,23 +416,13 @@ impl UserState {
         self.tags = local.tags.clone();
     }
 
-    /// A peer's clocks (after a push-pull): catch up; the first ones also
-    /// mark what came before we joined.
+    /// A peer's clocks (after a push-pull): catch up. Unlike Serf, what is
+    /// still being gossiped when a node joins is not skipped: which
+    /// push-pull counts as "the join" is a guess, and a wrong guess drops a
+    /// live event.
     pub fn peer_clocks(&mut self, event: u64, query: u64) {
-        if self.min_times.is_none() {
-            self.min_times = Some((event, query));
-        }
         self.event_clock.catch_up(event);
         self.query_clock.catch_up(query);
-    }
-
-    /// Whether `b` is from before we joined.
-    fn before_join(&self, b: &Broadcast) -> bool {
-        match (self.min_times, b) {
-            (Some((e, _)), Broadcast::Event(ev)) => ev.ltime < e,
-            (Some((_, q)), Broadcast::Query(qu)) => qu.ltime < q,
-            (None, _) => false,
-        }
     }
 
     /// De-duplicates `b`; true if it is new (and queued for delivery).
@@ -460,7 +446,6 @@ impl UserState {
             }
         };
         match admit {
-            Admit::New if self.before_join(&b) => return false,
             Admit::New => {}
             Admit::Duplicate => return false,
             Admit::TooOld => {
@@ -697,7 +682,7 @@ mod tests {
     }
 
     #[test]
-    fn a_restarted_node_catches_up_and_skips_what_came_before_it_joined() {
+    fn a_restarted_node_catches_up_with_its_peers_clocks() {
         let mut s = UserState::default();
         s.peer_clocks(500, 40);
         assert_eq!(
@@ -706,11 +691,9 @@ mod tests {
             "its first event is not old to others"
         );
         assert!(
-            !s.receive(event(499, "n1", "before", b"")),
-            "sent before we joined"
+            s.receive(event(499, "n1", "in-flight", b"")),
+            "still delivered"
         );
-        assert!(s.receive(event(501, "n1", "after", b"")));
-        // Later exchanges only catch up.
         s.peer_clocks(600, 50);
         assert!(s.receive(event(550, "n2", "in-flight", b"")));
         assert_eq!(s.event_clock.time(), 600);

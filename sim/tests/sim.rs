@@ -86,12 +86,14 @@ fn no_false_failures_at_twenty_percent_loss() {
 }
 
 #[test]
-fn a_user_event_reaches_999_permille_of_1000_members_within_a_second() {
-    // The figure: N = 1000, 200 ms gossip.
-    let spreads = scenario::user_events(&params(1000, 3), 1, 64);
+fn a_user_event_reaches_999_permille_of_the_members_within_a_second() {
+    // The figure is N = 1000 (bench/userev.py runs it:
+    // `shoal-sim run --scenario user-event -n 1000`); 200 here keeps the
+    // debug build of `cargo test` quick. 200 ms gossip.
+    let spreads = scenario::user_events(&params(200, 3), 1, 64);
     let s = &spreads[0];
     eprintln!(
-        "user event, N=1000: p50 {:.1} ms, p99.9 {:.1} ms, all {:?} ms, within 1 s {:.4}",
+        "user event, N=200: p50 {:.1} ms, p99.9 {:.1} ms, all {:?} ms, within 1 s {:.4}",
         s.p(0.5),
         s.quantile(0.999),
         s.all_ms(),

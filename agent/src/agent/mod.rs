@@ -91,6 +91,7 @@ pub async fn start(
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {}: {e}", cfg.bind)))?;
     let bound = udp.local_addr()?;
+    widen_receive_buffer(&udp);
     let tcp = TcpListener::bind(bound)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind TCP {bound}: {e}")))?;
@@ -189,6 +190,18 @@ pub async fn start(
     node.carry_out();
     let task = tokio::spawn(async move { node.run(rx).await });
     Ok((handle, task))
+}
+
+/// Room for bursts on the gossip socket: a query's acks and responses from
+/// every member arrive at once. Asks for [`UDP_RECEIVE_BUFFER`]; the kernel
+/// caps it at `net.core.rmem_max`.
+pub const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+fn widen_receive_buffer(udp: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+    if let Err(e) = setsockopt(udp, RcvBuf, &UDP_RECEIVE_BUFFER) {
+        tracing::debug!(error = %e, "cannot widen the UDP receive buffer");
+    }
 }
 
 /// The core's clock. Monotonic time is tokio's, so a runtime with paused
