@@ -1252,15 +1252,25 @@ impl Core {
         }
     }
 
-    /// Our Lamport clocks (events, queries), for [`wire::TcpMsg::Clocks`].
-    pub fn clocks(&self) -> (u64, u64) {
-        let s = self.user.state();
-        (s.event_clock.time(), s.query_clock.time())
+    /// Our clocks and recent events, for [`wire::TcpMsg::Clocks`].
+    pub fn user_sync(&self) -> userev::UserSync {
+        self.user.state().sync()
     }
 
-    /// A peer's Lamport clocks (see [`UserState::peer_clocks`]).
-    pub fn peer_clocks(&mut self, event: u64, query: u64) {
-        self.user.state().peer_clocks(event, query);
+    /// A peer's clocks and recent events: catch up (see
+    /// [`UserState::peer_clocks`]), and take the events we missed (they are
+    /// delivered and gossiped on like any new one; the rest are duplicates).
+    pub fn peer_sync(&mut self, theirs: userev::UserSync, now: Now) {
+        self.user.state().peer_clocks(theirs.event, theirs.query);
+        if self.leaving.is_some() || self.name_taken {
+            return;
+        }
+        for data in theirs.recent.iter().take(userev::RECENT_EVENTS) {
+            if let Err(e) = self.foca.add_broadcast(data) {
+                debug!(error = %e, "a recent event from a peer was refused");
+            }
+        }
+        self.flush(now);
     }
 
     /// Custom broadcasts foca still has to gossip.

@@ -375,6 +375,18 @@ pub fn decode(data: &[u8]) -> Result<Broadcast, UserError> {
     Ok(b)
 }
 
+/// Recent user events kept for [`UserSync`] (Serf keeps its last 64 too).
+pub const RECENT_EVENTS: usize = 64;
+
+/// Lamport clocks and recent events (encoded [`Broadcast::Event`]s), as two
+/// nodes exchange them after a push-pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct UserSync {
+    pub event: u64,
+    pub query: u64,
+    pub recent: Vec<Vec<u8>>,
+}
+
 /// A broadcast that passed de-duplication, for the core to hand out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivered {
@@ -400,6 +412,8 @@ pub struct UserState {
     tags: Tags,
     /// Broadcasts dropped as too old, refused, or pushed out of a full inbox.
     pub dropped: u64,
+    /// The last [`RECENT_EVENTS`] user events as received (encoded).
+    recent: VecDeque<Vec<u8>>,
 }
 
 impl UserState {
@@ -467,6 +481,23 @@ impl UserState {
         }
         self.inbox.push_back(delivered);
         true
+    }
+
+    /// Keeps an event's encoding for [`UserSync`].
+    fn keep_recent(&mut self, data: &[u8]) {
+        if self.recent.len() >= RECENT_EVENTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(data.to_vec());
+    }
+
+    /// Our clocks and recent events, for a peer.
+    pub fn sync(&self) -> UserSync {
+        UserSync {
+            event: self.event_clock.time(),
+            query: self.query_clock.time(),
+            recent: self.recent.iter().cloned().collect(),
+        }
     }
 
     /// What arrived since the last call, oldest first.
@@ -541,7 +572,13 @@ impl foca::BroadcastHandler<NodeId> for Gossip {
                 coalesce: false,
             },
         };
-        Ok(self.state().receive(b).then_some(key))
+        let event = matches!(b, Broadcast::Event(_));
+        let mut state = self.state();
+        let new = state.receive(b);
+        if new && event {
+            state.keep_recent(data);
+        }
+        Ok(new.then_some(key))
     }
 }
 

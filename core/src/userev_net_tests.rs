@@ -243,3 +243,36 @@ fn foca_broadcast_queue_under_a_burst() {
     })
     .expect("the newest coalescing event did not reach everyone");
 }
+
+#[test]
+fn an_event_the_gossip_missed_arrives_with_the_next_clock_exchange() {
+    let mut net = Net::joined(3);
+    // n2 hears nothing while the event is gossiped, and until the gossip
+    // stopped repeating it.
+    net.dead.push(2);
+    let now = net.now();
+    net.cores[0]
+        .user_event("missed", b"x".to_vec(), false, now)
+        .unwrap();
+    for _ in 0..200 {
+        net.step();
+    }
+    net.dead.clear();
+    for _ in 0..50 {
+        net.step();
+    }
+    assert!(net.user_events[2].is_empty(), "the test must make n2 miss it");
+    // What follows a push-pull: clocks and recent events, both ways.
+    let now = net.now();
+    let theirs = net.cores[0].user_sync();
+    assert_eq!(theirs.event, 1);
+    net.cores[2].peer_sync(theirs, now);
+    net.step();
+    let got: Vec<&str> = net.user_events[2].iter().map(|(_, e)| e.name.as_str()).collect();
+    assert_eq!(got, ["missed"]);
+    // Again: a duplicate now, nothing new.
+    let theirs = net.cores[1].user_sync();
+    net.cores[2].peer_sync(theirs, now);
+    net.step();
+    assert_eq!(net.user_events[2].len(), 1);
+}

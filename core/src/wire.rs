@@ -435,14 +435,13 @@ pub enum TcpMsg {
     Payload(Option<Vec<u8>>),
     /// Receipt of a message that needs no other answer.
     Done,
-    /// The sender's Lamport clocks (user events, queries), exchanged after a
-    /// push-pull and answered with the receiver's: a restarted node catches
-    /// up at once, so its events are not taken for old ones. (A separate
-    /// frame, so a node without it only fails this exchange.)
-    Clocks {
-        event: u64,
-        query: u64,
-    },
+    /// The sender's Lamport clocks and recent user events, exchanged after
+    /// a push-pull and answered with the receiver's: a restarted node
+    /// catches up at once (its events are not taken for old ones), and an
+    /// event the gossip missed somewhere arrives by this anti-entropy, as
+    /// Serf's push-pull carries its recent events. (A separate frame, so a
+    /// node without it only fails this exchange.)
+    Clocks(crate::userev::UserSync),
 }
 
 /// A key operation with its freshness proof (see [`crate::freshness`]): the

@@ -263,13 +263,9 @@ impl Node {
             }
             Command::Respond { query, kind } => self.core.respond(&query, kind),
             Command::ReplyIn(r) => self.on_reply(r),
-            Command::Clocks {
-                event,
-                query,
-                reply,
-            } => {
-                let ours = self.core.clocks();
-                self.core.peer_clocks(event, query);
+            Command::Clocks { theirs, reply } => {
+                let ours = self.core.user_sync();
+                self.core.peer_sync(theirs, now());
                 if let Some(reply) = reply {
                     let _ = reply.send(ours);
                 }
@@ -580,7 +576,7 @@ impl Node {
 
     fn push_pull_with(&self, addr: SocketAddr) {
         let ours = TcpMsg::Sync(self.core.sync_state());
-        let clocks = self.core.clocks();
+        let clocks = self.core.user_sync();
         let commands = self.commands.clone();
         let stats = self.stats.clone();
         let ring = pushpull::snapshot(&self.keys.ring);
@@ -589,13 +585,11 @@ impl Node {
                 Ok(TcpMsg::Sync(remote)) => {
                     Stats::add(&stats.push_pulls, 1);
                     let _ = commands.send(Command::PushPullOut { remote }).await;
-                    let (event, query) = clocks;
-                    match pushpull::exchange(addr, TcpMsg::Clocks { event, query }, ring).await {
-                        Ok(TcpMsg::Clocks { event, query }) => {
+                    match pushpull::exchange(addr, TcpMsg::Clocks(clocks), ring).await {
+                        Ok(TcpMsg::Clocks(theirs)) => {
                             let _ = commands
                                 .send(Command::Clocks {
-                                    event,
-                                    query,
+                                    theirs,
                                     reply: None,
                                 })
                                 .await;

@@ -116,11 +116,10 @@ pub enum Command {
         name: String,
         reply: oneshot::Sender<Option<Vec<u8>>>,
     },
-    /// A peer's Lamport clocks; answered with ours when `reply` is set.
+    /// A peer's clocks and recent events; answered with ours when `reply` is set.
     Clocks {
-        event: u64,
-        query: u64,
-        reply: Option<oneshot::Sender<(u64, u64)>>,
+        theirs: crate::userev::UserSync,
+        reply: Option<oneshot::Sender<crate::userev::UserSync>>,
     },
     /// Join targets resolved to addresses.
     Resolved {

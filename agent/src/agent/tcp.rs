@@ -142,19 +142,17 @@ async fn serve_tcp(
                     .map_err(|_| stopped())?;
                 TcpMsg::Payload(rx.await.map_err(|_| stopped())?)
             }
-            TcpMsg::Clocks { event, query } => {
+            TcpMsg::Clocks(theirs) => {
                 let (tx, rx) = oneshot::channel();
                 let stopped = || FrameError::Io("agent stopped".into());
                 commands
                     .send(Command::Clocks {
-                        event,
-                        query,
+                        theirs,
                         reply: Some(tx),
                     })
                     .await
                     .map_err(|_| stopped())?;
-                let (event, query) = rx.await.map_err(|_| stopped())?;
-                TcpMsg::Clocks { event, query }
+                TcpMsg::Clocks(rx.await.map_err(|_| stopped())?)
             }
             TcpMsg::KeyReply(_) | TcpMsg::Payload(_) | TcpMsg::Done => {
                 return Err(FrameError::Io("unexpected answer frame".into()))
