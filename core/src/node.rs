@@ -1182,7 +1182,7 @@ impl Core {
     }
 
     /// The payload of our large event `(ltime, name)`, for a member that
-    /// fetches it (None once [`KEPT_PAYLOADS`] newer ones pushed it out).
+    /// fetches it (None once 64 newer ones pushed it out).
     pub fn kept_payload(&self, ltime: u64, name: &str) -> Option<Vec<u8>> {
         self.kept_payloads
             .iter()

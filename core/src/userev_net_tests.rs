@@ -261,14 +261,20 @@ fn an_event_the_gossip_missed_arrives_with_the_next_clock_exchange() {
     for _ in 0..50 {
         net.step();
     }
-    assert!(net.user_events[2].is_empty(), "the test must make n2 miss it");
+    assert!(
+        net.user_events[2].is_empty(),
+        "the test must make n2 miss it"
+    );
     // What follows a push-pull: clocks and recent events, both ways.
     let now = net.now();
     let theirs = net.cores[0].user_sync();
     assert_eq!(theirs.event, 1);
     net.cores[2].peer_sync(theirs, now);
     net.step();
-    let got: Vec<&str> = net.user_events[2].iter().map(|(_, e)| e.name.as_str()).collect();
+    let got: Vec<&str> = net.user_events[2]
+        .iter()
+        .map(|(_, e)| e.name.as_str())
+        .collect();
     assert_eq!(got, ["missed"]);
     // Again: a duplicate now, nothing new.
     let theirs = net.cores[1].user_sync();

@@ -3,11 +3,10 @@
 //! `member-update`, `member-reap`, `user`, `user:NAME`, `query`,
 //! `query:NAME` and `*`, then `=` and the command; no filter means `*`.
 //!
-//! A head that looks like a filter list (no whitespace, `/` or `$`) must be
-//! one, as in Serf: an item shoal does not know is an error naming it, never
-//! a command that fails on every event. A head with whitespace or `/` is part
-//! of the command (`env FOO=bar /path/cmd`); `*=FOO=bar cmd` runs a command
-//! that starts with an assignment.
+//! A head that looks like a filter list (see `looks_like_filters`) must be
+//! one: an item shoal does not know is an error naming it, never a command
+//! that fails on every event. Other text before `=` is part of the command
+//! (`FOO=bar /path/cmd`, `now=$(date); ...`), as shoal always took it.
 
 use crate::membership::EventKind;
 
@@ -50,9 +49,18 @@ pub struct HandlerSpec {
     pub command: String,
 }
 
-/// Whether the text before `=` is meant as a filter list.
+/// Whether the text before `=` is meant as a filter list: no whitespace,
+/// `/` or `$`, and a `,`, `:` or `*` in it or an item that starts like an
+/// event (`member-`, `user`, `query`). Anything else is a command that
+/// starts with a shell assignment (`now=$(date); ...`), as before.
 fn looks_like_filters(head: &str) -> bool {
-    !head.is_empty() && !head.contains(|c: char| c.is_whitespace() || c == '/' || c == '$')
+    if head.is_empty() || head.contains(|c: char| c.is_whitespace() || c == '/' || c == '$') {
+        return false;
+    }
+    head.contains([',', ':', '*'])
+        || head
+            .split(',')
+            .any(|i| i.starts_with("member-") || i.starts_with("user") || i.starts_with("query"))
 }
 
 impl HandlerSpec {
@@ -68,8 +76,7 @@ impl HandlerSpec {
                             return Err(format!(
                                 "{s:?}: unknown event filter {item:?}; use member-join, \
                                  member-leave, member-failed, member-update, member-reap, \
-                                 user, user:NAME, query, query:NAME or * (a command that \
-                                 starts with an assignment goes after a filter: *={s})"
+                                 user, user:NAME, query, query:NAME or *"
                             ))
                         }
                     }
@@ -164,9 +171,11 @@ mod tests {
             let err = HandlerSpec::parse(spec).unwrap_err();
             assert!(err.contains(&format!("{item:?}")), "{spec}: {err}");
         }
-        // As in Serf, `FOO=bar cmd` is the filter FOO; `*=` makes it a command.
-        let err = HandlerSpec::parse("FOO=bar /bin/h").unwrap_err();
-        assert!(err.contains("*=FOO=bar /bin/h"), "{err}");
+        // A command that starts with a shell assignment stays a command.
+        let h = HandlerSpec::parse("now=$(date +%s); echo $now").unwrap();
+        assert!(h.filter.is_none() && h.command.starts_with("now="));
+        let h = HandlerSpec::parse("FOO=bar /bin/h").unwrap();
+        assert!(h.filter.is_none() && h.command == "FOO=bar /bin/h");
         let h = HandlerSpec::parse("*=FOO=bar /bin/h").unwrap();
         assert!(h.filter.is_none() && h.command == "FOO=bar /bin/h");
         // A head with a space or a path is a command.
