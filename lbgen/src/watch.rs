@@ -178,9 +178,13 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
             }
             _ = tokio::time::sleep_until(fast.map_or_else(Instant::now, |f| f.1)), if fast.is_some() => {
                 let Some((signalled, _)) = fast.take() else { continue };
-                let result = match source.snapshot().await {
-                    Ok(doc) => applier.apply_fast(&doc).await,
-                    Err(e) => Err(ApplyError::Transient(e)),
+                let started = Instant::now();
+                let (doc, result) = match source.snapshot().await {
+                    Ok(doc) => {
+                        let result = applier.apply_fast(&doc).await;
+                        (Some(doc), result)
+                    }
+                    Err(e) => (None, Err(ApplyError::Transient(e))),
                 };
                 // Anything but a runtime change (a reload, an error) is left to the debounce.
                 if let Ok(Some(done)) = result {
@@ -188,11 +192,18 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     pending = None;
                     retry_at = None;
                     retry_delay = RETRY;
+                    // The status page shows the snapshot that is now live.
+                    if let (Some(h), Some(doc)) = (&hub, &doc) {
+                        h.snapshot(doc);
+                    }
                     // A signal that changed nothing (a file event repeated) is not reported.
                     if done.outcome == ApplyOutcome::Unchanged {
                         continue;
                     }
                     tracing::debug!(outcome = ?done.outcome, "applied at once");
+                    if let Some(h) = &hub {
+                        h.applied(&done.outcome, None, started.elapsed());
+                    }
                     if let Some(r) = &cfg.reports {
                         let _ = r.send(Report {
                             outcome: done.outcome,
