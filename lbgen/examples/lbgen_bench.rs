@@ -110,6 +110,7 @@ async fn main() {
         wait,
         reload_timeout: Duration::from_secs(10),
         resync: None,
+        renders: Vec::new(),
         reports: Some(rtx),
     };
     let w = tokio::spawn(lbgen::watch::run(cfg, async {

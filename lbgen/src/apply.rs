@@ -423,6 +423,7 @@ mod tests {
             wait: Wait::parse("20ms").unwrap(),
             reload_timeout: Duration::from_secs(1),
             resync: None,
+            renders: Vec::new(),
             reports: None,
         }
     }

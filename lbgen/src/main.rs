@@ -107,6 +107,19 @@ struct WatchArgs {
     /// Re-check membership, the file and HAProxy this often without a signal ("0" = never).
     #[arg(long, env = "LBGEN_RESYNC", default_value = "10s")]
     resync: String,
+    /// Another file from the same snapshot: TEMPLATE:OUT[:COMMAND] (repeatable; env
+    /// LBGEN_RENDER takes a ;-separated list). OUT is rewritten only when its bytes change,
+    /// then COMMAND runs (no shell).
+    #[arg(
+        long = "render",
+        value_name = "TEMPLATE:OUT[:COMMAND]",
+        env = "LBGEN_RENDER",
+        value_delimiter = ';'
+    )]
+    renders: Vec<String>,
+    /// How long a --render COMMAND may run before it is killed.
+    #[arg(long, env = "LBGEN_RENDER_TIMEOUT", default_value = "30s")]
+    render_timeout: String,
 }
 
 #[derive(clap::Args)]
@@ -264,6 +277,17 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
     } else {
         Some(lbgen::output::CheckCmd::parse(&a.check_cmd)?)
     };
+    let render_timeout = parse_duration(&a.render_timeout)?;
+    let renders = a
+        .renders
+        .iter()
+        .map(|r| {
+            lbgen::extras::ExtraSpec::parse(r).map(|mut spec| {
+                spec.timeout = render_timeout;
+                spec
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let cfg = WatchConfig {
         template: a.tpl.template,
         vars: Vars::with_overrides(&a.tpl.vars)?,
@@ -274,6 +298,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         wait: Wait::parse(&a.wait)?,
         reload_timeout: parse_duration(&a.reload_timeout)?,
         resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
+        renders,
         reports: None,
     };
     lbgen::watch::run(cfg, shutdown_signal()).await

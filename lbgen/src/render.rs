@@ -115,6 +115,8 @@ struct Context<'a> {
     pools: &'a [Pool],
     routes: &'a [Route],
     default_pool: &'a Option<String>,
+    members: &'a [crate::nodes::Node],
+    scrape_targets: &'a [crate::nodes::ScrapeTarget],
 }
 
 /// A compiled template.
@@ -166,6 +168,8 @@ impl Renderer {
             pools: &model.pools,
             routes: &model.routes,
             default_pool: &model.default_pool,
+            members: &model.members,
+            scrape_targets: &model.scrape_targets,
         };
         let mut out = self.hb.render(TPL, &ctx).map_err(|e| {
             let at = match (e.line_no, e.column_no) {

@@ -613,6 +613,7 @@ pub fn watch_config(
         wait: crate::watch::Wait::parse("20ms:200ms").expect("a valid --wait"),
         reload_timeout: Duration::from_secs(10),
         resync: None,
+        renders: Vec::new(),
         reports: None,
     }
 }

@@ -43,6 +43,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
         wait: Wait::parse("500ms:1500ms").unwrap(),
         reload_timeout: Duration::from_secs(5),
         resync: None,
+        renders: Vec::new(),
         reports: Some(rtx),
     };
     let w = tokio::spawn(lbgen::watch::run(cfg, async {

@@ -423,6 +423,7 @@ pub fn lbgen_watch_config(api: String, out: PathBuf) -> lbgen::watch::WatchConfi
         wait: lbgen::watch::Wait::parse("20ms:200ms").expect("wait"),
         reload_timeout: Duration::from_secs(5),
         resync: None,
+        renders: Vec::new(),
         reports: None,
     }
 }
