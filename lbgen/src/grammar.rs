@@ -95,6 +95,7 @@ const FIXED: &[&str] = &[
     "    http-request set-var(txn.log_host) req.hdr(host),bytes(0,256),json(utf8s)",
     JSON_LOG_FORMAT,
     "    http-request use-service prometheus-exporter if { path /metrics }",
+    "    no log",
 ];
 
 /// The default template's JSON access log line (`access_log_format=json`).

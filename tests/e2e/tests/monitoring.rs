@@ -179,7 +179,8 @@ fn prometheus_scrapes_every_target_from_membership_and_the_lb_logs_json_per_requ
         );
         let ours: Vec<serde_json::Value> = text
             .lines()
-            .filter(|l| l.contains("\"path\":\"/monitoring-e2e-"))
+            // HAProxy's json converter writes `/` as `\/`: match after parsing.
+            .filter(|l| l.contains("\"frontend\":\"http-in\"") && l.contains("monitoring-e2e-"))
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
             .collect();
         (ours.len() >= paths.len()).then_some(ours)
