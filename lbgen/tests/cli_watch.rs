@@ -303,7 +303,6 @@ fn render_writes_prometheus_targets_from_the_members_file_and_runs_its_command_a
         ),
     )
     .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../templates/prometheus-targets.json.hbs");
     let agent = |name: &str, ip: u8| {
@@ -324,7 +323,7 @@ fn render_writes_prometheus_targets_from_the_members_file_and_runs_its_command_a
             .arg(&out)
             .arg("--render")
             .arg(format!(
-                "{}:{}:{}",
+                "{}:{}:sh {}",
                 template.display(),
                 targets.display(),
                 script.display()
