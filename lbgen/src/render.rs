@@ -28,7 +28,44 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("check_inter", "2s"),
     ("server_state_file", "/run/haproxy/server-state"),
     ("access_log", "stdout"),
+    ("access_log_format", "json"),
+    ("request_id_header", "X-Request-ID"),
+    ("forwarded_for", "true"),
+    ("forwarded_proto", "true"),
+    ("prometheus_exporter", "true"),
 ];
+
+/// Variables the default template reads as a switch: `true` or `false`, nothing else (a
+/// typo such as `flase` would otherwise silently mean "off").
+const SWITCH_VARS: &[&str] = &["forwarded_for", "forwarded_proto", "prometheus_exporter"];
+
+/// `access_log_format`: a JSON object per request, or HAProxy's own httplog line.
+const ACCESS_LOG_FORMATS: &[&str] = &["json", "httplog"];
+
+/// The default template's variables with a fixed vocabulary or alphabet; the reason when
+/// `value` is not one of them. Other variables (a custom template's own) pass as they are.
+fn check_known_var(key: &str, value: &str) -> Result<(), String> {
+    if SWITCH_VARS.contains(&key) && !matches!(value, "true" | "false") {
+        return Err(format!("--var {key}={value:?}: expected true or false"));
+    }
+    if key == "access_log_format" && !ACCESS_LOG_FORMATS.contains(&value) {
+        return Err(format!(
+            "--var {key}={value:?}: expected one of {}",
+            ACCESS_LOG_FORMATS.join(", ")
+        ));
+    }
+    // An HTTP header name (RFC 9110 token, kept to letters, digits and `-`); empty = off.
+    if key == "request_id_header"
+        && !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(format!(
+            "--var {key}={value:?}: a header name is letters, digits and -; empty turns the request id off"
+        ));
+    }
+    Ok(())
+}
 
 /// Template variables: the defaults above, then `--var K=V` (last one wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +102,7 @@ impl Vars {
                     "--var {k}: value contains a control character"
                 )));
             }
+            check_known_var(k, v).map_err(Error::new)?;
             vars.0.insert(k.to_string(), v.to_string());
         }
         Ok(vars)
@@ -78,6 +116,8 @@ struct Context<'a> {
     pools: &'a [Pool],
     routes: &'a [Route],
     default_pool: &'a Option<String>,
+    members: &'a [crate::nodes::Node],
+    scrape_targets: &'a [crate::nodes::ScrapeTarget],
 }
 
 /// A compiled template.
@@ -129,6 +169,8 @@ impl Renderer {
             pools: &model.pools,
             routes: &model.routes,
             default_pool: &model.default_pool,
+            members: &model.members,
+            scrape_targets: &model.scrape_targets,
         };
         let mut out = self.hb.render(TPL, &ctx).map_err(|e| {
             let at = match (e.line_no, e.column_no) {
@@ -200,6 +242,67 @@ mod tests {
         assert!(Vars::with_overrides(&["novalue"]).is_err());
         assert!(Vars::with_overrides(&["a b=1"]).is_err());
         assert!(Vars::with_overrides(&["a=1\nlisten x"]).is_err());
+    }
+
+    #[test]
+    fn a_switch_var_that_is_not_true_or_false_is_refused_by_name() {
+        let err = Vars::with_overrides(&["forwarded_proto=flase"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forwarded_proto") && err.contains("true or false"),
+            "{err}"
+        );
+        let err = Vars::with_overrides(&["access_log_format=xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("json, httplog"), "{err}");
+        let err = Vars::with_overrides(&["request_id_header=X Id"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("request_id_header"), "{err}");
+        let v = Vars::with_overrides(&[
+            "prometheus_exporter=false",
+            "access_log_format=httplog",
+            "request_id_header=",
+        ])
+        .unwrap();
+        assert_eq!(v.0["request_id_header"], "");
+    }
+
+    #[test]
+    fn every_switch_of_the_default_template_turns_its_lines_off() {
+        let on = Renderer::builtin()
+            .render(&Model::default(), &Vars::default())
+            .unwrap();
+        let off = Renderer::builtin()
+            .render(
+                &Model::default(),
+                &Vars::with_overrides(&[
+                    "forwarded_for=false",
+                    "forwarded_proto=false",
+                    "prometheus_exporter=false",
+                    "request_id_header=",
+                    "access_log_format=httplog",
+                ])
+                .unwrap(),
+            )
+            .unwrap();
+        for line in [
+            "    option forwardfor\n",
+            "X-Forwarded-Proto",
+            "prometheus-exporter",
+            "unique-id-header X-Request-ID",
+            "    log-format \"{",
+        ] {
+            assert!(on.contains(line), "default lacks {line:?}:\n{on}");
+            assert!(
+                !off.contains(line),
+                "switched off but still has {line:?}:\n{off}"
+            );
+        }
+        assert!(off.contains("    option httplog\n"), "{off}");
+        assert!(!on.contains("    option httplog\n"), "{on}");
     }
 
     #[test]

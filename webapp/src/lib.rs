@@ -4,7 +4,9 @@
 //! - any other `GET` → JSON `{"hostname", "ip", "tag", "session", "path"}`: `ip` is the
 //!   address the request arrived on (the container's address the LB connected to), `tag`
 //!   comes from `WEBAPP_TAG`, `session` counts this client's requests with a cookie
-//!   (`webapp_session=N`, answered with `Set-Cookie: webapp_session=N+1`).
+//!   (`webapp_session=N`, answered with `Set-Cookie: webapp_session=N+1`); `forwarded_for`,
+//!   `forwarded_proto` and `request_id` echo what the LB sent (`X-Forwarded-For`,
+//!   `X-Forwarded-Proto`, `X-Request-ID`; null when absent).
 //!
 //! Layout: [`run`] serves a bound listener until a shutdown future resolves, then lets the
 //! open connections finish (graceful); `main.rs` only parses flags, binds and wires SIGTERM.
@@ -120,6 +122,9 @@ fn handle(
         "tag": info.tag,
         "session": session,
         "path": req.uri().path(),
+        "forwarded_for": header(req, "x-forwarded-for"),
+        "forwarded_proto": header(req, "x-forwarded-proto"),
+        "request_id": header(req, "x-request-id"),
     });
     let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
     let headers = resp.headers_mut();
@@ -128,6 +133,11 @@ fn handle(
         headers.insert(SET_COOKIE, v);
     }
     resp
+}
+
+/// A request header as text, for the JSON answer (None when absent or not visible ASCII).
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
