@@ -93,19 +93,21 @@ pub fn upgrade(
     resp
 }
 
-/// Echoes data messages until the peer closes (tungstenite answers pings and the close).
+/// Echoes data messages until the close handshake is done. tungstenite answers pings and
+/// queues the reply to a close; reading on after the close writes that reply, and the stream
+/// then ends (`None`). Stopping at the close frame instead would drop the connection with the
+/// reply unsent: the client sees a reset without closing handshake.
 async fn echo<S>(mut ws: WebSocketStream<S>) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     while let Some(msg) = ws.next().await {
-        match msg? {
-            m @ (Message::Text(_) | Message::Binary(_)) => ws.send(m).await?,
-            Message::Close(_) => break,
-            Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
+        match msg {
+            Ok(m @ (Message::Text(_) | Message::Binary(_))) => ws.send(m).await?,
+            Ok(Message::Close(_) | Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+            Err(tokio_tungstenite::tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => return Err(e),
         }
     }
-    // Flushes the close reply tungstenite queued; an already closed stream is fine.
-    let _ = ws.close(None).await;
     Ok(())
 }

@@ -128,7 +128,7 @@ async fn a_bad_download_query_is_a_400_naming_the_parameter() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn websocket_echoes_text_and_binary_and_a_plain_get_is_a_400() {
+async fn websocket_echoes_text_and_binary_completes_the_close_handshake_and_a_plain_get_is_a_400() {
     let (addr, stop, task) = start().await;
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
@@ -143,6 +143,18 @@ async fn websocket_echoes_text_and_binary_and_a_plain_get_is_a_400() {
         Message::binary(vec![1u8, 2, 3])
     );
     ws.close(None).await.unwrap();
+    // The server answers the close, then the stream ends cleanly (None), not with a reset.
+    let reply = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(reply, Some(Ok(Message::Close(_)))),
+        "close reply: {reply:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap();
+    assert!(end.is_none(), "after the close handshake: {end:?}");
     let (status, _, body) = blocking(move || get(addr, "/ws")).await;
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("Upgrade: websocket"));
