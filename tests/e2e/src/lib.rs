@@ -469,10 +469,10 @@ impl Project {
     }
 
     /// HAProxy's master in the LB: `(pid, reloads)` from the master CLI's `show proc` (the
-    /// master line's reload counter), asked through its socket with the image's perl (the write side is shut so the
-    /// master answers and closes).
+    /// master line's reload counter), asked through its socket with the image's perl; the write side is
+    /// shut, or the master CLI waits for more commands.
     pub fn haproxy_master(&self) -> Option<(u32, u64)> {
-        let script = r#"my $s = IO::Socket::UNIX->new(Peer => "/run/haproxy-master.sock") or die "connect: $!\n"; print $s "show proc\n"; print while <$s>;"#;
+        let script = r#"my $s = IO::Socket::UNIX->new(Peer => "/run/haproxy-master.sock") or die "connect: $!\n"; print $s "show proc\n"; shutdown($s, 1); print while <$s>;"#;
         let out = self.compose_raw(
             &[
                 "exec",
