@@ -118,3 +118,32 @@ fn a_taken_host_port_is_named_with_the_variable_that_moves_it() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no Docker engine reachable"), "{err}");
 }
+
+#[test]
+fn bad_deploy_arguments_are_refused_before_docker() {
+    for (args, says) in [
+        (
+            &["deploy", "--batch", "0"][..],
+            "--batch must be from 1 to 100",
+        ),
+        (
+            &["deploy", "--batch", "x"],
+            "--batch must be a whole number",
+        ),
+        (&["deploy", "--batch"], "--batch needs a value"),
+        (
+            &["deploy", "--stop-timeout", "-5"],
+            "--stop-timeout must be a whole number",
+        ),
+        (&["deploy", "3"], "unknown argument \"3\""),
+    ] {
+        let out = demo(args, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(says) && err.contains("usage:"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("Docker"), "{args:?} reached Docker: {err}");
+    }
+}
