@@ -65,25 +65,6 @@ fn scalar(prom: SocketAddr, q: &str) -> Option<f64> {
     }
 }
 
-/// Whether the agents of this build serve `/metrics`: Prometheus's own last error for
-/// their targets says 404 when the API has no such route.
-fn agents_serve_metrics(prom: SocketAddr) -> bool {
-    let Some(v) = http_get(prom, "/api/v1/targets?state=active", None, 5 * S)
-        .ok()
-        .and_then(|r| r.json())
-    else {
-        return false;
-    };
-    let targets = v["data"]["activeTargets"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
-    !targets
-        .iter()
-        .filter(|t| t["labels"]["job"] == "shoal-agent")
-        .any(|t| t["lastError"].as_str().is_some_and(|e| e.contains("404")))
-}
-
 #[test]
 fn prometheus_scrapes_every_target_from_membership_and_the_lb_logs_json_per_request() {
     let Some(_serial) = setup() else { return };
@@ -108,8 +89,8 @@ fn prometheus_scrapes_every_target_from_membership_and_the_lb_logs_json_per_requ
             .filter(|m| m.iter().filter(|m| m.status == "alive").count() == WEBAPPS + 1)
     });
 
-    // Discovery: every agent (N+1) and the LB's HAProxy exporter are Prometheus targets.
-    let targets = WEBAPPS + 2;
+    // Discovery: every agent (N+1), the LB's HAProxy exporter and its lbgen are targets.
+    let targets = WEBAPPS + 3;
     wait_for("every target discovered", 90 * S, S, || {
         scalar(prom, "count(up)").filter(|n| *n == targets as f64)
     });
@@ -139,26 +120,22 @@ fn prometheus_scrapes_every_target_from_membership_and_the_lb_logs_json_per_requ
         .collect();
     assert_eq!(agent_nodes, members, "one shoal-agent target per member");
 
-    if agents_serve_metrics(prom) {
-        wait_for("count(up == 1) = every target", 60 * S, S, || {
-            scalar(prom, "count(up == 1)").filter(|n| *n == targets as f64)
-        });
-        // The LB's agent counts N+1 alive members.
-        let lb_node = p
-            .hostnames("lb")
-            .into_iter()
-            .next()
-            .expect("the lb container");
-        let q = format!(r#"shoal_members{{status="alive",job="shoal-agent",node="{lb_node}"}}"#);
-        wait_for("the agent's members gauge: N+1 alive", 60 * S, S, || {
-            scalar(prom, &q).filter(|n| *n == (WEBAPPS + 1) as f64)
-        });
-    } else {
-        eprintln!(
-            "NOTE: this build's agent has no /metrics (404): count(up == 1) and the members \
-             gauge are checked once it does; HAProxy's exporter was checked instead"
-        );
-    }
+    wait_for("lbgen's /metrics scraped", 60 * S, S, || {
+        scalar(prom, r#"up{job="lbgen"}"#).filter(|n| *n == 1.0)
+    });
+    wait_for("count(up == 1) = every target", 60 * S, S, || {
+        scalar(prom, "count(up == 1)").filter(|n| *n == targets as f64)
+    });
+    // The LB's agent counts N+1 alive members.
+    let lb_node = p
+        .hostnames("lb")
+        .into_iter()
+        .next()
+        .expect("the lb container");
+    let q = format!(r#"shoal_members{{status="alive",job="shoal-agent",node="{lb_node}"}}"#);
+    wait_for("the agent's members gauge: N+1 alive", 60 * S, S, || {
+        scalar(prom, &q).filter(|n| *n == (WEBAPPS + 1) as f64)
+    });
 
     // One JSON access log line per request on the LB's stdout, and the webapp sees the
     // client's address, the scheme and the same request id.
