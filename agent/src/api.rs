@@ -781,12 +781,7 @@ fn logs(query: &str) -> Reply {
             }
         }
     });
-    Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/x-ndjson")
-        .header(VERSION_HEADER, API_VERSION)
-        .body(http_body_util::Either::Right(EventBody { rx }))
-        .unwrap_or_else(|_| Response::new(http_body_util::Either::Left(Full::new(Bytes::new()))))
+    ndjson_stream(rx)
 }
 
 /// The status for a refused user event or query.
@@ -840,6 +835,11 @@ async fn send_query(state: &ApiState, body: shoal_contract::QueryRequest) -> Rep
             }
         }
     });
+    ndjson_stream(rx)
+}
+
+/// A 200 whose body is the JSON lines `rx` yields, as they come (`/v1/logs`, `/v1/query`).
+fn ndjson_stream(rx: mpsc::Receiver<Bytes>) -> Reply {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/x-ndjson")
