@@ -38,6 +38,7 @@ fn config() -> CoreConfig {
         retry_max: Duration::from_secs(5),
         reap_after: Duration::from_secs(3600),
         leave_timeout: Duration::from_secs(1),
+        replay: false,
     }
 }
 

@@ -73,6 +73,7 @@ fn main() {
         retry_max: Duration::from_secs(5),
         reap_after: Duration::from_secs(3600),
         leave_timeout: Duration::from_secs(1),
+        replay: false,
     };
     let mut core = Core::new(
         id("local".into(), 1),

@@ -287,6 +287,10 @@ pub struct AgentArgs {
     /// With --snapshot: rejoin the snapshot's members even after a graceful leave.
     #[arg(long, env = "SHOAL_REJOIN")]
     pub rejoin: bool,
+    /// Run the recent user events (the last 64 a peer keeps) when joining;
+    /// without it, events from before the join are not run (Serf's -replay).
+    #[arg(long, env = "SHOAL_REPLAY")]
+    pub replay: bool,
     /// Command to supervise (after `--`).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -391,6 +395,7 @@ impl AgentArgs {
                 reap_after: self.reap_after,
                 leave_timeout: self.leave_timeout,
                 sync_timeout: self.sync_timeout,
+                replay: self.replay,
                 keyring,
                 keyring_file: self.keyring_file.clone(),
             },

@@ -510,7 +510,13 @@ fn info_text(v: &Value, indent: &str) -> String {
 }
 
 /// `shoal event NAME [PAYLOAD]`: one user event to every member.
-pub async fn event(client: &Client, name: &str, payload: String, coalesce: bool) -> CliResult {
+pub async fn event(
+    client: &Client,
+    style: Style,
+    name: &str,
+    payload: String,
+    coalesce: bool,
+) -> CliResult {
     crate::userev::validate_event_name(name).map_err(|e| usage(e.to_string()))?;
     if payload.len() > crate::userev::MAX_EVENT_PAYLOAD {
         return Err(usage(format!(
@@ -521,10 +527,13 @@ pub async fn event(client: &Client, name: &str, payload: String, coalesce: bool)
     }
     let body = json!({ "name": name, "payload": payload, "coalesce": coalesce });
     let v = client.call(Method::POST, "/v1/event", Some(&body)).await?;
-    println!(
-        "Event '{name}' dispatched! Coalescing enabled: {coalesce} (ltime {})",
-        v["ltime"]
-    );
+    match style {
+        Style::Shoal => println!(
+            "Event '{name}' dispatched! Coalescing enabled: {coalesce} (ltime {})",
+            v["ltime"]
+        ),
+        Style::Serf => println!("{}", serf_out::event_dispatched(name, coalesce)),
+    }
     Ok(())
 }
 
@@ -540,7 +549,7 @@ pub struct QueryArgs {
 
 /// `shoal query NAME [PAYLOAD]`: prints acks and responses as they come
 /// (text, as Serf's), or Serf's JSON document at the end (`--format json`).
-pub async fn query(client: &Client, q: QueryArgs, format: QueryFormat) -> CliResult {
+pub async fn query(client: &Client, style: Style, q: QueryArgs, format: QueryFormat) -> CliResult {
     crate::userev::validate_event_name(&q.name).map_err(|e| usage(e.to_string()))?;
     let mut tags = serde_json::Map::new();
     for t in &q.tags {
@@ -604,14 +613,20 @@ pub async fn query(client: &Client, q: QueryArgs, format: QueryFormat) -> CliRes
     else {
         return Err("the agent ended the query stream early".to_string().into());
     };
-    match format {
-        QueryFormat::Text => {
+    match (style, format) {
+        (Style::Shoal, QueryFormat::Text) => {
             println!("Total Acks: {n_acks}");
             println!("Total Responses: {n_responses}");
         }
-        QueryFormat::Json => {
+        (Style::Serf, QueryFormat::Text) => {
+            print!("{}", serf_out::query_totals(!q.no_ack, n_acks, n_responses))
+        }
+        (Style::Shoal, QueryFormat::Json) => {
             let doc = json!({ "Acks": acks, "Responses": responses });
             println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+        (Style::Serf, QueryFormat::Json) => {
+            println!("{}", serf_out::query_json(&acks, &responses))
         }
     }
     Ok(())

@@ -119,7 +119,10 @@ async fn run(cli: Cli, style: Style) -> i32 {
             name,
             payload,
             coalesce,
-        } => commands::event(&client, &name, payload.unwrap_or_default(), coalesce).await,
+        } => {
+            let payload = payload.unwrap_or_default();
+            commands::event(&client, style, &name, payload, coalesce).await
+        }
         CliCommand::Query {
             name,
             payload,
@@ -137,7 +140,7 @@ async fn run(cli: Cli, style: Style) -> i32 {
                 timeout,
                 no_ack,
             };
-            commands::query(&client, q, format).await
+            commands::query(&client, style, q, format).await
         }
         CliCommand::Keygen => {
             println!("{}", shoal::keyring::generate());

@@ -188,6 +188,7 @@ async fn a_node_that_lost_its_name_stops_its_services_and_exits_non_zero() {
         keyring: None,
         keyring_file: None,
         sync_timeout: Duration::from_secs(1),
+        replay: false,
     };
     let (_twin, _twin_loop) = shoal::agent::start(twin).await.expect("twin started");
     let exit = tokio::time::timeout(BOUND, run)

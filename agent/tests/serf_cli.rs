@@ -207,10 +207,14 @@ fn serf_members_through_the_serf_link_prints_what_real_serf_prints() {
     key_paths(&doc, "", &mut got);
     assert_eq!(got, want, "field names differ from real serf's");
     let real_detailed = text(&run(real, &["members", &real_rpc, "-detailed"]).stdout);
+    // Per line, sorted: Serf lists members in no fixed order.
     let columns = |s: &str| -> Vec<usize> {
-        s.lines()
+        let mut c: Vec<usize> = s
+            .lines()
             .map(|l| l.split("  ").filter(|c| !c.is_empty()).count())
-            .collect()
+            .collect();
+        c.sort();
+        c
     };
     assert_eq!(
         columns(&real_detailed),
@@ -553,4 +557,238 @@ fn serf_monitor_streams_the_agents_log_lines_debug_included() {
         first.len() > 20 && first.as_bytes()[4] == b'/' && first.as_bytes()[10] == b' ',
         "Serf's time format: {first}"
     );
+}
+
+/// `serf query` output with the acks and responses (which come in arrival
+/// order) sorted between the first line and the totals.
+fn query_lines(out: &str) -> Vec<String> {
+    let mut lines: Vec<String> = out.lines().map(str::to_string).collect();
+    if lines.len() > 2 {
+        let totals = lines
+            .iter()
+            .position(|l| l.starts_with("Total "))
+            .unwrap_or(lines.len());
+        lines[1..totals].sort();
+    }
+    lines
+}
+
+/// `SUBCOMMAND -rpc-addr=X ARGS...`: where Serf's CLI takes the flag.
+fn with_rpc<'a>(args: &[&'a str], rpc: &'a str) -> Vec<&'a str> {
+    let mut out = vec![args[0], rpc];
+    out.extend_from_slice(&args[1..]);
+    out
+}
+
+#[test]
+fn serf_query_through_the_serf_link_prints_what_real_serf_prints() {
+    let link = serf_link();
+    let serf = link.path().join("serf");
+    // The same handler for shoal and for real Serf.
+    let handler = "query:hi=echo \"hello from $SERF_SELF_NAME\"";
+    let ours = [ip(237, 1), ip(237, 2)];
+    let a = Agent::start(
+        "a",
+        &ours[0],
+        &[],
+        &["-event-handler", handler, "-tag", "role=lb"],
+    );
+    let b = Agent::start(
+        "bb",
+        &ours[1],
+        &[a.gossip()],
+        &["-event-handler", handler, "-tag", "role=web"],
+    );
+    assert!(wait_for(Duration::from_secs(10), || converged(
+        &[&a, &b],
+        &["a", "bb"]
+    )));
+    let rpc = format!("-rpc-addr={}", a.api());
+    let cases: [&[&str]; 5] = [
+        &["query", "-timeout", "3s", "hi", "payload"],
+        &["query", "-timeout=3s", "-no-ack", "hi"],
+        &["query", "-timeout", "3s", "-node", "bb", "hi"],
+        &["query", "-timeout", "3s", "-tag", "role=we", "hi"],
+        &[
+            "query", "-timeout", "3s", "-node", "a", "-node", "bb", "nobody",
+        ],
+    ];
+    let mut shoal_out = Vec::new();
+    for args in cases {
+        let got = run(&serf, &with_rpc(args, &rpc));
+        assert!(got.status.success(), "{args:?}: {}", text(&got.stderr));
+        shoal_out.push(text(&got.stdout));
+    }
+    assert_eq!(
+        query_lines(&shoal_out[0]),
+        [
+            "Query 'hi' dispatched",
+            "Ack from 'a'",
+            "Ack from 'bb'",
+            "Response from 'a': hello from a",
+            "Response from 'bb': hello from bb",
+            "Total Acks: 2",
+            "Total Responses: 2"
+        ],
+        "{}",
+        shoal_out[0]
+    );
+    assert!(!shoal_out[1].contains("Total Acks"), "{}", shoal_out[1]);
+    assert!(shoal_out[2].contains("Response from 'bb'") && !shoal_out[2].contains("from 'a'"));
+    assert!(shoal_out[3].contains("Response from 'bb'") && !shoal_out[3].contains("from 'a'"));
+    let json = run(&serf, &["query", rpc.as_str(), "-format", "json", "hi"]);
+    let doc: Value = serde_json::from_slice(&json.stdout).expect("serf query -format json");
+    assert_eq!(doc["Responses"]["bb"], "hello from bb\n", "{doc}");
+    let no_ack = run(
+        &serf,
+        &["query", rpc.as_str(), "-no-ack", "-format=json", "hi"],
+    );
+    let no_ack: Value = serde_json::from_slice(&no_ack.stdout).expect("json");
+    assert_eq!(no_ack["Acks"], Value::Null, "Serf's nil slice: {no_ack}");
+    // -relay-factor: shoal's answers come straight back; said so, and run.
+    let relayed = run(&serf, &["query", rpc.as_str(), "-relay-factor", "2", "hi"]);
+    assert!(relayed.status.success());
+    assert!(text(&relayed.stderr).contains("-relay-factor ignored"));
+    assert!(text(&relayed.stdout).contains("Total Responses: 2"));
+    // A bad timeout is a clear error.
+    let bad = run(&serf, &["query", rpc.as_str(), "-timeout", "soon", "hi"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("timeout"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    if !Path::new(REAL_SERF).exists() {
+        eprintln!("{REAL_SERF} not installed: the side-by-side comparison is skipped");
+        return;
+    }
+    let theirs = [ip(238, 1), ip(238, 2)];
+    let sa = SerfAgent::start(
+        "a",
+        &theirs[0],
+        &["-event-handler", handler, "-tag", "role=lb"],
+    );
+    let _sb = SerfAgent::start(
+        "bb",
+        &theirs[1],
+        &[
+            &format!("-join={}:7946", theirs[0]),
+            "-event-handler",
+            handler,
+            "-tag",
+            "role=web",
+        ],
+    );
+    let real = Path::new(REAL_SERF);
+    let real_rpc = format!("-rpc-addr={}", sa.rpc);
+    assert!(wait_for(Duration::from_secs(10), || {
+        text(&run(real, &["members", &real_rpc]).stdout)
+            .lines()
+            .count()
+            == 2
+    }));
+    for (args, ours) in cases.iter().zip(&shoal_out) {
+        let theirs = run(real, &with_rpc(args, &real_rpc));
+        assert!(
+            theirs.status.success(),
+            "real serf {args:?}: {}",
+            text(&theirs.stderr)
+        );
+        let theirs = text(&theirs.stdout);
+        assert_eq!(
+            query_lines(ours),
+            query_lines(&theirs),
+            "serf {args:?}: shoal's output (left) against real Serf's"
+        );
+    }
+    let real_json = run(real, &["query", real_rpc.as_str(), "-format", "json", "hi"]);
+    let real_doc: Value = serde_json::from_slice(&real_json.stdout).expect("real serf json");
+    assert_eq!(doc, real_doc, "serf query -format json");
+    let real_no_ack = run(
+        real,
+        &["query", real_rpc.as_str(), "-no-ack", "-format=json", "hi"],
+    );
+    let real_no_ack: Value = serde_json::from_slice(&real_no_ack.stdout).expect("json");
+    assert_eq!(no_ack, real_no_ack, "serf query -no-ack -format json");
+}
+
+#[test]
+fn serf_event_flags_in_serfs_spelling_work() {
+    let link = serf_link();
+    let serf = link.path().join("serf");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("events.txt");
+    let handler = format!(
+        "user:deploy=echo \"$SERF_USER_EVENT $(cat)\" >> {}",
+        out.display()
+    );
+    const TOKEN: &str = "serf-spelling-token";
+    let a = Agent::start(
+        "a",
+        &ip(239, 1),
+        &[],
+        &["-event-handler", &handler, "-rpc-auth", TOKEN],
+    );
+    let auth = format!("-rpc-auth={TOKEN}");
+    let rpc = format!("-rpc-addr={}", a.api());
+    let sent = run(
+        &serf,
+        &[&rpc, &auth, "event", "-coalesce=false", "deploy", "v1"],
+    );
+    assert!(sent.status.success(), "{}", text(&sent.stderr));
+    // What real Serf 0.8 prints for the same command.
+    assert_eq!(
+        text(&sent.stdout),
+        "Event 'deploy' dispatched! Coalescing enabled: false\n"
+    );
+    let sent = run(&serf, &["event", &rpc, "-rpc-auth", TOKEN, "deploy", "v2"]);
+    assert_eq!(
+        text(&sent.stdout),
+        "Event 'deploy' dispatched! Coalescing enabled: true\n",
+        "{}",
+        text(&sent.stderr)
+    );
+    // `-coalesce` alone is true; Go's boolean flags take no separate value.
+    let sent = run(&serf, &[&rpc, &auth, "event", "-coalesce", "deploy", "v3"]);
+    assert!(text(&sent.stdout).ends_with("Coalescing enabled: true\n"));
+    assert!(wait_for(Duration::from_secs(5), || {
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        ["deploy v1", "deploy v2", "deploy v3"]
+            .iter()
+            .all(|e| t.contains(e))
+    }));
+    // shoal itself takes Serf's spelling too.
+    let shoal_sent = run(
+        Path::new(shoal_bin()),
+        &[&rpc, &auth, "event", "-coalesce=false", "deploy", "v4"],
+    );
+    assert!(text(&shoal_sent.stdout)
+        .starts_with("Event 'deploy' dispatched! Coalescing enabled: false (ltime "));
+    // Without the token: refused, as Serf's RPC refuses a bad -rpc-auth.
+    let refused = run(&serf, &[&rpc, "event", "deploy", "v5"]);
+    assert!(!refused.status.success());
+    let bad = run(&serf, &[&rpc, &auth, "event", "-coalesce=maybe", "deploy"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("-coalesce=maybe"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    if Path::new(REAL_SERF).exists() {
+        let sa = SerfAgent::start("a", &ip(239, 2), &[]);
+        let real_rpc = format!("-rpc-addr={}", sa.rpc);
+        let real = text(
+            &run(
+                Path::new(REAL_SERF),
+                &["event", &real_rpc, "-coalesce=false", "deploy", "v1"],
+            )
+            .stdout,
+        );
+        assert_eq!(
+            real,
+            "Event 'deploy' dispatched! Coalescing enabled: false\n"
+        );
+    }
 }

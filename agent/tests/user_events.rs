@@ -378,3 +378,94 @@ fn events_and_queries_work_with_an_encrypted_cluster_and_large_payloads_are_seal
         "{doc}"
     );
 }
+
+#[test]
+fn a_member_joining_with_replay_runs_the_recent_events_and_one_without_does_not() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let out = |name: &str| dir.path().join(format!("{name}.txt"));
+    let handler = |name: &str| {
+        format!(
+            "user=echo \"$SERF_USER_EVENT $(cat)\" >> {}",
+            out(name).display()
+        )
+    };
+    let seed = vec![format!("{}:7946", ip(97, 1))];
+    let start = |name: &str, i: u8, extra: &[&str], env: Option<(&str, &str)>| {
+        let h = handler(name);
+        let mut args = vec!["--event-handler", h.as_str()];
+        args.extend_from_slice(extra);
+        Agent::start_in_with(dir.clone(), name, &ip(97, i), &seed, &args, |cmd| {
+            if let Some((k, v)) = env {
+                cmd.env(k, v);
+            }
+        })
+    };
+    let a = start("u1", 1, &[], None);
+    let b = start("u2", 2, &[], None);
+    assert!(wait_for(Duration::from_secs(10), || converged(
+        &[&a, &b],
+        &["u1", "u2"]
+    )));
+    for (name, payload) in [("deploy", "v1"), ("deploy", "v2"), ("restart", "r1")] {
+        let sent = a.cli(&["event", "--coalesce=false", name, payload]);
+        assert!(sent.status.success(), "{sent:?}");
+    }
+    let ran_all = |name: &str| {
+        let t = read(&out(name));
+        ["deploy v1", "deploy v2", "restart r1"]
+            .iter()
+            .all(|e| t.contains(e))
+    };
+    assert!(wait_for(Duration::from_secs(5), || ran_all("u1") && ran_all("u2")));
+    // Until the gossip has stopped repeating them: what the joiners get
+    // comes with their join's push-pull only.
+    std::thread::sleep(Duration::from_secs(2));
+
+    let with = start("u3", 3, &["--replay"], None);
+    let with_env = start("u4", 4, &[], Some(("SHOAL_REPLAY", "true")));
+    let without = start("u5", 5, &[], None);
+    let all = [&a, &b, &with, &with_env, &without];
+    assert!(wait_for(Duration::from_secs(10), || converged(
+        &all,
+        &["u1", "u2", "u3", "u4", "u5"]
+    )));
+    for name in ["u3", "u4"] {
+        assert!(
+            wait_for(Duration::from_secs(5), || ran_all(name)),
+            "{name} joined with replay and did not run the recent events: {:?}",
+            read(&out(name))
+        );
+    }
+    // Past a periodic push-pull (5 s with `local`): anti-entropy does not
+    // bring them either.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        read(&out("u5")),
+        "",
+        "u5 joined without --replay and ran events from before its join"
+    );
+    assert!(
+        without
+            .log_text()
+            .contains("user events from before this node joined were not run"),
+        "{}",
+        without.log_text()
+    );
+    for name in ["u1", "u2", "u3", "u4"] {
+        let t = read(&out(name));
+        assert_eq!(t.matches("deploy v1").count(), 1, "{name} ran it once: {t}");
+    }
+    // An event sent after the join runs everywhere, u5 included.
+    assert!(without
+        .cli(&["event", "--coalesce=false", "after", "x"])
+        .status
+        .success());
+    assert!(
+        wait_for(Duration::from_secs(5), || ["u1", "u2", "u3", "u4", "u5"]
+            .iter()
+            .all(|n| read(&out(n)).contains("after x"))),
+        "{:?}",
+        read(&out("u5"))
+    );
+    assert_eq!(read(&out("u5")), "after x\n");
+}

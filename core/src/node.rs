@@ -197,6 +197,8 @@ pub struct CoreConfig {
     pub retry_max: Duration,
     pub reap_after: Duration,
     pub leave_timeout: Duration,
+    /// Serf's `-replay`: run the recent user events a peer sends at the join.
+    pub replay: bool,
 }
 
 pub struct Core {
@@ -248,9 +250,9 @@ impl Core {
         let own_rng = StdRng::seed_from_u64(rng.next_u64());
         let (table, first) = Table::new(&local, cfg.reap_after.as_millis() as u64, now.wall_ms);
         let codec = ClockedCodec::new(now.wall_ms);
-        let user = Gossip(std::sync::Arc::new(std::sync::Mutex::new(UserState::new(
-            &local,
-        ))));
+        let mut user_state = UserState::new(&local);
+        user_state.replay = cfg.replay;
+        let user = Gossip(std::sync::Arc::new(std::sync::Mutex::new(user_state)));
         let foca = Foca::with_custom_broadcast(
             local.clone(),
             foca_config(&cfg.timing, size_bucket(1)),
@@ -1278,16 +1280,33 @@ impl Core {
 
     /// A peer's clocks and recent events: catch up (see
     /// [`UserState::peer_clocks`]), and take the events we missed (they are
-    /// delivered and gossiped on like any new one; the rest are duplicates).
+    /// delivered and gossiped on like any new one; the rest are duplicates;
+    /// at our join, without `replay`, the peer's are recorded, not run).
     pub fn peer_sync(&mut self, theirs: userev::UserSync, now: Now) {
         self.user.state().peer_clocks(theirs.event, theirs.query);
         if self.leaving.is_some() || self.name_taken {
             return;
         }
+        let skipped_before = {
+            let mut state = self.user.state();
+            state.from_sync(true);
+            state.skipped
+        };
         for data in theirs.recent.iter().take(userev::RECENT_EVENTS) {
             if let Err(e) = self.foca.add_broadcast(data) {
                 debug!(error = %e, "a recent event from a peer was refused");
             }
+        }
+        let skipped = {
+            let mut state = self.user.state();
+            state.from_sync(false);
+            state.skipped - skipped_before
+        };
+        if skipped > 0 {
+            info!(
+                events = skipped,
+                "user events from before this node joined were not run (--replay runs them)"
+            );
         }
         self.flush(now);
     }

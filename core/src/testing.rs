@@ -89,6 +89,7 @@ pub fn test_config() -> CoreConfig {
         retry_max: Duration::from_secs(5),
         reap_after: Duration::from_secs(3600),
         leave_timeout: Duration::from_secs(2),
+        replay: false,
     }
 }
 
@@ -231,6 +232,15 @@ impl Net {
                         let ours = self.cores[from].sync_state();
                         self.cores[j].apply_remote(ours, now);
                         self.cores[from].apply_remote(theirs, now);
+                        // Then the clocks and recent user events, as the
+                        // agent's TCP exchange does after a push-pull.
+                        let mine = self.cores[from].user_sync();
+                        let yours = self.cores[j].user_sync();
+                        self.cores[j].peer_sync(mine, now);
+                        self.cores[from].peer_sync(yours, now);
+                        for k in [j, from] {
+                            queue.extend(self.cores[k].take_outputs().into_iter().map(|o| (k, o)));
+                        }
                     }
                 }
                 Output::UserEvent(e) => self.user_events[from].push((self.now_ms, e)),

@@ -414,6 +414,29 @@ pub struct UserState {
     pub dropped: u64,
     /// The last [`RECENT_EVENTS`] user events as received (encoded).
     recent: VecDeque<Vec<u8>>,
+    /// Serf's `-replay`: the recent events a peer sends at our first
+    /// push-pull (the join) run here too. Off: they are only recorded.
+    pub replay: bool,
+    /// Whether the first push-pull (the join) has happened.
+    synced_once: bool,
+    /// Events from a push-pull with a Lamport time below this predate our
+    /// join: recorded as seen, not run (Serf's `eventMinTime`).
+    min_event_time: u64,
+    /// Set while a peer's recent events are fed in ([`UserState::from_sync`]).
+    syncing: bool,
+    /// Events from before our join that were recorded and not run.
+    pub skipped: u64,
+}
+
+/// What became of a received broadcast.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// New: queued for delivery.
+    Delivered,
+    /// New, but from before our join (no `--replay`): seen, not run.
+    Skipped,
+    /// A duplicate, too old, or refused.
+    Dropped,
 }
 
 impl UserState {
@@ -430,17 +453,35 @@ impl UserState {
         self.tags = local.tags.clone();
     }
 
-    /// A peer's clocks (after a push-pull): catch up. Unlike Serf, what is
-    /// still being gossiped when a node joins is not skipped: which
-    /// push-pull counts as "the join" is a guess, and a wrong guess drops a
-    /// live event.
+    /// A peer's clocks (after a push-pull): catch up. The first exchange is
+    /// our join: without [`UserState::replay`], the events the peer had
+    /// seen by then (Lamport time below its clock) are not run when a
+    /// push-pull brings them, as Serf's. Events that reach us by gossip
+    /// still run: one in flight at the join may run (Serf skips those too,
+    /// but there a wrong guess at "the join" drops a live event).
     pub fn peer_clocks(&mut self, event: u64, query: u64) {
+        if !self.synced_once {
+            self.synced_once = true;
+            if !self.replay {
+                self.min_event_time = self.min_event_time.max(event);
+            }
+        }
         self.event_clock.catch_up(event);
         self.query_clock.catch_up(query);
     }
 
-    /// De-duplicates `b`; true if it is new (and queued for delivery).
+    /// Marks what follows as a peer's recent events from a push-pull (on)
+    /// or gossip again (off).
+    pub fn from_sync(&mut self, on: bool) {
+        self.syncing = on;
+    }
+
+    /// De-duplicates `b`; true if it is new and queued for delivery.
     pub fn receive(&mut self, b: Broadcast) -> bool {
+        self.admit(b) == Fate::Delivered
+    }
+
+    fn admit(&mut self, b: Broadcast) -> Fate {
         let admit = match &b {
             Broadcast::Event(e) => {
                 let clock = self.event_clock.time();
@@ -461,10 +502,16 @@ impl UserState {
         };
         match admit {
             Admit::New => {}
-            Admit::Duplicate => return false,
+            Admit::Duplicate => return Fate::Dropped,
             Admit::TooOld => {
                 self.dropped += 1;
-                return false;
+                return Fate::Dropped;
+            }
+        }
+        if let Broadcast::Event(e) = &b {
+            if self.syncing && e.ltime < self.min_event_time {
+                self.skipped += 1;
+                return Fate::Skipped;
             }
         }
         let delivered = match b {
@@ -480,7 +527,7 @@ impl UserState {
             self.dropped += 1;
         }
         self.inbox.push_back(delivered);
-        true
+        Fate::Delivered
     }
 
     /// Keeps an event's encoding for [`UserSync`].
@@ -574,11 +621,13 @@ impl foca::BroadcastHandler<NodeId> for Gossip {
         };
         let event = matches!(b, Broadcast::Event(_));
         let mut state = self.state();
-        let new = state.receive(b);
-        if new && event {
+        let fate = state.admit(b);
+        if event && fate != Fate::Dropped {
+            // Kept to pass on at the next push-pull, run or not.
             state.keep_recent(data);
         }
-        Ok(new.then_some(key))
+        // Only what ran here is gossiped on: a skipped one is old news.
+        Ok((fate == Fate::Delivered).then_some(key))
     }
 }
 
@@ -735,6 +784,73 @@ mod tests {
         assert!(s.receive(event(550, "n2", "in-flight", b"")));
         assert_eq!(s.event_clock.time(), 600);
         assert_eq!(s.query_clock.time(), 50);
+    }
+
+    fn synced(s: &mut UserState, b: Broadcast) -> bool {
+        s.from_sync(true);
+        let run = s.receive(b);
+        s.from_sync(false);
+        run
+    }
+
+    #[test]
+    fn events_the_join_push_pull_brings_are_recorded_not_run_without_replay() {
+        let mut s = UserState::default();
+        // The join: the peer had seen events up to time 9.
+        s.peer_clocks(10, 0);
+        assert!(
+            !synced(&mut s, event(5, "n1", "old", b"")),
+            "from before the join"
+        );
+        assert_eq!(s.skipped, 1);
+        assert!(
+            !s.receive(event(5, "n1", "old", b"")),
+            "seen: not run later either"
+        );
+        assert!(
+            synced(&mut s, event(10, "n1", "new", b"")),
+            "sent after the join"
+        );
+        assert!(
+            s.receive(event(7, "n2", "in-flight", b"")),
+            "gossip still runs"
+        );
+        // Later exchanges are anti-entropy: what the gossip missed since runs.
+        s.peer_clocks(40, 0);
+        assert!(synced(&mut s, event(30, "n3", "missed", b"")));
+        let names: Vec<String> = s
+            .drain()
+            .into_iter()
+            .map(|d| match d {
+                Delivered::Event(e) => e.name,
+                Delivered::Query { query, .. } => query.name,
+            })
+            .collect();
+        assert_eq!(names, ["new", "in-flight", "missed"]);
+    }
+
+    #[test]
+    fn with_replay_the_join_push_pull_runs_the_recent_events() {
+        let mut s = UserState {
+            replay: true,
+            ..UserState::default()
+        };
+        s.peer_clocks(10, 0);
+        assert!(synced(&mut s, event(5, "n1", "old", b"")));
+        assert_eq!(s.skipped, 0);
+    }
+
+    #[test]
+    fn a_skipped_event_is_kept_to_pass_on_but_not_gossiped_again() {
+        use foca::BroadcastHandler;
+        let mut g = Gossip(Arc::new(Mutex::new(UserState::default())));
+        g.state().peer_clocks(10, 0);
+        let data = encode(&event(5, "n1", "old", b"")).unwrap();
+        g.state().from_sync(true);
+        assert_eq!(g.receive_item(&data, None).unwrap(), None);
+        g.state().from_sync(false);
+        assert_eq!(g.state().sync().recent, vec![data]);
+        assert!(g.state().drain().is_empty());
     }
 
     #[test]

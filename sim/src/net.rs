@@ -186,6 +186,7 @@ impl Sim {
             retry_max: Duration::from_secs(10),
             reap_after: Duration::from_secs(24 * 3600),
             leave_timeout: Duration::from_secs(5),
+            replay: false,
         };
         let rng =
             StdRng::seed_from_u64(self.cfg.seed.wrapping_mul(1_000_003).wrapping_add(i as u64));

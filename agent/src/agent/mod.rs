@@ -79,6 +79,8 @@ pub struct AgentConfig {
     /// Longest wait for a first push-pull with a peer before the table is
     /// called synced anyway (a true one-node cluster).
     pub sync_timeout: Duration,
+    /// Serf's `-replay`: run the recent user events a peer sends at the join.
+    pub replay: bool,
 }
 
 /// Binds the gossip sockets (UDP and TCP on the same port) and starts the loop.
@@ -162,6 +164,7 @@ pub async fn start(
             retry_max: cfg.retry_max,
             reap_after: cfg.reap_after,
             leave_timeout: cfg.leave_timeout,
+            replay: cfg.replay,
         },
         StdRng::from_rng(&mut rand::rng()),
         now(),

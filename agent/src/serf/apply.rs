@@ -77,6 +77,9 @@ pub fn apply(
     if let (Some(v), true) = (cfg.rejoin_after_leave, set("rejoin")) {
         args.rejoin = v;
     }
+    if let (Some(v), true) = (cfg.replay_on_join, set("replay")) {
+        args.replay = v;
+    }
     if let Some(v) = cfg.leave_on_terminate {
         args.leave_on_terminate = v;
     }

@@ -15,6 +15,9 @@ pub enum Rule {
     Value(&'static str),
     /// A boolean: `-x`, `-x=true` become the shoal flag, `-x=false` nothing.
     Switch(&'static str),
+    /// A boolean whose shoal flag takes the value (its default is true):
+    /// `-x` is `--x=true`, `-x=false` is `--x=false`.
+    Bool(&'static str),
     /// `-role V` is `--tag role=V` (Serf deprecated `-role` for `-tag`).
     Role,
     /// Accepted and ignored with a warning: ignoring it changes nothing a
@@ -63,11 +66,15 @@ pub const TABLE: &[(&str, Rule)] = &[
     ("install", Rule::Value("install")),
     ("use", Rule::Value("use")),
     ("remove", Rule::Value("remove")),
+    ("replay", Rule::Switch("replay")),
+    ("coalesce", Rule::Bool("coalesce")),
+    ("timeout", Rule::Value("timeout")),
+    ("no-ack", Rule::Switch("no-ack")),
     (
-        "replay",
+        "relay-factor",
         Rule::Ignored {
-            takes_value: false,
-            why: "shoal replays no past user events on join",
+            takes_value: true,
+            why: "shoal sends each answer straight to the asker (over TCP when large), not through relays",
         },
     ),
     (
@@ -173,6 +180,10 @@ pub fn translate(
                     out.args.push(format!("--{to}").into());
                 }
             }
+            Rule::Bool(to) => {
+                let on = switch_on(name, inline.as_deref())?;
+                out.args.push(format!("--{to}={on}").into());
+            }
             Rule::Role => {
                 let value = match inline {
                     Some(v) => v,
@@ -223,7 +234,7 @@ mod tests {
 
     fn tr(args: &[&str]) -> Result<Translated, String> {
         translate(args.iter().map(OsString::from), &|f| {
-            ["--help", "--detailed", "--rejoin"].contains(&f)
+            ["--help", "--detailed", "--rejoin", "--no-ack", "--replay"].contains(&f)
         })
     }
 
@@ -282,6 +293,49 @@ mod tests {
         assert!(tr(&["agent", "-rejoin=maybe"])
             .unwrap_err()
             .contains("-rejoin=maybe"));
+    }
+
+    #[test]
+    fn serf_event_and_query_flags_become_shoal_flags() {
+        assert_eq!(
+            out(&["event", "-coalesce=false", "deploy", "v1"]),
+            ["event", "--coalesce=false", "deploy", "v1"]
+        );
+        // Go's boolean flags take no separate value: `false` is the name.
+        assert_eq!(
+            out(&["event", "-coalesce", "false"]),
+            ["event", "--coalesce=true", "false"]
+        );
+        assert_eq!(
+            out(&[
+                "query",
+                "-node",
+                "a",
+                "-node=b",
+                "-tag",
+                "role=^web",
+                "-timeout",
+                "5s",
+                "-no-ack",
+                "-format",
+                "json",
+                "uptime"
+            ]),
+            [
+                "query",
+                "--node=a",
+                "--node=b",
+                "--tag=role=^web",
+                "--timeout=5s",
+                "--no-ack",
+                "--format=json",
+                "uptime"
+            ]
+        );
+        let t = tr(&["query", "-relay-factor", "2", "uptime"]).unwrap();
+        assert_eq!(t.args, ["query", "uptime"].map(OsString::from));
+        assert!(t.warnings[0].starts_with("-relay-factor ignored"), "{t:?}");
+        assert_eq!(out(&["agent", "-replay"]), ["agent", "--replay"]);
     }
 
     #[test]

@@ -52,8 +52,9 @@ pub const KEYS: &[(&str, KeyRule)] = &[
     ("reconnect_timeout", KeyRule::Apply("--reap-after")),
     ("tombstone_timeout", KeyRule::Apply("--reap-after")),
     ("broadcast_timeout", KeyRule::Apply("--leave-timeout")),
+    ("replay_on_join", KeyRule::Apply("--replay")),
     ("protocol", KeyRule::Ignored("shoal speaks one wire protocol")),
-    ("replay_on_join", KeyRule::Ignored("shoal replays no past user events on join")),
+
     ("reconnect_interval", KeyRule::Ignored("the --profile sets how often failed members are retried")),
     ("disable_coordinates", KeyRule::Ignored("shoal keeps no network coordinates")),
     ("disable_name_resolution", KeyRule::Ignored("shoal resolves duplicate names by generation")),
@@ -62,9 +63,9 @@ pub const KEYS: &[(&str, KeyRule)] = &[
     ("syslog_facility", KeyRule::Ignored("shoal logs to stderr only")),
     ("statsite_addr", KeyRule::Ignored("shoal sends no telemetry; read GET /v1/info")),
     ("statsd_addr", KeyRule::Ignored("shoal sends no telemetry; read GET /v1/info")),
-    ("query_response_size_limit", KeyRule::Ignored("queries are not supported by this version")),
-    ("query_size_limit", KeyRule::Ignored("queries are not supported by this version")),
-    ("user_event_size_limit", KeyRule::Ignored("user events are not supported by this version")),
+    ("query_response_size_limit", KeyRule::Ignored("shoal's limit is fixed: answers up to 1 KiB come back by UDP, larger ones (up to 64 KiB) over TCP")),
+    ("query_size_limit", KeyRule::Ignored("shoal's limit is fixed: query payloads up to 512 bytes")),
+    ("user_event_size_limit", KeyRule::Ignored("shoal's limit is fixed: event payloads up to 8 KiB (512 bytes gossiped inline, larger fetched over TCP)")),
     ("discover", KeyRule::Unsupported("shoal has no multicast discovery; use start_join or retry_join (a DNS name means all its A records)")),
     ("retry_max_attempts", KeyRule::Unsupported("shoal retries its join targets until one answers; remove the key or set it to 0")),
 ];
@@ -100,6 +101,7 @@ pub struct SerfConfig {
     pub reconnect_timeout: Option<String>,
     pub tombstone_timeout: Option<String>,
     pub broadcast_timeout: Option<String>,
+    pub replay_on_join: Option<bool>,
     /// Why each ignored key was ignored, to log once logging is up.
     pub warnings: Vec<String>,
 }
@@ -219,6 +221,7 @@ fn apply_key(cfg: &mut SerfConfig, key: &str, value: &Value) -> Result<(), Strin
         "reconnect_timeout" => cfg.reconnect_timeout = Some(string(value)?),
         "tombstone_timeout" => cfg.tombstone_timeout = Some(string(value)?),
         "broadcast_timeout" => cfg.broadcast_timeout = Some(string(value)?),
+        "replay_on_join" => cfg.replay_on_join = Some(boolean(value)?),
         other => return Err(format!("has no reader ({other}); this is a bug")),
     }
     Ok(())
@@ -317,7 +320,10 @@ mod tests {
                 let value = match *key {
                     "tags" => serde_json::json!({}),
                     "event_handlers" | "start_join" | "retry_join" => serde_json::json!([]),
-                    "rejoin_after_leave" | "leave_on_terminate" | "skip_leave_on_interrupt" => {
+                    "rejoin_after_leave"
+                    | "leave_on_terminate"
+                    | "skip_leave_on_interrupt"
+                    | "replay_on_join" => {
                         serde_json::json!(true)
                     }
                     _ => serde_json::json!("x"),

@@ -1,6 +1,6 @@
 //! What Serf's CLI prints, for the `serf` link: `serf members` (columns,
 //! `-detailed`, `-format json`), `serf info`, the one-line answers of
-//! `join`, `tags`, `leave`. Checked against real `serf` 0.8 output in
+//! `join`, `tags`, `leave`, `event`, and `serf query`'s totals and JSON. Checked against real `serf` 0.8 output in
 //! `agent/tests/serf_cli.rs`.
 
 use serde::Serialize;
@@ -217,6 +217,34 @@ pub fn joined(n: u64) -> String {
     format!("Successfully joined cluster by contacting {n} nodes.")
 }
 
+/// `serf event`'s answer (no Lamport time, unlike `shoal event`'s).
+pub fn event_dispatched(name: &str, coalesce: bool) -> String {
+    format!("Event '{name}' dispatched! Coalescing enabled: {coalesce}")
+}
+
+/// `serf query`'s last lines: `Total Acks` only when acks were asked for
+/// (Serf leaves it out with `-no-ack`).
+pub fn query_totals(acks_asked: bool, acks: usize, responses: usize) -> String {
+    let mut out = String::new();
+    if acks_asked {
+        out.push_str(&format!("Total Acks: {acks}\n"));
+    }
+    out.push_str(&format!("Total Responses: {responses}\n"));
+    out
+}
+
+/// `serf query -format json`: `{"Acks":[...],"Responses":{...}}`, indented
+/// as Go's `json.MarshalIndent`; no acks is `null` (Serf's nil slice).
+pub fn query_json(acks: &[String], responses: &serde_json::Map<String, Value>) -> String {
+    let acks = if acks.is_empty() {
+        Value::Null
+    } else {
+        Value::from(acks)
+    };
+    let doc = serde_json::json!({ "Acks": acks, "Responses": responses });
+    serde_json::to_string_pretty(&doc).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,6 +303,30 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("joined:\n\tvalue = true\n"), "{text}");
+    }
+
+    #[test]
+    fn query_and_event_answers_read_as_serfs() {
+        // Real Serf 0.8: `serf event deploy v1`, `serf query -no-ack ...`.
+        assert_eq!(
+            event_dispatched("deploy", true),
+            "Event 'deploy' dispatched! Coalescing enabled: true"
+        );
+        assert_eq!(
+            query_totals(true, 2, 1),
+            "Total Acks: 2\nTotal Responses: 1\n"
+        );
+        assert_eq!(query_totals(false, 0, 2), "Total Responses: 2\n");
+        let mut r = serde_json::Map::new();
+        r.insert("a".into(), Value::from("hello from a\n"));
+        assert_eq!(
+            query_json(&[], &r),
+            "{\n  \"Acks\": null,\n  \"Responses\": {\n    \"a\": \"hello from a\\n\"\n  }\n}"
+        );
+        assert_eq!(
+            query_json(&["a".into()], &serde_json::Map::new()),
+            "{\n  \"Acks\": [\n    \"a\"\n  ],\n  \"Responses\": {}\n}"
+        );
     }
 
     #[test]
