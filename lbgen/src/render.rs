@@ -28,6 +28,7 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("check_inter", "2s"),
     ("server_state_file", "/run/haproxy/server-state"),
     ("access_log", "stdout"),
+    ("cookie_key", "shoal"),
 ];
 
 /// Template variables: the defaults above, then `--var K=V` (last one wins).
@@ -65,10 +66,22 @@ impl Vars {
                     "--var {k}: value contains a control character"
                 )));
             }
+            if k == "cookie_key" && !cookie_key(v) {
+                return Err(Error::new(format!(
+                    "--var cookie_key={v:?}: letters, digits, '.', '_' and '-' only, not empty"
+                )));
+            }
             vars.0.insert(k.to_string(), v.to_string());
         }
         Ok(vars)
     }
+}
+
+/// A `dynamic-cookie-key` word (HAProxy takes it up to a space; a `#` would start a comment).
+fn cookie_key(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// What the template sees. Documented in docs/lbgen.md (Template variables); keep the two in sync.
@@ -200,6 +213,14 @@ mod tests {
         assert!(Vars::with_overrides(&["novalue"]).is_err());
         assert!(Vars::with_overrides(&["a b=1"]).is_err());
         assert!(Vars::with_overrides(&["a=1\nlisten x"]).is_err());
+        assert_eq!(
+            Vars::with_overrides(&["cookie_key=prod-1.a_b"]).unwrap().0["cookie_key"],
+            "prod-1.a_b"
+        );
+        for bad in ["cookie_key=", "cookie_key=a b", "cookie_key=a#b"] {
+            let e = Vars::with_overrides(&[bad]).expect_err(bad).to_string();
+            assert!(e.contains("cookie_key"), "{e}");
+        }
     }
 
     #[test]

@@ -333,19 +333,50 @@ async fn a_sticky_pool_keeps_its_clients_servers_through_a_scale() {
             }
         }
     };
-    // Up: HAProxy 2.6 refuses `cookie` on `add server`, so a sticky pool grows by reload; the
-    // cookies still name the same servers.
+    // Up and down: runtime changes, no reload. Dynamic cookies (a hash of the server's
+    // address and the pool's key) give runtime-added servers a cookie; the clients' cookies
+    // keep naming the same servers.
+    let reloads = rig.reloads().await;
+    let mut joined = Vec::new();
     for n in 3..=5 {
         let (outcome, _) = rig.set(&web(n, &bs, &sticky)).await;
         assert!(
-            matches!(outcome, ApplyOutcome::Reloaded { .. }),
+            matches!(outcome, ApplyOutcome::Runtime { .. }),
             "{outcome:?}"
         );
+        rig.wait_running("web", &names(n), Duration::from_secs(10))
+            .await;
         still_stuck(rig.http_port, clients.clone()).await;
     }
-    // Down: runtime changes, no reload.
+    // The servers added at runtime hand out cookies too, and their clients stick to them.
+    for _ in 0..20 {
+        let (backend, cookie) = answer(&get(rig.http_port).await);
+        let cookie = cookie.expect("every server of a sticky pool sets SERVERID");
+        assert!(!cookie.is_empty(), "an empty SERVERID from {backend}");
+        if ["b2", "b3", "b4"].contains(&backend.as_str()) {
+            joined.push((cookie, backend));
+        }
+    }
+    assert!(
+        !joined.is_empty(),
+        "no request reached a server added at runtime"
+    );
+    still_stuck(rig.http_port, joined.clone()).await;
+    assert_eq!(rig.reloads().await, reloads, "a sticky pool grew by reload");
+    // An HAProxy started from the file computes the same cookies: the clients of the
+    // runtime-added servers keep them.
+    rig.restart_haproxy();
+    still_stuck(rig.http_port, joined.clone()).await;
+    // lbgen reloads a restarted HAProxy once on its next change (its config is unknown) ...
+    let (outcome, _) = rig.set(&web(4, &bs, &sticky)).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Reloaded { .. }),
+        "{outcome:?}"
+    );
+    still_stuck(rig.http_port, clients.clone()).await;
+    // ... then down is runtime changes too.
     let reloads = rig.reloads().await;
-    for n in (2..5).rev() {
+    for n in (2..4).rev() {
         let (outcome, _) = rig.set(&web(n, &bs, &sticky)).await;
         assert!(
             matches!(outcome, ApplyOutcome::Runtime { .. }),
