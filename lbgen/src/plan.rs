@@ -235,6 +235,15 @@ impl Live {
             .collect()
     }
 
+    /// Servers of the config that are drained (their member is draining or suspect).
+    pub fn drained(&self) -> Vec<Key> {
+        self.servers
+            .iter()
+            .filter(|(_, s)| !s.leaving && s.admin == Admin::Drain)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
     /// `key` was deleted from HAProxy (or is not there any more).
     pub fn deleted(&mut self, key: &Key) {
         if self.servers.get(key).is_some_and(|s| s.leaving) {
@@ -419,6 +428,7 @@ mod tests {
             ("b", B, "alive", &[("state", "draining")]),
         ];
         let l = after(plan(&l, &drained));
+        assert_eq!(l.drained(), [("web".to_string(), "b".to_string())]);
         assert_eq!(
             commands(&plan(&l, &[("a", A, "alive", &[]), ("b", B, "alive", &[])])),
             [

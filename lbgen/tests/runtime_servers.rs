@@ -599,3 +599,75 @@ async fn an_haproxy_restarted_from_the_file_does_not_bring_back_a_drain_lbgen_un
     );
     rig.stop().await;
 }
+
+/// The supervisor stops a drained app once it has no established connection left on its
+/// port, and HAProxy keeps idle server-side connections for reuse (`http-reuse safe`, purged
+/// only slowly): lbgen closes them once the drained server has no request left, so they do
+/// not hold the drain to its maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_server_is_left_with_no_idle_connection_once_its_requests_end() {
+    let bs = backends(2).await;
+    let mut rig = Rig::start(&web(2, &bs, &[]), "2s", lbgen::watch::LEAVING_MAX).await;
+    // Two long requests, one per server (round robin, nothing else yet): web-1's must not be
+    // cut by the drain or by the closing of its idle connections.
+    let port = rig.http_port;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                async move { get_with(port, "/slow/2000", "", Duration::from_secs(10)).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Keep-alive clients spread over both servers; HAProxy keeps server-side connections.
+    let load = Load::start_mode(rig.http_port, 8, 200_000, Duration::from_secs(60), true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bs[1].hits() < 200 {
+        assert!(Instant::now() < deadline, "no load reached b1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        bs[1].open_connections() > 0,
+        "HAProxy kept no connection to b1"
+    );
+    // web-1 drains (state=draining, still a member) while the clients go on.
+    let mut drained = web(2, &bs, &[]);
+    drained[1] = member("web-1", bs[1].port, "alive", &[("state", "draining")]);
+    let (outcome, _) = rig.set(&drained).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Runtime { .. }),
+        "{outcome:?}"
+    );
+    let mut answers = Vec::new();
+    for s in slow {
+        answers.push(answer(&s.await.unwrap()).0);
+    }
+    answers.sort();
+    assert_eq!(answers, ["b0", "b1"], "a long request was cut");
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    while bs[1].open_connections() > 0 {
+        seen.push(bs[1].open_connections());
+        // lbgen checks every 100 ms; HAProxy alone kept them past 10 s.
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "b1 still has {} connections {:?} after the drain (samples every 100 ms: {seen:?})",
+            bs[1].open_connections(),
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The clients went on through web-0, without an error.
+    let before = bs[0].hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(bs[0].hits() > before, "the load stopped");
+    let r = load.finish().await;
+    assert_eq!(r.failed, 0, "{:?}", r.errors);
+    assert_eq!(bs[1].open_connections(), 0);
+    assert_eq!(
+        states(rig.h(), "web", "web-1").await.1 & 0x08,
+        0x08,
+        "web-1 left drain"
+    );
+    rig.stop().await;
+}
