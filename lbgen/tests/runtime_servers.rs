@@ -671,3 +671,49 @@ async fn a_drained_server_is_left_with_no_idle_connection_once_its_requests_end(
     );
     rig.stop().await;
 }
+
+/// `set server addr` recomputes a dynamic cookie (HAProxy does it; lbgen relies on it): a
+/// sticky member that moves gets the cookie of its new address, the one an HAProxy started
+/// from the file computes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_member_that_moves_gets_the_cookie_of_its_new_address() {
+    let bs = backends(3).await;
+    let sticky = [("sticky", "true")];
+    let mut rig = Rig::start(&web(2, &bs, &sticky), "2s", lbgen::watch::LEAVING_MAX).await;
+    let cookie_of = |port: u16, want: &'static str| async move {
+        for _ in 0..10 {
+            let (backend, cookie) = answer(&get(port).await);
+            if backend == want {
+                return cookie.expect("a sticky pool sets SERVERID");
+            }
+        }
+        panic!("{want} never answered");
+    };
+    let old = cookie_of(rig.http_port, "b1").await;
+    let mut moved = web(2, &bs, &sticky);
+    moved[1] = member("web-1", bs[2].port, "alive", &sticky);
+    let (outcome, _) = rig.set(&moved).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Runtime { .. }),
+        "{outcome:?}"
+    );
+    let new = cookie_of(rig.http_port, "b2").await;
+    assert!(!new.is_empty() && new != old, "old {old:?}, new {new:?}");
+    let stuck = |port: u16, cookie: String| async move {
+        for _ in 0..5 {
+            let r = get_with(
+                port,
+                "/",
+                &format!("Cookie: SERVERID={cookie}\r\n"),
+                Duration::from_secs(5),
+            )
+            .await;
+            assert_eq!(answer(&r).0, "b2", "{r}");
+        }
+    };
+    stuck(rig.http_port, new.clone()).await;
+    rig.assert_file_renders_the_members();
+    rig.restart_haproxy();
+    stuck(rig.http_port, new).await;
+    rig.stop().await;
+}
