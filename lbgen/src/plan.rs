@@ -4,9 +4,10 @@
 //! The frame of the config (everything but the backends' `server` lines, see
 //! [`crate::layout`]) can only change by a reload. Inside it, every membership change is a
 //! runtime change: a new server line → `add server` with that line's keywords, its health
-//! check enabled, its dynamic cookie computed (sticky pools), then its state set; a changed address → `set server addr`; a changed
-//! weight → `set server weight`; a state change → `set server state`; a server line gone →
-//! `maint`, and deleted by the applier's reaper once it holds no connection.
+//! check enabled, its dynamic cookie computed (sticky pools), then its state set; a changed
+//! address → `set server addr`; a changed weight → `set server weight`; a state change →
+//! `set server state`; a server line gone → `maint`, and deleted by the applier's reaper
+//! once it holds no connection.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
