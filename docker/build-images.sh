@@ -5,6 +5,9 @@
 #   3. the images shoal-webapp:$TAG and shoal-lb:$TAG from a small staged context
 #      (bin/ + templates/ + docker/lb-services.toml), so the build context is a few MB.
 #
+# With MONITORING=1 also shoal-prometheus:$TAG (docker/prometheus.Dockerfile: Debian's
+# prometheus package on the base image), for compose/monitoring.yml.
+#
 # Env: SHOAL_IMAGE_TAG (default latest), BASE / LB_BASE (base images, default the local
 # shoal-base[-haproxy]:bookworm; set e.g. debian:bookworm-slim with a registry and
 # SKIP_BASE=1), SKIP_CARGO=1 (binaries already built), CARGO_TARGET_DIR.
@@ -41,8 +44,8 @@ for b in shoal lbgen webapp; do
   fi
   cp "$TARGET_DIR/static/$b" "$CTX/bin/$b"
 done
-cp "$ROOT/templates/haproxy.cfg.hbs" "$CTX/templates/"
-cp "$ROOT/docker/lb-services.toml" "$CTX/docker/"
+cp "$ROOT/templates/haproxy.cfg.hbs" "$ROOT/templates/prometheus-targets.json.hbs" "$CTX/templates/"
+cp "$ROOT/docker/lb-services.toml" "$ROOT/docker/prometheus.yml" "$ROOT/docker/prometheus-start.sh" "$CTX/docker/"
 
 build() {
   local image="$1" dockerfile="$2" base="$3"
@@ -60,4 +63,7 @@ build() {
 }
 build "shoal-webapp:$TAG" webapp.Dockerfile "$BASE"
 build "shoal-lb:$TAG" lb.Dockerfile "$LB_BASE"
+if [[ -n "${MONITORING:-}" ]]; then
+  build "shoal-prometheus:$TAG" prometheus.Dockerfile "$BASE"
+fi
 log "done"

@@ -2,7 +2,8 @@
 # cluster's membership (docker/lb-services.toml).
 #
 # Build context: a folder with bin/shoal, bin/lbgen, templates/haproxy.cfg.hbs and
-# docker/lb-services.toml (docker/build-images.sh stages it). Base: shoal-base-haproxy,
+# docker/lb-services.toml (docker/build-images.sh stages it). The Prometheus targets
+# template is used by compose/monitoring.yml (LBGEN_RENDER). Base: shoal-base-haproxy,
 # made locally by docker/base-image.sh with HAProxy in it; with a registry,
 # --build-arg BASE=debian:bookworm-slim installs HAProxy from Debian below.
 ARG BASE=shoal-base-haproxy:bookworm
@@ -18,7 +19,7 @@ COPY bin/shoal bin/lbgen /usr/local/bin/
 # Serf's CLI for handler scripts written for Serf (`serf members ...`): shoal prints
 # Serf's output when invoked under that name (docs/serf.md).
 RUN ln -s shoal /usr/local/bin/serf
-COPY templates/haproxy.cfg.hbs /etc/lbgen/haproxy.cfg.hbs
+COPY templates/haproxy.cfg.hbs templates/prometheus-targets.json.hbs /etc/lbgen/
 COPY docker/lb-services.toml /etc/shoal/services.toml
 
 # Not a backend (no `service` tag). The stats page is this node's health check.

@@ -4,8 +4,10 @@
 //!
 //! Routes: `GET /v1/members`, `GET /v1/events`, `PUT /v1/tags`,
 //! `POST /v1/join`, `POST /v1/leave`, `POST /v1/force-leave/{name}`,
-//! `GET /v1/info`, `GET /v1/health`, and `GET /metrics` (Prometheus text,
-//! [`crate::metrics`]; under the same token as the rest).
+//! `GET /v1/info`, `GET /v1/health`, `POST /v1/event` (a user event),
+//! `POST /v1/query` (a query; its acks and responses stream as JSON lines),
+//! and `GET /metrics` (Prometheus text, [`crate::metrics`]; under the same
+//! token as the rest).
 //!
 //! Open to whoever can connect, so bounded: headers must arrive within
 //! [`HEADER_TIMEOUT`] (also the idle timeout of a keep-alive connection),
@@ -331,6 +333,14 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
                 .insert(Answered { _sender: answered });
             reply
         }
+        (Method::POST, "/v1/event") => match read_json::<shoal_contract::EventRequest>(req).await {
+            Ok(body) => user_event(state, body).await,
+            Err(e) => e,
+        },
+        (Method::POST, "/v1/query") => match read_json::<shoal_contract::QueryRequest>(req).await {
+            Ok(body) => send_query(state, body).await,
+            Err(e) => e,
+        },
         (Method::GET, "/v1/keys") => key_op(state, KeyOp::List).await,
         (Method::POST, "/v1/keys/install" | "/v1/keys/use" | "/v1/keys/remove") => {
             let body = match read_json::<KeyRequest>(req).await {
@@ -372,7 +382,7 @@ async fn route(req: Request<Incoming>, state: &ApiState) -> Reply {
         (
             _,
             "/v1/members" | "/v1/events" | "/v1/logs" | "/v1/info" | "/v1/health" | "/v1/tags"
-            | "/v1/join" | "/v1/leave" | "/metrics",
+            | "/v1/join" | "/v1/leave" | "/v1/event" | "/v1/query" | "/metrics",
         ) => method_not_allowed(req.method(), &path),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
@@ -404,7 +414,7 @@ async fn key_op(state: &ApiState, op: KeyOp) -> Reply {
 fn method_not_allowed(method: &Method, path: &str) -> Reply {
     let allowed = match path {
         "/v1/tags" => "PUT",
-        "/v1/join" | "/v1/leave" => "POST",
+        "/v1/join" | "/v1/leave" | "/v1/event" | "/v1/query" => "POST",
         _ => "GET",
     };
     let mut reply = error(
@@ -771,6 +781,65 @@ fn logs(query: &str) -> Reply {
             }
         }
     });
+    ndjson_stream(rx)
+}
+
+/// The status for a refused user event or query.
+fn user_status(e: &CommandError<crate::userev::UserError>) -> StatusCode {
+    match e {
+        CommandError::Refused(crate::userev::UserError::PayloadTooLarge { .. }) => {
+            StatusCode::PAYLOAD_TOO_LARGE
+        }
+        CommandError::Refused(_) => StatusCode::BAD_REQUEST,
+        CommandError::ShuttingDown => StatusCode::CONFLICT,
+    }
+}
+
+async fn user_event(state: &ApiState, body: shoal_contract::EventRequest) -> Reply {
+    let name = body.name.clone();
+    match state
+        .agent
+        .user_event(body.name, body.payload.into_bytes(), body.coalesce)
+        .await
+    {
+        Ok(ltime) => json_reply(StatusCode::OK, &shoal_contract::EventSent { name, ltime }),
+        Err(e) => error(user_status(&e), e.to_string()),
+    }
+}
+
+/// Sends a query and streams its lines until the done line.
+async fn send_query(state: &ApiState, body: shoal_contract::QueryRequest) -> Reply {
+    let timeout = match body.timeout.as_deref().map(shoal_contract::parse_duration) {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("timeout: {e}")),
+    };
+    let params = crate::agent::QueryParams {
+        name: body.name,
+        payload: body.payload.into_bytes(),
+        nodes: body.nodes,
+        tags: body.tags.into_iter().collect(),
+        ack: !body.no_ack,
+        timeout,
+    };
+    let mut lines = match state.agent.query(params).await {
+        Ok(rx) => rx,
+        Err(e) => return error(user_status(&e), e.to_string()),
+    };
+    let (tx, rx) = mpsc::channel::<Bytes>(256);
+    tokio::spawn(async move {
+        while let Some(l) = lines.recv().await {
+            let last = matches!(l, shoal_contract::QueryLine::Done { .. });
+            if tx.send(line(&l)).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    ndjson_stream(rx)
+}
+
+/// A 200 whose body is the JSON lines `rx` yields, as they come (`/v1/logs`, `/v1/query`).
+fn ndjson_stream(rx: mpsc::Receiver<Bytes>) -> Reply {
     Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/x-ndjson")

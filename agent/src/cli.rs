@@ -61,6 +61,12 @@ pub enum OutputFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QueryFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run the gossip agent (and supervise `-- CMD ARGS...` if given).
@@ -111,6 +117,40 @@ pub enum CliCommand {
     Info {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
+    },
+    /// Send a user event to every member: their `user` handlers run with
+    /// SERF_EVENT=user, SERF_USER_EVENT=NAME and the payload on stdin.
+    Event {
+        /// Event name (no whitespace, ':', ',' or '=').
+        name: String,
+        /// Up to 8 KiB (512 B gossiped inline, more fetched over TCP).
+        payload: Option<String>,
+        /// Handlers may see only the latest of several events with this name
+        /// (--coalesce=false: every one).
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+        coalesce: bool,
+    },
+    /// Ask the members' `query` handlers and print their answers (stdout);
+    /// done as soon as every addressed member answered, or at the timeout.
+    Query {
+        /// Query name (no whitespace, ':', ',' or '=').
+        name: String,
+        /// Up to 512 B, on the handlers' stdin.
+        payload: Option<String>,
+        /// Only this node answers (repeatable).
+        #[arg(long = "node", value_name = "NAME")]
+        nodes: Vec<String>,
+        /// Only nodes whose tag KEY matches REGEX (unanchored, as Serf's) answer (repeatable).
+        #[arg(long = "tag", value_name = "KEY=REGEX")]
+        tags: Vec<String>,
+        /// How long to wait for answers (default: gossip interval x 16 x ceil(log10(N+1))).
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Do not ask the members to acknowledge.
+        #[arg(long)]
+        no_ack: bool,
+        #[arg(long, value_enum, default_value_t = QueryFormat::Text)]
+        format: QueryFormat,
     },
     /// Print a new random 32-byte encryption key (base64) for --encrypt.
     Keygen,

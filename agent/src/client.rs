@@ -100,9 +100,20 @@ impl Client {
     pub async fn stream(
         &self,
         path: &str,
+        on_line: impl FnMut(Value) -> bool,
+    ) -> Result<(), String> {
+        self.stream_request(Method::GET, path, None, on_line).await
+    }
+
+    /// [`Client::stream`] for any request, with a JSON body.
+    pub async fn stream_request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
         mut on_line: impl FnMut(Value) -> bool,
     ) -> Result<(), String> {
-        let resp = self.send(Method::GET, path, None).await?;
+        let resp = self.send(method, path, body).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {

@@ -5,7 +5,7 @@ use regex::Regex;
 use serde_json::{json, Value};
 use shoal_contract::{Member, MembersDoc, Status, StreamLine};
 
-use crate::cli::OutputFormat;
+use crate::cli::{OutputFormat, QueryFormat};
 use crate::client::Client;
 use crate::serf::output as serf_out;
 use crate::tags;
@@ -507,6 +507,114 @@ fn info_text(v: &Value, indent: &str) -> String {
         }
     }
     out
+}
+
+/// `shoal event NAME [PAYLOAD]`: one user event to every member.
+pub async fn event(client: &Client, name: &str, payload: String, coalesce: bool) -> CliResult {
+    crate::userev::validate_event_name(name).map_err(|e| usage(e.to_string()))?;
+    if payload.len() > crate::userev::MAX_EVENT_PAYLOAD {
+        return Err(usage(format!(
+            "payload of {} bytes exceeds the limit of {} bytes",
+            payload.len(),
+            crate::userev::MAX_EVENT_PAYLOAD
+        )));
+    }
+    let body = json!({ "name": name, "payload": payload, "coalesce": coalesce });
+    let v = client.call(Method::POST, "/v1/event", Some(&body)).await?;
+    println!(
+        "Event '{name}' dispatched! Coalescing enabled: {coalesce} (ltime {})",
+        v["ltime"]
+    );
+    Ok(())
+}
+
+/// What `shoal query` was given.
+pub struct QueryArgs {
+    pub name: String,
+    pub payload: String,
+    pub nodes: Vec<String>,
+    pub tags: Vec<String>,
+    pub timeout: Option<String>,
+    pub no_ack: bool,
+}
+
+/// `shoal query NAME [PAYLOAD]`: prints acks and responses as they come
+/// (text, as Serf's), or Serf's JSON document at the end (`--format json`).
+pub async fn query(client: &Client, q: QueryArgs, format: QueryFormat) -> CliResult {
+    crate::userev::validate_event_name(&q.name).map_err(|e| usage(e.to_string()))?;
+    let mut tags = serde_json::Map::new();
+    for t in &q.tags {
+        let (k, re) = t
+            .split_once('=')
+            .ok_or_else(|| usage(format!("--tag {t:?} is not of the form KEY=REGEX")))?;
+        Regex::new(re).map_err(|e| usage(format!("--tag {t:?}: bad regular expression: {e}")))?;
+        tags.insert(k.to_string(), Value::String(re.to_string()));
+    }
+    if let Some(t) = &q.timeout {
+        shoal_contract::parse_duration(t).map_err(|e| usage(format!("--timeout: {e}")))?;
+    }
+    let body = json!({
+        "name": q.name,
+        "payload": q.payload,
+        "nodes": q.nodes,
+        "tags": tags,
+        "timeout": q.timeout,
+        "no_ack": q.no_ack,
+    });
+    let mut acks: Vec<String> = Vec::new();
+    let mut responses = serde_json::Map::new();
+    let mut done = None;
+    client
+        .stream_request(Method::POST, "/v1/query", Some(&body), |v| {
+            let Ok(line) = serde_json::from_value::<shoal_contract::QueryLine>(v) else {
+                return true;
+            };
+            match line {
+                shoal_contract::QueryLine::Started { name, .. } => {
+                    if format == QueryFormat::Text {
+                        println!("Query '{name}' dispatched");
+                    }
+                }
+                shoal_contract::QueryLine::Ack { from } => {
+                    if format == QueryFormat::Text {
+                        println!("Ack from '{from}'");
+                    }
+                    acks.push(from);
+                }
+                shoal_contract::QueryLine::Response { from, payload } => {
+                    if format == QueryFormat::Text {
+                        let shown = payload.strip_suffix('\n').unwrap_or(&payload);
+                        println!("Response from '{from}': {shown}");
+                    }
+                    responses.insert(from, Value::String(payload));
+                }
+                d @ shoal_contract::QueryLine::Done { .. } => {
+                    done = Some(d);
+                    return false;
+                }
+            }
+            true
+        })
+        .await?;
+    let Some(shoal_contract::QueryLine::Done {
+        acks: n_acks,
+        responses: n_responses,
+        ..
+    }) = done
+    else {
+        return Err("the agent ended the query stream early".to_string().into());
+    };
+    match format {
+        QueryFormat::Text => {
+            println!("Total Acks: {n_acks}");
+            println!("Total Responses: {n_responses}");
+        }
+        QueryFormat::Json => {
+            let doc = json!({ "Acks": acks, "Responses": responses });
+            println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

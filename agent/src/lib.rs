@@ -51,7 +51,9 @@ pub mod token;
 
 /// The sans-I/O node, under its old path (`shoal_core::node`).
 pub use shoal_core::node as core;
-pub use shoal_core::{counters, freshness, keyring, loglist, membership, profile, tags, wire};
+pub use shoal_core::{
+    counters, freshness, keyring, loglist, membership, profile, tags, userev, wire,
+};
 
 /// A node's identity (`shoal_core::identity`), with the agent's wall clock
 /// beside it where it always was.

@@ -115,6 +115,30 @@ async fn run(cli: Cli, style: Style) -> i32 {
         CliCommand::ForceLeave { name } => commands::force_leave(&client, style, &name).await,
         CliCommand::Tags { set, delete } => commands::set_tags(&client, style, &set, &delete).await,
         CliCommand::Info { format } => commands::info(&client, style, format).await,
+        CliCommand::Event {
+            name,
+            payload,
+            coalesce,
+        } => commands::event(&client, &name, payload.unwrap_or_default(), coalesce).await,
+        CliCommand::Query {
+            name,
+            payload,
+            nodes,
+            tags,
+            timeout,
+            no_ack,
+            format,
+        } => {
+            let q = commands::QueryArgs {
+                name,
+                payload: payload.unwrap_or_default(),
+                nodes,
+                tags,
+                timeout,
+                no_ack,
+            };
+            commands::query(&client, q, format).await
+        }
         CliCommand::Keygen => {
             println!("{}", shoal::keyring::generate());
             Ok(())

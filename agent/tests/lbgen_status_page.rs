@@ -95,6 +95,7 @@ impl Cluster {
         let watch = WatchConfig {
             vars,
             leaving_max: lbgen::watch::LEAVING_MAX,
+            renders: Vec::new(),
             http: Some(listener),
             ..lbtest::watch_config(
                 SourceSpec::api(lb.api(), None),

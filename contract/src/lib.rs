@@ -21,10 +21,12 @@ pub mod event;
 pub mod member;
 pub mod tags;
 pub mod token;
+pub mod user;
 
 pub use duration::parse_duration;
 pub use event::{Event, EventKind, Notice, NoticeKind, StreamLine};
 pub use member::{Member, MembersDoc, Status, Tags, Unrecognised};
+pub use user::{EventRequest, EventSent, QueryLine, QueryRequest};
 
 /// The version of the API documents this crate describes. The agent puts it
 /// in the members document (`"version"`), in `/v1/info`

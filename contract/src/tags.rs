@@ -25,6 +25,14 @@ pub const STATE: &str = "state";
 /// The node's role: `SERF_SELF_ROLE` and the third column of a handler's stdin.
 pub const ROLE: &str = "role";
 
+/// The port of this member's agent API, when it listens on the member's gossip IP (`--api
+/// 0.0.0.0:PORT` with a token): Prometheus scrapes its `/metrics` there.
+pub const METRICS_AGENT: &str = "metrics_agent";
+/// The port of `lbgen watch --http` on this member (its `/metrics`).
+pub const METRICS_LBGEN: &str = "metrics_lbgen";
+/// The port of HAProxy's stats listener on this member (the exporter at `/metrics`).
+pub const METRICS_HAPROXY: &str = "metrics_haproxy";
+
 /// Values of the [`STATE`] tag. Only `ready` (or no tag) takes traffic;
 /// `draining` keeps existing connections but takes no new ones; `starting`
 /// and `unhealthy` are not servers at all.

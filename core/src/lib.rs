@@ -15,6 +15,8 @@
 //!   table, driven by explicit time;
 //! - [`counters`]: probes, acks and suspicions counted for the agent's
 //!   metrics;
+//! - [`userev`]: user events and queries (Serf's `event` and `query`):
+//!   broadcasts, Lamport clocks, de-duplication, query completion;
 //! - [`loglist`]: bounded lists in log lines;
 //! - `testing` (tests, or the `testing` feature): the in-memory test
 //!   network shared by these tests, the simulator and the benches.
@@ -29,4 +31,7 @@ pub mod profile;
 pub mod tags;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+pub mod userev;
+#[cfg(test)]
+mod userev_net_tests;
 pub mod wire;

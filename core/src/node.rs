@@ -22,9 +22,13 @@ use crate::membership::{
 };
 use crate::profile::{foca_config, size_bucket, Timing};
 use crate::tags::{self, TagError, Tags};
+use crate::userev::{
+    self, Broadcast, Delivered, Gossip, Payload, Query, QueryFilter, QuerySpec, Reply, ReplyKind,
+    UserError, UserEvent, UserState,
+};
 use crate::wire::{self, ClockedCodec, DecodeError, Packet, SyncEntry, SyncMsg, SyncState};
 
-type Swim = Foca<NodeId, ClockedCodec, StdRng, foca::NoCustomBroadcast>;
+type Swim = Foca<NodeId, ClockedCodec, StdRng, Gossip>;
 
 /// The two clocks the core needs: monotonic for timers, wall (ms since the
 /// epoch) for event times and reaping. The simulator passes virtual ones.
@@ -54,7 +58,22 @@ pub enum Output {
     /// Another live node holds this node's name with a newer generation:
     /// this node has stopped gossiping and must exit (non-zero), saying why.
     NameTaken { reason: String },
+    /// A user event for the handlers (new here; its payload may still have
+    /// to be fetched, see [`Payload::Fetch`]).
+    UserEvent(UserEvent),
+    /// A query that addresses this node, for the handlers; answer it with
+    /// [`Core::respond`].
+    Query(Query),
+    /// An acknowledgement or response to a query this node sent.
+    QueryReply(Reply),
+    /// A response too large for UDP: send it over TCP to `to`.
+    ReplyTcp { to: SocketAddr, reply: Reply },
 }
+
+/// Large payloads of events this node sent, kept for members to fetch.
+const KEPT_PAYLOADS: usize = 64;
+/// Room kept in a packet for foca's own header beyond the two identities.
+const HEADER_SLACK: usize = 64;
 
 /// A duplicate-name report is logged at most this often per name.
 const CONFLICT_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -217,6 +236,10 @@ pub struct Core {
     /// Our own choices (push-pull targets), seeded from the caller's RNG so a
     /// simulated run is reproducible.
     rng: StdRng,
+    /// User events and queries: shared with foca's broadcast handler.
+    user: Gossip,
+    /// Payloads of our own large events: (Lamport time, name, bytes).
+    kept_payloads: std::collections::VecDeque<(u64, String, Vec<u8>)>,
 }
 
 impl Core {
@@ -225,11 +248,15 @@ impl Core {
         let own_rng = StdRng::seed_from_u64(rng.next_u64());
         let (table, first) = Table::new(&local, cfg.reap_after.as_millis() as u64, now.wall_ms);
         let codec = ClockedCodec::new(now.wall_ms);
-        let foca = Foca::new(
+        let user = Gossip(std::sync::Arc::new(std::sync::Mutex::new(UserState::new(
+            &local,
+        ))));
+        let foca = Foca::with_custom_broadcast(
             local.clone(),
             foca_config(&cfg.timing, size_bucket(1)),
             rng,
             codec.clone(),
+            user.clone(),
         );
         let mut core = Core {
             foca,
@@ -256,6 +283,8 @@ impl Core {
             out: Vec::new(),
             counters: ProtocolCounters::default(),
             rng: own_rng,
+            user,
+            kept_payloads: std::collections::VecDeque::new(),
             cfg,
         };
         core.apply_outcome(first, now);
@@ -389,6 +418,10 @@ impl Core {
                 incarnation,
             } => {
                 self.refute(&name, generation, incarnation, from);
+                Ok(())
+            }
+            Packet::QueryReply(reply) => {
+                self.out.push(Output::QueryReply(reply));
                 Ok(())
             }
         };
@@ -869,6 +902,7 @@ impl Core {
     }
 
     fn set_local(&mut self, id: NodeId, now: Now) {
+        self.user.state().set_local(&id);
         self.local = id.clone();
         let out = self.table.set_local(&id, now.wall_ms);
         self.apply_outcome(out, now);
@@ -1054,6 +1088,220 @@ impl Core {
         }
     }
 
+    /// Hands out the user events and queries foca took in; true if any.
+    fn deliver_user(&mut self) -> bool {
+        let delivered = self.user.state().drain();
+        let any = !delivered.is_empty();
+        for d in delivered {
+            match d {
+                Delivered::Event(e) => {
+                    debug!(name = %e.name, ltime = e.ltime, origin = %e.origin, "user event");
+                    self.out.push(Output::UserEvent(e));
+                }
+                Delivered::Query { query, addressed } => {
+                    debug!(name = %query.name, ltime = query.ltime, origin = %query.origin, addressed, "query");
+                    if !addressed || self.leaving.is_some() {
+                        continue;
+                    }
+                    if query.ack {
+                        let ack = self.reply_to(&query, ReplyKind::Ack);
+                        self.out.push(Output::Send {
+                            to: query.reply_to,
+                            packet: wire::encode_query_reply(&ack),
+                        });
+                    }
+                    self.out.push(Output::Query(query));
+                }
+            }
+        }
+        any
+    }
+
+    fn reply_to(&self, q: &Query, kind: ReplyKind) -> Reply {
+        Reply {
+            id: q.id,
+            ltime: q.ltime,
+            from: self.local.name.clone(),
+            kind,
+        }
+    }
+
+    /// The most bytes one custom broadcast may take so that it fits in a
+    /// packet next to two identities like ours.
+    fn broadcast_room(&self) -> usize {
+        let id_len = postcard::to_stdvec(&self.local).map_or(1024, |v| v.len());
+        foca_config(&self.cfg.timing, self.bucket)
+            .max_packet_size
+            .get()
+            .saturating_sub(2 * id_len + HEADER_SLACK)
+    }
+
+    /// Adds a broadcast of ours to foca's queue (and so delivers it here).
+    fn add_broadcast(&mut self, b: &Broadcast, now: Now) -> Result<(), UserError> {
+        let data = userev::encode(b)?;
+        let room = self.broadcast_room();
+        if data.len() > room {
+            return Err(UserError::PayloadTooLarge {
+                len: data.len(),
+                max: room,
+            });
+        }
+        self.foca
+            .add_broadcast(&data)
+            .map_err(|e| UserError::Encode(e.to_string()))?;
+        self.flush(now);
+        Ok(())
+    }
+
+    /// Sends a user event to every member (and this node's handlers); its
+    /// Lamport time. A payload above [`userev::INLINE_PAYLOAD`] (or one that
+    /// does not fit in a packet with our identity) is announced and fetched
+    /// over TCP from us ([`Core::kept_payload`]).
+    pub fn user_event(
+        &mut self,
+        name: &str,
+        payload: Vec<u8>,
+        coalesce: bool,
+        now: Now,
+    ) -> Result<u64, UserError> {
+        identity::renewal_clock(now.wall_ms);
+        userev::validate_event_name(name)?;
+        if payload.len() > userev::MAX_EVENT_PAYLOAD {
+            return Err(UserError::PayloadTooLarge {
+                len: payload.len(),
+                max: userev::MAX_EVENT_PAYLOAD,
+            });
+        }
+        let ltime = self.user.state().event_clock.tick();
+        let mut event = UserEvent {
+            ltime,
+            origin: self.local.name.clone(),
+            name: name.to_string(),
+            coalesce,
+            payload: Payload::Inline(Vec::new()),
+        };
+        let inline_fits = payload.len() <= userev::INLINE_PAYLOAD
+            && postcard::to_stdvec(&Broadcast::Event(event.clone()))
+                .is_ok_and(|v| v.len() + payload.len() + 4 <= self.broadcast_room());
+        if inline_fits {
+            event.payload = Payload::Inline(payload);
+        } else {
+            event.payload = Payload::Fetch {
+                len: payload.len() as u32,
+                from: self.local.addr,
+            };
+            if self.kept_payloads.len() >= KEPT_PAYLOADS {
+                self.kept_payloads.pop_front();
+            }
+            self.kept_payloads
+                .push_back((ltime, name.to_string(), payload));
+        }
+        self.add_broadcast(&Broadcast::Event(event), now)?;
+        Ok(ltime)
+    }
+
+    /// The payload of our large event `(ltime, name)`, for a member that
+    /// fetches it (None once 64 newer ones pushed it out).
+    pub fn kept_payload(&self, ltime: u64, name: &str) -> Option<Vec<u8>> {
+        self.kept_payloads
+            .iter()
+            .find(|(t, n, _)| *t == ltime && n == name)
+            .map(|(_, _, p)| p.clone())
+    }
+
+    /// Sends a query to the members its filters address; the query and the
+    /// live members it addressed (whose answers complete it).
+    pub fn query(
+        &mut self,
+        spec: QuerySpec,
+        now: Now,
+    ) -> Result<(Query, BTreeSet<String>), UserError> {
+        identity::renewal_clock(now.wall_ms);
+        let QuerySpec {
+            name,
+            payload,
+            nodes,
+            tags,
+            ack,
+            timeout,
+        } = spec;
+        let name = name.as_str();
+        userev::validate_event_name(name)?;
+        let filter = QueryFilter::new(&nodes, &tags)?;
+        if timeout.is_zero() || timeout > userev::MAX_QUERY_TIMEOUT {
+            return Err(UserError::Timeout(timeout));
+        }
+        let expected: BTreeSet<String> = self
+            .table
+            .records()
+            .filter(|r| r.status.is_active() && filter.matches(&r.id.name, &r.id.tags))
+            .map(|r| r.id.name.clone())
+            .collect();
+        let query = Query {
+            ltime: self.user.state().query_clock.tick(),
+            id: self.rng.next_u64(),
+            origin: self.local.name.clone(),
+            reply_to: self.local.addr,
+            name: name.to_string(),
+            payload,
+            nodes,
+            tags,
+            ack,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        self.add_broadcast(&Broadcast::Query(query.clone()), now)?;
+        Ok((query, expected))
+    }
+
+    /// Answers a query that addressed us: in a UDP packet, or over TCP when
+    /// the response is larger than [`userev::UDP_RESPONSE`].
+    pub fn respond(&mut self, query: &Query, kind: ReplyKind) {
+        let large = matches!(&kind, ReplyKind::Response(p) if p.len() > userev::UDP_RESPONSE);
+        let reply = self.reply_to(query, kind);
+        if large {
+            self.out.push(Output::ReplyTcp {
+                to: query.reply_to,
+                reply,
+            });
+        } else {
+            self.out.push(Output::Send {
+                to: query.reply_to,
+                packet: wire::encode_query_reply(&reply),
+            });
+        }
+    }
+
+    /// Our clocks and recent events, for [`wire::TcpMsg::Clocks`].
+    pub fn user_sync(&self) -> userev::UserSync {
+        self.user.state().sync()
+    }
+
+    /// A peer's clocks and recent events: catch up (see
+    /// [`UserState::peer_clocks`]), and take the events we missed (they are
+    /// delivered and gossiped on like any new one; the rest are duplicates).
+    pub fn peer_sync(&mut self, theirs: userev::UserSync, now: Now) {
+        self.user.state().peer_clocks(theirs.event, theirs.query);
+        if self.leaving.is_some() || self.name_taken {
+            return;
+        }
+        for data in theirs.recent.iter().take(userev::RECENT_EVENTS) {
+            if let Err(e) = self.foca.add_broadcast(data) {
+                debug!(error = %e, "a recent event from a peer was refused");
+            }
+        }
+        self.flush(now);
+    }
+
+    /// Custom broadcasts foca still has to gossip.
+    pub fn broadcast_backlog(&self) -> usize {
+        self.foca.custom_broadcast_backlog()
+    }
+
+    /// User events and queries dropped (too old, or a flooded inbox).
+    pub fn user_dropped(&self) -> u64 {
+        self.user.state().dropped
+    }
+
     /// Drains what foca asked for: packets, timers, notifications; a
     /// membership change reconciles the table at once.
     fn flush(&mut self, now: Now) {
@@ -1107,6 +1355,14 @@ impl Core {
                 self.timer_seq += 1;
                 self.timers
                     .push(Reverse((now.mono + after, self.timer_seq, TimerKey(timer))));
+            }
+            if self.deliver_user() {
+                // New broadcasts: pass them on now, not at the next gossip
+                // round (the periodic gossip repeats them meanwhile).
+                if let Err(e) = self.foca.broadcast(&mut self.rt) {
+                    debug!(error = %e, "custom broadcast failed");
+                }
+                continue;
             }
             let mut notified = false;
             while let Some(n) = self.rt.to_notify() {

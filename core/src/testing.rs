@@ -25,6 +25,7 @@ use crate::membership::Status;
 use crate::node::{Core, CoreConfig, Now, Output};
 use crate::profile::Profile;
 use crate::tags::Tags;
+use crate::userev::{Query, Reply, ReplyKind, UserEvent};
 use crate::wire::{self, Packet, SyncEntry, SyncMsg, SyncState};
 
 /// Wall-clock base for the cores' `wall_ms`: any fixed value later than
@@ -106,6 +107,14 @@ pub struct Net {
     /// [`Net::tapped`] (at most [`Net::TAP_LIMIT`]).
     pub tap: Option<usize>,
     pub tapped: Vec<Vec<u8>>,
+    /// Per core: the user events it handed out, with the virtual time (ms).
+    pub user_events: Vec<Vec<(u64, UserEvent)>>,
+    /// Per core: the queries that addressed it; answered at once with
+    /// [`Net::answer`] when that is set.
+    pub queries: Vec<Vec<(u64, Query)>>,
+    pub answer: Option<fn(usize, &Query) -> ReplyKind>,
+    /// Per core: the query replies it received.
+    pub replies: Vec<Vec<(u64, Reply)>>,
 }
 
 impl Net {
@@ -125,7 +134,7 @@ impl Net {
             mono: t0,
             wall_ms: wall0_ms,
         };
-        let cores = ids
+        let cores: Vec<Core> = ids
             .into_iter()
             .enumerate()
             .map(|(i, id)| {
@@ -133,7 +142,12 @@ impl Net {
                 Core::new(id, cfg.clone(), rng, now)
             })
             .collect();
+        let n = cores.len();
         Net {
+            user_events: vec![Vec::new(); n],
+            queries: vec![Vec::new(); n],
+            answer: None,
+            replies: vec![Vec::new(); n],
             cores,
             t0,
             wall0_ms,
@@ -218,6 +232,26 @@ impl Net {
                         self.cores[j].apply_remote(ours, now);
                         self.cores[from].apply_remote(theirs, now);
                     }
+                }
+                Output::UserEvent(e) => self.user_events[from].push((self.now_ms, e)),
+                Output::QueryReply(r) => self.replies[from].push((self.now_ms, r)),
+                Output::ReplyTcp { to, reply } => {
+                    if let Some(j) = self.index_of(to) {
+                        self.replies[j].push((self.now_ms, reply));
+                    }
+                }
+                Output::Query(q) => {
+                    if let Some(answer) = self.answer {
+                        let kind = answer(from, &q);
+                        self.cores[from].respond(&q, kind);
+                        queue.extend(
+                            self.cores[from]
+                                .take_outputs()
+                                .into_iter()
+                                .map(|o| (from, o)),
+                        );
+                    }
+                    self.queries[from].push((self.now_ms, q));
                 }
                 _ => {}
             }

@@ -37,6 +37,8 @@ const KIND_FOCA: u8 = 1;
 const KIND_LEAVE: u8 = 2;
 const KIND_LEAVE_ACK: u8 = 3;
 const KIND_SUSPECT: u8 = 4;
+/// An acknowledgement or response to a query, sent to its originator.
+const KIND_QUERY_REPLY: u8 = 5;
 /// An encrypted packet: the envelope header in clear (authenticated), then
 /// nonce and ciphertext of a whole inner packet.
 const KIND_SEALED: u8 = 0x10;
@@ -60,6 +62,8 @@ pub enum Packet<'a> {
         generation: u64,
         incarnation: u16,
     },
+    /// An acknowledgement or response to a query we sent.
+    QueryReply(crate::userev::Reply),
 }
 
 /// Why a packet was dropped. Counted in the agent's stats.
@@ -187,6 +191,11 @@ pub fn decode_packet(data: &[u8]) -> Result<Packet<'_>, DecodeError> {
                 incarnation,
             })
         }
+        KIND_QUERY_REPLY => {
+            let reply: crate::userev::Reply = decode_all(body)?;
+            crate::identity::validate_name(&reply.from).map_err(DecodeError::Malformed)?;
+            Ok(Packet::QueryReply(reply))
+        }
         k => Err(DecodeError::UnknownKind(k)),
     }
 }
@@ -222,6 +231,13 @@ pub fn encode_leave_ack(name: &str, generation: u64) -> Vec<u8> {
     envelope(
         KIND_LEAVE_ACK,
         &postcard::to_stdvec(&(name, generation)).unwrap_or_default(),
+    )
+}
+
+pub fn encode_query_reply(reply: &crate::userev::Reply) -> Vec<u8> {
+    envelope(
+        KIND_QUERY_REPLY,
+        &postcard::to_stdvec(reply).unwrap_or_default(),
     )
 }
 
@@ -428,6 +444,27 @@ pub enum TcpMsg {
     Sync(SyncMsg),
     KeyOp(KeyRequest),
     KeyReply(KeyReply),
+    /// A query response too large for a UDP packet, sent to the originator
+    /// (answered with [`TcpMsg::Done`]).
+    QueryReply(crate::userev::Reply),
+    /// Asks the originator of a user event for its payload (announced as
+    /// [`crate::userev::Payload::Fetch`]): (origin, Lamport time, name).
+    FetchPayload {
+        origin: String,
+        ltime: u64,
+        name: String,
+    },
+    /// The payload asked for; None when the originator no longer has it.
+    Payload(Option<Vec<u8>>),
+    /// Receipt of a message that needs no other answer.
+    Done,
+    /// The sender's Lamport clocks and recent user events, exchanged after
+    /// a push-pull and answered with the receiver's: a restarted node
+    /// catches up at once (its events are not taken for old ones), and an
+    /// event the gossip missed somewhere arrives by this anti-entropy, as
+    /// Serf's push-pull carries its recent events. (A separate frame, so a
+    /// node without it only fails this exchange.)
+    Clocks(crate::userev::UserSync),
 }
 
 /// A key operation with its freshness proof (see [`crate::freshness`]): the

@@ -112,6 +112,7 @@ async fn main() {
         reload_timeout: Duration::from_secs(10),
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
+        renders: Vec::new(),
         reports: Some(rtx),
         http: None,
     };

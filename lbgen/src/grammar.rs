@@ -89,7 +89,25 @@ const FIXED: &[&str] = &[
     "    stats enable",
     "    stats uri /",
     "    stats refresh 5s",
+    // The request id, X-Forwarded-Proto, the JSON access log and the Prometheus exporter.
+    "    unique-id-format %{+X}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid",
+    "    http-request set-header X-Forwarded-Proto https if { ssl_fc }",
+    "    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }",
+    "    http-request set-var(txn.log_path) pathq,bytes(0,2048),json(utf8s)",
+    "    http-request set-var(txn.log_host) req.hdr(host),bytes(0,256),json(utf8s)",
+    JSON_LOG_FORMAT,
+    "    http-request use-service prometheus-exporter if { path /metrics }",
+    "    no log",
 ];
+
+/// The default template's JSON access log line (`access_log_format=json`).
+const JSON_LOG_FORMAT: &str = concat!(
+    r#"    log-format "{\"ts\":%Ts.%ms,\"request_id\":\"%ID\",\"client_ip\":\"%ci\",\"client_port\":%cp,"#,
+    r#"\"frontend\":\"%ft\",\"backend\":\"%b\",\"server\":\"%s\",\"method\":\"%HM\","#,
+    r#"\"host\":\"%[var(txn.log_host)]\",\"path\":\"%[var(txn.log_path)]\",\"status\":%ST,"#,
+    r#"\"bytes_in\":%U,\"bytes_out\":%B,\"time_request_ms\":%TR,\"time_queue_ms\":%Tw,"#,
+    r#"\"time_connect_ms\":%Tc,\"time_response_ms\":%Tr,\"time_total_ms\":%Ta,\"termination\":\"%tsc\"}""#,
+);
 
 fn check_line(line: &str) -> Result<(), String> {
     if line.is_empty() || FIXED.contains(&line) {
@@ -142,7 +160,8 @@ fn check_line(line: &str) -> Result<(), String> {
         ["http-check", "send", "meth", "GET", "uri", uri] => uri_path(uri),
         ["bind", addr] => bind(addr),
         ["maxconn", n] => number(n),
-        ["log", target, "format", "raw", "local0"] => log_target(target),
+        ["log", target, "len", "8192", "format", "raw", "local0"] => log_target(target),
+        ["http-request", "del-header", h] | ["unique-id-header", h] => header_name(h),
         ["hard-stop-after", d] => duration(d),
         ["timeout", "connect" | "client" | "server", d] => duration(d),
         ["server-state-file", p] => file_path(p),
@@ -156,6 +175,11 @@ fn check_line(line: &str) -> Result<(), String> {
     } else {
         Err("a field holds characters it may not".into())
     }
+}
+
+/// An HTTP header name as `request_id_header` allows it.
+fn header_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Member, pool and section names (`model::valid_name`'s alphabet).

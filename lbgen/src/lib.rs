@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
+//! - [`nodes`]: every member and the `/metrics` endpoints they advertise (pure).
 //! - [`render`]: handlebars (strict, no escaping) with template variables.
 //! - [`grammar`]: the strict line grammar of the builtin template's output (a test oracle).
 //! - [`source`]: agent event stream / members file → change signals; snapshots.
@@ -9,6 +10,7 @@
 //! - [`apply`]: the [`apply::Applier`] decides *how*: owns what is live (file text, what
 //!   HAProxy runs, its master PID, the last good and the rejected template); runtime API vs
 //!   reload, restore of the last good config.
+//! - [`extras`]: `watch --render TEMPLATE:OUT[:COMMAND]`, more files from the same snapshot.
 //! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
 //! - [`haproxy`]: master CLI client: verified reload, runtime API.
 //! - [`layout`]: a rendered config split into its frame and its server lines (pure).
@@ -17,11 +19,13 @@
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 //! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
 pub mod apply;
+pub mod extras;
 pub mod grammar;
 pub mod haproxy;
 pub mod http;
 pub mod layout;
 pub mod model;
+pub mod nodes;
 pub mod output;
 pub mod plan;
 pub mod render;

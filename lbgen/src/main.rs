@@ -112,6 +112,19 @@ struct WatchArgs {
     /// (e.g. 127.0.0.1:9100). Off without it.
     #[arg(long, env = "LBGEN_HTTP", value_name = "ADDR")]
     http: Option<String>,
+    /// Another file from the same snapshot: TEMPLATE:OUT[:COMMAND] (repeatable; env
+    /// LBGEN_RENDER takes a ;-separated list). OUT is rewritten only when its bytes change,
+    /// then COMMAND runs (no shell).
+    #[arg(
+        long = "render",
+        value_name = "TEMPLATE:OUT[:COMMAND]",
+        env = "LBGEN_RENDER",
+        value_delimiter = ';'
+    )]
+    renders: Vec<String>,
+    /// How long a --render COMMAND may run before it is killed.
+    #[arg(long, env = "LBGEN_RENDER_TIMEOUT", default_value = "30s")]
+    render_timeout: String,
 }
 
 #[derive(clap::Args)]
@@ -269,6 +282,17 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
     } else {
         Some(lbgen::output::CheckCmd::parse(&a.check_cmd)?)
     };
+    let render_timeout = parse_duration(&a.render_timeout)?;
+    let renders = a
+        .renders
+        .iter()
+        .map(|r| {
+            lbgen::extras::ExtraSpec::parse(r).map(|mut spec| {
+                spec.timeout = render_timeout;
+                spec
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let cfg = WatchConfig {
         template: a.tpl.template,
         vars: Vars::with_overrides(&a.tpl.vars)?,
@@ -280,6 +304,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         reload_timeout: parse_duration(&a.reload_timeout)?,
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
+        renders,
         reports: None,
         http: a.http.as_deref().map(lbgen::http::bind).transpose()?,
     };

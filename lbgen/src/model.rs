@@ -100,6 +100,11 @@ pub struct Model {
     pub routes: Vec<Route>,
     /// The pool that serves `/` (the default backend), if any.
     pub default_pool: Option<String>,
+    /// Every member with a valid name and address, backend or not (for templates other than
+    /// HAProxy's: Prometheus targets, keepalived peers).
+    pub members: Vec<crate::nodes::Node>,
+    /// The `/metrics` endpoints alive members advertise in `metrics_*` tags.
+    pub scrape_targets: Vec<crate::nodes::ScrapeTarget>,
     /// Members skipped by validation (logged by the caller).
     #[serde(skip)]
     pub rejected: Vec<Rejection>,
@@ -408,6 +413,8 @@ impl Model {
                 servers,
             });
         }
+        model.members = crate::nodes::nodes_of(doc);
+        model.scrape_targets = crate::nodes::scrape_targets(doc, &model.members);
         model.assign_routes();
         model.routes.sort_by(|a, b| {
             b.prefix

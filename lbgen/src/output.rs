@@ -179,6 +179,15 @@ pub async fn write_atomic(
     Ok(())
 }
 
+/// Replaces `path` with `contents` atomically (temp file + rename), keeping no backup: for
+/// files other than the HAProxy config (`--render`).
+pub fn replace_file(path: &Path, contents: &str) -> Result<(), Error> {
+    write_temp(path, "new", contents.as_bytes())
+        .and_then(|t| t.persist(path).map_err(|e| e.error))
+        .map(drop)
+        .map_err(|e| Error::new(format!("writing {}: {e}", path.display())))
+}
+
 /// Puts `contents` (the last good config) back at `path`, atomically, without touching `.bak`.
 pub fn restore(path: &Path, contents: &str) -> Result<(), Error> {
     write_temp(path, "restore", contents.as_bytes())

@@ -28,8 +28,50 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("check_inter", "2s"),
     ("server_state_file", "/run/haproxy/server-state"),
     ("access_log", "stdout"),
+    ("access_log_format", "json"),
+    ("request_id_header", "X-Request-ID"),
+    ("forwarded_for", "true"),
+    ("forwarded_proto", "true"),
+    ("prometheus_exporter", "true"),
     ("cookie_key", "shoal"),
 ];
+
+/// Variables the default template reads as a switch: `true` or `false`, nothing else (a
+/// typo such as `flase` would otherwise silently mean "off").
+const SWITCH_VARS: &[&str] = &["forwarded_for", "forwarded_proto", "prometheus_exporter"];
+
+/// `access_log_format`: a JSON object per request, or HAProxy's own httplog line.
+const ACCESS_LOG_FORMATS: &[&str] = &["json", "httplog"];
+
+/// The default template's variables with a fixed vocabulary or alphabet; the reason when
+/// `value` is not one of them. Other variables (a custom template's own) pass as they are.
+fn check_known_var(key: &str, value: &str) -> Result<(), String> {
+    if SWITCH_VARS.contains(&key) && !matches!(value, "true" | "false") {
+        return Err(format!("--var {key}={value:?}: expected true or false"));
+    }
+    if key == "access_log_format" && !ACCESS_LOG_FORMATS.contains(&value) {
+        return Err(format!(
+            "--var {key}={value:?}: expected one of {}",
+            ACCESS_LOG_FORMATS.join(", ")
+        ));
+    }
+    // An HTTP header name (RFC 9110 token, kept to letters, digits and `-`); empty = off.
+    if key == "request_id_header"
+        && !value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(format!(
+            "--var {key}={value:?}: a header name is letters, digits and -; empty turns the request id off"
+        ));
+    }
+    if key == "cookie_key" && !cookie_key(value) {
+        return Err(format!(
+            "--var {key}={value:?}: letters, digits, '.', '_' and '-' only, not empty"
+        ));
+    }
+    Ok(())
+}
 
 /// Template variables: the defaults above, then `--var K=V` (last one wins).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,11 +108,7 @@ impl Vars {
                     "--var {k}: value contains a control character"
                 )));
             }
-            if k == "cookie_key" && !cookie_key(v) {
-                return Err(Error::new(format!(
-                    "--var cookie_key={v:?}: letters, digits, '.', '_' and '-' only, not empty"
-                )));
-            }
+            check_known_var(k, v).map_err(Error::new)?;
             vars.0.insert(k.to_string(), v.to_string());
         }
         Ok(vars)
@@ -91,6 +129,8 @@ struct Context<'a> {
     pools: &'a [Pool],
     routes: &'a [Route],
     default_pool: &'a Option<String>,
+    members: &'a [crate::nodes::Node],
+    scrape_targets: &'a [crate::nodes::ScrapeTarget],
 }
 
 /// A compiled template.
@@ -142,6 +182,8 @@ impl Renderer {
             pools: &model.pools,
             routes: &model.routes,
             default_pool: &model.default_pool,
+            members: &model.members,
+            scrape_targets: &model.scrape_targets,
         };
         let mut out = self.hb.render(TPL, &ctx).map_err(|e| {
             let at = match (e.line_no, e.column_no) {
@@ -221,6 +263,67 @@ mod tests {
             let e = Vars::with_overrides(&[bad]).expect_err(bad).to_string();
             assert!(e.contains("cookie_key"), "{e}");
         }
+    }
+
+    #[test]
+    fn a_switch_var_that_is_not_true_or_false_is_refused_by_name() {
+        let err = Vars::with_overrides(&["forwarded_proto=flase"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("forwarded_proto") && err.contains("true or false"),
+            "{err}"
+        );
+        let err = Vars::with_overrides(&["access_log_format=xml"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("json, httplog"), "{err}");
+        let err = Vars::with_overrides(&["request_id_header=X Id"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("request_id_header"), "{err}");
+        let v = Vars::with_overrides(&[
+            "prometheus_exporter=false",
+            "access_log_format=httplog",
+            "request_id_header=",
+        ])
+        .unwrap();
+        assert_eq!(v.0["request_id_header"], "");
+    }
+
+    #[test]
+    fn every_switch_of_the_default_template_turns_its_lines_off() {
+        let on = Renderer::builtin()
+            .render(&Model::default(), &Vars::default())
+            .unwrap();
+        let off = Renderer::builtin()
+            .render(
+                &Model::default(),
+                &Vars::with_overrides(&[
+                    "forwarded_for=false",
+                    "forwarded_proto=false",
+                    "prometheus_exporter=false",
+                    "request_id_header=",
+                    "access_log_format=httplog",
+                ])
+                .unwrap(),
+            )
+            .unwrap();
+        for line in [
+            "    option forwardfor\n",
+            "X-Forwarded-Proto",
+            "prometheus-exporter",
+            "unique-id-header X-Request-ID",
+            "    log-format \"{",
+        ] {
+            assert!(on.contains(line), "default lacks {line:?}:\n{on}");
+            assert!(
+                !off.contains(line),
+                "switched off but still has {line:?}:\n{off}"
+            );
+        }
+        assert!(off.contains("    option httplog\n"), "{off}");
+        assert!(!on.contains("    option httplog\n"), "{on}");
     }
 
     #[test]

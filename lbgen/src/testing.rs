@@ -685,6 +685,7 @@ pub fn watch_config(
         reload_timeout: Duration::from_secs(10),
         leaving_max: crate::watch::LEAVING_MAX,
         resync: None,
+        renders: Vec::new(),
         reports: None,
         http: None,
     }

@@ -13,7 +13,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio::time::Instant;
 
 use crate::apply::{Applier, ApplyError, ApplyOutcome};
+use crate::extras::Extras;
 use crate::http::{error_class, StatusHub};
+use crate::model::Model;
 use crate::output::CheckCmd;
 use crate::render::Vars;
 use crate::source::{watch_file, Signal, Source, SourceSpec};
@@ -69,6 +71,8 @@ pub struct WatchConfig {
     /// restarted by its supervisor from another config, the file changed by someone else).
     /// None = never.
     pub resync: Option<Duration>,
+    /// `--render`: more files rendered from each snapshot after the HAProxy apply.
+    pub renders: Vec<crate::extras::ExtraSpec>,
     /// Every apply is reported here too (tests, benchmarks); a periodic resync only when it
     /// changed something.
     pub reports: Option<UnboundedSender<Report>>,
@@ -119,6 +123,13 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
         std::sync::Arc::new(move |l: &shoal_contract::StreamLine| h.stream_line(l))
             as crate::source::EventTap
     }));
+    let mut extras = Extras::new(cfg.renders.clone())?;
+    if let Some(o) = extras.outputs().find(|o| *o == cfg.out) {
+        return Err(Error::new(format!(
+            "--render into {} would overwrite the HAProxy config (--out)",
+            o.display()
+        )));
+    }
     tokio::pin!(shutdown);
     if let Some(m) = applier.master() {
         // HAProxy may still be starting, or its socket file be left from a previous run.
@@ -136,6 +147,11 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
         Some(p) => Some(watch_file(p, tx.clone(), Signal::Template)?),
         None => None,
     };
+    // An edited --render template is picked up by the next snapshot: a members signal.
+    let _extra_watches = extras
+        .templates()
+        .map(|p| watch_file(p, tx.clone(), Signal::Members))
+        .collect::<Result<Vec<_>, _>>()?;
     let _source = source.start(tx.clone())?;
     tracing::info!(source = %source.describe(), out = %cfg.out.display(), "watching");
     // (first signal, quiet deadline)
@@ -178,9 +194,13 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
             }
             _ = tokio::time::sleep_until(fast.map_or_else(Instant::now, |f| f.1)), if fast.is_some() => {
                 let Some((signalled, _)) = fast.take() else { continue };
-                let result = match source.snapshot().await {
-                    Ok(doc) => applier.apply_fast(&doc).await,
-                    Err(e) => Err(ApplyError::Transient(e)),
+                let started = Instant::now();
+                let (doc, result) = match source.snapshot().await {
+                    Ok(doc) => {
+                        let result = applier.apply_fast(&doc).await;
+                        (Some(doc), result)
+                    }
+                    Err(e) => (None, Err(ApplyError::Transient(e))),
                 };
                 // Anything but a runtime change (a reload, an error) is left to the debounce.
                 if let Ok(Some(done)) = result {
@@ -188,11 +208,18 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     pending = None;
                     retry_at = None;
                     retry_delay = RETRY;
+                    // The status page shows the snapshot that is now live.
+                    if let (Some(h), Some(doc)) = (&hub, &doc) {
+                        h.snapshot(doc);
+                    }
                     // A signal that changed nothing (a file event repeated) is not reported.
                     if done.outcome == ApplyOutcome::Unchanged {
                         continue;
                     }
                     tracing::debug!(outcome = ?done.outcome, "applied at once");
+                    if let Some(h) = &hub {
+                        h.applied(&done.outcome, None, started.elapsed());
+                    }
                     if let Some(r) = &cfg.reports {
                         let _ = r.send(Report {
                             outcome: done.outcome,
@@ -221,7 +248,12 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                         if let Some(h) = &hub {
                             h.snapshot(&doc);
                         }
-                        applier.apply(&doc).await
+                        let applied = applier.apply(&doc).await;
+                        // After HAProxy's apply, so they never delay it, whatever it did.
+                        if !extras.is_empty() {
+                            extras.render(&Model::build(&doc), &cfg.vars);
+                        }
+                        applied
                     }
                     Err(e) => Err(ApplyError::Transient(e)),
                 };

@@ -31,6 +31,7 @@ fn startup_errors_are_one_line_and_touch_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_addr = taken.local_addr().unwrap().to_string();
     let taken_msg = format!("--http {taken_addr}: cannot listen");
+    let onto_out = format!("{m}:{o}");
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
@@ -56,6 +57,29 @@ fn startup_errors_are_one_line_and_touch_nothing() {
         (
             vec!["--members", m, "--out", o, "--http", &taken_addr],
             &taken_msg,
+        ),
+        (
+            vec!["--members", m, "--out", o, "--render", "t.hbs"],
+            "TEMPLATE:OUT",
+        ),
+        (
+            vec![
+                "--members",
+                m,
+                "--out",
+                o,
+                "--render",
+                "/nonexistent-t.hbs:/tmp/x",
+            ],
+            "/nonexistent-t.hbs",
+        ),
+        (
+            vec!["--members", m, "--out", o, "--render", &onto_out],
+            "would overwrite the HAProxy config",
+        ),
+        (
+            vec!["--members", m, "--out", o, "--render-timeout", "soon"],
+            "soon",
         ),
     ];
     for (args, needle) in cases {
@@ -280,4 +304,99 @@ fn a_master_socket_path_that_cannot_become_a_socket_is_an_error_at_once() {
     assert!(!ok);
     assert!(err.contains("is not a socket"), "{err}");
     assert!(!out.exists());
+}
+
+#[test]
+fn render_writes_prometheus_targets_from_the_members_file_and_runs_its_command_after_each_change() {
+    let d = tempfile::tempdir().unwrap();
+    let members = d.path().join("members.json");
+    let out = d.path().join("haproxy.cfg");
+    let targets = d.path().join("targets.json");
+    let runs = d.path().join("runs");
+    let script = d.path().join("on-change.sh");
+    // The command sees the file it follows in LBGEN_RENDER_OUT.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$LBGEN_RENDER_OUT\" >> {}\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    let template = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../templates/prometheus-targets.json.hbs");
+    let agent = |name: &str, ip: u8| {
+        serde_json::json!({"name": name, "addr": format!("10.1.0.{ip}:7946"), "status": "alive",
+            "tags": {"service": "web", "port": "3000", "metrics_agent": "7373"}})
+    };
+    let write = |m: &[serde_json::Value]| {
+        std::fs::write(&members, serde_json::json!({ "members": m }).to_string()).unwrap()
+    };
+    write(&[agent("web-1", 2)]);
+    let log = d.path().join("lbgen.log");
+    let _w = Killed(
+        Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .args(["watch", "--check-cmd", "none", "--wait", "20ms:200ms"])
+            .arg("--members")
+            .arg(&members)
+            .arg("--out")
+            .arg(&out)
+            .arg("--render")
+            .arg(format!(
+                "{}:{}:sh {}",
+                template.display(),
+                targets.display(),
+                script.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let parsed = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&targets)
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or_default()
+    };
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_for("the first targets file", Duration::from_secs(10), || {
+        parsed().len() == 1 && std::fs::read_to_string(&runs).is_ok_and(|r| r.lines().count() == 1)
+    });
+    assert_eq!(
+        parsed()[0],
+        serde_json::json!({"targets": ["10.1.0.2:7373"], "labels":
+            {"job": "shoal-agent", "instance": "10.1.0.2:7373", "node": "web-1", "service": "web"}}),
+        "{}",
+        log_text()
+    );
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap().trim(),
+        targets.display().to_string()
+    );
+    write(&[agent("web-1", 2), agent("web-2", 3)]);
+    wait_for("the second targets file", Duration::from_secs(10), || {
+        parsed().len() == 2 && std::fs::read_to_string(&runs).is_ok_and(|r| r.lines().count() == 2)
+    });
+    // A members change that leaves the targets as they are rewrites nothing and runs nothing.
+    let mut web3 = agent("web-3", 4);
+    web3["tags"] = serde_json::json!({"service": "web", "port": "3000"});
+    write(&[agent("web-1", 2), agent("web-2", 3), web3]);
+    wait_for(
+        "the HAProxy config with web-3",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&out).is_ok_and(|c| c.contains("server web-3 ")),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        std::fs::read_to_string(&runs).unwrap().lines().count(),
+        2,
+        "{}",
+        log_text()
+    );
+    assert!(
+        log_text().contains("--render command done"),
+        "{}",
+        log_text()
+    );
 }

@@ -44,6 +44,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
         reload_timeout: Duration::from_secs(5),
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
+        renders: Vec::new(),
         reports: Some(rtx),
         http: None,
     };

@@ -57,6 +57,7 @@ fn start(members: &[serde_json::Value]) -> Watch {
         resync: None,
         reports: None,
         leaving_max: lbgen::watch::LEAVING_MAX,
+        renders: Vec::new(),
         http: Some(listener),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -253,3 +253,77 @@ fn one_members_tags_do_not_take_over_a_pool_and_status_names_it() {
     assert_eq!(v["default_pool"], "web");
     assert_eq!(v["conflicts"].as_array().unwrap().len(), 2, "{out}");
 }
+
+/// The Prometheus file_sd template: golden bytes, valid JSON, and every target once.
+#[test]
+fn golden_prometheus_targets_from_membership() {
+    let members = dir().join("monitoring.json");
+    let expected = dir().join("monitoring.targets.json");
+    let template =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/prometheus-targets.json.hbs");
+    let (ok, out, err) = lbgen(
+        &[
+            "render",
+            "--template",
+            template.to_str().unwrap(),
+            "--members",
+            members.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(ok, "render failed: {err}");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&expected, &out).unwrap();
+    }
+    let want =
+        std::fs::read_to_string(&expected).expect("golden file (UPDATE_GOLDEN=1 creates it)");
+    assert_eq!(out, want, "render differs from {}", expected.display());
+    let groups: Vec<serde_json::Value> = serde_json::from_str(&out).expect("valid JSON");
+    let got: Vec<(String, String)> = groups
+        .iter()
+        .map(|g| {
+            (
+                g["labels"]["job"].as_str().unwrap().to_string(),
+                g["targets"][0].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("haproxy", "172.20.0.9:1936"),
+        ("haproxy", "172.20.0.2:1936"),
+        ("haproxy", "[fd00::2]:1936"),
+        ("lbgen", "172.20.0.2:8405"),
+        ("shoal-agent", "172.20.0.2:7373"),
+        ("shoal-agent", "172.20.0.5:7373"),
+        ("shoal-agent", "172.20.0.6:7373"),
+        ("shoal-agent", "172.20.0.7:7373"),
+    ]
+    .iter()
+    .map(|(j, a)| (j.to_string(), a.to_string()))
+    .collect();
+    assert_eq!(got, want);
+    // The member with an unsafe service tag is scraped without it.
+    assert_eq!(groups[0]["labels"]["node"], "evil");
+    assert_eq!(groups[0]["labels"]["service"], "");
+}
+
+#[test]
+fn an_empty_cluster_renders_an_empty_target_list() {
+    let template =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/prometheus-targets.json.hbs");
+    let (ok, out, err) = lbgen(
+        &[
+            "render",
+            "--template",
+            template.to_str().unwrap(),
+            "--members",
+            "-",
+        ],
+        Some(r#"{"members":[]}"#),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
+        serde_json::json!([])
+    );
+}

@@ -51,6 +51,8 @@ enum Scenario {
     Steady,
     /// Two halves cut for --cut-secs, then healed.
     Partition,
+    /// One user event (64 B) from one member: delays to the others.
+    UserEvent,
 }
 
 #[derive(Subcommand)]
@@ -241,6 +243,21 @@ fn run(cli: Cli) -> Result<(), String> {
                         s.udp_msgs_per_member_s,
                         s.udp_bytes_per_member_s,
                         s.tcp_bytes_per_member_s
+                    );
+                }
+                Scenario::UserEvent => {
+                    let spreads = scenario::user_events(&p, 1, 64);
+                    let s = &spreads[0];
+                    println!(
+                        "user event, N={}: p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, all {} ms, \
+                         within 1 s {:.2}%",
+                        p.n,
+                        s.quantile(0.5),
+                        s.quantile(0.99),
+                        s.quantile(0.999),
+                        s.all_ms()
+                            .map_or("never".to_string(), |x| format!("{x:.1}")),
+                        100.0 * s.within(1000.0)
                     );
                 }
                 Scenario::Partition => {

@@ -136,6 +136,8 @@ pub struct Sim {
     pub log: Vec<Observed>,
     /// Whether member events are recorded in `log`.
     pub recording: bool,
+    /// User events handed out: (virtual µs, observer, event name).
+    pub user_log: Vec<(u64, usize, String)>,
 }
 
 impl Sim {
@@ -155,6 +157,7 @@ impl Sim {
             traffic: Traffic::default(),
             log: Vec::new(),
             recording: false,
+            user_log: Vec::new(),
             cfg,
         };
         let ids: Vec<NodeId> = (0..sim.cfg.n).map(id_of).collect();
@@ -239,6 +242,15 @@ impl Sim {
     }
 
     /// The member goes silent (kill -9, or its host vanished).
+    /// Member `i` sends a user event (gossiped inline up to 512 B).
+    pub fn user_event(&mut self, i: usize, name: &str, payload: Vec<u8>) {
+        let now = self.now();
+        if let Err(e) = self.nodes[i].core.user_event(name, payload, false, now) {
+            panic!("user event refused: {e}");
+        }
+        self.drain(i);
+    }
+
     pub fn kill(&mut self, i: usize) {
         self.nodes[i].up = false;
     }
@@ -445,6 +457,9 @@ impl Sim {
                     self.push_pull(i, to);
                 }
             }
+            Output::UserEvent(e) => self.user_log.push((self.now_us, i, e.name)),
+            // Queries are measured on real agents (bench/), not here.
+            Output::Query(_) | Output::QueryReply(_) | Output::ReplyTcp { .. } => {}
             Output::LeaveDone | Output::NameTaken { .. } => self.nodes[i].up = false,
         }
     }

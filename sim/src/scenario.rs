@@ -250,3 +250,40 @@ pub fn partition_run(p: &Params, cut: Duration, limit: Duration) -> PartitionRun
         healed_ms: healed.then(|| (sim.now_us() - t0) as f64 / 1000.0),
     }
 }
+
+/// User events: a burst of `k` events with `payload` bytes each, sent by
+/// `k` members at once (member `j % n` sends event `j`); per event, how it
+/// spread to the other live members.
+pub fn user_events(p: &Params, k: usize, payload: usize) -> Vec<Spread> {
+    let mut sim = p.sim();
+    sim.run_for(Duration::from_secs(2));
+    sim.user_log.clear();
+    let t0 = sim.now_us();
+    let names: Vec<String> = (0..k).map(|j| format!("ev{j}")).collect();
+    for (j, name) in names.iter().enumerate() {
+        sim.user_event(j % p.n, name, vec![b'p'; payload]);
+    }
+    let want = k * p.n;
+    sim.run_while_not(Duration::from_secs(60), Duration::from_millis(20), |s| {
+        s.user_log.len() >= want
+    });
+    names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| {
+            let origin = j % p.n;
+            let mut delays_ms: Vec<f64> = sim
+                .user_log
+                .iter()
+                .filter(|(_, at, n)| n == name && *at != origin)
+                .map(|(t, _, _)| (t - t0) as f64 / 1000.0)
+                .collect();
+            delays_ms.sort_by(f64::total_cmp);
+            Spread {
+                phase: "user-event",
+                observers: p.n - 1,
+                delays_ms,
+            }
+        })
+        .collect()
+}

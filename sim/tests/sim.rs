@@ -84,3 +84,32 @@ fn no_false_failures_at_twenty_percent_loss() {
     let s = scenario::steady(&p, Duration::from_secs(20));
     assert_eq!(s.false_failed_events, 0, "{s:?}");
 }
+
+#[test]
+fn a_user_event_reaches_999_permille_of_the_members_within_a_second() {
+    // The figure is N = 1000 (bench/userev.py runs it:
+    // `shoal-sim run --scenario user-event -n 1000`); 200 here keeps the
+    // debug build of `cargo test` quick. 200 ms gossip.
+    let spreads = scenario::user_events(&params(200, 3), 1, 64);
+    let s = &spreads[0];
+    eprintln!(
+        "user event, N=200: p50 {:.1} ms, p99.9 {:.1} ms, all {:?} ms, within 1 s {:.4}",
+        s.p(0.5),
+        s.quantile(0.999),
+        s.all_ms(),
+        s.within(1000.0)
+    );
+    assert_eq!(s.missing(), 0, "{s:?}");
+    assert!(s.within(1000.0) >= 0.999, "{s:?}");
+}
+
+#[test]
+fn a_burst_of_user_events_is_delivered_whole_and_once() {
+    let spreads = scenario::user_events(&params(100, 5), 40, 400);
+    for s in &spreads {
+        assert_eq!(s.delays_ms.len(), 99, "lost or duplicated: {s:?}");
+    }
+    let worst = spreads.iter().map(|s| s.quantile(1.0)).fold(0.0, f64::max);
+    eprintln!("burst of 40 x 400 B events, N=100: last delivery after {worst:.1} ms");
+    assert!(worst < 5_000.0, "{worst} ms");
+}

@@ -1,30 +1,51 @@
 //! `webapp`: the demo backend of the shoal compose demo (like the lab's demo app).
 //!
 //! - `GET /health` → `200 ok` (the supervisor's `--check` and the LB's `httpchk`).
+//! - `POST /echo` → JSON `{"hostname", "ip", "bytes", "checksum", "posts"}`: the body's length
+//!   and FNV-1a 64 checksum (hex), and how many POSTs this process has answered; bodies over
+//!   [`MAX_POST_BODY`] get a 413.
+//! - `GET /download?seconds=S&rate=B` → `S × B` bytes at a steady rate ([`download`]).
+//! - `GET /ws` → a WebSocket echo ([`ws`]).
 //! - any other `GET` → JSON `{"hostname", "ip", "tag", "session", "path"}`: `ip` is the
 //!   address the request arrived on (the container's address the LB connected to), `tag`
 //!   comes from `WEBAPP_TAG`, `session` counts this client's requests with a cookie
-//!   (`webapp_session=N`, answered with `Set-Cookie: webapp_session=N+1`).
+//!   (`webapp_session=N`, answered with `Set-Cookie: webapp_session=N+1`); `forwarded_for`,
+//!   `forwarded_proto` and `request_id` echo what the LB sent (`X-Forwarded-For`,
+//!   `X-Forwarded-Proto`, `X-Request-ID`; null when absent).
 //!
 //! Layout: [`run`] serves a bound listener until a shutdown future resolves, then lets the
-//! open connections finish (graceful); `main.rs` only parses flags, binds and wires SIGTERM.
+//! open connections and WebSocket sessions finish (graceful); `main.rs` only parses flags,
+//! binds and wires SIGTERM.
+
+pub mod download;
+pub mod open;
+pub mod ws;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, COOKIE, SET_COOKIE};
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, SET_COOKIE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::open::Open;
+
+/// The body type of every answer: fixed bodies and the streaming download alike.
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Largest `POST /echo` body (bytes); more is a 413.
+pub const MAX_POST_BODY: usize = 1 << 20;
 
 /// Name of the session-counter cookie.
 pub const SESSION_COOKIE: &str = "webapp_session";
@@ -53,11 +74,26 @@ impl AppInfo {
 /// Longest time open connections get to finish after shutdown is asked for.
 pub const GRACE: Duration = Duration::from_secs(10);
 
+/// What the request handlers share.
+struct App {
+    info: AppInfo,
+    /// Open WebSocket sessions.
+    sessions: Open,
+    posts: AtomicU64,
+}
+
 /// Serves `listener` until `shutdown` resolves; then stops accepting and waits (at most
-/// [`GRACE`]) for the open connections to finish their current request.
+/// [`GRACE`]) for the open connections to finish their current request and for the open
+/// WebSocket sessions to be closed by their clients.
 pub async fn run(listener: TcpListener, info: AppInfo, shutdown: impl Future<Output = ()>) {
-    let info = Arc::new(info);
-    let graceful = GracefulShutdown::new();
+    let app = Arc::new(App {
+        info,
+        sessions: Open::default(),
+        posts: AtomicU64::new(0),
+    });
+    let connections = Open::default();
+    // Flips to true on shutdown: every connection then finishes its request and closes.
+    let (stopping_tx, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -72,15 +108,24 @@ pub async fn run(listener: TcpListener, info: AppInfo, shutdown: impl Future<Out
                     }
                 };
                 let local = stream.local_addr().ok();
-                let info = info.clone();
+                let app = app.clone();
                 let service = service_fn(move |req| {
-                    let info = info.clone();
-                    async move { Ok::<_, Infallible>(handle(&req, &info, local)) }
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(handle(req, &app, local).await) }
                 });
                 let conn = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                let guard = connections.enter();
+                let mut stopping = stopping.clone();
                 tokio::spawn(async move {
+                    let _guard = guard;
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => return,
+                        _ = stopping.wait_for(|s| *s) => {}
+                    }
+                    conn.as_mut().graceful_shutdown();
                     let _ = conn.await;
                 });
             }
@@ -88,7 +133,16 @@ pub async fn run(listener: TcpListener, info: AppInfo, shutdown: impl Future<Out
         }
     }
     drop(listener);
-    let _ = tokio::time::timeout(GRACE, graceful.shutdown()).await;
+    let _ = stopping_tx.send(true);
+    let open = app.sessions.count();
+    if open > 0 {
+        eprintln!("webapp: waiting for {open} open websocket session(s)");
+    }
+    let _ = tokio::time::timeout(GRACE, async {
+        connections.wait_idle().await;
+        app.sessions.wait_idle().await;
+    })
+    .await;
 }
 
 /// Parses `webapp_session=N` out of the request's Cookie headers (0 when absent or bad).
@@ -102,36 +156,97 @@ pub fn session_from_cookies<'a>(headers: impl Iterator<Item = &'a HeaderValue>) 
         .unwrap_or(0)
 }
 
-fn handle(
-    req: &Request<Incoming>,
-    info: &AppInfo,
-    local: Option<SocketAddr>,
-) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+async fn handle(req: Request<Incoming>, app: &App, local: Option<SocketAddr>) -> Response<Body> {
+    let ip = local.map(|a| a.ip().to_string()).unwrap_or_default();
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/echo") => echo(req, app, ip).await,
+        (_, "/echo") => text(StatusCode::METHOD_NOT_ALLOWED, "only POST\n"),
+        (m, _) if m != Method::GET && m != Method::HEAD => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n")
+        }
+        (_, "/health") => text(StatusCode::OK, "ok\n"),
+        (_, "/ws") => ws::upgrade(req, &app.sessions),
+        (_, "/download") => match download::Download::from_query(req.uri().query()) {
+            Ok(d) => {
+                let mut resp = Response::new(d.body().boxed());
+                let h = resp.headers_mut();
+                h.insert(
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("application/octet-stream"),
+                );
+                h.insert(CONTENT_LENGTH, HeaderValue::from(d.len()));
+                resp
+            }
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("/download: {e}\n")),
+        },
+        _ => hello(&req, &app.info, ip),
     }
-    if req.uri().path() == "/health" {
-        return text(StatusCode::OK, "ok\n");
-    }
+}
+
+/// The JSON answer of every plain `GET`, with the cookie session counted up.
+fn hello(req: &Request<Incoming>, info: &AppInfo, ip: String) -> Response<Body> {
     let session = session_from_cookies(req.headers().get_all(COOKIE).iter()).saturating_add(1);
     let body = serde_json::json!({
         "hostname": info.hostname,
-        "ip": local.map(|a| a.ip().to_string()).unwrap_or_default(),
+        "ip": ip,
         "tag": info.tag,
         "session": session,
         "path": req.uri().path(),
+        "forwarded_for": header(req, "x-forwarded-for"),
+        "forwarded_proto": header(req, "x-forwarded-proto"),
+        "request_id": header(req, "x-request-id"),
     });
-    let mut resp = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
-    let headers = resp.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut resp = json(&body);
     if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={session}; Path=/; HttpOnly")) {
-        headers.insert(SET_COOKIE, v);
+        resp.headers_mut().insert(SET_COOKIE, v);
     }
     resp
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+/// A request header as text, for the JSON answer (None when absent or not visible ASCII).
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /echo`: reads the whole body (at most [`MAX_POST_BODY`]) and reports its length
+/// and checksum, so a client can tell its POST arrived whole.
+async fn echo(req: Request<Incoming>, app: &App, ip: String) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_POST_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("POST /echo: body over {MAX_POST_BODY} bytes\n"),
+            )
+        }
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("POST /echo: {e}\n")),
+    };
+    let posts = app.posts.fetch_add(1, Ordering::Relaxed) + 1;
+    json(&serde_json::json!({
+        "hostname": app.info.hostname,
+        "ip": ip,
+        "bytes": body.len(),
+        "checksum": format!("{:016x}", fnv1a64(&body)),
+        "posts": posts,
+    }))
+}
+
+/// FNV-1a, 64 bit: a checksum any client computes in three lines.
+pub fn fnv1a64(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn json(v: &serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(format!("{v}\n"))).boxed());
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+pub(crate) fn text(status: StatusCode, body: impl Into<String>) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.into())).boxed());
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -167,6 +282,13 @@ mod tests {
             "a=1; webapp_session=41; SERVERID=web-1",
         )];
         assert_eq!(session_from_cookies(h.iter()), 41);
+    }
+
+    #[test]
+    fn fnv1a64_matches_the_reference_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
     }
 
     #[test]

@@ -8,14 +8,19 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 fn get(addr: SocketAddr, path: &str, cookie: Option<&str>) -> (u16, Vec<String>, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let cookie = cookie
         .map(|c| format!("Cookie: {c}\r\n"))
         .unwrap_or_default();
+    get_with(addr, path, &cookie)
+}
+
+/// A GET with extra header lines (each ending in `\r\n`).
+fn get_with(addr: SocketAddr, path: &str, headers: &str) -> (u16, Vec<String>, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\n{cookie}Connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{headers}Connection: close\r\n\r\n"
     )
     .unwrap();
     let mut raw = String::new();
@@ -71,6 +76,34 @@ async fn root_answers_json_with_hostname_ip_tag_and_a_cookie_counted_session() {
     assert!(headers.iter().any(|h| h
         .to_ascii_lowercase()
         .starts_with("set-cookie: webapp_session=8")));
+    stop.send(()).unwrap();
+    task.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_answer_echoes_the_forwarding_headers_and_request_id_the_lb_sent() {
+    let (addr, stop, task) = start().await;
+    let (_, _, body) = tokio::task::spawn_blocking(move || {
+        get_with(
+            addr,
+            "/",
+            "X-Forwarded-For: 10.9.8.7\r\nX-Forwarded-Proto: http\r\nX-Request-ID: AB:12_3\r\n",
+        )
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["forwarded_for"], "10.9.8.7", "{v}");
+    assert_eq!(v["forwarded_proto"], "http", "{v}");
+    assert_eq!(v["request_id"], "AB:12_3", "{v}");
+    let (_, _, body) = tokio::task::spawn_blocking(move || get(addr, "/", None))
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["forwarded_for"].is_null() && v["request_id"].is_null(),
+        "{v}"
+    );
     stop.send(()).unwrap();
     task.await.unwrap();
 }

@@ -14,6 +14,7 @@ use tracing::{debug, info, warn};
 
 use super::keys::{cluster_key_op, KeyCtx};
 use super::tcp::{allow_warning, count_frame_error};
+use super::user::{self, PendingQuery, QueryParams, UserDelivery};
 use super::{now, AgentConfig, Command, Snapshot, MAX_PENDING_MERGES};
 use crate::addr;
 use crate::command_error::TagsError;
@@ -28,7 +29,9 @@ use crate::metrics::Dir;
 use crate::pushpull::{self, FrameError};
 use crate::stats::Stats;
 use crate::tags::{self, Tags};
+use crate::userev::{self, Payload, QueryRun, ReplyKind, UserError, UserEvent};
 use crate::wire::{self, DecodeError, SyncMsg, TcpMsg};
+use shoal_contract::QueryLine;
 
 /// The I/O half: owns the socket and carries out what the core asks.
 pub(super) struct Node {
@@ -57,6 +60,10 @@ pub(super) struct Node {
     /// meanwhile wait in `tags_queued`, so each is merged onto the last.
     pub(super) tags_saving: bool,
     pub(super) tags_queued: VecDeque<TagChange>,
+    /// User events and queries for the handlers.
+    pub(super) user_tx: tokio::sync::broadcast::Sender<Arc<UserDelivery>>,
+    /// Queries this node sent, by id, until complete or timed out.
+    pub(super) queries: std::collections::HashMap<u64, PendingQuery>,
     pub(super) cfg: AgentConfig,
 }
 
@@ -106,6 +113,7 @@ impl Node {
                 },
                 _ = tick.tick() => {
                     self.core.on_tick(now());
+                    self.expire_queries();
                     if self.started.elapsed() >= self.cfg.sync_timeout {
                         self.mark_synced("no push-pull with a peer within --sync-timeout: serving the table as it is (a one-node cluster?)");
                     }
@@ -242,6 +250,37 @@ impl Node {
                 self.queue_merge(remote);
             }
             Command::PushPullOut { remote } => self.queue_merge(remote),
+            Command::UserEvent {
+                name,
+                payload,
+                coalesce,
+                reply,
+            } => {
+                let sent = self.core.user_event(&name, payload, coalesce, now());
+                if let Ok(ltime) = &sent {
+                    info!(event = %name, ltime, coalesce, "user event sent");
+                }
+                let _ = reply.send(sent);
+            }
+            Command::Query {
+                params,
+                lines,
+                reply,
+            } => {
+                let _ = reply.send(self.send_query(params, lines));
+            }
+            Command::Respond { query, kind } => self.core.respond(&query, kind),
+            Command::ReplyIn(r) => self.on_reply(r),
+            Command::Clocks { theirs, reply } => {
+                let ours = self.core.user_sync();
+                self.core.peer_sync(theirs, now());
+                if let Some(reply) = reply {
+                    let _ = reply.send(ours);
+                }
+            }
+            Command::FetchPayload { ltime, name, reply } => {
+                let _ = reply.send(self.core.kept_payload(ltime, &name));
+            }
             Command::KeyOp { op, reply } => {
                 let peers: Vec<(String, SocketAddr)> = self
                     .core
@@ -254,6 +293,126 @@ impl Node {
                 tokio::spawn(async move {
                     let _ = reply.send(cluster_key_op(keys, op, peers, stats).await);
                 });
+            }
+        }
+    }
+
+    /// Sends a query and keeps its run until complete or timed out.
+    fn send_query(
+        &mut self,
+        p: QueryParams,
+        lines: tokio::sync::mpsc::UnboundedSender<QueryLine>,
+    ) -> Result<(), UserError> {
+        let timeout = p.timeout.unwrap_or_else(|| {
+            userev::default_query_timeout(
+                self.cfg.profile.timing().gossip_interval,
+                self.core.count(Status::Alive) + self.core.count(Status::Suspect),
+            )
+        });
+        let sent = std::time::Instant::now();
+        let spec = userev::QuerySpec {
+            name: p.name,
+            payload: p.payload,
+            nodes: p.nodes,
+            tags: p.tags,
+            ack: p.ack,
+            timeout,
+        };
+        let (query, expected) = self.core.query(spec, now())?;
+        info!(query = %query.name, ltime = query.ltime, addressed = expected.len(), ?timeout, "query sent");
+        let _ = lines.send(QueryLine::Started {
+            name: query.name.clone(),
+            ltime: query.ltime,
+            timeout_ms: query.timeout_ms,
+            addressed: expected.iter().cloned().collect(),
+        });
+        let run = QueryRun::new(&query, expected, tokio::time::Instant::now().into_std());
+        let pending = PendingQuery {
+            run,
+            lines,
+            sent,
+            responses: 0,
+            acks: 0,
+        };
+        if pending.run.complete() {
+            pending.finish();
+        } else {
+            self.queries.insert(query.id, pending);
+        }
+        Ok(())
+    }
+
+    /// A reply to one of our queries (UDP or TCP).
+    fn on_reply(&mut self, r: userev::Reply) {
+        let id = r.id;
+        let Some(q) = self.queries.get_mut(&id) else {
+            debug!(from = %r.from, "reply to a query that is over (or not ours)");
+            return;
+        };
+        if q.on_reply(r) {
+            q.finish();
+            self.queries.remove(&id);
+        }
+    }
+
+    /// Ends the queries whose timeout passed or whose asker went away.
+    fn expire_queries(&mut self) {
+        let now = tokio::time::Instant::now().into_std();
+        self.queries.retain(|_, q| {
+            if q.abandoned() {
+                return false;
+            }
+            if q.run.timed_out(now) {
+                q.finish();
+                return false;
+            }
+            true
+        });
+    }
+
+    /// A user event for the handlers; a large payload is fetched first.
+    fn deliver_event(&mut self, e: UserEvent) {
+        let UserEvent {
+            ltime,
+            origin,
+            name,
+            coalesce,
+            payload,
+        } = e;
+        let mut delivery = UserDelivery::Event {
+            name,
+            ltime,
+            origin,
+            coalesce,
+            payload: Vec::new(),
+        };
+        match payload {
+            Payload::Inline(p) => {
+                if let UserDelivery::Event { payload, .. } = &mut delivery {
+                    *payload = p;
+                }
+                let _ = self.user_tx.send(Arc::new(delivery));
+            }
+            Payload::Fetch { len, from } => {
+                if let UserDelivery::Event { payload, name, .. } = &mut delivery {
+                    if from == self.core.local().addr {
+                        // Our own: no need to ask ourselves over TCP.
+                        if let Some(p) = self.core.kept_payload(ltime, name) {
+                            *payload = p;
+                            let _ = self.user_tx.send(Arc::new(delivery));
+                        }
+                        return;
+                    }
+                }
+                let ring = pushpull::snapshot(&self.keys.ring);
+                user::fetch_and_deliver(
+                    from,
+                    len,
+                    delivery,
+                    ring,
+                    self.user_tx.clone(),
+                    self.stats.clone(),
+                );
             }
         }
     }
@@ -310,28 +469,51 @@ impl Node {
 
     /// Carries out the core's outputs and refreshes what the API reads.
     pub(super) fn carry_out(&mut self) {
-        let outputs = self.core.take_outputs();
         let mut events = Vec::new();
-        for output in outputs {
-            match output {
-                Output::Send { to, packet } => self.send_raw(to, &packet),
-                Output::Event(e) => {
-                    self.stats.metrics.member_event(e.kind.as_str());
-                    events.push(e);
-                }
-                Output::JoinRound => self.join_round(),
-                Output::PushPull { to } => self.push_pull_with(to),
-                Output::SeedPushPull { exclude } => self.seed_push_pull(exclude),
-                Output::LeaveDone => {
-                    for reply in self.leave_reply.drain(..) {
-                        let _ = reply.send(());
+        loop {
+            let outputs = self.core.take_outputs();
+            if outputs.is_empty() {
+                break;
+            }
+            for output in outputs {
+                match output {
+                    Output::Send { to, packet } => self.send_raw(to, &packet),
+                    Output::Event(e) => {
+                        self.stats.metrics.member_event(e.kind.as_str());
+                        events.push(e);
                     }
-                    self.end = Some(LoopEnd::Left);
-                }
-                Output::NameTaken { reason } => {
-                    // Stop the loop; the lifecycle stops the services and
-                    // exits non-zero, saying why.
-                    self.end = Some(LoopEnd::NameTaken(reason));
+                    Output::JoinRound => self.join_round(),
+                    Output::PushPull { to } => self.push_pull_with(to),
+                    Output::SeedPushPull { exclude } => self.seed_push_pull(exclude),
+                    Output::LeaveDone => {
+                        for reply in self.leave_reply.drain(..) {
+                            let _ = reply.send(());
+                        }
+                        self.end = Some(LoopEnd::Left);
+                    }
+                    Output::NameTaken { reason } => {
+                        // Stop the loop; the lifecycle stops the services and
+                        // exits non-zero, saying why.
+                        self.end = Some(LoopEnd::NameTaken(reason));
+                    }
+                    Output::UserEvent(e) => self.deliver_event(e),
+                    Output::Query(q) => {
+                        if self.user_tx.receiver_count() == 0 {
+                            // No handlers at all: say so, so the asker need not wait.
+                            self.core.respond(&q, ReplyKind::NoResponse);
+                        } else {
+                            let _ = self.user_tx.send(Arc::new(UserDelivery::Query(q)));
+                        }
+                    }
+                    Output::QueryReply(r) => self.on_reply(r),
+                    Output::ReplyTcp { to, reply } => {
+                        user::reply_over_tcp(
+                            to,
+                            reply,
+                            pushpull::snapshot(&self.keys.ring),
+                            self.stats.clone(),
+                        );
+                    }
                 }
             }
         }
@@ -422,18 +604,33 @@ impl Node {
 
     fn push_pull_with(&self, addr: SocketAddr) {
         let ours = TcpMsg::Sync(self.core.sync_state());
+        let clocks = self.core.user_sync();
         let commands = self.commands.clone();
         let stats = self.stats.clone();
         let ring = pushpull::snapshot(&self.keys.ring);
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let result = pushpull::exchange(addr, ours, ring, &stats.metrics).await;
+            let result = pushpull::exchange(addr, ours, ring.clone(), &stats.metrics).await;
             let synced = matches!(result, Ok(TcpMsg::Sync(_)));
             stats.metrics.push_pull(Dir::Out, synced, started.elapsed());
             match result {
                 Ok(TcpMsg::Sync(remote)) => {
                     Stats::add(&stats.push_pulls, 1);
                     let _ = commands.send(Command::PushPullOut { remote }).await;
+                    match pushpull::exchange(addr, TcpMsg::Clocks(clocks), ring, &stats.metrics)
+                        .await
+                    {
+                        Ok(TcpMsg::Clocks(theirs)) => {
+                            let _ = commands
+                                .send(Command::Clocks {
+                                    theirs,
+                                    reply: None,
+                                })
+                                .await;
+                        }
+                        Ok(_) => debug!(%addr, "clock exchange answered with another message"),
+                        Err(e) => debug!(%addr, error = %e, "clock exchange failed"),
+                    }
                 }
                 Ok(_) => {
                     Stats::add(&stats.push_pull_failures, 1);

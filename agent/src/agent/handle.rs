@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use super::keys::KeySummary;
+use super::user::{QueryParams, UserDelivery};
 use crate::command_error::{CommandError, ShuttingDown, TagsError};
 use crate::events::EventLog;
 use crate::identity::NodeId;
@@ -16,8 +17,9 @@ use crate::membership::ForceLeaveError;
 use crate::profile::Profile;
 use crate::stats::Stats;
 use crate::tags::Tags;
+use crate::userev::{Query, Reply, ReplyKind, UserError};
 use crate::wire::{KeyOp, SyncMsg};
-use shoal_contract::{Event, Member};
+use shoal_contract::{Event, Member, QueryLine};
 
 /// The member table as the gossip loop last published it (after every
 /// change), read by the API without going through the loop or taking its
@@ -91,6 +93,34 @@ pub enum Command {
         saved: Result<(), TagsError>,
         reply: oneshot::Sender<Result<Tags, TagsError>>,
     },
+    /// Send a user event (`shoal event`); answered with its Lamport time.
+    UserEvent {
+        name: String,
+        payload: Vec<u8>,
+        coalesce: bool,
+        reply: oneshot::Sender<Result<u64, UserError>>,
+    },
+    /// Send a query (`shoal query`); its lines go to `lines` until the done line.
+    Query {
+        params: QueryParams,
+        lines: mpsc::UnboundedSender<QueryLine>,
+        reply: oneshot::Sender<Result<(), UserError>>,
+    },
+    /// A handler's answer to a query that addressed us.
+    Respond { query: Query, kind: ReplyKind },
+    /// A query reply that came over TCP (too large for UDP).
+    ReplyIn(Reply),
+    /// A member asks for the payload of our large event `(ltime, name)`.
+    FetchPayload {
+        ltime: u64,
+        name: String,
+        reply: oneshot::Sender<Option<Vec<u8>>>,
+    },
+    /// A peer's clocks and recent events; answered with ours when `reply` is set.
+    Clocks {
+        theirs: crate::userev::UserSync,
+        reply: Option<oneshot::Sender<crate::userev::UserSync>>,
+    },
     /// Join targets resolved to addresses.
     Resolved {
         addrs: Vec<SocketAddr>,
@@ -110,11 +140,12 @@ pub struct Handle {
     stats: Arc<Stats>,
     gossip_addr: SocketAddr,
     profile: Profile,
+    user: broadcast::Sender<Arc<UserDelivery>>,
 }
 
 impl Handle {
     pub(super) fn new(
-        commands: mpsc::Sender<Command>,
+        (commands, user): (mpsc::Sender<Command>, broadcast::Sender<Arc<UserDelivery>>),
         snapshot: watch::Receiver<Arc<Snapshot>>,
         events: Arc<Mutex<EventLog>>,
         synced: watch::Receiver<bool>,
@@ -130,7 +161,52 @@ impl Handle {
             stats,
             gossip_addr,
             profile,
+            user,
         }
+    }
+
+    /// Sends a user event to every member; its Lamport time.
+    pub async fn user_event(
+        &self,
+        name: String,
+        payload: Vec<u8>,
+        coalesce: bool,
+    ) -> Result<u64, CommandError<UserError>> {
+        self.call(|reply| Command::UserEvent {
+            name,
+            payload,
+            coalesce,
+            reply,
+        })
+        .await?
+        .map_err(CommandError::Refused)
+    }
+
+    /// Sends a query; its lines (started, acks, responses, done) follow on
+    /// the receiver, which ends after the done line.
+    pub async fn query(
+        &self,
+        params: QueryParams,
+    ) -> Result<mpsc::UnboundedReceiver<QueryLine>, CommandError<UserError>> {
+        let (lines, rx) = mpsc::unbounded_channel();
+        self.call(|reply| Command::Query {
+            params,
+            lines,
+            reply,
+        })
+        .await?
+        .map_err(CommandError::Refused)?;
+        Ok(rx)
+    }
+
+    /// Answers a query that addressed this node.
+    pub async fn respond(&self, query: Query, kind: ReplyKind) {
+        let _ = self.commands.send(Command::Respond { query, kind }).await;
+    }
+
+    /// User events and queries from now on, for the handlers.
+    pub fn subscribe_user(&self) -> broadcast::Receiver<Arc<UserDelivery>> {
+        self.user.subscribe()
     }
 
     async fn call<T>(

@@ -12,13 +12,16 @@
 //!   [`Command`];
 //! - `keys`: key rotation, Serf's key manager ([`apply_key_op`],
 //!   [`KeySummary`]);
-//! - `tcp`: the TCP server on the gossip port (push-pull and key operations,
-//!   under [`MAX_TCP_CONNS`]).
+//! - `tcp`: the TCP server on the gossip port (push-pull, key operations,
+//!   large query responses and event payloads, under [`MAX_TCP_CONNS`]);
+//! - `user`: user events and queries ([`UserDelivery`] to the handlers, the
+//!   queries this node waits on, payload fetches).
 
 mod gossip;
 mod handle;
 mod keys;
 mod tcp;
+mod user;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,6 +47,7 @@ pub use gossip::LoopEnd;
 pub use handle::{Command, EventSubscription, Handle, Snapshot};
 pub use keys::{apply_key_op, KeyCtx, KeySummary};
 pub use tcp::{MAX_TCP_CONNS, MAX_TCP_CONNS_PER_SOURCE};
+pub use user::{QueryParams, UserDelivery, USER_CHANNEL};
 
 /// Peer states waiting to be merged by the loop; a push-pull beyond it is
 /// answered but not merged (counted in `dropped_busy`).
@@ -87,6 +91,7 @@ pub async fn start(
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {}: {e}", cfg.bind)))?;
     let bound = udp.local_addr()?;
+    widen_receive_buffer(&udp);
     let tcp = TcpListener::bind(bound)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind TCP {bound}: {e}")))?;
@@ -109,8 +114,9 @@ pub async fn start(
     let stats = Arc::new(Stats::default());
     let (tx, rx) = mpsc::channel(1024);
     let (synced_tx, synced_rx) = watch::channel(false);
+    let (user_tx, _) = tokio::sync::broadcast::channel(USER_CHANNEL);
     let handle = Handle::new(
-        tx.clone(),
+        (tx.clone(), user_tx.clone()),
         snapshot_rx,
         events.clone(),
         synced_rx,
@@ -177,11 +183,25 @@ pub async fn start(
         tags_queued: Default::default(),
         synced: false,
         synced_tx,
+        user_tx,
+        queries: Default::default(),
         cfg,
     };
     node.carry_out();
     let task = tokio::spawn(async move { node.run(rx).await });
     Ok((handle, task))
+}
+
+/// Room for bursts on the gossip socket: a query's acks and responses from
+/// every member arrive at once. Asks for [`UDP_RECEIVE_BUFFER`]; the kernel
+/// caps it at `net.core.rmem_max`.
+pub const UDP_RECEIVE_BUFFER: usize = 4 * 1024 * 1024;
+
+fn widen_receive_buffer(udp: &UdpSocket) {
+    use nix::sys::socket::{setsockopt, sockopt::RcvBuf};
+    if let Err(e) = setsockopt(udp, RcvBuf, &UDP_RECEIVE_BUFFER) {
+        tracing::debug!(error = %e, "cannot widen the UDP receive buffer");
+    }
 }
 
 /// The core's clock. Monotonic time is tokio's, so a runtime with paused

@@ -135,7 +135,41 @@ async fn serve_tcp(
                 key_op = true;
                 TcpMsg::KeyReply(serve_key_op(keys, stats, &req).await)
             }
-            TcpMsg::KeyReply(_) => return Err(FrameError::Io("unexpected key reply".into())),
+            TcpMsg::QueryReply(reply) => {
+                commands
+                    .send(Command::ReplyIn(reply))
+                    .await
+                    .map_err(|_| FrameError::Io("agent stopped".into()))?;
+                TcpMsg::Done
+            }
+            TcpMsg::FetchPayload { ltime, name, .. } => {
+                let (tx, rx) = oneshot::channel();
+                let stopped = || FrameError::Io("agent stopped".into());
+                commands
+                    .send(Command::FetchPayload {
+                        ltime,
+                        name,
+                        reply: tx,
+                    })
+                    .await
+                    .map_err(|_| stopped())?;
+                TcpMsg::Payload(rx.await.map_err(|_| stopped())?)
+            }
+            TcpMsg::Clocks(theirs) => {
+                let (tx, rx) = oneshot::channel();
+                let stopped = || FrameError::Io("agent stopped".into());
+                commands
+                    .send(Command::Clocks {
+                        theirs,
+                        reply: Some(tx),
+                    })
+                    .await
+                    .map_err(|_| stopped())?;
+                TcpMsg::Clocks(rx.await.map_err(|_| stopped())?)
+            }
+            TcpMsg::KeyReply(_) | TcpMsg::Payload(_) | TcpMsg::Done => {
+                return Err(FrameError::Io("unexpected answer frame".into()))
+            }
         };
         // Answer with the keyring as it is now (a `use` just switched it).
         let ring = pushpull::snapshot(&keys.ring);

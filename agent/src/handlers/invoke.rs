@@ -55,6 +55,18 @@ pub fn environment(kind: &str, local: &crate::identity::NodeId) -> Vec<(String, 
     env
 }
 
+/// Logs what a handler wrote, stdout and stderr, naming handler and event
+/// (Serf logs script output too).
+pub fn log_output(n: usize, event: &str, out: &crate::process::CapturedOutput) {
+    for (stream, bytes) in [("stdout", &out.stdout), ("stderr", &out.stderr)] {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end();
+        if !text.is_empty() {
+            info!(handler = n, event, stream, output = %text, "event handler output");
+        }
+    }
+}
+
 /// Runs `spec` once for a batch of events of one kind; logs how it went.
 pub(super) async fn run_once(
     n: usize,
@@ -72,6 +84,7 @@ pub(super) async fn run_once(
     let started = Instant::now();
     match crate::process::run_captured(cmd, stdin.into_bytes(), timeout, OUTPUT_CAP).await {
         Ok(out) => {
+            log_output(n, kind, &out);
             let took = started.elapsed();
             let result = if out.timed_out {
                 RunResult::Timeout

@@ -8,12 +8,15 @@
 //! other handlers except for later events about the members it is running.
 //! Scripts get Serf's environment (`SERF_EVENT`, `SERF_SELF_NAME`,
 //! `SERF_SELF_ROLE`, `SERF_TAG_*`, and the same with `SHOAL_`) and stdin lines
-//! `name<TAB>ip<TAB>role<TAB>k=v,k=v`.
+//! `name<TAB>ip<TAB>role<TAB>k=v,k=v`. User events and queries take their
+//! own way ([`user`]): Serf's variables, the payload on stdin, a query's
+//! answer from its handler's stdout. Handler output goes to the log.
 
 pub mod coalesce;
 pub mod filter;
 pub mod invoke;
 pub mod schedule;
+pub mod user;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +58,7 @@ pub fn start(agent: &Handle, specs: Vec<HandlerSpec>, timeout: Duration) {
     if specs.is_empty() {
         return;
     }
+    user::start(agent, &specs, timeout);
     // Include the events already logged (our own join) so handlers see them.
     let events = agent.subscribe_events(0);
     let (backlog, rx) = (events.backlog, events.live);

@@ -424,6 +424,7 @@ pub fn lbgen_watch_config(api: String, out: PathBuf) -> lbgen::watch::WatchConfi
         reload_timeout: Duration::from_secs(5),
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
+        renders: Vec::new(),
         reports: None,
         http: None,
     }

@@ -74,6 +74,7 @@ pub fn measure(n: usize, loads: usize) -> PageFigures {
         resync: None,
         reports: None,
         leaving_max: crate::watch::LEAVING_MAX,
+        renders: Vec::new(),
         http: Some(listener),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

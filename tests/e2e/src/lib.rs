@@ -10,6 +10,8 @@
 //! - [`stats`] / [`Project::members`]: what HAProxy runs (its stats CSV) and what the LB's
 //!   agent sees (`shoal members --format json`).
 //!
+//! - [`clients`]: a POST client, a checked long download and a held WebSocket (deploys).
+//! - [`Project::haproxy_master`]: HAProxy's master PID and reload counter (`show proc`).
 //! - [`swarm`]: a single-node swarm made (and left) by the test, and a stack deployed on it.
 //!
 //! Every external command runs with a deadline, so no test can hang.
@@ -24,6 +26,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+pub mod clients;
 pub mod swarm;
 
 /// The repository root (this crate is `tests/e2e`).
@@ -446,11 +449,47 @@ impl Project {
         parse_members(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// Runs `./demo ARGS` on this project (`COMPOSE_PROJECT_NAME`, its env, `SKIP_BUILD=1`:
+    /// the harness built the images) with a deadline, whatever its exit status.
+    pub fn demo(&self, args: &[&str], timeout: Duration) -> Output {
+        let mut c = Command::new(repo_root().join("demo"));
+        c.args(args)
+            .env("COMPOSE_PROJECT_NAME", &self.name)
+            .env("SKIP_BUILD", "1");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        run(&mut c, timeout)
+    }
+
     /// Runs a command in the LB container; stdout.
     pub fn exec_lb(&self, cmd: &[&str]) -> String {
         let mut args = vec!["exec", "-T", "lb"];
         args.extend_from_slice(cmd);
         self.compose(&args)
+    }
+
+    /// HAProxy's master in the LB: `(pid, reloads)` from the master CLI's `show proc` (the
+    /// master line's reload counter), asked through its socket with the image's perl; the write side is
+    /// shut, or the master CLI waits for more commands.
+    pub fn haproxy_master(&self) -> Option<(u32, u64)> {
+        let script = r#"my $s = IO::Socket::UNIX->new(Peer => "/run/haproxy-master.sock") or die "connect: $!\n"; print $s "show proc\n"; shutdown($s, 1); print while <$s>;"#;
+        let out = self.compose_raw(
+            &[
+                "exec",
+                "-T",
+                "lb",
+                "perl",
+                "-MIO::Socket::UNIX",
+                "-e",
+                script,
+            ],
+            Duration::from_secs(20),
+        );
+        if !out.status.success() {
+            return None;
+        }
+        parse_show_proc_master(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// The network compose made for this project.
@@ -496,6 +535,17 @@ impl Drop for Project {
             );
         }
     }
+}
+
+/// The master line of the master CLI's `show proc`
+/// (`<PID> master <reloads> [failed: N] <uptime> <version>`): `(pid, reloads)`.
+pub fn parse_show_proc_master(out: &str) -> Option<(u32, u64)> {
+    out.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let pid = f.next()?.parse().ok()?;
+        (f.next()? == "master").then_some(())?;
+        Some((pid, f.next()?.parse().ok()?))
+    })
 }
 
 /// Docker-level helpers on single containers.
@@ -671,6 +721,7 @@ pub struct Load {
 }
 
 impl Load {
+    /// `GET /` load: each sample is the answering webapp's hostname.
     pub fn start(
         addr: SocketAddr,
         workers: usize,
@@ -678,27 +729,56 @@ impl Load {
         max_time: Duration,
         max_requests: usize,
     ) -> Load {
+        Self::start_with(workers, pause, max_time, max_requests, move || {
+            // 20 s: longer than HAProxy's connect timeout × retries, so a failure
+            // counted here is HAProxy's answer, not the client giving up early.
+            match http_get(addr, "/", None, Duration::from_secs(20)) {
+                Ok(r) if r.status == 200 => r
+                    .hostname()
+                    .ok_or_else(|| format!("200 without hostname: {:?}", r.body)),
+                Ok(r) => Err(format!("status {}", r.status)),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// `POST /echo` load with a 4 KiB body, each answer checked (length and checksum).
+    pub fn start_posts(
+        addr: SocketAddr,
+        workers: usize,
+        pause: Duration,
+        max_time: Duration,
+        max_requests: usize,
+    ) -> Load {
+        let body: Arc<Vec<u8>> = Arc::new((0..4096u32).map(|i| (i * 7 % 256) as u8).collect());
+        Self::start_with(workers, pause, max_time, max_requests, move || {
+            clients::post_echo(addr, &body, Duration::from_secs(20))
+        })
+    }
+
+    /// `workers` threads each calling `request` in a loop (bounded by `max_time` and
+    /// `max_requests`): `Ok(hostname)` or `Err(reason)` per request.
+    pub fn start_with(
+        workers: usize,
+        pause: Duration,
+        max_time: Duration,
+        max_requests: usize,
+        request: impl Fn() -> Result<String, String> + Send + Sync + 'static,
+    ) -> Load {
         let started = Instant::now();
         let stop = Arc::new(AtomicBool::new(false));
         let samples = Arc::new(Mutex::new(Vec::new()));
+        let request = Arc::new(request);
         let threads = (0..workers)
             .map(|_| {
-                let (stop, samples) = (stop.clone(), samples.clone());
+                let (stop, samples, request) = (stop.clone(), samples.clone(), request.clone());
                 std::thread::spawn(move || {
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < max_time {
                         if samples.lock().unwrap().len() >= max_requests {
                             break;
                         }
                         let t = Instant::now();
-                        // 20 s: longer than HAProxy's connect timeout × retries, so a failure
-                        // counted here is HAProxy's answer, not the client giving up early.
-                        let result = match http_get(addr, "/", None, Duration::from_secs(20)) {
-                            Ok(r) if r.status == 200 => r
-                                .hostname()
-                                .ok_or_else(|| format!("200 without hostname: {:?}", r.body)),
-                            Ok(r) => Err(format!("status {}", r.status)),
-                            Err(e) => Err(e),
-                        };
+                        let result = request();
                         samples.lock().unwrap().push(Sample {
                             at: t - started,
                             latency: t.elapsed(),
@@ -773,7 +853,17 @@ pub fn describe_failures(f: &[&Sample]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::e2e_skip;
+    use super::{e2e_skip, parse_show_proc_master};
+
+    #[test]
+    fn the_master_line_of_show_proc_gives_pid_and_reloads() {
+        let out = "#<PID>          <type>          <reloads>       <uptime>        <version>\n\
+                   8               master          3 [failed: 0]   0d00h00m31s     2.6.12-1+deb12u3\n\
+                   # workers\n\
+                   42              worker          0               0d00h00m05s     2.6.12-1+deb12u3\n";
+        assert_eq!(parse_show_proc_master(out), Some((8, 3)));
+        assert_eq!(parse_show_proc_master("# workers\n"), None);
+    }
 
     #[test]
     fn shoal_e2e_0_skips_on_a_laptop() {

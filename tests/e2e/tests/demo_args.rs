@@ -17,6 +17,7 @@ fn demo(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("LB_HTTP_PORT")
         .env_remove("LB_STATS_PORT")
         .env_remove("LB_STATUS_PORT")
+        .env_remove("PROM_PORT")
         .envs(env.iter().copied())
         .output()
         .expect("run ./demo")
@@ -37,6 +38,8 @@ fn a_webapp_count_that_is_not_a_whole_number_up_to_100_is_refused_before_docker(
         &["scale"],
         &["up", "-1"],
         &["up", "2", "3"],
+        &["up", "2", "--monitor"],
+        &["up", "--monitoring", "x"],
     ] {
         let out = demo(args, &[]);
         let err = stderr(&out);
@@ -58,8 +61,9 @@ fn a_host_port_variable_that_is_not_a_port_is_refused_by_name() {
         ("LB_HTTP_PORT", "70000"),
         ("LB_STATS_PORT", "-1"),
         ("LB_STATUS_PORT", "9100x"),
+        ("PROM_PORT", "prom"),
     ] {
-        let out = demo(&["up", "1"], &[(var, value)]);
+        let out = demo(&["up", "1", "--monitoring"], &[(var, value)]);
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(2), "{var}={value}: {err}");
         assert!(err.contains(var) && err.contains("not a port"), "{err}");
@@ -83,6 +87,24 @@ fn a_taken_host_port_is_named_with_the_variable_that_moves_it() {
             "{var} {cmd}: {err}"
         );
     }
+    // Prometheus's port is checked only for the monitoring profile.
+    let free = [("LB_HTTP_PORT", "0"), ("LB_STATS_PORT", "0")];
+    let out = demo(
+        &["up", "1", "--monitoring"],
+        &[free[0], free[1], ("PROM_PORT", &port)],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} is already in use")) && err.contains("PROM_PORT"),
+        "{err}"
+    );
+    let out = demo(&["up", "1"], &[free[0], free[1], ("PROM_PORT", &port)]);
+    assert!(
+        stderr(&out).contains("no Docker engine reachable"),
+        "{}",
+        stderr(&out)
+    );
     // Port 0 (a free one, picked by Docker) is never "taken": on to Docker.
     let out = demo(
         &["up", "1"],
@@ -95,4 +117,33 @@ fn a_taken_host_port_is_named_with_the_variable_that_moves_it() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no Docker engine reachable"), "{err}");
+}
+
+#[test]
+fn bad_deploy_arguments_are_refused_before_docker() {
+    for (args, says) in [
+        (
+            &["deploy", "--batch", "0"][..],
+            "--batch must be from 1 to 100",
+        ),
+        (
+            &["deploy", "--batch", "x"],
+            "--batch must be a whole number",
+        ),
+        (&["deploy", "--batch"], "--batch needs a value"),
+        (
+            &["deploy", "--stop-timeout", "-5"],
+            "--stop-timeout must be a whole number",
+        ),
+        (&["deploy", "3"], "unknown argument \"3\""),
+    ] {
+        let out = demo(args, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(says) && err.contains("usage:"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("Docker"), "{args:?} reached Docker: {err}");
+    }
 }

@@ -1,0 +1,295 @@
+#!/usr/bin/env python3
+"""shoal's compose demo against the DNS-based rival, side by side in one run.
+
+The rival (bench/dns-rival/) is HAProxy as a skilled Docker user tunes it without shoal:
+`server-template web 30 webapp:3000 check resolvers docker init-addr none`, Docker's
+embedded DNS at 127.0.0.11 with `hold valid 1s`, `inter 1s fall 2 rise 1`, `redispatch`,
+`retry-on`. Both run the same webapp image and get the same load at the same moments (one
+thread per system per action, so machine noise hits both alike):
+
+  up      `docker-compose up -d --scale webapp=2` of the whole project, then: command
+          returned -> both replicas answered through the LB (s)
+  scale   `up --scale webapp=5` -> all 5 answered load requests (s)
+  kill    `docker kill` of one webapp -> HAProxy has 4 servers UP (s): out of rotation
+
+and over the whole run: failed requests and requests slower than 500 ms (closed-loop GET /
+load, 4 workers per system, from this host to the LB's port published on 127.0.0.1).
+Prints a table and writes it to bench/results/RESULTS.md (section dns_rival.py).
+Needs the images: docker/build-images.sh (SHOAL_IMAGE_TAG as for the demo). Every project
+started is removed on exit, error or Ctrl-C; every loop is bounded (--max-seconds).
+"""
+
+import argparse
+import shutil
+import http.client
+import os
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results_section import replace_section  # noqa: E402  (bench/results_section.py)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SLOW = 0.5
+
+
+def sh(args, env=None, timeout=180):
+    """Runs a command; its stdout, or an exception naming it and its stderr."""
+    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
+    return out.stdout
+
+
+def get(addr, path, timeout=20):
+    """GET on a new connection: (status, body)."""
+    host, port = addr.rsplit(":", 1)
+    c = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    try:
+        c.request("GET", path, headers={"Connection": "close"})
+        r = c.getresponse()
+        return r.status, r.read().decode(errors="replace")
+    finally:
+        c.close()
+
+
+class System:
+    """One compose project (shoal's demo or the rival), its load and its measurements."""
+
+    def __init__(self, label, compose_file, deadline):
+        self.label = label
+        self.project = f"shoal-rival-{label.split()[0].lower()}-{os.getpid()}"
+        self.file = compose_file
+        self.deadline = deadline
+        self.env = dict(os.environ, LB_HTTP_PORT="0", LB_STATS_PORT="0")
+        self.samples = []  # (sent_at, latency, hostname or None, error or None)
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.threads = []
+        self.http = self.stats = None
+        self.figures = {}
+
+    def compose(self, *args, timeout=180):
+        return sh(["docker-compose", "-p", self.project, "-f", self.file, *args], self.env, timeout)
+
+    def addr(self, port):
+        return self.compose("port", "lb", str(port)).strip()
+
+    def webapps(self):
+        return [c for c in self.compose("ps", "-q", "webapp").split() if c]
+
+    def hostnames_since(self, t):
+        with self.lock:
+            return {h for (at, _, h, _) in self.samples if at >= t and h}
+
+    def up_servers(self):
+        """Servers of backend web HAProxy has UP (stats CSV)."""
+        try:
+            status, body = get(self.stats, "/;csv", timeout=3)
+        except OSError:
+            return None
+        if status != 200:
+            return None
+        lines = body.splitlines()
+        head = lines[0].lstrip("# ").split(",")
+        px, sv, st = head.index("pxname"), head.index("svname"), head.index("status")
+        return {
+            f[sv]
+            for f in (l.split(",") for l in lines[1:] if l)
+            if f[px] == "web" and f[sv] not in ("BACKEND", "FRONTEND") and f[st].startswith("UP")
+        }
+
+    def worker(self):
+        while not self.stop.is_set() and time.monotonic() < self.deadline:
+            t = time.monotonic()
+            host = err = None
+            try:
+                status, body = get(self.http, "/")
+                if status == 200 and '"hostname":"' in body:
+                    host = body.split('"hostname":"', 1)[1].split('"', 1)[0]
+                else:
+                    err = f"status {status}"
+            except (OSError, http.client.HTTPException) as e:
+                err = f"{type(e).__name__}: {e}"
+            with self.lock:
+                self.samples.append((t, time.monotonic() - t, host, err))
+            time.sleep(0.01)
+
+    def wait(self, what, pred, timeout=90, every=0.05):
+        end = min(time.monotonic() + timeout, self.deadline)
+        while time.monotonic() < end:
+            if pred():
+                return time.monotonic()
+            time.sleep(every)
+        raise RuntimeError(f"{self.label}: timed out waiting for {what}")
+
+    # --- the phases ---------------------------------------------------------------
+    def phase_up(self, workers):
+        self.compose("up", "-d", "--no-build", "--scale", "webapp=2")
+        t0 = time.monotonic()
+        self.http, self.stats = self.addr(80), self.addr(1936)
+        for _ in range(workers):
+            th = threading.Thread(target=self.worker, daemon=True)
+            th.start()
+            self.threads.append(th)
+        self.wait("2 replicas served", lambda: len(self.hostnames_since(t0)) >= 2)
+        self.figures["up"] = time.monotonic() - t0
+
+    def phase_scale(self):
+        t0 = time.monotonic()
+        self.compose("up", "-d", "--no-build", "--no-recreate", "--scale", "webapp=5", "webapp")
+        want = {c[:12] for c in self.webapps()}
+        self.wait("5 replicas served", lambda: want <= self.hostnames_since(t0))
+        self.figures["scale"] = time.monotonic() - t0
+
+    def phase_kill(self):
+        self.wait("5 UP", lambda: len(self.up_servers() or ()) == 5)
+        victim = self.webapps()[0]
+        t0 = time.monotonic()
+        sh(["docker", "kill", victim])
+        self.wait("4 UP", lambda: len(self.up_servers() or {1, 2, 3, 4, 5}) == 4, every=0.02)
+        self.figures["kill"] = time.monotonic() - t0
+
+    def finish(self):
+        self.stop.set()
+        for th in self.threads:
+            th.join(timeout=30)
+        with self.lock:
+            self.figures["requests"] = len(self.samples)
+            self.figures["failed"] = sum(1 for s in self.samples if s[3])
+            self.figures["slow"] = sum(1 for s in self.samples if s[1] > SLOW)
+            self.figures["errors"] = sorted({s[3] for s in self.samples if s[3]})[:3]
+
+    def down(self):
+        try:
+            self.compose("down", "-v", "--remove-orphans", "-t", "5", timeout=120)
+        except Exception as e:  # cleanup must go on for the other system
+            print(f"cleanup of {self.project}: {e}", file=sys.stderr)
+
+
+class MachineLock:
+    """The e2e tests' machine-wide lock (a directory holding the owner's pid, see
+    tests/e2e/src/lib.rs): timings taken while another cluster runs on the same cores
+    mean nothing. A lock whose owner is gone is taken over."""
+
+    DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "shoal-e2e-docker.lock")
+
+    def __init__(self, timeout):
+        end = time.monotonic() + timeout
+        announced = False
+        while True:
+            try:
+                os.mkdir(self.DIR)
+                with open(os.path.join(self.DIR, "pid"), "w") as f:
+                    f.write(str(os.getpid()))
+                return
+            except FileExistsError:
+                if self._stale():
+                    shutil.rmtree(self.DIR, ignore_errors=True)
+                    continue
+            if not announced:
+                print(f"waiting for the e2e lock {self.DIR}", file=sys.stderr)
+                announced = True
+            if time.monotonic() > end:
+                raise RuntimeError(f"the e2e lock {self.DIR} is still held after {timeout} s")
+            time.sleep(0.5)
+
+    def _stale(self):
+        try:
+            with open(os.path.join(self.DIR, "pid")) as f:
+                pid = f.read().strip()
+            return bool(pid) and not os.path.exists(f"/proc/{pid}")
+        except FileNotFoundError:
+            try:
+                return time.time() - os.stat(self.DIR).st_mtime > 10
+            except FileNotFoundError:
+                return False
+
+    def release(self):
+        shutil.rmtree(self.DIR, ignore_errors=True)
+
+
+def both(systems, phase, *args):
+    """Runs one phase on every system at the same moment; re-raises the first failure."""
+    errors = []
+
+    def run(s):
+        try:
+            getattr(s, phase)(*args)
+        except Exception as e:
+            errors.append(e)
+
+    ts = [threading.Thread(target=run, args=(s,)) for s in systems]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def table(systems, command):
+    s, r = systems
+    rows = [
+        ("`docker kill` of a webapp → out of rotation (s)", "kill", "{:.2f}"),
+        ("`--scale 5` → all 5 serving (s)", "scale", "{:.2f}"),
+        ("`up` → first 2 replicas served (s)", "up", "{:.2f}"),
+        ("failed requests", "failed", "{}"),
+        ("requests over 500 ms", "slow", "{}"),
+        ("requests sent", "requests", "{}"),
+    ]
+    out = [
+        f"Side by side in one run, same webapp image, same load ({time.strftime('%Y-%m-%d')}, "
+        f"`{command}`). Rival: HAProxy with Docker's embedded DNS, `server-template` and tuned "
+        "checks ([bench/dns-rival/haproxy.cfg](../dns-rival/haproxy.cfg)).",
+        "",
+        f"| | {s.label} | {r.label} |",
+        "|---|---|---|",
+    ]
+    for name, key, fmt in rows:
+        out.append(f"| {name} | {fmt.format(s.figures[key])} | {fmt.format(r.figures[key])} |")
+    for x in systems:
+        if x.figures["errors"]:
+            out.append(f"\n{x.label} errors: {'; '.join(x.figures['errors'])}")
+    return "\n".join(out) + "\n"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, default=4, help="load workers per system (1-32)")
+    ap.add_argument("--max-seconds", type=float, default=300, help="bound on the whole run")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    a = ap.parse_args()
+    if not 1 <= a.workers <= 32:
+        ap.error(f"--workers must be from 1 to 32, not {a.workers}")
+    if not 30 <= a.max_seconds <= 1800:
+        ap.error(f"--max-seconds must be from 30 to 1800, not {a.max_seconds}")
+    lock = MachineLock(timeout=1800)
+    deadline = time.monotonic() + a.max_seconds
+    systems = [
+        System("shoal", os.path.join(ROOT, "compose", "docker-compose.yml"), deadline),
+        System("DNS rival", os.path.join(ROOT, "bench", "dns-rival", "docker-compose.yml"), deadline),
+    ]
+    try:
+        both(systems, "phase_up", a.workers)
+        time.sleep(3)
+        both(systems, "phase_scale")
+        time.sleep(3)
+        both(systems, "phase_kill")
+        time.sleep(3)
+        both(systems, "finish")
+    finally:
+        for s in systems:
+            s.stop.set()
+            s.down()
+        lock.release()
+    text = table(systems, "python3 bench/dns_rival.py")
+    print(text)
+    if not a.no_write:
+        replace_section("dns_rival.py", "## shoal vs a DNS-based HAProxy (compose)\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
