@@ -5,7 +5,8 @@
 //! One apply: model → render → plan → (runtime API + write | check + write + state dump +
 //! reload). On any failure the live config file and the running HAProxy stay as they were: a
 //! reload HAProxy refused or did not confirm puts the last good config back in the file.
-//! Between applies, [`Applier::reap`] deletes the servers that left once they are idle.
+//! Between applies, [`Applier::reap`] deletes the servers that left once they are idle, and
+//! closes the idle keep-alive connections of drained servers that serve no request.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -113,7 +114,8 @@ pub struct Applier {
     last_reap: Instant,
 }
 
-/// How often servers that left the config are tried for deletion.
+/// How often servers that left the config are tried for deletion, and drained servers for
+/// idle connections to close.
 pub const REAP_EVERY: Duration = Duration::from_millis(100);
 
 /// What one pass of the reaper did.
@@ -123,6 +125,8 @@ pub struct Reaped {
     pub deleted: Vec<String>,
     /// `POOL/SERVER` whose sessions were shut down (it outlived the maximum).
     pub forced: Vec<String>,
+    /// Drained `POOL/SERVER` whose idle connections were closed (it served no request).
+    pub idle_closed: Vec<String>,
 }
 
 impl Applier {
@@ -150,9 +154,15 @@ impl Applier {
         })
     }
 
-    /// When the reaper should run next: only while servers wait to be deleted.
+    /// When the reaper should run next: only while servers wait to be deleted or are drained.
     pub fn next_reap(&self) -> Option<Instant> {
-        (!self.leaving_since.is_empty()).then(|| self.last_reap + REAP_EVERY)
+        let drained = self.master.is_some()
+            && self
+                .live
+                .haproxy
+                .as_ref()
+                .is_some_and(|l| !l.drained().is_empty());
+        (drained || !self.leaving_since.is_empty()).then(|| self.last_reap + REAP_EVERY)
     }
 
     /// Deletes the servers that left the config and hold no connection any more (HAProxy's
@@ -217,6 +227,7 @@ impl Applier {
                 done.forced.push(id);
             }
         }
+        done.idle_closed = close_idle_of_drained(&master, &live.drained()).await;
         self.sync_leaving();
         done
     }
@@ -571,6 +582,42 @@ fn read_template(p: Option<&Path>) -> Result<Option<String>, Error> {
         std::fs::read_to_string(p).map_err(|e| Error::new(format!("template {}: {e}", p.display())))
     })
     .transpose()
+}
+
+/// Closes the idle keep-alive connections of each drained server in `drained` that has no
+/// connection in use: HAProxy keeps them for reuse (its purge keeps as many as it estimates
+/// it needs, which can be all of them for minutes), and a supervisor draining the app waits
+/// for its last established connection before it stops it. Entering maint closes a server's
+/// idle connections; drain again right after, in the same CLI batch. A request in flight is
+/// left alone (used > 0: the server is tried again next pass). Returns the servers done.
+async fn close_idle_of_drained(master: &Master, drained: &[Key]) -> Vec<String> {
+    if drained.is_empty() {
+        return Vec::new();
+    }
+    let Ok(out) = master.command("@1 show servers conn").await else {
+        return Vec::new();
+    };
+    let mut done = Vec::new();
+    for key in drained {
+        if !parse_conn_use(&out, key).is_some_and(|(used, idle)| used == 0 && idle > 0) {
+            continue;
+        }
+        let id = format!("{}/{}", key.0, key.1);
+        let cmds = [
+            format!("set server {id} state maint"),
+            format!("set server {id} state drain"),
+        ];
+        match master.runtime_batch(&cmds).await {
+            Ok(()) => {
+                tracing::debug!(server = %id, "closed the idle connections of a drained server (no request in flight)");
+                done.push(id);
+            }
+            Err(e) => {
+                tracing::warn!(server = %id, error = %e, "could not close a drained server's idle connections; trying again");
+            }
+        }
+    }
+    done
 }
 
 /// Whether `key`'s connections in the running worker are all idle ones (`show servers conn`:

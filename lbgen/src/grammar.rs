@@ -82,7 +82,7 @@ const FIXED: &[&str] = &[
     "    option httpchk",
     "    http-check expect status 200-399",
     "    http-request disable-l7-retry if !METH_GET !METH_HEAD",
-    "    cookie SERVERID insert indirect nocache",
+    "    cookie SERVERID insert indirect nocache dynamic",
     "    hash-type consistent",
     "    load-server-state-from-file global",
     "    http-request return status 503 content-type text/plain string \"no pool serves this path\"",
@@ -146,8 +146,6 @@ fn check_line(line: &str) -> Result<(), String> {
             let tail = match rest {
                 [] => true,
                 ["slowstart", s] => duration(s),
-                ["cookie", c] => c == name,
-                ["slowstart", s, "cookie", c] => duration(s) && c == name,
                 _ => false,
             };
             ident(name) && address(addr) && weight(w) && duration(d) && tail
@@ -157,6 +155,8 @@ fn check_line(line: &str) -> Result<(), String> {
         ["use_backend", pool, "if", acl] => ident(pool) && acl.strip_prefix("route_") == Some(pool),
         ["default_backend", pool] => ident(pool),
         ["balance", algo] => word(algo),
+        // cookie_key (a name) + "-" + the pool's name.
+        ["dynamic-cookie-key", key] => ident(key),
         ["http-check", "send", "meth", "GET", "uri", uri] => uri_path(uri),
         ["bind", addr] => bind(addr),
         ["maxconn", n] => number(n),

@@ -8,7 +8,7 @@
 //! same way; a line this parser cannot take apart safely stays in the frame (any change of it
 //! reloads).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 /// (backend, server name)
@@ -57,6 +57,10 @@ pub struct Layout {
     /// (backend, server name) → line. A name twice in one backend is refused by HAProxy
     /// itself; here both lines stay in the frame so any change reloads.
     pub servers: BTreeMap<ServerKey, ServerLine>,
+    /// Backends whose `cookie` line has `dynamic`: a server's cookie is a hash of its address
+    /// and the backend's key. HAProxy 2.6 computes it for servers of the file and on
+    /// `set server addr`, but not on `add server` (`enable dynamic-cookie backend` does).
+    pub dynamic_cookies: BTreeSet<String>,
     /// `server-state-file` of the `global` section, as written.
     pub server_state_file: Option<String>,
     /// `server-state-base` of the `global` section, as written.
@@ -104,6 +108,11 @@ impl Layout {
                     "server-state-file" => layout.server_state_file = Some(words[1].into()),
                     "server-state-base" => layout.server_state_base = Some(words[1].into()),
                     _ => {}
+                }
+            }
+            if let Some(p) = &proxy {
+                if first == "cookie" && words.contains(&"dynamic") {
+                    layout.dynamic_cookies.insert(p.clone());
                 }
             }
             let server = match &proxy {
@@ -223,6 +232,16 @@ listen stats\n    bind *:1936\n";
             Some(std::path::PathBuf::from("/run/haproxy/state"))
         );
         assert!(!l.has_default_server());
+    }
+
+    #[test]
+    fn backends_with_dynamic_cookies_are_known() {
+        let l = Layout::parse(
+            "backend web\n    cookie SERVERID insert indirect nocache dynamic\n\
+             backend api\n    cookie SERVERID insert\n\
+             frontend f\n    cookie X dynamic\n",
+        );
+        assert_eq!(l.dynamic_cookies, BTreeSet::from(["web".to_string()]));
     }
 
     #[test]

@@ -40,7 +40,7 @@ enum Cmd {
     /// Render once from a members JSON document (file or `-` for stdin).
     Render(RenderArgs),
     /// Follow membership (agent events or a members file), re-render, validate, reload.
-    Watch(WatchArgs),
+    Watch(Box<WatchArgs>),
     /// Show what a snapshot makes: pools, routes, members outvoted on pool settings, skipped.
     Status(StatusArgs),
 }
@@ -339,7 +339,7 @@ fn main() -> ExitCode {
     let res = rt.block_on(async {
         match cli.cmd {
             Cmd::Render(a) => render(a).await,
-            Cmd::Watch(a) => watch(a).await,
+            Cmd::Watch(a) => watch(*a).await,
             Cmd::Status(a) => status(a).await,
         }
     });

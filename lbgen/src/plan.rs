@@ -4,11 +4,12 @@
 //! The frame of the config (everything but the backends' `server` lines, see
 //! [`crate::layout`]) can only change by a reload. Inside it, every membership change is a
 //! runtime change: a new server line → `add server` with that line's keywords, its health
-//! check enabled, then its state set; a changed address → `set server addr`; a changed
-//! weight → `set server weight`; a state change → `set server state`; a server line gone →
-//! `maint`, and deleted by the applier's reaper once it holds no connection.
+//! check enabled, its dynamic cookie computed (sticky pools), then its state set; a changed
+//! address → `set server addr`; a changed weight → `set server weight`; a state change →
+//! `set server state`; a server line gone → `maint`, and deleted by the applier's reaper
+//! once it holds no connection.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::layout::{Layout, ServerLine};
@@ -43,6 +44,8 @@ pub struct Live {
     frame: Vec<String>,
     /// The frame has a `default-server` line, which `add server` would not apply.
     default_server: bool,
+    /// Backends with dynamic cookies (see [`Layout::dynamic_cookies`]).
+    dynamic_cookies: BTreeSet<String>,
     servers: BTreeMap<Key, LiveServer>,
 }
 
@@ -81,6 +84,7 @@ impl Live {
     pub fn from_text(text: &str, model: &Model) -> Live {
         let layout = Layout::parse(text);
         let default_server = layout.has_default_server();
+        let dynamic_cookies = layout.dynamic_cookies;
         let servers = layout
             .servers
             .into_iter()
@@ -99,6 +103,7 @@ impl Live {
         Live {
             frame: layout.frame,
             default_server,
+            dynamic_cookies,
             servers,
         }
     }
@@ -134,6 +139,10 @@ impl Live {
                 cmds.push(format!("add server {id} {}", line.add_args()));
                 if line.has_check() {
                     cmds.push(format!("enable health {id}"));
+                }
+                // Before it is ready: a client it answers must get its cookie.
+                if self.dynamic_cookies.contains(&key.0) {
+                    cmds.push(format!("enable dynamic-cookie backend {}", key.0));
                 }
                 cmds.push(match want {
                     Admin::Drain => format!("set server {id} state drain"),
@@ -223,6 +232,15 @@ impl Live {
         self.servers
             .iter()
             .filter(|(_, s)| s.leaving)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    /// Servers of the config that are drained (their member is draining or suspect).
+    pub fn drained(&self) -> Vec<Key> {
+        self.servers
+            .iter()
+            .filter(|(_, s)| !s.leaving && s.admin == Admin::Drain)
             .map(|(k, _)| k.clone())
             .collect()
     }
@@ -411,6 +429,7 @@ mod tests {
             ("b", B, "alive", &[("state", "draining")]),
         ];
         let l = after(plan(&l, &drained));
+        assert_eq!(l.drained(), [("web".to_string(), "b".to_string())]);
         assert_eq!(
             commands(&plan(&l, &[("a", A, "alive", &[]), ("b", B, "alive", &[])])),
             [
@@ -421,13 +440,26 @@ mod tests {
     }
 
     #[test]
-    fn a_sticky_pool_adds_by_reload_but_removes_at_runtime() {
+    fn a_sticky_pool_adds_and_removes_at_runtime_with_dynamic_cookies() {
         let s = &[("sticky", "true")][..];
         let l = live(&[("a", A, "alive", s), ("b", B, "alive", s)]);
-        assert!(matches!(
-            plan(&l, &[("a", A, "alive", s), ("b", B, "alive", s), ("c", C, "alive", s)]),
-            Plan::Reload(why) if why.contains("cookie")
+        let c = commands(&plan(
+            &l,
+            &[
+                ("a", A, "alive", s),
+                ("b", B, "alive", s),
+                ("c", C, "alive", s),
+            ],
         ));
+        assert!(c[0].starts_with("add server web/c ") && !c[0].contains("cookie"));
+        assert_eq!(
+            c[1..],
+            [
+                "enable health web/c",
+                "enable dynamic-cookie backend web",
+                "set server web/c state ready"
+            ]
+        );
         assert_eq!(
             commands(&plan(&l, &[("a", A, "alive", s), ("b", B, "left", s)])),
             ["set server web/b state maint"]
@@ -458,6 +490,17 @@ mod tests {
         assert!(matches!(
             plan(&l, &[("a", A, "failed", &[])]),
             Plan::Reload(_)
+        ));
+    }
+
+    #[test]
+    fn a_server_line_with_its_own_cookie_adds_by_reload() {
+        let m = model(&[("a", A, "alive", &[])]);
+        let t0 = "backend web\n    cookie S insert\n    server a 10.0.0.1:80 cookie a\n";
+        let t1 = format!("{t0}    server b 10.0.0.2:80 cookie b\n");
+        assert!(matches!(
+            Live::from_text(t0, &m).plan(&t1, &m),
+            Plan::Reload(why) if why.contains("cookie")
         ));
     }
 

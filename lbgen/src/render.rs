@@ -33,6 +33,7 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("forwarded_for", "true"),
     ("forwarded_proto", "true"),
     ("prometheus_exporter", "true"),
+    ("cookie_key", "shoal"),
 ];
 
 /// Variables the default template reads as a switch: `true` or `false`, nothing else (a
@@ -62,6 +63,11 @@ fn check_known_var(key: &str, value: &str) -> Result<(), String> {
     {
         return Err(format!(
             "--var {key}={value:?}: a header name is letters, digits and -; empty turns the request id off"
+        ));
+    }
+    if key == "cookie_key" && !cookie_key(value) {
+        return Err(format!(
+            "--var {key}={value:?}: letters, digits, '.', '_' and '-' only, not empty"
         ));
     }
     Ok(())
@@ -107,6 +113,13 @@ impl Vars {
         }
         Ok(vars)
     }
+}
+
+/// A `dynamic-cookie-key` word (HAProxy takes it up to a space; a `#` would start a comment).
+fn cookie_key(v: &str) -> bool {
+    !v.is_empty()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 /// What the template sees. Documented in docs/lbgen.md (Template variables); keep the two in sync.
@@ -242,6 +255,14 @@ mod tests {
         assert!(Vars::with_overrides(&["novalue"]).is_err());
         assert!(Vars::with_overrides(&["a b=1"]).is_err());
         assert!(Vars::with_overrides(&["a=1\nlisten x"]).is_err());
+        assert_eq!(
+            Vars::with_overrides(&["cookie_key=prod-1.a_b"]).unwrap().0["cookie_key"],
+            "prod-1.a_b"
+        );
+        for bad in ["cookie_key=", "cookie_key=a b", "cookie_key=a#b"] {
+            let e = Vars::with_overrides(&[bad]).expect_err(bad).to_string();
+            assert!(e.contains("cookie_key"), "{e}");
+        }
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub struct Backend {
     pub checks: Arc<AtomicU64>,
     /// The last request heads (health checks apart), newest last.
     pub heads: Arc<Mutex<std::collections::VecDeque<String>>>,
+    /// Connections open now that carried a request (health checks' own apart): what a
+    /// supervisor's drain sees of HAProxy, idle keep-alive connections included.
+    pub open: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -134,11 +137,13 @@ impl Backend {
         let hits = Arc::new(AtomicU64::new(0));
         let checks = Arc::new(AtomicU64::new(0));
         let heads = Arc::new(Mutex::new(std::collections::VecDeque::new()));
-        let (h, c, hd, n) = (
+        let open = Arc::new(AtomicU64::new(0));
+        let (h, c, hd, n, o) = (
             hits.clone(),
             checks.clone(),
             heads.clone(),
             name.to_string(),
+            open.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
@@ -146,7 +151,11 @@ impl Backend {
                     continue;
                 };
                 let (h, c, hd, n) = (h.clone(), c.clone(), hd.clone(), n.clone());
-                tokio::spawn(serve_conn(s, h, c, hd, n));
+                let o = OpenGuard {
+                    open: o.clone(),
+                    counted: false,
+                };
+                tokio::spawn(serve_conn(s, h, c, hd, n, o));
             }
         });
         Backend {
@@ -155,12 +164,18 @@ impl Backend {
             hits,
             checks,
             heads,
+            open,
             task,
         }
     }
 
     pub fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// See [`Backend::open`].
+    pub fn open_connections(&self) -> u64 {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// The request heads kept so far (health checks apart), oldest first.
@@ -178,12 +193,36 @@ impl Drop for Backend {
     }
 }
 
+/// Counts a connection in [`Backend::open`] from its first request until it closes.
+struct OpenGuard {
+    open: Arc<AtomicU64>,
+    counted: bool,
+}
+
+impl OpenGuard {
+    fn count(&mut self) {
+        if !self.counted {
+            self.counted = true;
+            self.open.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        if self.counted {
+            self.open.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 async fn serve_conn(
     mut s: TcpStream,
     hits: Arc<AtomicU64>,
     checks: Arc<AtomicU64>,
     heads: Arc<Mutex<std::collections::VecDeque<String>>>,
     name: String,
+    mut open: OpenGuard,
 ) {
     let mut buf = Vec::with_capacity(1024);
     let mut tmp = [0u8; 1024];
@@ -207,6 +246,7 @@ async fn serve_conn(
         if path == "/health" {
             checks.fetch_add(1, Ordering::SeqCst);
         } else {
+            open.count();
             hits.fetch_add(1, Ordering::SeqCst);
             if let Ok(mut kept) = heads.lock() {
                 if kept.len() == HEADS_KEPT {

@@ -333,19 +333,50 @@ async fn a_sticky_pool_keeps_its_clients_servers_through_a_scale() {
             }
         }
     };
-    // Up: HAProxy 2.6 refuses `cookie` on `add server`, so a sticky pool grows by reload; the
-    // cookies still name the same servers.
+    // Up and down: runtime changes, no reload. Dynamic cookies (a hash of the server's
+    // address and the pool's key) give runtime-added servers a cookie; the clients' cookies
+    // keep naming the same servers.
+    let reloads = rig.reloads().await;
+    let mut joined = Vec::new();
     for n in 3..=5 {
         let (outcome, _) = rig.set(&web(n, &bs, &sticky)).await;
         assert!(
-            matches!(outcome, ApplyOutcome::Reloaded { .. }),
+            matches!(outcome, ApplyOutcome::Runtime { .. }),
             "{outcome:?}"
         );
+        rig.wait_running("web", &names(n), Duration::from_secs(10))
+            .await;
         still_stuck(rig.http_port, clients.clone()).await;
     }
-    // Down: runtime changes, no reload.
+    // The servers added at runtime hand out cookies too, and their clients stick to them.
+    for _ in 0..20 {
+        let (backend, cookie) = answer(&get(rig.http_port).await);
+        let cookie = cookie.expect("every server of a sticky pool sets SERVERID");
+        assert!(!cookie.is_empty(), "an empty SERVERID from {backend}");
+        if ["b2", "b3", "b4"].contains(&backend.as_str()) {
+            joined.push((cookie, backend));
+        }
+    }
+    assert!(
+        !joined.is_empty(),
+        "no request reached a server added at runtime"
+    );
+    still_stuck(rig.http_port, joined.clone()).await;
+    assert_eq!(rig.reloads().await, reloads, "a sticky pool grew by reload");
+    // An HAProxy started from the file computes the same cookies: the clients of the
+    // runtime-added servers keep them.
+    rig.restart_haproxy();
+    still_stuck(rig.http_port, joined.clone()).await;
+    // lbgen reloads a restarted HAProxy once on its next change (its config is unknown) ...
+    let (outcome, _) = rig.set(&web(4, &bs, &sticky)).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Reloaded { .. }),
+        "{outcome:?}"
+    );
+    still_stuck(rig.http_port, clients.clone()).await;
+    // ... then down is runtime changes too.
     let reloads = rig.reloads().await;
-    for n in (2..5).rev() {
+    for n in (2..4).rev() {
         let (outcome, _) = rig.set(&web(n, &bs, &sticky)).await;
         assert!(
             matches!(outcome, ApplyOutcome::Runtime { .. }),
@@ -566,5 +597,123 @@ async fn an_haproxy_restarted_from_the_file_does_not_bring_back_a_drain_lbgen_un
         0,
         "the restarted HAProxy brought web-1's drain back"
     );
+    rig.stop().await;
+}
+
+/// The supervisor stops a drained app once it has no established connection left on its
+/// port, and HAProxy keeps idle server-side connections for reuse (`http-reuse safe`, purged
+/// only slowly): lbgen closes them once the drained server has no request left, so they do
+/// not hold the drain to its maximum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_server_is_left_with_no_idle_connection_once_its_requests_end() {
+    let bs = backends(2).await;
+    let mut rig = Rig::start(&web(2, &bs, &[]), "2s", lbgen::watch::LEAVING_MAX).await;
+    // Two long requests, one per server (round robin, nothing else yet): web-1's must not be
+    // cut by the drain or by the closing of its idle connections.
+    let port = rig.http_port;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(
+                async move { get_with(port, "/slow/2000", "", Duration::from_secs(10)).await },
+            )
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Keep-alive clients spread over both servers; HAProxy keeps server-side connections.
+    let load = Load::start_mode(rig.http_port, 8, 200_000, Duration::from_secs(60), true);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while bs[1].hits() < 200 {
+        assert!(Instant::now() < deadline, "no load reached b1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        bs[1].open_connections() > 0,
+        "HAProxy kept no connection to b1"
+    );
+    // web-1 drains (state=draining, still a member) while the clients go on.
+    let mut drained = web(2, &bs, &[]);
+    drained[1] = member("web-1", bs[1].port, "alive", &[("state", "draining")]);
+    let (outcome, _) = rig.set(&drained).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Runtime { .. }),
+        "{outcome:?}"
+    );
+    let mut answers = Vec::new();
+    for s in slow {
+        answers.push(answer(&s.await.unwrap()).0);
+    }
+    answers.sort();
+    assert_eq!(answers, ["b0", "b1"], "a long request was cut");
+    let t0 = Instant::now();
+    let mut seen = Vec::new();
+    while bs[1].open_connections() > 0 {
+        seen.push(bs[1].open_connections());
+        // lbgen checks every 100 ms; HAProxy alone kept them past 10 s.
+        assert!(
+            t0.elapsed() < Duration::from_secs(3),
+            "b1 still has {} connections {:?} after the drain (samples every 100 ms: {seen:?})",
+            bs[1].open_connections(),
+            t0.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The clients went on through web-0, without an error.
+    let before = bs[0].hits();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(bs[0].hits() > before, "the load stopped");
+    let r = load.finish().await;
+    assert_eq!(r.failed, 0, "{:?}", r.errors);
+    assert_eq!(bs[1].open_connections(), 0);
+    assert_eq!(
+        states(rig.h(), "web", "web-1").await.1 & 0x08,
+        0x08,
+        "web-1 left drain"
+    );
+    rig.stop().await;
+}
+
+/// `set server addr` recomputes a dynamic cookie (HAProxy does it; lbgen relies on it): a
+/// sticky member that moves gets the cookie of its new address, the one an HAProxy started
+/// from the file computes too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sticky_member_that_moves_gets_the_cookie_of_its_new_address() {
+    let bs = backends(3).await;
+    let sticky = [("sticky", "true")];
+    let mut rig = Rig::start(&web(2, &bs, &sticky), "2s", lbgen::watch::LEAVING_MAX).await;
+    let cookie_of = |port: u16, want: &'static str| async move {
+        for _ in 0..10 {
+            let (backend, cookie) = answer(&get(port).await);
+            if backend == want {
+                return cookie.expect("a sticky pool sets SERVERID");
+            }
+        }
+        panic!("{want} never answered");
+    };
+    let old = cookie_of(rig.http_port, "b1").await;
+    let mut moved = web(2, &bs, &sticky);
+    moved[1] = member("web-1", bs[2].port, "alive", &sticky);
+    let (outcome, _) = rig.set(&moved).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Runtime { .. }),
+        "{outcome:?}"
+    );
+    let new = cookie_of(rig.http_port, "b2").await;
+    assert!(!new.is_empty() && new != old, "old {old:?}, new {new:?}");
+    let stuck = |port: u16, cookie: String| async move {
+        for _ in 0..5 {
+            let r = get_with(
+                port,
+                "/",
+                &format!("Cookie: SERVERID={cookie}\r\n"),
+                Duration::from_secs(5),
+            )
+            .await;
+            assert_eq!(answer(&r).0, "b2", "{r}");
+        }
+    };
+    stuck(rig.http_port, new.clone()).await;
+    rig.assert_file_renders_the_members();
+    rig.restart_haproxy();
+    stuck(rig.http_port, new).await;
     rig.stop().await;
 }

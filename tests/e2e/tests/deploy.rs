@@ -71,8 +71,15 @@ fn scale_1_to_30_to_1_under_load_reloads_haproxy_zero_times_and_fails_no_request
 
     let gets = Load::start(http, 3, Duration::from_millis(10), 200 * S, 200_000);
     let posts = Load::start_posts(http, 1, Duration::from_millis(20), 200 * S, 50_000);
-    // Sticky clients: they carry the SERVERID of the first webapp, which stays throughout.
-    let cookie = format!("SERVERID={pinned}");
+    // Sticky clients: they carry the SERVERID of the first webapp, which stays throughout
+    // (a dynamic cookie: a hash of its address and the pool's key, handed out by HAProxy).
+    let first_answer = http_get(http, "/", None, 5 * S).expect("a first answer");
+    assert_eq!(first_answer.hostname().as_deref(), Some(pinned.as_str()));
+    let server = first_answer
+        .cookie("SERVERID")
+        .filter(|c| !c.is_empty())
+        .expect("SERVERID from a sticky pool");
+    let cookie = format!("SERVERID={server}");
     let sticky = Load::start_with(2, Duration::from_millis(20), 200 * S, 50_000, move || {
         let r = http_get(http, "/", Some(&cookie), Duration::from_secs(20))?;
         match r.hostname() {
