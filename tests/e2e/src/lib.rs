@@ -47,18 +47,10 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let t_out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let t_err = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = err.read_to_end(&mut v);
-        v
-    });
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let t_out = read_all(out);
+    let t_err = read_all(err);
     let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {
@@ -74,9 +66,25 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Output {
     };
     Output {
         status,
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
+        stdout: t_out.recv_timeout(PIPE_GRACE).unwrap_or_default(),
+        stderr: t_err.recv_timeout(PIPE_GRACE).unwrap_or_default(),
     }
+}
+
+/// How long [`run`] waits for a pipe's end after the command exited: a grandchild that
+/// outlives a killed command (a shell's child) may hold the pipe open forever.
+const PIPE_GRACE: Duration = Duration::from_secs(5);
+
+/// Reads `r` to its end on a thread; the result arrives on the channel (nothing, if the pipe
+/// never ends and the caller stops waiting).
+fn read_all(mut r: impl Read + Send + 'static) -> std::sync::mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = r.read_to_end(&mut v);
+        let _ = tx.send(v);
+    });
+    rx
 }
 
 /// Like [`run`] but panics (with both outputs) unless the command succeeds; returns stdout.
