@@ -72,9 +72,15 @@ class Ok(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # HAProxy's health checks may close before the answer: not worth a traceback
+
+
 def serve(ip):
-    srv = http.server.ThreadingHTTPServer((ip, WEB_PORT), Ok)
-    srv.daemon_threads = True
+    srv = Server((ip, WEB_PORT), Ok)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
 
