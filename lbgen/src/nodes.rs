@@ -47,8 +47,9 @@ pub const SCRAPE_TAGS: &[(&str, &str)] = &[
     (tags::METRICS_HAPROXY, "haproxy"),
 ];
 
-/// Every member with a valid name and address, sorted by name (then address, for the
-/// byte-identical output rule). A member failing validation is left out: the pools' own
+/// Every member with a valid name and address, sorted by name, then by every other field:
+/// the same members in any order give the same list (and so the same bytes on every LB), also
+/// when a members file lists one name twice. A member failing validation is left out: the pools' own
 /// validation already reports it when it matters to HAProxy.
 pub fn nodes_of(doc: &MembersDoc) -> Vec<Node> {
     let mut nodes: Vec<Node> = doc
@@ -68,7 +69,10 @@ pub fn nodes_of(doc: &MembersDoc) -> Vec<Node> {
         })
         .filter(|n| !n.ip.is_unspecified() && !n.ip.is_multicast())
         .collect();
-    nodes.sort_by(|a, b| (&a.name, a.ip).cmp(&(&b.name, b.ip)));
+    nodes.sort_by(|a, b| {
+        (&a.name, a.ip, &a.status, &a.service, &a.role)
+            .cmp(&(&b.name, b.ip, &b.status, &b.service, &b.role))
+    });
     nodes
 }
 

@@ -276,7 +276,9 @@ async fn serve_conn(
 }
 
 /// HAProxy `-W -S master.sock -f cfg` in its own process group; SIGTERM then SIGKILL to the
-/// whole group on drop, so no worker outlives a failed test.
+/// whole group on drop, so no worker outlives a failed test. It runs in `dir`, so a relative
+/// path in the config (`stats socket unix@admin.sock`) is its own: several LBs on one host
+/// can then run the very same config text.
 pub struct Haproxy {
     child: Child,
     pub master_sock: PathBuf,
@@ -295,6 +297,7 @@ impl Haproxy {
             .arg(&master_sock)
             .arg("-f")
             .arg(cfg)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(logf.try_clone().unwrap())
             .stderr(logf)
