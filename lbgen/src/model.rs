@@ -165,8 +165,9 @@ pub struct Model {
     pub draws: Vec<Draw>,
     /// Extra listeners, by port.
     pub listeners: Vec<Listener>,
-    /// Some listener has no default pool: the template's 503 `no-backend` is needed.
-    pub no_backend: bool,
+    /// Some extra listener has no default pool: the template's 503 `no-backend` is needed
+    /// even when the main listener has one.
+    pub listener_without_default: bool,
     /// Every member with a valid name and address, backend or not (for templates other than
     /// HAProxy's: Prometheus targets, keepalived peers).
     pub members: Vec<crate::nodes::Node>,
@@ -627,10 +628,29 @@ impl Model {
         model.routes = routing.main.routes;
         model.draws = routing.main.draws;
         model.default_pool = routing.main.default_pool;
-        model.no_backend = model.default_pool.is_none()
-            || routing.listeners.iter().any(|l| l.default_pool.is_none());
+        model.listener_without_default = routing.listeners.iter().any(|l| l.default_pool.is_none());
         model.listeners = routing.listeners;
         model
+    }
+
+    /// Whether `pool` serves a route or is a listener's default pool (else another pool won
+    /// its route).
+    pub fn is_routed(&self, pool: &str) -> bool {
+        self.is_default(pool)
+            || self
+                .routes
+                .iter()
+                .chain(self.listeners.iter().flat_map(|l| &l.routes))
+                .any(|r| r.pool == pool)
+    }
+
+    /// Whether `pool` serves what no route of its listener matches.
+    pub fn is_default(&self, pool: &str) -> bool {
+        self.default_pool.as_deref() == Some(pool)
+            || self
+                .listeners
+                .iter()
+                .any(|l| l.default_pool.as_deref() == Some(pool))
     }
 
     /// Looks up a server by pool and name.
@@ -1226,7 +1246,7 @@ mod tests {
             ("listen-8100", 8100, true)
         );
         assert_eq!(l.routes[0].host.as_deref(), Some("api.example.com"));
-        assert!(m.no_backend);
+        assert!(m.listener_without_default);
     }
 
     #[test]
@@ -1331,6 +1351,6 @@ mod tests {
             .collect();
         assert_eq!(r, vec![("admin", Some("admin.example.com")), ("api", None)]);
         assert_eq!(m.default_pool.as_deref(), Some("web"));
-        assert!(!m.no_backend);
+        assert!(!m.listener_without_default);
     }
 }

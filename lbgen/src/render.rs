@@ -131,7 +131,7 @@ struct Context<'a> {
     default_pool: &'a Option<String>,
     draws: &'a [crate::model::Draw],
     listeners: &'a [crate::model::Listener],
-    no_backend: bool,
+    listener_without_default: bool,
     members: &'a [crate::nodes::Node],
     scrape_targets: &'a [crate::nodes::ScrapeTarget],
 }
@@ -187,7 +187,7 @@ impl Renderer {
             default_pool: &model.default_pool,
             draws: &model.draws,
             listeners: &model.listeners,
-            no_backend: model.no_backend,
+            listener_without_default: model.listener_without_default,
             members: &model.members,
             scrape_targets: &model.scrape_targets,
         };

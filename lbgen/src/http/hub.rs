@@ -232,7 +232,7 @@ impl StatusHub {
                 check: p.check.clone(),
                 balance: p.balance.clone(),
                 sticky: p.sticky,
-                default: st.model.default_pool.as_deref() == Some(p.name.as_str()),
+                default: st.model.is_default(&p.name),
                 servers: p
                     .servers
                     .iter()
