@@ -187,7 +187,8 @@ pub const MAX_WEIGHT: u16 = 256;
 const MAX_NAME_LEN: usize = 64;
 const MAX_PATH_LEN: usize = 200;
 /// Section names the default template uses itself; a pool may not shadow them.
-/// `no-backend` answers 503 to requests that no route matches when no pool serves `/`.
+/// `no-backend` answers 503 to requests that no route matches when no pool serves `/`;
+/// `listen-*` names the extra listeners' frontends.
 pub const RESERVED_POOLS: &[&str] = &["http-in", "stats", "no-backend"];
 pub const BALANCES: &[&str] = &["roundrobin", "leastconn", "source", "first", "random"];
 
@@ -291,7 +292,7 @@ fn validate(m: &Member, service: &str, policy: &ListenPolicy) -> Result<Backend,
             q(service)
         ));
     }
-    if RESERVED_POOLS.contains(&service) {
+    if RESERVED_POOLS.contains(&service) || service.starts_with("listen-") {
         return Err(format!(
             "tag service={} is reserved (the default template's own sections)",
             q(service)
