@@ -473,6 +473,7 @@ async fn a_weighted_split_sends_each_pool_roughly_its_share() {
         }
     }
     assert_eq!(b + g, n);
+    eprintln!("route_weight 80/20 over {n} requests: blue {b}, green {g}");
     // 20% of 600 = 120; a generous bound (binomial sd ~10).
     assert!((60..=200).contains(&g), "green took {g} of {n}, blue {b}");
     rig.stop().await;
