@@ -13,13 +13,34 @@ pub const CHECK: &str = "check";
 pub const ROUTE: &str = "route";
 /// Server weight, 0-256 (default 100; 0 takes no new requests).
 pub const WEIGHT: &str = "weight";
-/// `true` turns on cookie stickiness for the pool (default `false`).
+/// `true` turns on cookie stickiness for the pool, a duration (`1d`) also limits how long a
+/// client stays on its server (default `false`).
 pub const STICKY: &str = "sticky";
 /// HAProxy balance algorithm of the pool (default `roundrobin`).
 pub const BALANCE: &str = "balance";
 /// Slow start of the pool's servers, a duration (`30s`): a server that joins or comes
 /// back ramps its weight up over it (HAProxy `slowstart`). Default none.
 pub const SLOWSTART: &str = "slowstart";
+/// Host rule of the pool (`api.example.com`): with `route`, requests for that host and path.
+pub const HOST: &str = "host";
+/// An extra listener of the LB for the pool, `8100` or `8100/tls` (default: the main one).
+pub const LISTEN: &str = "listen";
+/// The port health checks go to, when not the one the pool serves on.
+pub const CHECK_PORT: &str = "check_port";
+/// Health-check interval of the pool, a duration (default: lbgen's `check_inter` var).
+pub const CHECK_INTER: &str = "check_inter";
+/// Consecutive passed checks that bring a server up (default 2).
+pub const CHECK_RISE: &str = "check_rise";
+/// Consecutive failed checks that take a server down (default 3).
+pub const CHECK_FALL: &str = "check_fall";
+/// How long a health check may take, a duration (default: the interval).
+pub const CHECK_TIMEOUT: &str = "check_timeout";
+/// The statuses a health check must answer (`200`, `200-399`, `200,302`; default 200-399).
+pub const CHECK_STATUS: &str = "check_status";
+/// The pool's share of a route it splits with other pools (canary, blue/green), 0-1000.
+pub const ROUTE_WEIGHT: &str = "route_weight";
+/// How long the LB waits for the pool's servers to answer, a duration (uploads: `1h`).
+pub const TIMEOUT_SERVER: &str = "timeout_server";
 /// The supervised service's state, see [`state`]; absent means ready.
 pub const STATE: &str = "state";
 /// The node's role: `SERF_SELF_ROLE` and the third column of a handler's stdin.

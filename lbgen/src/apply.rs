@@ -19,6 +19,7 @@ use crate::layout::Layout;
 use crate::model::{sanitize_for_log, MembersDoc, Model};
 use crate::output::{restore, write_atomic, CheckCmd};
 use crate::plan::{Key, Live, Plan};
+use crate::pool_tags::ListenPolicy;
 use crate::render::{Renderer, Vars};
 use crate::watch::WatchConfig;
 use crate::Error;
@@ -260,7 +261,7 @@ impl Applier {
     /// Makes `doc` live: with the last good template, or with the changed template file if
     /// its output renders, passes the check and is loaded by HAProxy.
     pub async fn apply(&mut self, doc: &MembersDoc) -> Result<Applied, ApplyError> {
-        let model = Model::build(doc);
+        let model = Model::build_with(doc, &ListenPolicy::from_vars(&self.vars.0));
         log_model_changes(&model, self.last_model.as_ref());
         self.last_model = Some(model.clone());
         self.sync_with_what_runs().await?;
@@ -280,7 +281,7 @@ impl Applier {
         if self.template_dirty || self.master.is_none() {
             return Ok(None);
         }
-        let model = Model::build(doc);
+        let model = Model::build_with(doc, &ListenPolicy::from_vars(&self.vars.0));
         self.sync_with_what_runs().await?;
         let Some(live) = &self.live.haproxy else {
             return Ok(None);

@@ -80,9 +80,7 @@ const FIXED: &[&str] = &[
     "    timeout http-keep-alive 10s",
     "    timeout queue 10s",
     "    option httpchk",
-    "    http-check expect status 200-399",
     "    http-request disable-l7-retry if !METH_GET !METH_HEAD",
-    "    cookie SERVERID insert indirect nocache dynamic",
     "    hash-type consistent",
     "    load-server-state-from-file global",
     "    http-request return status 503 content-type text/plain string \"no pool serves this path\"",
@@ -136,23 +134,59 @@ fn check_line(line: &str) -> Result<(), String> {
     if !indented {
         return match words.as_slice() {
             ["frontend", "http-in"] | ["listen", "stats"] => Ok(()),
+            ["frontend", name] if name.strip_prefix("listen-").is_some_and(port) => Ok(()),
             ["backend", name] if ident(name) => Ok(()),
             _ => Err("not a section header".into()),
         };
     }
     let ok = match words.as_slice() {
-        ["server", name, addr, "weight", w, "check", "inter", d, "fall", "3", "rise", "2", "observe", "layer4", "error-limit", "1", "on-error", "mark-down", rest @ ..] =>
+        ["server", name, addr, "weight", w, "check", "inter", d, "fall", f, "rise", r, rest @ ..] =>
         {
+            let rest = match rest {
+                ["port", p, rest @ ..] if port(p) => rest,
+                _ => rest,
+            };
             let tail = match rest {
-                [] => true,
-                ["slowstart", s] => duration(s),
+                ["observe", "layer4", "error-limit", "1", "on-error", "mark-down", tail @ ..] => {
+                    match tail {
+                        [] => true,
+                        ["slowstart", s] => duration(s),
+                        _ => false,
+                    }
+                }
                 _ => false,
             };
-            ident(name) && address(addr) && weight(w) && duration(d) && tail
+            ident(name)
+                && address(addr)
+                && weight(w)
+                && duration(d)
+                && small_number(f)
+                && small_number(r)
+                && tail
+        }
+        ["cookie", "SERVERID", "insert", "indirect", "nocache", "dynamic", rest @ ..] => match rest
+        {
+            [] => true,
+            ["maxlife", d] => duration(d),
+            _ => false,
+        },
+        ["http-check", "expect", "status", codes] => status_codes(codes),
+        ["acl", acl, "req.hdr(host),host_only", "-m", "str", host] => {
+            acl.strip_prefix("host_").is_some_and(ident) && dns_name(host)
+        }
+        ["http-request", set_var, rand] if set_var.starts_with("set-var(txn.draw") => {
+            set_var
+                .strip_prefix("set-var(")
+                .and_then(|v| v.strip_suffix(')'))
+                .is_some_and(draw_var)
+                && rand
+                    .strip_prefix("rand(")
+                    .and_then(|n| n.strip_suffix(')'))
+                    .is_some_and(number)
         }
         ["acl", acl, "path", prefix] => route_acl(acl) && path(prefix),
         ["acl", acl, "path_beg", prefix] => route_acl(acl) && prefix.ends_with('/') && path(prefix),
-        ["use_backend", pool, "if", acl] => ident(pool) && acl.strip_prefix("route_") == Some(pool),
+        ["use_backend", pool, "if", conds @ ..] => ident(pool) && use_backend_conds(pool, conds),
         ["default_backend", pool] => ident(pool),
         ["balance", algo] => word(algo),
         // cookie_key (a name) + "-" + the pool's name.
@@ -163,7 +197,7 @@ fn check_line(line: &str) -> Result<(), String> {
         ["log", target, "len", "8192", "format", "raw", "local0"] => log_target(target),
         ["http-request", "del-header", h] | ["unique-id-header", h] => header_name(h),
         ["hard-stop-after", d] => duration(d),
-        ["timeout", "connect" | "client" | "server", d] => duration(d),
+        ["timeout", "connect" | "client" | "server" | "check", d] => duration(d),
         ["server-state-file", p] => file_path(p),
         ["stats", "socket", p, "mode", "600", "level", "admin", "expose-fd", "listeners"] => {
             file_path(p)
@@ -175,6 +209,62 @@ fn check_line(line: &str) -> Result<(), String> {
     } else {
         Err("a field holds characters it may not".into())
     }
+}
+
+/// What follows `use_backend POOL if`: `host_POOL`, `route_POOL`, a draw range, in that
+/// order, at least one of them.
+fn use_backend_conds(pool: &str, conds: &[&str]) -> bool {
+    let mut rest = conds;
+    if let [h, tail @ ..] = rest {
+        if h.strip_prefix("host_") == Some(pool) {
+            rest = tail;
+        }
+    }
+    if let [r, tail @ ..] = rest {
+        if r.strip_prefix("route_") == Some(pool) {
+            rest = tail;
+        }
+    }
+    let draw = |v: &str| {
+        v.strip_prefix("var(")
+            .and_then(|v| v.strip_suffix(')'))
+            .is_some_and(draw_var)
+    };
+    let tail_ok = match rest {
+        [] => true,
+        ["{", v1, "-m", "int", "ge", lo, "}", "{", v2, "-m", "int", "lt", hi, "}"] => {
+            v1 == v2 && draw(v1) && number(lo) && number(hi)
+        }
+        _ => false,
+    };
+    !conds.is_empty() && tail_ok
+}
+
+/// `txn.drawN`: the variable of a weighted route.
+fn draw_var(s: &str) -> bool {
+    s.strip_prefix("txn.draw").is_some_and(number)
+}
+
+/// `http-check expect status`: codes and ranges, comma-separated.
+fn status_codes(s: &str) -> bool {
+    !s.is_empty()
+        && s.split(',').all(|i| {
+            i.split('-')
+                .all(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+/// A host rule's name (`pool_tags::host`'s alphabet, lower-case).
+fn dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'.'))
+}
+
+/// `fall` / `rise` counts.
+fn small_number(s: &str) -> bool {
+    number(s) && s.len() <= 3
 }
 
 /// An HTTP header name as `request_id_header` allows it.
@@ -288,7 +378,13 @@ mod tests {
 
     #[test]
     fn the_golden_inputs_render_inside_the_grammar() {
-        for name in ["empty", "one_pool", "several_pools", "injection"] {
+        for name in [
+            "empty",
+            "one_pool",
+            "several_pools",
+            "injection",
+            "ha_layout",
+        ] {
             let json =
                 std::fs::read_to_string(format!("tests/golden/{name}.json")).expect("golden");
             let cfg = render(&json);
@@ -316,6 +412,14 @@ mod tests {
             "    use_backend a if route_b",
             "    server web-1 evil.example:80 weight 100 check",
             "    stats socket /tmp/x mode 600 level admin",
+            "    use_backend a if",
+            "    use_backend a if host_a route_a x",
+            "    use_backend a if { var(txn.draw1) -m int ge 0 } { var(txn.x) -m int lt 1 }",
+            "    acl host_a req.hdr(host),host_only -m str A.example",
+            "    http-request set-var(txn.log) rand(10)",
+            "frontend listen-x",
+            "    server a 1.2.3.4:80 weight 1 check inter 2s fall 3 rise 2 port 80 x observe layer4 error-limit 1 on-error mark-down",
+            "    cookie SERVERID insert indirect nocache dynamic maxlife 1d x",
         ] {
             assert!(check_lines(bad).is_err(), "{bad:?} passed");
         }

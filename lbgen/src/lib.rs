@@ -2,6 +2,8 @@
 //!
 //! Layout:
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
+//! - [`pool_tags`]: the routing and health-check tags of a pool, parsed and validated (pure).
+//! - [`routes`]: pools → each listener's routes, default pool and weighted splits (pure).
 //! - [`nodes`]: every member and the `/metrics` endpoints they advertise (pure).
 //! - [`render`]: handlebars (strict, no escaping) with template variables.
 //! - [`grammar`]: the strict line grammar of the builtin template's output (a test oracle).
@@ -28,7 +30,9 @@ pub mod model;
 pub mod nodes;
 pub mod output;
 pub mod plan;
+pub mod pool_tags;
 pub mod render;
+pub mod routes;
 pub mod source;
 pub mod status;
 #[cfg(feature = "testing")]

@@ -215,7 +215,7 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
     let renderer = load_template(&a.tpl.template)?;
     let vars = Vars::with_overrides(&a.tpl.vars)?;
     let doc = read_members(&a.members)?;
-    let model = Model::build(&doc);
+    let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0));
     lbgen::apply::log_model(&model);
     let text = renderer.render(&model, &vars)?;
     match (&a.out, a.dry_run) {

@@ -11,6 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::pool_tags::{self, q, ListenPolicy};
 use serde::Serialize;
 use shoal_contract::tags::{self, state};
 pub use shoal_contract::{Member, MembersDoc, Status};
@@ -51,14 +52,74 @@ pub struct Pool {
     pub balance: String,
     /// HAProxy `slowstart` of the pool's servers (`30s`, `1500ms`), from the `slowstart` tag.
     pub slowstart: Option<String>,
+    /// Host rule (`host` tag), lower-case; None = any host.
+    pub host: Option<String>,
+    /// The extra listener the pool is routed on (`listen` tag); None = the main one.
+    pub listen: Option<u16>,
+    /// `listen=PORT/tls`: that listener is asked to terminate TLS.
+    pub tls: bool,
+    /// Health checks go to this port instead of the server's (`check_port`).
+    pub check_port: Option<u16>,
+    /// Health-check interval as an HAProxy time (`check_inter`); None = `vars.check_inter`.
+    pub check_inter: Option<String>,
+    pub check_rise: u32,
+    pub check_fall: u32,
+    /// `timeout check` of the backend (`check_timeout`); None = HAProxy's (the interval).
+    pub check_timeout: Option<String>,
+    /// `http-check expect status` (`check_status`, default `200-399`).
+    pub check_status: String,
+    /// `sticky=1d`: the cookie's `maxlife`; None with plain `sticky=true`.
+    pub sticky_maxlife: Option<String>,
+    /// Share of a route split with other pools (`route_weight`); None = not split.
+    pub route_weight: Option<u32>,
+    /// `timeout server` of the backend (`timeout_server`); None = the defaults' one.
+    pub timeout_server: Option<String>,
+    /// Servers: alive members. Empty when every member failed, left or is not ready: the
+    /// pool (and its route, answering 503) stays while any member declares it.
     pub servers: Vec<Server>,
 }
 
-/// A path-prefix route; the frontend tests them in this order (longest prefix first).
+/// A route of a listener; the frontend tests them in this order (host rules first, then
+/// the longest prefix).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Route {
+    /// Path prefix; `/` only with a host or a weighted split (else it is the default pool).
     pub prefix: String,
     pub pool: String,
+    /// Only requests for this host (lower-case DNS name); None = any.
+    pub host: Option<String>,
+    /// A weighted split: this pool takes the requests whose draw is in `lo..hi`.
+    pub draw: Option<DrawRange>,
+}
+
+/// One pool's part of a weighted route: `var` holds `rand(total)` for each request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DrawRange {
+    /// HAProxy variable name (`txn.draw1`).
+    pub var: String,
+    pub lo: u32,
+    pub hi: u32,
+}
+
+/// A random draw per request, for one weighted route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Draw {
+    pub var: String,
+    pub total: u32,
+}
+
+/// An extra listener (`listen` tags): its own frontend, routes and default pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listener {
+    /// Frontend name, `listen-PORT`.
+    pub name: String,
+    pub port: u16,
+    /// A pool asked for `listen=PORT/tls`: the TLS settings put `ssl` on its bind line.
+    pub tls: bool,
+    pub routes: Vec<Route>,
+    pub draws: Vec<Draw>,
+    /// The pool at `/` of this listener; None = the 503 `no-backend`.
+    pub default_pool: Option<String>,
 }
 
 /// A member whose pool-wide setting (or whose pool's route) lost the vote described at
@@ -100,6 +161,13 @@ pub struct Model {
     pub routes: Vec<Route>,
     /// The pool that serves `/` (the default backend), if any.
     pub default_pool: Option<String>,
+    /// Random draws of the main listener's weighted routes.
+    pub draws: Vec<Draw>,
+    /// Extra listeners, by port.
+    pub listeners: Vec<Listener>,
+    /// Some extra listener has no default pool: the template's 503 `no-backend` is needed
+    /// even when the main listener has one.
+    pub listener_without_default: bool,
     /// Every member with a valid name and address, backend or not (for templates other than
     /// HAProxy's: Prometheus targets, keepalived peers).
     pub members: Vec<crate::nodes::Node>,
@@ -119,7 +187,8 @@ pub const MAX_WEIGHT: u16 = 256;
 const MAX_NAME_LEN: usize = 64;
 const MAX_PATH_LEN: usize = 200;
 /// Section names the default template uses itself; a pool may not shadow them.
-/// `no-backend` answers 503 to requests that no route matches when no pool serves `/`.
+/// `no-backend` answers 503 to requests that no route matches when no pool serves `/`;
+/// `listen-*` names the extra listeners' frontends.
 pub const RESERVED_POOLS: &[&str] = &["http-in", "stats", "no-backend"];
 pub const BALANCES: &[&str] = &["roundrobin", "leastconn", "source", "first", "random"];
 
@@ -151,25 +220,71 @@ struct Backend {
     service: String,
     route: String,
     check: String,
-    sticky: bool,
+    /// `false`, `true` or the lifetime (`1d`).
+    sticky: String,
     balance: String,
     /// HAProxy time, validated; "" = none.
     slowstart: String,
-    server: Server,
+    /// The routing and check tags, each as the text the vote compares ("" = not set).
+    host: String,
+    listen: String,
+    check_port: String,
+    check_inter: String,
+    check_rise: String,
+    check_fall: String,
+    check_timeout: String,
+    check_status: String,
+    route_weight: String,
+    timeout_server: String,
+    /// None: the member declares the pool but is not a server (failed, left, starting,
+    /// unhealthy), so the pool and its route stay, answering 503 when no server is left.
+    server: Option<Server>,
 }
 
-/// Validates one member. `Ok(None)` = not a backend (no `service` tag, or failed/left).
-fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
+/// What a member's tags set, in the vote's terms; "" where the tag is absent.
+fn opt_tag<T>(
+    m: &Member,
+    tag: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+    show: impl Fn(T) -> String,
+) -> Result<String, String> {
+    match m.tags.get(tag) {
+        None => Ok(String::new()),
+        Some(v) => parse(v).map(show),
+    }
+}
+
+/// Validates one member. `Ok(None)` = not a backend (no `service` tag, or a member that is
+/// not a server and whose tags do not validate: a dead member is not reported).
+fn backend_of(m: &Member, policy: &ListenPolicy) -> Result<Option<Backend>, String> {
     if !valid_name(&m.name) {
         return Err("name must be 1-64 of [A-Za-z0-9._-]".into());
     }
     let Some(service) = m.tags.get(tags::SERVICE) else {
         return Ok(None);
     };
+    let serving = matches!(m.status, Status::Alive | Status::Suspect)
+        && !matches!(
+            m.tags.get(tags::STATE).map(String::as_str),
+            Some(state::STARTING) | Some(state::UNHEALTHY)
+        );
+    match validate(m, service, policy) {
+        Ok(mut b) => {
+            if !serving {
+                b.server = None;
+            }
+            Ok(Some(b))
+        }
+        Err(_) if !serving => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every tag of a backend member; `server` is set as if it serves.
+fn validate(m: &Member, service: &str, policy: &ListenPolicy) -> Result<Backend, String> {
     let alive_state = match m.status {
-        Status::Alive => ServerState::Ready,
         Status::Suspect => ServerState::Drain,
-        Status::Failed | Status::Left => return Ok(None),
+        _ => ServerState::Ready,
     };
     if !valid_name(service) {
         return Err(format!(
@@ -177,7 +292,7 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
             q(service)
         ));
     }
-    if RESERVED_POOLS.contains(&service.as_str()) {
+    if RESERVED_POOLS.contains(&service) || service.starts_with("listen-") {
         return Err(format!(
             "tag service={} is reserved (the default template's own sections)",
             q(service)
@@ -240,11 +355,60 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
             ))
         }
     };
-    let sticky = match m.tags.get(tags::STICKY).map(String::as_str) {
-        None | Some("false") => false,
-        Some("true") => true,
-        Some(s) => return Err(format!("tag sticky={} must be true or false", q(s))),
+    // "false", "true" or the lifetime as an HAProxy time.
+    let sticky = match m.tags.get(tags::STICKY) {
+        None => "false".to_string(),
+        Some(v) => match pool_tags::sticky(v)? {
+            (false, _) => "false".to_string(),
+            (true, None) => "true".to_string(),
+            (true, Some(life)) => life,
+        },
     };
+    let host = opt_tag(m, tags::HOST, pool_tags::host, |h| h)?;
+    let listen = opt_tag(m, tags::LISTEN, |v| policy.listen(v), |l| l.to_string())?;
+    let port_of = |v: &str| pool_tags::number_tag(tags::CHECK_PORT, v, 1, 65535);
+    let check_port = opt_tag(m, tags::CHECK_PORT, port_of, |n| n.to_string())?;
+    let check_time = |tag: &'static str| {
+        move |v: &str| {
+            pool_tags::time_tag(tag, v, pool_tags::CHECK_TIME_MIN, pool_tags::CHECK_TIME_MAX)
+        }
+    };
+    let check_inter = opt_tag(m, tags::CHECK_INTER, check_time(tags::CHECK_INTER), |t| t)?;
+    let check_timeout = opt_tag(
+        m,
+        tags::CHECK_TIMEOUT,
+        check_time(tags::CHECK_TIMEOUT),
+        |t| t,
+    )?;
+    let rise_fall = |tag: &'static str| {
+        move |v: &str| pool_tags::number_tag(tag, v, 1, pool_tags::MAX_RISE_FALL)
+    };
+    let check_rise = opt_tag(m, tags::CHECK_RISE, rise_fall(tags::CHECK_RISE), |n| {
+        n.to_string()
+    })?;
+    let check_fall = opt_tag(m, tags::CHECK_FALL, rise_fall(tags::CHECK_FALL), |n| {
+        n.to_string()
+    })?;
+    let check_status = opt_tag(m, tags::CHECK_STATUS, pool_tags::check_status, |s| s)?;
+    let route_weight = opt_tag(
+        m,
+        tags::ROUTE_WEIGHT,
+        |v| pool_tags::number_tag(tags::ROUTE_WEIGHT, v, 0, pool_tags::MAX_ROUTE_WEIGHT),
+        |n| n.to_string(),
+    )?;
+    let timeout_server = opt_tag(
+        m,
+        tags::TIMEOUT_SERVER,
+        |v| {
+            pool_tags::time_tag(
+                tags::TIMEOUT_SERVER,
+                v,
+                pool_tags::TIMEOUT_SERVER_MIN,
+                pool_tags::TIMEOUT_SERVER_MAX,
+            )
+        },
+        |t| t,
+    )?;
     let balance = match m.tags.get(tags::BALANCE) {
         None => "roundrobin".to_string(),
         Some(b) if BALANCES.contains(&b.as_str()) => b.clone(),
@@ -258,22 +422,32 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         None | Some(state::READY) => alive_state,
         Some(state::DRAINING) => ServerState::Drain,
         // The supervisor's other health states: not (or no longer) serving, so not a
-        // server; normal life-cycle states, not rejections (no "member skipped" warning).
-        Some(state::STARTING) | Some(state::UNHEALTHY) => return Ok(None),
+        // server (see `backend_of`); normal life-cycle states, not rejections.
+        Some(state::STARTING) | Some(state::UNHEALTHY) => alive_state,
         Some(s) => return Err(format!("tag state={} must be ready or draining", q(s))),
     };
     let addr = match ip {
         IpAddr::V4(v4) => format!("{v4}:{port}"),
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),
     };
-    Ok(Some(Backend {
-        service: service.clone(),
+    Ok(Backend {
+        service: service.to_string(),
         route,
         check,
         sticky,
         balance,
         slowstart,
-        server: Server {
+        host,
+        listen,
+        check_port,
+        check_inter,
+        check_rise,
+        check_fall,
+        check_timeout,
+        check_status,
+        route_weight,
+        timeout_server,
+        server: Some(Server {
             name: m.name.clone(),
             ip,
             port,
@@ -281,8 +455,8 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
             weight,
             state,
             drain: state == ServerState::Drain,
-        },
-    }))
+        }),
+    })
 }
 
 /// The longest slow start a tag may ask for.
@@ -329,8 +503,13 @@ fn vote(held: &[(&str, String)]) -> (String, usize) {
 }
 
 impl Model {
-    /// Builds the model. Never fails: bad members are skipped and listed in `rejected`.
+    /// Builds the model with the default [`ListenPolicy`] (what `--var` does not change).
     pub fn build(doc: &MembersDoc) -> Model {
+        Model::build_with(doc, &ListenPolicy::default())
+    }
+
+    /// Builds the model. Never fails: bad members are skipped and listed in `rejected`.
+    pub fn build_with(doc: &MembersDoc, policy: &ListenPolicy) -> Model {
         let mut model = Model::default();
         let mut by_pool: BTreeMap<String, Vec<Backend>> = BTreeMap::new();
         let mut seen_names: BTreeMap<&str, ()> = BTreeMap::new();
@@ -345,10 +524,10 @@ impl Model {
             ))
         });
         for m in members {
-            match backend_of(m) {
+            match backend_of(m, policy) {
                 Ok(None) => {}
                 Ok(Some(b)) => {
-                    if seen_names.insert(&m.name, ()).is_some() {
+                    if b.server.is_some() && seen_names.insert(&m.name, ()).is_some() {
                         model.rejected.push(Rejection {
                             member: m.name.clone(),
                             reason: "duplicate member name".into(),
@@ -378,14 +557,20 @@ impl Model {
             });
         }
         for (name, backends) in by_pool {
-            let total = backends.len();
+            // The members that serve vote on the pool's settings; a pool with none keeps
+            // the settings its other members (failed, left, not ready) declare.
+            let (serving, declaring): (Vec<Backend>, Vec<Backend>) =
+                backends.into_iter().partition(|b| b.server.is_some());
+            let report = !serving.is_empty();
+            let voters = if report { serving } else { declaring };
+            let total = voters.len();
             let mut pick = |setting: &str, of: fn(&Backend) -> String| {
-                let held: Vec<(&str, String)> = backends
+                let held: Vec<(&str, String)> = voters
                     .iter()
-                    .map(|b| (b.server.name.as_str(), of(b)))
+                    .map(|b| (b.server.as_ref().map_or("", |s| s.name.as_str()), of(b)))
                     .collect();
                 let (value, n) = vote(&held);
-                for (member, v) in held.iter().filter(|(_, v)| *v != value) {
+                for (member, v) in held.iter().filter(|(_, v)| *v != value && report) {
                     model.conflicts.push(Conflict {
                         pool: name.clone(),
                         member: member.to_string(),
@@ -398,73 +583,75 @@ impl Model {
             };
             let route = pick("route", |b| b.route.clone());
             let check = pick("check", |b| b.check.clone());
-            let sticky = pick("sticky", |b| b.sticky.to_string()) == "true";
+            let sticky = pick("sticky", |b| b.sticky.clone());
             let balance = pick("balance", |b| b.balance.clone());
             let slowstart = pick("slowstart", |b| b.slowstart.clone());
-            let mut servers: Vec<Server> = backends.into_iter().map(|b| b.server).collect();
+            let host = pick("host", |b| b.host.clone());
+            let listen = pick("listen", |b| b.listen.clone());
+            let check_port = pick("check_port", |b| b.check_port.clone());
+            let check_inter = pick("check_inter", |b| b.check_inter.clone());
+            let check_rise = pick("check_rise", |b| b.check_rise.clone());
+            let check_fall = pick("check_fall", |b| b.check_fall.clone());
+            let check_timeout = pick("check_timeout", |b| b.check_timeout.clone());
+            let check_status = pick("check_status", |b| b.check_status.clone());
+            let route_weight = pick("route_weight", |b| b.route_weight.clone());
+            let timeout_server = pick("timeout_server", |b| b.timeout_server.clone());
+            let mut servers: Vec<Server> = voters.into_iter().filter_map(|b| b.server).collect();
             servers.sort_by(|a, b| a.name.cmp(&b.name));
+            let some = |v: String| (!v.is_empty()).then_some(v);
+            // Every value was validated by `validate`: these parses cannot fail.
+            let listen_of = some(listen).and_then(|l| policy.listen(&l).ok());
             model.pools.push(Pool {
                 name,
                 route,
                 check,
-                sticky,
+                sticky: sticky != "false",
+                sticky_maxlife: (sticky != "false" && sticky != "true").then_some(sticky),
                 balance,
-                slowstart: (!slowstart.is_empty()).then_some(slowstart),
+                slowstart: some(slowstart),
+                host: some(host),
+                listen: listen_of.map(|l| l.port),
+                tls: listen_of.is_some_and(|l| l.tls),
+                check_port: check_port.parse().ok(),
+                check_inter: some(check_inter),
+                check_rise: check_rise.parse().unwrap_or(2),
+                check_fall: check_fall.parse().unwrap_or(3),
+                check_timeout: some(check_timeout),
+                check_status: some(check_status).unwrap_or_else(|| "200-399".into()),
+                route_weight: route_weight.parse().ok(),
+                timeout_server: some(timeout_server),
                 servers,
             });
         }
         model.members = crate::nodes::nodes_of(doc);
         model.scrape_targets = crate::nodes::scrape_targets(doc, &model.members);
-        model.assign_routes();
-        model.routes.sort_by(|a, b| {
-            b.prefix
-                .len()
-                .cmp(&a.prefix.len())
-                .then(a.prefix.cmp(&b.prefix))
-        });
+        let routing = crate::routes::assign(&model.pools, &mut model.conflicts);
+        model.routes = routing.main.routes;
+        model.draws = routing.main.draws;
+        model.default_pool = routing.main.default_pool;
+        model.listener_without_default = routing.listeners.iter().any(|l| l.default_pool.is_none());
+        model.listeners = routing.listeners;
         model
     }
 
-    /// Gives each route prefix to one pool: the pool with the most servers claiming it; a tie
-    /// goes to the pool whose name sorts first. Each member of a losing pool is reported; the
-    /// pool stays (reachable through the runtime API and stats) but gets no route. Only a pool
-    /// that won `/` becomes the default backend.
-    fn assign_routes(&mut self) {
-        let mut claims: BTreeMap<&str, Vec<&Pool>> = BTreeMap::new();
-        for p in &self.pools {
-            claims.entry(p.route.as_str()).or_default().push(p);
-        }
-        for (prefix, pools) in claims {
-            // Pools are in name order; max_by_key keeps the last maximum, so search reversed.
-            let Some(owner) = pools.iter().rev().max_by_key(|p| p.servers.len()) else {
-                continue;
-            };
-            for p in pools.iter().filter(|p| p.name != owner.name) {
-                for s in &p.servers {
-                    self.conflicts.push(Conflict {
-                        pool: p.name.clone(),
-                        member: s.name.clone(),
-                        setting: "route".into(),
-                        value: prefix.to_string(),
-                        used: format!(
-                            "pool {} ({} servers) serves it; pool {} ({}) gets no route",
-                            owner.name,
-                            owner.servers.len(),
-                            p.name,
-                            p.servers.len()
-                        ),
-                    });
-                }
-            }
-            if prefix == "/" {
-                self.default_pool = Some(owner.name.clone());
-            } else {
-                self.routes.push(Route {
-                    prefix: prefix.to_string(),
-                    pool: owner.name.clone(),
-                });
-            }
-        }
+    /// Whether `pool` serves a route or is a listener's default pool (else another pool won
+    /// its route).
+    pub fn is_routed(&self, pool: &str) -> bool {
+        self.is_default(pool)
+            || self
+                .routes
+                .iter()
+                .chain(self.listeners.iter().flat_map(|l| &l.routes))
+                .any(|r| r.pool == pool)
+    }
+
+    /// Whether `pool` serves what no route of its listener matches.
+    pub fn is_default(&self, pool: &str) -> bool {
+        self.default_pool.as_deref() == Some(pool)
+            || self
+                .listeners
+                .iter()
+                .any(|l| l.default_pool.as_deref() == Some(pool))
     }
 
     /// Looks up a server by pool and name.
@@ -472,16 +659,6 @@ impl Model {
         let p = self.pools.iter().find(|p| p.name == pool)?;
         let s = p.servers.iter().find(|s| s.name == server)?;
         Some((p, s))
-    }
-}
-
-/// Quotes a network-supplied value for an error message: escaped, at most 64 chars.
-fn q(s: &str) -> String {
-    let short: String = s.chars().take(64).collect();
-    if short.len() < s.len() {
-        format!("{short:?}…")
-    } else {
-        format!("{short:?}")
     }
 }
 
@@ -973,5 +1150,208 @@ mod tests {
         let m = Model::build(&doc(vec![a]));
         assert_eq!(m.pools[0].servers[0].weight, 0);
         assert_eq!(m.pools[0].balance, "leastconn");
+    }
+
+    fn with(name: &str, ip: &str, service: &str, extra: &[(&str, &str)]) -> Member {
+        let mut tags = vec![("service", service), ("port", "80")];
+        tags.extend_from_slice(extra);
+        member(name, &format!("{ip}:7946"), "alive", &tags)
+    }
+
+    #[test]
+    fn a_pool_whose_members_all_left_keeps_its_route_with_no_server() {
+        let mut api = with("api-1", "10.0.0.1", "api", &[("route", "/api")]);
+        let mut d = vec![api.clone(), web("web-1", "10.0.0.2")];
+        for status in [Status::Failed, Status::Left] {
+            api.status = status;
+            d[0] = api.clone();
+            let m = Model::build(&doc(d.clone()));
+            let pool = m
+                .pools
+                .iter()
+                .find(|p| p.name == "api")
+                .expect("pool stays");
+            assert!(pool.servers.is_empty());
+            assert_eq!(m.routes.len(), 1, "{status:?}");
+            assert_eq!(m.routes[0].pool, "api");
+            assert!(m.rejected.is_empty(), "{:?}", m.rejected);
+        }
+        // Not ready yet (supervisor's gate) also declares the pool.
+        api.status = Status::Alive;
+        api.tags.insert("state".into(), "starting".into());
+        d[0] = api;
+        let m = Model::build(&doc(d));
+        assert_eq!(m.routes[0].pool, "api");
+        // Reaped (gone from the document): the pool and its route go.
+        let m = Model::build(&doc(vec![web("web-1", "10.0.0.2")]));
+        assert!(m.routes.is_empty());
+        assert_eq!(m.pools.len(), 1);
+    }
+
+    #[test]
+    fn a_dead_member_with_bad_tags_declares_nothing_and_is_not_reported() {
+        let mut bad = with("x", "10.0.0.9", "api", &[("route", "no slash")]);
+        bad.status = Status::Failed;
+        let m = Model::build(&doc(vec![bad]));
+        assert!(m.pools.is_empty());
+        assert!(m.rejected.is_empty());
+    }
+
+    #[test]
+    fn the_serving_members_vote_and_dead_ones_do_not() {
+        let mut old = with("a-old", "10.0.0.1", "api", &[("route", "/old")]);
+        old.status = Status::Left;
+        let new = with("b-new", "10.0.0.2", "api", &[("route", "/new")]);
+        let m = Model::build(&doc(vec![old, new]));
+        assert_eq!(m.pools[0].route, "/new");
+        assert!(m.conflicts.is_empty(), "{:?}", m.conflicts);
+    }
+
+    #[test]
+    fn host_listen_and_check_tags_reach_the_pool() {
+        let m = Model::build(&doc(vec![with(
+            "a",
+            "10.0.0.1",
+            "api",
+            &[
+                ("host", "API.example.com"),
+                ("route", "/v2"),
+                ("listen", "8100/tls"),
+                ("check_port", "8081"),
+                ("check_inter", "500ms"),
+                ("check_rise", "1"),
+                ("check_fall", "5"),
+                ("check_timeout", "1s"),
+                ("check_status", "200,204"),
+                ("sticky", "24h"),
+                ("timeout_server", "60m"),
+            ],
+        )]));
+        let p = &m.pools[0];
+        assert_eq!(p.host.as_deref(), Some("api.example.com"));
+        assert_eq!((p.listen, p.tls), (Some(8100), true));
+        assert_eq!(p.check_port, Some(8081));
+        assert_eq!(p.check_inter.as_deref(), Some("500ms"));
+        assert_eq!((p.check_rise, p.check_fall), (1, 5));
+        assert_eq!(p.check_timeout.as_deref(), Some("1s"));
+        assert_eq!(p.check_status, "200,204");
+        assert!(p.sticky);
+        assert_eq!(p.sticky_maxlife.as_deref(), Some("1d"));
+        assert_eq!(p.timeout_server.as_deref(), Some("1h"));
+        // Its route is on listener 8100, which has no default pool; the main one neither.
+        assert!(m.routes.is_empty());
+        assert_eq!(m.listeners.len(), 1);
+        let l = &m.listeners[0];
+        assert_eq!(
+            (l.name.as_str(), l.port, l.tls),
+            ("listen-8100", 8100, true)
+        );
+        assert_eq!(l.routes[0].host.as_deref(), Some("api.example.com"));
+        assert!(m.listener_without_default);
+    }
+
+    #[test]
+    fn each_bad_routing_tag_is_refused_by_name() {
+        for (tag, v) in [
+            ("host", "a b"),
+            ("host", "evil\nbind :1"),
+            ("listen", "80"),
+            ("listen", "22"),
+            ("listen", "8100/ssl"),
+            ("check_port", "0"),
+            ("check_port", "8081 check"),
+            ("check_inter", "1ms"),
+            ("check_inter", "2h"),
+            ("check_rise", "0"),
+            ("check_fall", "21"),
+            ("check_timeout", "x"),
+            ("check_status", "2xx"),
+            ("sticky", "forever"),
+            ("route_weight", "1001"),
+            ("route_weight", "-1"),
+            ("timeout_server", "2d"),
+        ] {
+            let m = Model::build(&doc(vec![with("a", "10.0.0.1", "api", &[(tag, v)])]));
+            assert!(m.pools.is_empty(), "{tag}={v:?}");
+            let r = &m.rejected[0].reason;
+            assert!(r.starts_with(&format!("tag {tag}=")), "{tag}={v:?}: {r}");
+        }
+    }
+
+    #[test]
+    fn pools_with_route_weights_split_one_route() {
+        let m = Model::build(&doc(vec![
+            with(
+                "b1",
+                "10.0.0.1",
+                "blue",
+                &[("route", "/app"), ("route_weight", "90")],
+            ),
+            with(
+                "b2",
+                "10.0.0.2",
+                "blue",
+                &[("route", "/app"), ("route_weight", "90")],
+            ),
+            with(
+                "g1",
+                "10.0.0.3",
+                "green",
+                &[("route", "/app"), ("route_weight", "10")],
+            ),
+            // Without a weight on a split route: no route, reported.
+            with("o1", "10.0.0.4", "other", &[("route", "/app")]),
+        ]));
+        let r: Vec<_> = m
+            .routes
+            .iter()
+            .map(|r| {
+                let d = r.draw.as_ref().expect("a split");
+                (r.pool.as_str(), d.var.as_str(), d.lo, d.hi)
+            })
+            .collect();
+        assert_eq!(
+            r,
+            vec![
+                ("blue", "txn.draw1", 0, 90),
+                ("green", "txn.draw1", 90, 100)
+            ]
+        );
+        assert_eq!(m.draws.len(), 1);
+        assert_eq!(m.draws[0].total, 100);
+        assert_eq!(m.conflicts.len(), 1, "{:?}", m.conflicts);
+        assert_eq!(m.conflicts[0].member, "o1");
+        // Blue/green cut-over: weight 0 takes nothing; all 0 splits evenly.
+        let m = Model::build(&doc(vec![
+            with("b1", "10.0.0.1", "blue", &[("route_weight", "0")]),
+            with("g1", "10.0.0.3", "green", &[("route_weight", "100")]),
+        ]));
+        assert_eq!(m.routes.len(), 1);
+        assert_eq!(m.routes[0].pool, "green");
+        assert_eq!(m.routes[0].prefix, "/");
+        assert_eq!(m.default_pool, None);
+        let m = Model::build(&doc(vec![
+            with("b1", "10.0.0.1", "blue", &[("route_weight", "0")]),
+            with("g1", "10.0.0.3", "green", &[("route_weight", "0")]),
+        ]));
+        assert_eq!(m.routes.len(), 2);
+        assert_eq!(m.draws[0].total, 2);
+    }
+
+    #[test]
+    fn host_rules_come_before_path_rules() {
+        let m = Model::build(&doc(vec![
+            with("a", "10.0.0.1", "api", &[("route", "/api/v2/long")]),
+            with("b", "10.0.0.2", "admin", &[("host", "admin.example.com")]),
+            web("w", "10.0.0.3"),
+        ]));
+        let r: Vec<_> = m
+            .routes
+            .iter()
+            .map(|r| (r.pool.as_str(), r.host.as_deref()))
+            .collect();
+        assert_eq!(r, vec![("admin", Some("admin.example.com")), ("api", None)]);
+        assert_eq!(m.default_pool.as_deref(), Some("web"));
+        assert!(!m.listener_without_default);
     }
 }

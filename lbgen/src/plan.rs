@@ -486,11 +486,13 @@ mod tests {
         let other = [("service", "api")];
         two.push(("z", B, "alive", &other));
         assert!(matches!(plan(&l, &two), Plan::Reload(_)));
-        // The last server of a pool leaving removes the pool (and its route).
+        // The last server of a pool leaving keeps the pool and its route (answering 503):
+        // a runtime change. Its last member reaped removes them: a reload.
         assert!(matches!(
             plan(&l, &[("a", A, "failed", &[])]),
-            Plan::Reload(_)
+            Plan::Runtime { .. }
         ));
+        assert!(matches!(plan(&l, &[]), Plan::Reload(_)));
     }
 
     #[test]

@@ -129,6 +129,9 @@ struct Context<'a> {
     pools: &'a [Pool],
     routes: &'a [Route],
     default_pool: &'a Option<String>,
+    draws: &'a [crate::model::Draw],
+    listeners: &'a [crate::model::Listener],
+    listener_without_default: bool,
     members: &'a [crate::nodes::Node],
     scrape_targets: &'a [crate::nodes::ScrapeTarget],
 }
@@ -182,6 +185,9 @@ impl Renderer {
             pools: &model.pools,
             routes: &model.routes,
             default_pool: &model.default_pool,
+            draws: &model.draws,
+            listeners: &model.listeners,
+            listener_without_default: model.listener_without_default,
             members: &model.members,
             scrape_targets: &model.scrape_targets,
         };

@@ -19,6 +19,12 @@ pub struct StatusReport<'a> {
 pub struct PoolStatus<'a> {
     pub name: &'a str,
     pub route: &'a str,
+    /// Host rule (`host` tag), if any.
+    pub host: Option<&'a str>,
+    /// Extra listener port (`listen` tag); None = the main listener.
+    pub listen: Option<u16>,
+    /// Its share of a route split with other pools (`route_weight`).
+    pub route_weight: Option<u32>,
     /// false: another pool won this route (see `conflicts`).
     pub routed: bool,
     pub check: &'a str,
@@ -26,6 +32,8 @@ pub struct PoolStatus<'a> {
     pub balance: &'a str,
     pub servers: usize,
     pub draining: usize,
+    /// Serves what no route of its listener matches.
+    pub default: bool,
 }
 
 impl<'a> StatusReport<'a> {
@@ -36,8 +44,11 @@ impl<'a> StatusReport<'a> {
             .map(|p| PoolStatus {
                 name: &p.name,
                 route: &p.route,
-                routed: m.default_pool.as_deref() == Some(p.name.as_str())
-                    || m.routes.iter().any(|r| r.pool == p.name),
+                host: p.host.as_deref(),
+                listen: p.listen,
+                route_weight: p.route_weight,
+                routed: m.is_routed(&p.name),
+                default: m.is_default(&p.name),
                 check: &p.check,
                 sticky: p.sticky,
                 balance: &p.balance,
@@ -61,17 +72,27 @@ impl<'a> StatusReport<'a> {
     pub fn text(&self) -> String {
         let mut out = String::new();
         for p in &self.pools {
+            let mut what = crate::routes::route_name(p.listen, p.host, p.route);
+            if let Some(w) = p.route_weight {
+                what.push_str(&format!(" (route_weight {w})"));
+            }
             let route = if !p.routed {
-                format!("{} (not routed: another pool holds it)", p.route)
-            } else if self.default_pool == Some(p.name) {
-                format!("{} (default)", p.route)
+                format!("{what} (not routed: another pool holds it)")
+            } else if p.default {
+                format!("{what} (default)")
             } else {
-                p.route.to_string()
+                what
             };
             out.push_str(&format!(
                 "pool {}: route {route}, check {}, balance {}, sticky {}, {} server(s), {} draining\n",
                 p.name, p.check, p.balance, p.sticky, p.servers, p.draining
             ));
+            if p.servers == 0 && p.routed {
+                out.push_str(&format!(
+                    "pool {}: no server: its route answers 503 until a member serves or every member is reaped\n",
+                    p.name
+                ));
+            }
         }
         if self.default_pool.is_none() {
             out.push_str("no pool serves /: requests no route matches get a 503\n");

@@ -124,6 +124,8 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
             as crate::source::EventTap
     }));
     let mut extras = Extras::new(cfg.renders.clone())?;
+    // Which ports `listen=` tags may open: the same for the status page as for the config.
+    let policy = crate::pool_tags::ListenPolicy::from_vars(&cfg.vars.0);
     if let Some(o) = extras.outputs().find(|o| *o == cfg.out) {
         return Err(Error::new(format!(
             "--render into {} would overwrite the HAProxy config (--out)",
@@ -210,7 +212,7 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     retry_delay = RETRY;
                     // The status page shows the snapshot that is now live.
                     if let (Some(h), Some(doc)) = (&hub, &doc) {
-                        h.snapshot(doc);
+                        h.snapshot_with(doc, &policy);
                     }
                     // A signal that changed nothing (a file event repeated) is not reported.
                     if done.outcome == ApplyOutcome::Unchanged {
@@ -246,12 +248,12 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                 let result = match source.snapshot().await {
                     Ok(doc) => {
                         if let Some(h) = &hub {
-                            h.snapshot(&doc);
+                            h.snapshot_with(&doc, &policy);
                         }
                         let applied = applier.apply(&doc).await;
                         // After HAProxy's apply, so they never delay it, whatever it did.
                         if !extras.is_empty() {
-                            extras.render(&Model::build(&doc), &cfg.vars);
+                            extras.render(&Model::build_with(&doc, &policy), &cfg.vars);
                         }
                         applied
                     }

@@ -23,7 +23,13 @@ fn every_members_json_corpus_input_passes_the_oracle() {
 
 #[test]
 fn the_golden_inputs_pass_the_oracle() {
-    for name in ["empty", "one_pool", "several_pools", "injection"] {
+    for name in [
+        "empty",
+        "one_pool",
+        "several_pools",
+        "injection",
+        "ha_layout",
+    ] {
         let path = format!("{}/tests/golden/{name}.json", env!("CARGO_MANIFEST_DIR"));
         let data = std::fs::read(&path).expect("golden input");
         lbgen::grammar::check_members_json(&data);

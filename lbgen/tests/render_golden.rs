@@ -43,21 +43,29 @@ fn haproxy_check(cfg: &Path) {
 }
 
 fn golden(case: &str) {
+    golden_with(case, &[]);
+}
+
+/// A golden render with more `--var K=V`.
+fn golden_with(case: &str, vars: &[&str]) {
     let members = dir().join(format!("{case}.json"));
     let expected = dir().join(format!("{case}.cfg"));
     let template = Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/haproxy.cfg.hbs");
-    let (ok, out, err) = lbgen(
-        &[
-            "render",
-            "--template",
-            template.to_str().unwrap(),
-            "--members",
-            members.to_str().unwrap(),
-            "--var",
-            "stats_socket=/tmp/lbgen-golden.sock",
-        ],
-        None,
-    );
+    let mut args = vec![
+        "render".to_string(),
+        "--template".into(),
+        template.to_str().unwrap().into(),
+        "--members".into(),
+        members.to_str().unwrap().into(),
+        "--var".into(),
+        "stats_socket=/tmp/lbgen-golden.sock".into(),
+    ];
+    for v in vars {
+        args.push("--var".into());
+        args.push(v.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, out, err) = lbgen(&args, None);
     assert!(ok, "render {case} failed: {err}");
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
         std::fs::write(&expected, &out).unwrap();
@@ -81,6 +89,36 @@ fn golden_one_pool() {
 #[test]
 fn golden_several_pools_with_routes_checks_and_stickiness() {
     golden("several_pools");
+}
+
+/// The HA web-services layout from tags only: the main listener on 443 (a default pool, a
+/// host rule, the four path rules, a 90/10 canary split), listeners 8100 and 9494 (TLS asked
+/// for, rendered plain until TLS is configured) with their own default pools and a route, a
+/// check on another port, one-day stickiness, a one-hour server timeout for uploads, and a
+/// pool whose only member failed: its route stays (503), it does not fall through to `web`.
+#[test]
+fn golden_ha_layout_from_tags_only() {
+    golden_with("ha_layout", &["http_port=443"]);
+    let cfg = std::fs::read_to_string(dir().join("ha_layout.cfg")).unwrap();
+    for line in [
+        "    bind *:443\n",
+        "\nfrontend listen-8100\n    bind *:8100\n",
+        "\nfrontend listen-9494\n    bind *:9494\n",
+        "    default_backend svc9494\n",
+        "    use_backend reports if route_reports\n",
+        "port 8081 observe",
+        "cookie SERVERID insert indirect nocache dynamic maxlife 1d\n",
+        "    timeout server 1h\n",
+        "    use_backend admin if host_admin\n",
+    ] {
+        assert!(cfg.contains(line), "no {line:?} in ha_layout.cfg");
+    }
+    for prefix in ["/api/v2", "/api/v0", "/upload", "/socket.io-queue"] {
+        assert!(
+            cfg.contains(&format!(" path_beg {prefix}/\n")),
+            "no rule for {prefix}"
+        );
+    }
 }
 
 #[test]

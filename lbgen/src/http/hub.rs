@@ -125,7 +125,12 @@ impl StatusHub {
 
     /// A new members snapshot (before it is applied).
     pub fn snapshot(&self, doc: &MembersDoc) {
-        let model = Model::build(doc);
+        self.snapshot_with(doc, &crate::pool_tags::ListenPolicy::default())
+    }
+
+    /// [`StatusHub::snapshot`] with the listener ports `watch`'s variables allow.
+    pub fn snapshot_with(&self, doc: &MembersDoc, policy: &crate::pool_tags::ListenPolicy) {
+        let model = Model::build_with(doc, policy);
         let statuses: Vec<_> = doc.members.iter().map(|m| m.status).collect();
         self.0.metrics.snapshot(&model, &statuses);
         let mut members = doc.members.clone();
@@ -227,7 +232,7 @@ impl StatusHub {
                 check: p.check.clone(),
                 balance: p.balance.clone(),
                 sticky: p.sticky,
-                default: st.model.default_pool.as_deref() == Some(p.name.as_str()),
+                default: st.model.is_default(&p.name),
                 servers: p
                     .servers
                     .iter()
