@@ -13,6 +13,8 @@
 //! - [`clients`]: a POST client, a checked long download and a held WebSocket (deploys).
 //! - [`Project::haproxy_master`]: HAProxy's master PID and reload counter (`show proc`).
 //! - [`swarm`]: a single-node swarm made (and left) by the test, and a stack deployed on it.
+//! - [`multihost`]: three Docker engines in containers joined into one swarm (a multi-host
+//!   bed), and the stack deployed across them.
 //!
 //! Every external command runs with a deadline, so no test can hang.
 
@@ -27,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod clients;
+pub mod multihost;
 pub mod swarm;
 
 /// The repository root (this crate is `tests/e2e`).
