@@ -272,6 +272,22 @@ fn a_host_killed_under_load_fails_its_members_at_both_lbs_and_its_rescheduled_we
                 .unwrap_or("-".into()),
         ),
     );
+    // A dead host's addresses are silent (no refusal): HAProxy's retries elsewhere cost
+    // `timeout connect` per try, which shows as slow answers rather than failures.
+    let after_kill: Vec<&Sample> = samples.iter().filter(|s| s.at >= t_kill).collect();
+    let slow = after_kill
+        .iter()
+        .filter(|s| s.latency > Duration::from_millis(500))
+        .count();
+    let slowest = after_kill
+        .iter()
+        .map(|s| s.latency)
+        .max()
+        .unwrap_or_default();
+    figure(
+        "multihost: answers slower than 500 ms after the kill / the slowest",
+        format!("{slow} / {:.2} s", slowest.as_secs_f64()),
+    );
     assert!(
         failures(&samples, Duration::ZERO, t_kill).is_empty(),
         "no failures before the kill"
