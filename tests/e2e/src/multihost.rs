@@ -331,9 +331,9 @@ pub struct BedStack {
 }
 
 impl BedStack {
-    /// `docker stack deploy -c stack.yml -c stack.multihost.yml` run on engine `via`, with
-    /// `env` for the stack file's variables.
-    pub fn deploy(bed: &Bed, via: &str, env: &[(&str, &str)]) -> BedStack {
+    /// `docker stack deploy -c stack.yml -c stack.multihost.yml` run on the bed's engine
+    /// `via` (a manager), with `env` for the stack file's variables.
+    pub fn deploy(via: &str, env: &[(&str, &str)]) -> BedStack {
         let stack = BedStack {
             name: format!("mh{:x}", std::process::id()),
         };
@@ -364,7 +364,6 @@ impl BedStack {
             &stack.name,
         ]);
         run_ok(&mut cmd, 120 * S);
-        let _ = bed;
         eprintln!("stack {} deployed on the bed", stack.name);
         stack
     }

@@ -52,7 +52,6 @@ fn a_host_killed_under_load_fails_its_members_at_both_lbs_and_its_rescheduled_we
     let victim = bed.engines[VICTIM].name.clone();
     let t_deploy = Instant::now();
     let stack = BedStack::deploy(
-        &bed,
         &m0,
         &[
             ("SHOAL_IMAGE_TAG", &tag),
