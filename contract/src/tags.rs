@@ -20,6 +20,9 @@ pub const BALANCE: &str = "balance";
 /// Slow start of the pool's servers, a duration (`30s`): a server that joins or comes
 /// back ramps its weight up over it (HAProxy `slowstart`). Default none.
 pub const SLOWSTART: &str = "slowstart";
+/// `true`: the pool's plain-HTTP requests are redirected to HTTPS (when the LB has a
+/// certificate). Default `false`.
+pub const HTTPS_REDIRECT: &str = "https_redirect";
 /// The supervised service's state, see [`state`]; absent means ready.
 pub const STATE: &str = "state";
 /// The node's role: `SERF_SELF_ROLE` and the third column of a handler's stdin.

@@ -51,6 +51,8 @@ pub struct Pool {
     pub balance: String,
     /// HAProxy `slowstart` of the pool's servers (`30s`, `1500ms`), from the `slowstart` tag.
     pub slowstart: Option<String>,
+    /// The `https_redirect` tag: plain-HTTP requests to this pool go to HTTPS.
+    pub https_redirect: bool,
     pub servers: Vec<Server>,
 }
 
@@ -155,6 +157,7 @@ struct Backend {
     balance: String,
     /// HAProxy time, validated; "" = none.
     slowstart: String,
+    https_redirect: bool,
     server: Server,
 }
 
@@ -254,6 +257,11 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         None => String::new(),
         Some(v) => slowstart_of(v)?,
     };
+    let https_redirect = match m.tags.get(tags::HTTPS_REDIRECT).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(s) => return Err(format!("tag https_redirect={} must be true or false", q(s))),
+    };
     let state = match m.tags.get(tags::STATE).map(String::as_str) {
         None | Some(state::READY) => alive_state,
         Some(state::DRAINING) => ServerState::Drain,
@@ -273,6 +281,7 @@ fn backend_of(m: &Member) -> Result<Option<Backend>, String> {
         sticky,
         balance,
         slowstart,
+        https_redirect,
         server: Server {
             name: m.name.clone(),
             ip,
@@ -401,6 +410,7 @@ impl Model {
             let sticky = pick("sticky", |b| b.sticky.to_string()) == "true";
             let balance = pick("balance", |b| b.balance.clone());
             let slowstart = pick("slowstart", |b| b.slowstart.clone());
+            let https_redirect = pick("https_redirect", |b| b.https_redirect.to_string()) == "true";
             let mut servers: Vec<Server> = backends.into_iter().map(|b| b.server).collect();
             servers.sort_by(|a, b| a.name.cmp(&b.name));
             model.pools.push(Pool {
@@ -410,6 +420,7 @@ impl Model {
                 sticky,
                 balance,
                 slowstart: (!slowstart.is_empty()).then_some(slowstart),
+                https_redirect,
                 servers,
             });
         }

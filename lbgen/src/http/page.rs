@@ -134,6 +134,31 @@ fn summary(out: &mut String, v: &StatusView) {
     for c in &v.conflicts {
         let _ = writeln!(out, "<p class=\"conflict\">{}</p>", escape(&c.to_string()));
     }
+    if let Some(t) = &v.tls {
+        let served: Vec<String> = t
+            .served
+            .iter()
+            .map(|s| format!("{} ({})", escape(&s.file), escape(&s.sni)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<p>certificates from {}: {}</p>",
+            escape(&t.dir),
+            if served.is_empty() {
+                "none".to_string()
+            } else {
+                served.join(", ")
+            }
+        );
+        for r in &t.refused {
+            let _ = writeln!(
+                out,
+                "<p class=\"skipped\">certificate {} refused: {}</p>",
+                escape(&r.file),
+                escape(&r.reason)
+            );
+        }
+    }
     out.push_str("</section>\n");
 }
 
