@@ -429,7 +429,7 @@ async fn check_with_haproxy(file: &str, pem: &[u8]) -> Result<(), String> {
             std::fs::write(
                 &cfg,
                 format!(
-                    "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\nfrontend tls_check\n    bind 127.0.0.1:0 ssl crt {}\n",
+                    "defaults\n    mode http\n    timeout connect 1s\n    timeout client 1s\n    timeout server 1s\nfrontend tls_check\n    bind 127.0.0.1:1 ssl crt {}\n",
                     cert.display()
                 ),
             )
