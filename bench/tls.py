@@ -132,13 +132,17 @@ def wait_https(port, ctx, within=30):
     raise SystemExit(f"HTTPS on {port} never answered 200")
 
 
-def served_serial(port, ctx):
+def served_der(port, ctx):
+    """The DER of the certificate a new connection is served."""
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         with ctx.wrap_socket(s, server_hostname="lb.test") as t:
-            der = t.getpeercert(binary_form=True)
-    out = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-serial"], input=der,
-                         capture_output=True, timeout=10)
-    return out.stdout.decode().strip().removeprefix("serial=")
+            return t.getpeercert(binary_form=True)
+
+
+def leaf_der(pem):
+    text = pem.decode()
+    end = text.index("-----END CERTIFICATE-----") + len("-----END CERTIFICATE-----")
+    return ssl.PEM_cert_to_DER_cert(text[:end])
 
 
 def handshakes(port, ctx, n):
@@ -178,13 +182,16 @@ def main():
     ap.add_argument("--handshakes", type=int, default=300, help="per side (default 300)")
     ap.add_argument("--swaps", type=int, default=10, help="certificate renewals timed (default 10)")
     ap.add_argument("--no-write", action="store_true", help="print only, leave RESULTS.md alone")
+    ap.add_argument("--lbgen", help="an lbgen binary to use (default: build target/release/lbgen)")
     a = ap.parse_args()
     for tool in ("haproxy", "openssl", "wrk"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             raise SystemExit(f"{tool} is needed (apt-get install {tool})")
     haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
-    sh(["cargo", "build", "-q", "--release", "-p", "lbgen"], cwd=ROOT, timeout=3600)
-    lbgen = os.path.join(ROOT, "target", "release", "lbgen")
+    lbgen = a.lbgen
+    if not lbgen:
+        sh(["cargo", "build", "-q", "--release", "-p", "lbgen"], cwd=ROOT, timeout=3600)
+        lbgen = os.path.join(ROOT, "target", "release", "lbgen")
     load_before = open("/proc/loadavg").read().split()[:3]
 
     tmp = tempfile.mkdtemp(prefix="shoal-tls-bench-")
@@ -204,7 +211,7 @@ def main():
         bport = free_port()
         with open(os.path.join(tmp, "backend.cfg"), "w") as f:
             f.write(f"""global
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     timeout connect 5s
@@ -248,6 +255,15 @@ backend web
                  f"server_state_file={tmp}/server-state", f"tls_certs={certs}",
                  f"tls_state_dir={tmp}/tls", "hsts_max_age=31536000"]
         var_args = [x for v in vars_ for x in ("--var", v)]
+        # The same with the access log off: what the JSON log line per request costs.
+        quiet_port = free_port()
+        quiet_vars = [v for v in vars_ if not v.startswith(("https_port=", "http_port=", "stats_port=",
+                                                             "stats_socket=", "server_state_file=",
+                                                             "tls_state_dir="))]
+        quiet_vars += [f"https_port={quiet_port}", f"http_port={free_port()}", f"stats_port={free_port()}",
+                       f"stats_socket={tmp}/q-admin.sock", f"server_state_file={tmp}/q-server-state",
+                       f"tls_state_dir={tmp}/q-tls", "access_log="]
+        quiet_args = [x for v in quiet_vars for x in ("--var", v)]
         empty = os.path.join(tmp, "empty.json")
         with open(empty, "w") as f:
             f.write('{"members":[]}')
@@ -255,16 +271,30 @@ backend web
         with open(out, "w") as f:
             f.write(cfg)
         procs.append(Proc([haproxy, "-W", "-S", msock, "-f", out], os.path.join(tmp, "lb.log")))
+        qout, qsock = os.path.join(tmp, "q-haproxy.cfg"), os.path.join(tmp, "q-master.sock")
+        with open(qout, "w") as f:
+            f.write(sh([lbgen, "render", "--members", empty, "--dry-run"] + quiet_args))
+        procs.append(Proc([haproxy, "-W", "-S", qsock, "-f", qout], os.path.join(tmp, "q-lb.log")))
         time.sleep(0.5)
         procs.append(Proc([lbgen, "watch", "--members", members, "--out", out, "--haproxy-master", msock,
                            "--wait", "20ms:200ms", "--log-format", "json"] + var_args,
                           os.path.join(tmp, "lbgen.log")))
+        procs.append(Proc([lbgen, "watch", "--members", members, "--out", qout, "--haproxy-master", qsock,
+                           "--wait", "20ms:200ms", "--log-format", "json"] + quiet_args,
+                          os.path.join(tmp, "q-lbgen.log")))
         ctx = ssl.create_default_context(cafile=ca)
         ctx.check_hostname = True
-        wait_https(hand_port, ctx)
-        wait_https(lb_port, ctx)
+        try:
+            wait_https(hand_port, ctx)
+            wait_https(lb_port, ctx)
+            wait_https(quiet_port, ctx)
+        except SystemExit:
+            for log in ("lbgen.log", "lb.log", "hand.log", "backend.log"):
+                with open(os.path.join(tmp, log), errors="replace") as f:
+                    print(f"--- {log}:\n" + "".join(f.readlines()[-15:]), file=sys.stderr)
+            raise
 
-        sides = {"lbgen": lb_port, "hand": hand_port}
+        sides = {"lbgen": lb_port, "quiet": quiet_port, "hand": hand_port}
         rps = {(s, c): [] for s in sides for c in (False, True)}
         errs = {s: 0 for s in sides}
         for _ in range(a.rounds):
@@ -283,11 +313,11 @@ backend web
         swap_ms = []
         for i in range(a.swaps):
             new = issue(tmp, ca, "lb.test", 100 + i)
-            want = format(100 + i, "X").rjust(2, "0")
+            want = leaf_der(new)
             t0 = time.perf_counter()
             put(os.path.join(certs, "default.pem"), new)
             deadline = t0 + 30
-            while served_serial(lb_port, ctx).lstrip("0") != want.lstrip("0"):
+            while served_der(lb_port, ctx) != want:
                 if time.perf_counter() > deadline:
                     raise SystemExit(f"renewal {i} not served within 30 s")
                 time.sleep(0.005)
@@ -300,13 +330,19 @@ backend web
 
     load_after = open("/proc/loadavg").read().split()[:3]
     med = {k: statistics.median(v) for k, v in rps.items()}
+    def ratio(side, close):
+        return med[(side, close)] / med[("hand", close)]
+
+    def hs_cell(side):
+        return f"{pct(hs[side], 50):.2f} / {pct(hs[side], 99):.2f}"
+
     lines = [
-        "| | lbgen's config | hand-written | lbgen / hand |",
-        "|---|---|---|---|",
-        f"| HTTPS requests/s, keep-alive (median of {a.rounds}) | {med[('lbgen', False)]:,.0f} | {med[('hand', False)]:,.0f} | {med[('lbgen', False)] / med[('hand', False)]:.2f} |",
-        f"| HTTPS requests/s, new connection each (median of {a.rounds}) | {med[('lbgen', True)]:,.0f} | {med[('hand', True)]:,.0f} | {med[('lbgen', True)] / med[('hand', True)]:.2f} |",
-        f"| TLS handshake p50 / p99, ms ({len(hs['lbgen'])} each) | {pct(hs['lbgen'], 50):.2f} / {pct(hs['lbgen'], 99):.2f} | {pct(hs['hand'], 50):.2f} / {pct(hs['hand'], 99):.2f} | |",
-        f"| wrk errors (non-2xx + socket) | {errs['lbgen']} | {errs['hand']} | |",
+        "| | lbgen's config (defaults: JSON access log) | lbgen's, `access_log=` | hand-written | lbgen / hand, quiet / hand |",
+        "|---|---|---|---|---|",
+        f"| HTTPS requests/s, keep-alive (median of {a.rounds}) | {med[('lbgen', False)]:,.0f} | {med[('quiet', False)]:,.0f} | {med[('hand', False)]:,.0f} | {ratio('lbgen', False):.2f}, {ratio('quiet', False):.2f} |",
+        f"| HTTPS requests/s, new connection each (median of {a.rounds}) | {med[('lbgen', True)]:,.0f} | {med[('quiet', True)]:,.0f} | {med[('hand', True)]:,.0f} | {ratio('lbgen', True):.2f}, {ratio('quiet', True):.2f} |",
+        f"| TLS handshake p50 / p99, ms ({len(hs['lbgen'])} each) | {hs_cell('lbgen')} | {hs_cell('quiet')} | {hs_cell('hand')} | |",
+        f"| wrk errors (non-2xx + socket) | {errs['lbgen']} | {errs['quiet']} | {errs['hand']} | |",
         "",
         f"Certificate renewed on disk (rename) -> served to a new client, {len(swap_ms)} renewals: "
         f"p50 {pct(swap_ms, 50):.0f} ms, max {max(swap_ms):.0f} ms; HAProxy reloads during them: {after - before}.",
