@@ -297,9 +297,13 @@ backend web
         sides = {"lbgen": lb_port, "quiet": quiet_port, "hand": hand_port}
         rps = {(s, c): [] for s in sides for c in (False, True)}
         errs = {s: 0 for s in sides}
-        for _ in range(a.rounds):
+        names = list(sides)
+        for r in range(a.rounds):
+            # Each round in another order, so no side always runs first or last.
+            order = names[r % len(names):] + names[:r % len(names)]
             for close in (False, True):
-                for side, port in sides.items():
+                for side in order:
+                    port = sides[side]
                     r, e = wrk(port, a.seconds, close)
                     rps[(side, close)].append(r)
                     errs[side] += e

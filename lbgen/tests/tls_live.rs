@@ -185,7 +185,12 @@ impl Rig {
 
     /// lbgen's `/status.json`.
     async fn status(&self) -> serde_json::Value {
-        let url = format!("http://127.0.0.1:{}/status.json", self.status_port);
+        serde_json::from_str(&self.get("/status.json").await).expect("status.json is JSON")
+    }
+
+    /// The body of lbgen's status server at `path`.
+    async fn get(&self, path: &str) -> String {
+        let url = format!("http://127.0.0.1:{}{path}", self.status_port);
         let out = blocking(move || {
             common::output_within(
                 std::process::Command::new("curl")
@@ -195,7 +200,7 @@ impl Rig {
             )
         })
         .await;
-        serde_json::from_slice(&out.stdout).expect("status.json is JSON")
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Waits until `/status.json` names `file` as refused; its reason.
@@ -378,6 +383,13 @@ async fn a_broken_certificate_file_is_refused_by_name_and_the_old_certificate_ke
         std::fs::write(rig.certs.join("a.test.pem"), pem).unwrap();
         let why = rig.wait_refused("a.test.pem").await;
         assert!(why.contains(want), "{what}: reason {why:?} lacks {want:?}");
+        let metrics = rig.get("/metrics").await;
+        for line in [
+            "lbgen_certificates{state=\"refused\"} 1",
+            "lbgen_certificates{state=\"served\"} 2",
+        ] {
+            assert!(metrics.contains(line), "{what}: no {line} in\n{metrics}");
+        }
         assert_eq!(
             rig.served(Some("a.test")).await.as_deref(),
             Some(serial.as_str()),

@@ -198,6 +198,9 @@ impl StatusHub {
 
     /// Records what the certificate directory gives now (after each refresh).
     pub fn tls(&self, view: TlsView) {
+        self.0
+            .metrics
+            .certificates(view.served.len(), view.refused.len());
         self.state().tls = Some(view);
     }
 
