@@ -412,6 +412,31 @@ mod tests {
     }
 
     #[test]
+    fn served_and_refused_certificates_are_shown_escaped() {
+        let hub = StatusHub::new("file members.json".into(), None);
+        hub.tls(crate::http::hub::TlsView {
+            dir: "/etc/lbgen/certs".into(),
+            served: vec![crate::certs::Served {
+                file: "default.pem".into(),
+                sni: "default".into(),
+            }],
+            refused: vec![crate::certs::Refused {
+                file: "a.test.pem".into(),
+                reason: "haproxy: <b>bad</b>".into(),
+            }],
+        });
+        let html = page(&hub.view_with(Err("no --haproxy-master".into())));
+        assert!(
+            html.contains("certificates from /etc/lbgen/certs: default.pem (default)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("certificate a.test.pem refused: haproxy: &lt;b&gt;bad&lt;/b&gt;"),
+            "{html}"
+        );
+    }
+
+    #[test]
     fn tags_from_the_network_are_escaped() {
         let v = view(
             r#"{"members":[{"name":"web-1","addr":"10.0.0.1:1","status":"alive","tags":{"service":"web","port":"80","x":"<script>alert(1)</script>","q":"a\"b'c&"}}]}"#,
