@@ -213,10 +213,20 @@ fn read_members(src: &str) -> Result<MembersDoc, Error> {
 
 async fn render(a: RenderArgs) -> Result<(), Error> {
     let renderer = load_template(&a.tpl.template)?;
-    let vars = Vars::with_overrides(&a.tpl.vars)?;
+    let mut vars = Vars::with_overrides(&a.tpl.vars)?;
     let doc = read_members(&a.members)?;
     let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0));
     lbgen::apply::log_model(&model);
+    if let Some(dir) = vars.tls_certs().map(PathBuf::from) {
+        // The copies and crt-list the TLS bind reads (a dry run only looks at them).
+        let check = a.check_cmd.is_some();
+        let mut certs = lbgen::certs::CertDir::new(&dir, Path::new(vars.tls_state_dir()), check)?;
+        if !a.dry_run {
+            certs.refresh(None).await;
+        }
+        let list = certs.crt_list_path().display().to_string();
+        vars.set_tls_crt_list(certs.has_certs().then_some(list.as_str()));
+    }
     let text = renderer.render(&model, &vars)?;
     match (&a.out, a.dry_run) {
         (Some(out), false) => {

@@ -5,6 +5,7 @@
 
 pub mod browser;
 pub mod status_page;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

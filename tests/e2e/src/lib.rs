@@ -386,6 +386,7 @@ impl Project {
             ("LB_HTTP_PORT".to_string(), "0".to_string()),
             ("LB_STATS_PORT".to_string(), "0".to_string()),
             ("LB_STATUS_PORT".to_string(), "0".to_string()),
+            ("LB_HTTPS_PORT".to_string(), "0".to_string()),
         ];
         all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         eprintln!("compose project {name}");
