@@ -98,6 +98,8 @@ const FIXED: &[&str] = &[
     JSON_LOG_FORMAT,
     "    http-request use-service prometheus-exporter if { path /metrics }",
     "    no log",
+    // acme_challenge: the CA's HTTP-01 requests go to `lbgen acme --http`.
+    "    use_backend acme-challenge if { path_beg /.well-known/acme-challenge/ }",
 ];
 
 /// The default template's JSON access log line (`access_log_format=json`).
@@ -150,6 +152,7 @@ fn check_line(line: &str) -> Result<(), String> {
             };
             ident(name) && address(addr) && weight(w) && duration(d) && tail
         }
+        ["server", "acme", addr] => address(addr),
         ["acl", acl, "path", prefix] => route_acl(acl) && path(prefix),
         ["acl", acl, "path_beg", prefix] => route_acl(acl) && prefix.ends_with('/') && path(prefix),
         ["use_backend", pool, "if", acl] => ident(pool) && acl.strip_prefix("route_") == Some(pool),

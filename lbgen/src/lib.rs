@@ -1,6 +1,7 @@
 //! lbgen: renders an HAProxy config from shoal membership and hot-reloads HAProxy.
 //!
 //! Layout:
+//! - [`acme`]: `lbgen acme`, certificates from an ACME CA for HAProxy's cert dir.
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
 //! - [`nodes`]: every member and the `/metrics` endpoints they advertise (pure).
 //! - [`render`]: handlebars (strict, no escaping) with template variables.
@@ -18,6 +19,7 @@
 //! - [`http`]: `watch --http`: the status page, `/status.json`, `/metrics`, `/events`.
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 //! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
+pub mod acme;
 pub mod apply;
 pub mod extras;
 pub mod grammar;

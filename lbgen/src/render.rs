@@ -34,6 +34,7 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("forwarded_proto", "true"),
     ("prometheus_exporter", "true"),
     ("cookie_key", "shoal"),
+    ("acme_challenge", ""),
 ];
 
 /// Variables the default template reads as a switch: `true` or `false`, nothing else (a
@@ -68,6 +69,15 @@ fn check_known_var(key: &str, value: &str) -> Result<(), String> {
     if key == "cookie_key" && !cookie_key(value) {
         return Err(format!(
             "--var {key}={value:?}: letters, digits, '.', '_' and '-' only, not empty"
+        ));
+    }
+    // Where `lbgen acme --http` answers HTTP-01 challenges: IPv4:PORT; empty = no ACME route.
+    if key == "acme_challenge"
+        && !value.is_empty()
+        && value.parse::<std::net::SocketAddrV4>().is_err()
+    {
+        return Err(format!(
+            "--var {key}={value:?}: expected IPv4:PORT (lbgen acme --http), or empty for none"
         ));
     }
     Ok(())

@@ -1,0 +1,490 @@
+//! `lbgen acme` against a real ACME CA: Debian's `pebble` (Let's Encrypt's test CA), its
+//! names resolved by `pebble-challtestsrv`'s DNS to 127.x addresses, the HTTP-01 challenge
+//! validated through a real HAProxy rendered from the default template with
+//! `--var acme_challenge=...`, and the issued certificate served by a real HAProxy.
+
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lbgen::testing::{free_port, output_within, Haproxy};
+
+const PEBBLE: &str = "/usr/bin/pebble";
+const CHALLTESTSRV: &str = "/usr/bin/pebble-challtestsrv";
+
+/// A child in its own process group, killed with its group on drop; stderr+stdout to a file.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: PathBuf) -> Proc {
+        let f = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e} (apt-get install pebble)"));
+        Proc { child, log }
+    }
+
+    fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    fn stop(&mut self) {
+        lbgen::testing::kill_group(self.child.id(), "KILL");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = output_within(cmd, Duration::from_secs(30));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// pebble + its DNS. Every name resolves to 127.0.0.1 unless [`Pebble::add_a`] says else;
+/// the CA validates HTTP-01 on `http_port`.
+struct Pebble {
+    dir: PathBuf,
+    ca: Proc,
+    _dns: Proc,
+    mgmt: u16,
+    dns_mgmt: u16,
+    port: u16,
+}
+
+impl Pebble {
+    fn start(dir: &Path, http_port: u16, validity_secs: u64) -> Pebble {
+        assert!(
+            Path::new(PEBBLE).exists() && Path::new(CHALLTESTSRV).exists(),
+            "these tests need Debian's pebble package (apt-get install pebble)"
+        );
+        let dir = dir.join("pebble");
+        std::fs::create_dir_all(&dir).unwrap();
+        // pebble's own TLS certificate (its directory is HTTPS): a CA and a leaf for 127.0.0.1.
+        let p = |f: &str| dir.join(f).display().to_string();
+        run_ok(Command::new("openssl").args([
+            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", &p("ca.key"), "-out", &p("ca.pem"), "-days", "2", "-subj", "/CN=pebble test CA",
+        ]));
+        run_ok(Command::new("openssl").args([
+            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-keyout", &p("tls.key"), "-out", &p("tls.csr"), "-subj", "/CN=localhost",
+        ]));
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )
+        .unwrap();
+        run_ok(Command::new("openssl").args([
+            "x509", "-req", "-in", &p("tls.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"),
+            "-CAcreateserial", "-out", &p("tls.pem"), "-days", "2", "-extfile", &p("ext.cnf"),
+        ]));
+        let (port, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
+        let dns_proc = Proc::spawn(
+            Command::new(CHALLTESTSRV).args([
+                "-dns01",
+                &format!("127.0.0.1:{dns}"),
+                "-management",
+                &format!("127.0.0.1:{dns_mgmt}"),
+                "-http01",
+                "",
+                "-https01",
+                "",
+                "-tlsalpn01",
+                "",
+                "-doh",
+                "",
+                "-defaultIPv4",
+                "127.0.0.1",
+                "-defaultIPv6",
+                "",
+            ]),
+            dir.join("challtestsrv.log"),
+        );
+        let config = serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt}"),
+            "certificate": p("tls.pem"),
+            "privateKey": p("tls.key"),
+            "httpPort": http_port,
+            "tlsPort": free_port(),
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_secs,
+        }});
+        std::fs::write(dir.join("pebble.json"), config.to_string()).unwrap();
+        let ca = Proc::spawn(
+            Command::new(PEBBLE)
+                .arg("-config")
+                .arg(dir.join("pebble.json"))
+                .arg("-dnsserver")
+                .arg(format!("127.0.0.1:{dns}"))
+                // No random sleeps before validation, no random nonce rejections, a fresh
+                // validation for every order (a renewal too).
+                .env("PEBBLE_VA_NOSLEEP", "1")
+                .env("PEBBLE_WFE_NONCEREJECT", "0")
+                .env("PEBBLE_AUTHZREUSE", "0"),
+            dir.join("pebble.log"),
+        );
+        let pebble = Pebble {
+            dir,
+            ca,
+            _dns: dns_proc,
+            mgmt,
+            dns_mgmt,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pebble.curl_ok(&pebble.directory()) {
+            assert!(
+                Instant::now() < deadline,
+                "pebble did not start: {}",
+                pebble.ca.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pebble
+    }
+
+    fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// The CA that signs pebble's own directory certificate (`--ca-bundle`).
+    fn tls_ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    fn curl_ok(&self, url: &str) -> bool {
+        Command::new("curl")
+            .args(["-sSf", "-o", "/dev/null", "--max-time", "2", "--cacert"])
+            .arg(self.tls_ca())
+            .arg(url)
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The root that issued certificates chain to (pebble makes a new one each run).
+    fn issuing_root(&self, to: &Path) {
+        let pem = run_ok(
+            Command::new("curl")
+                .args(["-sSf", "--max-time", "5", "--cacert"])
+                .arg(self.tls_ca())
+                .arg(format!("https://127.0.0.1:{}/roots/0", self.mgmt)),
+        );
+        std::fs::write(to, pem).unwrap();
+    }
+
+    /// `host` resolves to `ip` for the CA's validation.
+    fn add_a(&self, host: &str, ip: &str) {
+        run_ok(
+            Command::new("curl")
+                .args(["-sSf", "--max-time", "5", "-X", "POST", "-d"])
+                .arg(serde_json::json!({"host": host, "addresses": [ip]}).to_string())
+                .arg(format!("http://127.0.0.1:{}/add-a", self.dns_mgmt)),
+        );
+    }
+}
+
+/// An HTTP-only HAProxy from the default template, its frontend on `bind:port`, routing
+/// `/.well-known/acme-challenge/` to `responder`.
+fn challenge_lb(dir: &Path, bind: &str, port: u16, responder: u16) -> Haproxy {
+    std::fs::create_dir_all(dir).unwrap();
+    let members = dir.join("members.json");
+    std::fs::write(&members, r#"{"members":[]}"#).unwrap();
+    let cfg = dir.join("haproxy.cfg");
+    run_ok(
+        Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .arg("render")
+            .arg("--members")
+            .arg(&members)
+            .arg("--out")
+            .arg(&cfg)
+            .args(["--var", &format!("bind={bind}")])
+            .args(["--var", &format!("http_port={port}")])
+            .args(["--var", &format!("stats_port={}", free_port())])
+            .args([
+                "--var",
+                &format!("stats_socket={}", dir.join("admin.sock").display()),
+            ])
+            .args(["--var", "server_state_file="])
+            .args(["--var", "access_log="])
+            .args(["--var", &format!("acme_challenge=127.0.0.1:{responder}")]),
+    );
+    Haproxy::start(dir, &cfg)
+}
+
+/// An HAProxy serving the cert dir over TLS (`crt DIR`, SNI by the certificates' names):
+/// the shape of the TLS listener, answering every request itself.
+fn tls_lb(dir: &Path, certs: &Path, port: u16) -> Haproxy {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = dir.join("tls.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n    stats socket {}/admin.sock mode 600 level admin\n\
+             defaults\n    mode http\n    timeout connect 5s\n    timeout client 30s\n    timeout server 30s\n\
+             frontend https-in\n    bind 127.0.0.1:{port} ssl crt {}\n\
+             \x20   http-request return status 200 content-type text/plain string \"tls ok\"\n",
+            dir.display(),
+            certs.display()
+        ),
+    )
+    .unwrap();
+    Haproxy::start(dir, &cfg)
+}
+
+fn curl_tls(root: &Path, host: &str, port: u16) -> String {
+    run_ok(
+        Command::new("curl")
+            .args(["-sS", "--max-time", "5", "--cacert"])
+            .arg(root)
+            .args(["--resolve", &format!("{host}:{port}:127.0.0.1")])
+            .arg(format!("https://{host}:{port}/")),
+    )
+}
+
+fn acme(dir: &Path, pebble: &Pebble, certs: &Path, http: Option<u16>, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lbgen"));
+    cmd.arg("acme")
+        .args(["--directory", &pebble.directory()])
+        .arg("--ca-bundle")
+        .arg(pebble.tls_ca())
+        .arg("--cert-dir")
+        .arg(certs)
+        .args(["--email", "ops@shoal.test", "--retry", "1s"])
+        .args(extra)
+        .env("LBGEN_LOG", "info,lbgen=debug");
+    if let Some(p) = http {
+        cmd.args(["--http", &format!("127.0.0.1:{p}")]);
+    }
+    let n = std::fs::read_dir(dir).map_or(0, |d| d.count());
+    Proc::spawn(&mut cmd, dir.join(format!("acme-{n}.log")))
+}
+
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool, log: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "{what} not within {within:?}:\n{}", log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn status_json(port: u16) -> serde_json::Value {
+    let body = run_ok(
+        Command::new("curl")
+            .args(["-sSf", "--max-time", "5"])
+            .arg(format!("http://127.0.0.1:{port}/status.json")),
+    );
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn an_ordered_certificate_is_validated_through_haproxy_written_and_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (http, responder, tls) = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(tmp.path(), http, 3600);
+    let _lb = challenge_lb(&tmp.path().join("lb"), "127.0.0.1", http, responder);
+    let certs = tmp.path().join("certs");
+    let pem = certs.join("shop.shoal.test.pem");
+    let mut a = acme(
+        tmp.path(),
+        &pebble,
+        &certs,
+        Some(responder),
+        &["--cert", "shop.shoal.test,www.shoal.test"],
+    );
+    wait_for("the certificate file", Duration::from_secs(60), || pem.exists(), || a.log());
+    let log = a.log();
+    assert!(log.contains("answered an http-01 challenge"), "{log}");
+    assert!(log.contains("certificate issued"), "{log}");
+    // The chain, then the key; both files that hold a key are the owner's only.
+    let text = std::fs::read_to_string(&pem).unwrap();
+    assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{text}");
+    assert!(text.contains("PRIVATE KEY-----"), "{text}");
+    assert_eq!(mode(&pem), 0o600);
+    assert_eq!(mode(&certs.join(".acme/account.json")), 0o600);
+    // The challenge answers are gone once the order is done.
+    let left: Vec<_> = std::fs::read_dir(certs.join(".acme/challenges"))
+        .unwrap()
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    let st = status_json(responder);
+    assert_eq!(st["certs"][0]["name"], "shop.shoal.test", "{st}");
+    assert_eq!(st["certs"][0]["issued"], 1, "{st}");
+    assert!(st["certs"][0]["last_error"].is_null(), "{st}");
+
+    // HAProxy serves it for both names, trusted through pebble's root.
+    let root = tmp.path().join("root.pem");
+    pebble.issuing_root(&root);
+    let _tls = tls_lb(&tmp.path().join("tls"), &certs, tls);
+    assert_eq!(curl_tls(&root, "shop.shoal.test", tls), "tls ok");
+    assert_eq!(curl_tls(&root, "www.shoal.test", tls), "tls ok");
+
+    // A restart keeps the account and the certificate: nothing is ordered again.
+    a.stop();
+    let before = std::fs::read(&pem).unwrap();
+    let b = acme(
+        tmp.path(),
+        &pebble,
+        &certs,
+        None,
+        &["--cert", "shop.shoal.test,www.shoal.test"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!b.log().contains("ordering"), "{}", b.log());
+    assert_eq!(std::fs::read(&pem).unwrap(), before);
+}
+
+#[test]
+fn a_short_lived_certificate_is_renewed_in_place_and_a_ca_outage_keeps_it_with_backoff() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (http, responder) = (free_port(), free_port());
+    // 20 s certificates, renewed when half is left: about every 10 s.
+    let mut pebble = Pebble::start(tmp.path(), http, 20);
+    let _lb = challenge_lb(&tmp.path().join("lb"), "127.0.0.1", http, responder);
+    let certs = tmp.path().join("certs");
+    let pem = certs.join("shop.shoal.test.pem");
+    let a = acme(
+        tmp.path(),
+        &pebble,
+        &certs,
+        Some(responder),
+        &["--cert", "shop.shoal.test", "--renew-before", "1/2"],
+    );
+    wait_for("the first certificate", Duration::from_secs(60), || pem.exists(), || a.log());
+    let first = std::fs::read(&pem).unwrap();
+    let first_cert = lbgen::acme::store::parse_leaf(&first).unwrap();
+    wait_for(
+        "the renewed certificate",
+        Duration::from_secs(60),
+        || std::fs::read(&pem).is_ok_and(|b| b != first),
+        || a.log(),
+    );
+    let renewed = std::fs::read(&pem).unwrap();
+    let renewed_cert = lbgen::acme::store::parse_leaf(&renewed).unwrap();
+    assert!(renewed_cert.not_after > first_cert.not_after);
+    // A new key with each certificate.
+    let key = |b: &[u8]| {
+        let t = String::from_utf8_lossy(b).into_owned();
+        t[t.find("-----BEGIN PRIVATE KEY").unwrap()..].to_string()
+    };
+    assert_ne!(key(&first), key(&renewed));
+    assert_eq!(a.log().matches("certificate issued").count(), 2, "{}", a.log());
+
+    // The CA goes away: the next renewal fails, named; the file stays; retries back off.
+    pebble.ca.stop();
+    wait_for(
+        "two failed renewals",
+        Duration::from_secs(60),
+        || a.log().matches("ACME order failed").count() >= 2,
+        || a.log(),
+    );
+    let log = a.log();
+    assert!(log.contains("cannot reach the ACME server"), "{log}");
+    assert!(log.contains("retry_in=1s"), "{log}");
+    assert!(log.contains("retry_in=2s"), "{log}");
+    assert_eq!(std::fs::read(&pem).unwrap(), renewed);
+    let st = status_json(responder);
+    assert!(st["certs"][0]["failures"].as_u64().unwrap() >= 2, "{st}");
+    let err = st["certs"][0]["last_error"].as_str().unwrap_or("");
+    assert!(err.contains("cannot reach the ACME server"), "{st}");
+}
+
+#[test]
+fn a_challenge_the_ca_cannot_validate_is_named_with_the_cas_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The CA validates on a port nothing listens on: no LB routes its request.
+    let pebble = Pebble::start(tmp.path(), free_port(), 3600);
+    let certs = tmp.path().join("certs");
+    let responder = free_port();
+    let a = acme(
+        tmp.path(),
+        &pebble,
+        &certs,
+        Some(responder),
+        &["--cert", "shop.shoal.test"],
+    );
+    wait_for(
+        "two failed orders",
+        Duration::from_secs(60),
+        || a.log().matches("ACME order failed").count() >= 2,
+        || a.log(),
+    );
+    let log = a.log();
+    assert!(
+        log.contains("the CA could not validate the http-01 challenge: shop.shoal.test"),
+        "{log}"
+    );
+    assert!(!certs.join("shop.shoal.test.pem").exists());
+    let st = status_json(responder);
+    assert!(st["certs"][0]["last_error"]
+        .as_str()
+        .is_some_and(|e| e.contains("could not validate")), "{st}");
+}
+
+#[test]
+fn two_lbs_sharing_the_cert_dir_order_once_and_each_answers_the_challenge_it_receives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let pebble = Pebble::start(tmp.path(), http, 3600);
+    // One certificate with a name on each LB: the CA validates a.shoal.test at LB A
+    // (127.0.0.2) and b.shoal.test at LB B (127.0.0.3), whichever of them ordered.
+    pebble.add_a("a.shoal.test", "127.0.0.2");
+    pebble.add_a("b.shoal.test", "127.0.0.3");
+    let (ra, rb) = (free_port(), free_port());
+    let _lb_a = challenge_lb(&tmp.path().join("lb-a"), "127.0.0.2", http, ra);
+    let _lb_b = challenge_lb(&tmp.path().join("lb-b"), "127.0.0.3", http, rb);
+    let certs = tmp.path().join("shared-certs");
+    let spec = ["--cert", "a.shoal.test,b.shoal.test"];
+    let a = acme(tmp.path(), &pebble, &certs, Some(ra), &spec);
+    let b = acme(tmp.path(), &pebble, &certs, Some(rb), &spec);
+    let pem = certs.join("a.shoal.test.pem");
+    let both = || format!("LB A:\n{}\nLB B:\n{}", a.log(), b.log());
+    wait_for("the certificate", Duration::from_secs(60), || pem.exists(), both);
+    // Each LB answered the challenge sent to it, from the shared directory.
+    wait_for(
+        "both LBs answering",
+        Duration::from_secs(10),
+        || {
+            a.log().contains("answered an http-01 challenge")
+                && b.log().contains("answered an http-01 challenge")
+        },
+        both,
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let issued = a.log().matches("certificate issued").count()
+        + b.log().matches("certificate issued").count();
+    assert_eq!(issued, 1, "{}", both());
+    let ordered = a.log().matches("ordering a certificate").count()
+        + b.log().matches("ordering a certificate").count();
+    assert_eq!(ordered, 1, "{}", both());
+}
