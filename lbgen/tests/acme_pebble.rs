@@ -116,8 +116,6 @@ impl Pebble {
                 "",
                 "-tlsalpn01",
                 "",
-                "-doh",
-                "",
                 "-defaultIPv4",
                 "127.0.0.1",
                 "-defaultIPv6",
@@ -159,7 +157,8 @@ impl Pebble {
             port,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !pebble.curl_ok(&pebble.directory()) {
+        let dns_up = || std::net::TcpStream::connect(("127.0.0.1", dns_mgmt)).is_ok();
+        while !dns_up() || !pebble.curl_ok(&pebble.directory()) {
             assert!(
                 Instant::now() < deadline,
                 "pebble did not start: {}",
@@ -278,7 +277,8 @@ fn acme(dir: &Path, pebble: &Pebble, certs: &Path, http: Option<u16>, extra: &[&
         .arg(certs)
         .args(["--email", "ops@shoal.test", "--retry", "1s"])
         .args(extra)
-        .env("LBGEN_LOG", "info,lbgen=debug");
+        .env("LBGEN_LOG", "info,lbgen=debug")
+        .env("NO_COLOR", "1");
     if let Some(p) = http {
         cmd.args(["--http", &format!("127.0.0.1:{p}")]);
     }

@@ -141,12 +141,19 @@ async fn order(
     let retry = RetryPolicy::new()
         .initial_delay(Duration::from_millis(250))
         .timeout(ORDER_TIMEOUT);
-    let status = order
-        .poll_ready(&retry)
-        .await
-        .map_err(|e| named(ca, "waiting for validation", e))?;
-    if status != OrderStatus::Ready {
-        return Err(Error::new(challenge_failure(&mut order, status).await));
+    // An order the CA could not validate ends invalid (or with its problem document):
+    // the reason is in each failed challenge.
+    match order.poll_ready(&retry).await {
+        Ok(OrderStatus::Ready) => {}
+        Ok(status) => {
+            let fallback = format!("the order ended {status:?} without a reason from the CA");
+            return Err(Error::new(challenge_failure(&mut order, fallback).await));
+        }
+        Err(instant_acme::Error::Api(p)) => {
+            let fallback = format!("the CA refused the order: {p}");
+            return Err(Error::new(challenge_failure(&mut order, fallback).await));
+        }
+        Err(e) => return Err(named(ca, "waiting for validation", e)),
     }
     let key_pem = order
         .finalize()
@@ -160,7 +167,7 @@ async fn order(
 }
 
 /// The CA's own reason an order went invalid: each failed challenge's problem.
-async fn challenge_failure(order: &mut instant_acme::Order, status: OrderStatus) -> String {
+async fn challenge_failure(order: &mut instant_acme::Order, fallback: String) -> String {
     let mut why = Vec::new();
     let mut authzs = order.authorizations();
     while let Some(Ok(mut a)) = authzs.next().await {
@@ -178,7 +185,7 @@ async fn challenge_failure(order: &mut instant_acme::Order, status: OrderStatus)
         }
     }
     if why.is_empty() {
-        format!("the order ended {status:?} without a reason from the CA")
+        fallback
     } else {
         format!(
             "the CA could not validate the http-01 challenge: {}",
