@@ -87,12 +87,35 @@ impl Pebble {
         // pebble's own TLS certificate (its directory is HTTPS): a CA and a leaf for 127.0.0.1.
         let p = |f: &str| dir.join(f).display().to_string();
         run_ok(Command::new("openssl").args([
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &p("ca.key"), "-out", &p("ca.pem"), "-days", "2", "-subj", "/CN=pebble test CA",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p("ca.key"),
+            "-out",
+            &p("ca.pem"),
+            "-days",
+            "2",
+            "-subj",
+            "/CN=pebble test CA",
         ]));
         run_ok(Command::new("openssl").args([
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", &p("tls.key"), "-out", &p("tls.csr"), "-subj", "/CN=localhost",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &p("tls.key"),
+            "-out",
+            &p("tls.csr"),
+            "-subj",
+            "/CN=localhost",
         ]));
         std::fs::write(
             dir.join("ext.cnf"),
@@ -100,8 +123,21 @@ impl Pebble {
         )
         .unwrap();
         run_ok(Command::new("openssl").args([
-            "x509", "-req", "-in", &p("tls.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"),
-            "-CAcreateserial", "-out", &p("tls.pem"), "-days", "2", "-extfile", &p("ext.cnf"),
+            "x509",
+            "-req",
+            "-in",
+            &p("tls.csr"),
+            "-CA",
+            &p("ca.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-out",
+            &p("tls.pem"),
+            "-days",
+            "2",
+            "-extfile",
+            &p("ext.cnf"),
         ]));
         let (port, mgmt, dns, dns_mgmt) = (free_port(), free_port(), free_port(), free_port());
         let dns_proc = Proc::spawn(
@@ -289,7 +325,11 @@ fn acme(dir: &Path, pebble: &Pebble, certs: &Path, http: Option<u16>, extra: &[&
 fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool, log: impl Fn() -> String) {
     let deadline = Instant::now() + within;
     while !f() {
-        assert!(Instant::now() < deadline, "{what} not within {within:?}:\n{}", log());
+        assert!(
+            Instant::now() < deadline,
+            "{what} not within {within:?}:\n{}",
+            log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -322,7 +362,12 @@ fn an_ordered_certificate_is_validated_through_haproxy_written_and_served() {
         Some(responder),
         &["--cert", "shop.shoal.test,www.shoal.test"],
     );
-    wait_for("the certificate file", Duration::from_secs(60), || pem.exists(), || a.log());
+    wait_for(
+        "the certificate file",
+        Duration::from_secs(60),
+        || pem.exists(),
+        || a.log(),
+    );
     let log = a.log();
     assert!(log.contains("answered an http-01 challenge"), "{log}");
     assert!(log.contains("certificate issued"), "{log}");
@@ -380,7 +425,12 @@ fn a_short_lived_certificate_is_renewed_in_place_and_a_ca_outage_keeps_it_with_b
         Some(responder),
         &["--cert", "shop.shoal.test", "--renew-before", "1/2"],
     );
-    wait_for("the first certificate", Duration::from_secs(60), || pem.exists(), || a.log());
+    wait_for(
+        "the first certificate",
+        Duration::from_secs(60),
+        || pem.exists(),
+        || a.log(),
+    );
     let first = std::fs::read(&pem).unwrap();
     let first_cert = lbgen::acme::store::parse_leaf(&first).unwrap();
     wait_for(
@@ -398,7 +448,12 @@ fn a_short_lived_certificate_is_renewed_in_place_and_a_ca_outage_keeps_it_with_b
         t[t.find("-----BEGIN PRIVATE KEY").unwrap()..].to_string()
     };
     assert_ne!(key(&first), key(&renewed));
-    assert_eq!(a.log().matches("certificate issued").count(), 2, "{}", a.log());
+    assert_eq!(
+        a.log().matches("certificate issued").count(),
+        2,
+        "{}",
+        a.log()
+    );
 
     // The CA goes away: the next renewal fails, named; the file stays; retries back off.
     pebble.ca.stop();
@@ -446,9 +501,12 @@ fn a_challenge_the_ca_cannot_validate_is_named_with_the_cas_reason() {
     );
     assert!(!certs.join("shop.shoal.test.pem").exists());
     let st = status_json(responder);
-    assert!(st["certs"][0]["last_error"]
-        .as_str()
-        .is_some_and(|e| e.contains("could not validate")), "{st}");
+    assert!(
+        st["certs"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not validate")),
+        "{st}"
+    );
 }
 
 #[test]
@@ -469,7 +527,12 @@ fn two_lbs_sharing_the_cert_dir_order_once_and_each_answers_the_challenge_it_rec
     let b = acme(tmp.path(), &pebble, &certs, Some(rb), &spec);
     let pem = certs.join("a.shoal.test.pem");
     let both = || format!("LB A:\n{}\nLB B:\n{}", a.log(), b.log());
-    wait_for("the certificate", Duration::from_secs(60), || pem.exists(), both);
+    wait_for(
+        "the certificate",
+        Duration::from_secs(60),
+        || pem.exists(),
+        both,
+    );
     // Each LB answered the challenge sent to it, from the shared directory.
     wait_for(
         "both LBs answering",

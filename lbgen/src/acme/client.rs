@@ -199,9 +199,17 @@ fn named(ca: &CaConfig, step: &str, e: instant_acme::Error) -> Error {
     use instant_acme::Error as E;
     let msg = match &e {
         E::Hyper(_) | E::Http(_) | E::Other(_) => {
-            format!("cannot reach the ACME server {} ({step}): {}", ca.directory, chain(&e))
+            format!(
+                "cannot reach the ACME server {} ({step}): {}",
+                ca.directory,
+                chain(&e)
+            )
         }
-        E::Api(p) if p.r#type.as_deref().is_some_and(|t| t.ends_with(":rateLimited")) => {
+        E::Api(p)
+            if p.r#type
+                .as_deref()
+                .is_some_and(|t| t.ends_with(":rateLimited")) =>
+        {
             format!(
                 "rate limited by the CA ({step}): {}",
                 p.detail.as_deref().unwrap_or("no detail")

@@ -149,7 +149,10 @@ async fn step(
     let lock = match cfg.store.try_lock() {
         Ok(Some(l)) => l,
         Ok(None) => {
-            tracing::debug!(cert = name, "another lbgen acme holds the order lock; waiting");
+            tracing::debug!(
+                cert = name,
+                "another lbgen acme holds the order lock; waiting"
+            );
             return SystemTime::now() + LOCKED_RETRY;
         }
         Err(e) => return failed(cfg, st, e),
@@ -212,7 +215,9 @@ fn fresh_until(cfg: &AcmeConfig, spec: &CertSpec, st: &mut CertStatus) -> Option
             return None;
         }
     };
-    let at = cfg.renew_before.renew_at(on_disk.not_before, on_disk.not_after);
+    let at = cfg
+        .renew_before
+        .renew_at(on_disk.not_before, on_disk.not_after);
     st.not_after = Some(unix(on_disk.not_after));
     st.renew_at = Some(unix(at));
     let mut want = spec.domains.clone();

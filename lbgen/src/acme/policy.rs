@@ -77,9 +77,7 @@ impl Backoff {
     /// The wait after the `failures`-th failure in a row (1 = the first).
     pub fn after(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(30);
-        self.first
-            .saturating_mul(1u32 << doublings)
-            .min(self.max)
+        self.first.saturating_mul(1u32 << doublings).min(self.max)
     }
 }
 
@@ -181,7 +179,15 @@ mod tests {
 
     #[test]
     fn wildcards_paths_and_repeats_are_not_domains() {
-        for bad in ["*.example.com", "example", "a/../b.com", "a.com,a.com", "-a.com", "a..com", ""] {
+        for bad in [
+            "*.example.com",
+            "example",
+            "a/../b.com",
+            "a.com,a.com",
+            "-a.com",
+            "a..com",
+            "",
+        ] {
             assert!(CertSpec::parse(bad).is_err(), "{bad}");
         }
     }

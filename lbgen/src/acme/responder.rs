@@ -77,7 +77,11 @@ pub fn spawn(
 
 fn answer(store: &Store, status: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
     }
     let path = req.uri().path();
     if let Some(token) = path.strip_prefix(PREFIX) {
@@ -88,7 +92,11 @@ fn answer(store: &Store, status: &Shared, req: &Request<Incoming>) -> Response<F
             }
             None => {
                 tracing::warn!(token, "http-01 challenge for a token no order published");
-                reply(StatusCode::NOT_FOUND, "text/plain", "no such challenge\n".into())
+                reply(
+                    StatusCode::NOT_FOUND,
+                    "text/plain",
+                    "no such challenge\n".into(),
+                )
             }
         };
     }

@@ -37,7 +37,10 @@ impl Store {
         let state_dir = cert_dir.join(".acme");
         let challenges = state_dir.join("challenges");
         std::fs::create_dir_all(&challenges).map_err(|e| {
-            Error::new(format!("--cert-dir: creating {}: {e}", challenges.display()))
+            Error::new(format!(
+                "--cert-dir: creating {}: {e}",
+                challenges.display()
+            ))
         })?;
         Ok(Store {
             cert_dir: cert_dir.to_path_buf(),
@@ -190,6 +193,8 @@ mod tests {
     fn a_file_without_a_certificate_is_named_as_such() {
         let e = parse_leaf(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n");
         assert!(e.is_err());
-        assert!(parse_leaf(b"hello").unwrap_err().contains("no PEM certificate"));
+        assert!(parse_leaf(b"hello")
+            .unwrap_err()
+            .contains("no PEM certificate"));
     }
 }
