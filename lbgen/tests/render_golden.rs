@@ -363,9 +363,20 @@ fn the_acme_challenge_var_routes_the_challenge_path_before_every_route() {
 
 #[test]
 fn an_acme_challenge_var_that_is_not_ipv4_and_port_is_refused() {
-    for bad in ["localhost:8402", "127.0.0.1", "[::1]:8402", "127.0.0.1:80 backup"] {
+    for bad in [
+        "localhost:8402",
+        "127.0.0.1",
+        "[::1]:8402",
+        "127.0.0.1:80 backup",
+    ] {
         let (ok, _, err) = lbgen(
-            &["render", "--members", "-", "--var", &format!("acme_challenge={bad}")],
+            &[
+                "render",
+                "--members",
+                "-",
+                "--var",
+                &format!("acme_challenge={bad}"),
+            ],
             Some(r#"{"members":[]}"#),
         );
         assert!(!ok, "{bad} accepted");

@@ -42,7 +42,7 @@ pub async fn account(ca: &CaConfig, store: &Store) -> Result<Account, Error> {
             .map_err(|e| Error::new(format!("--ca-bundle {}: {e}", p.display()))),
         None => Account::builder().map_err(|e| Error::new(format!("TLS roots: {e}"))),
     };
-    if let Some(creds) = read_account(&ca.account_file)? {
+    if let Some(creds) = read_account(&ca.account_file, &ca.directory)? {
         return builder()?
             .from_credentials(creds)
             .await
@@ -69,18 +69,33 @@ pub async fn account(ca: &CaConfig, store: &Store) -> Result<Account, Error> {
     Ok(account)
 }
 
-fn read_account(path: &Path) -> Result<Option<AccountCredentials>, Error> {
+/// The saved account; one of another CA is refused (its credentials would silently send
+/// every order to the CA it was made with).
+fn read_account(path: &Path, directory: &str) -> Result<Option<AccountCredentials>, Error> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::new(format!("--account {}: {e}", path.display()))),
     };
-    serde_json::from_str(&text).map(Some).map_err(|e| {
+    let bad = |e: String| {
         Error::new(format!(
             "--account {}: not an account file of lbgen acme: {e}",
             path.display()
         ))
-    })
+    };
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    if let Some(made_with) = value.get("directory").and_then(|d| d.as_str()) {
+        if made_with != directory {
+            return Err(Error::new(format!(
+                "--account {}: an account of {made_with}, not of --directory {directory}; \
+                 give another --account or remove this file",
+                path.display()
+            )));
+        }
+    }
+    serde_json::from_value(value)
+        .map(Some)
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// Orders a certificate for `spec`, publishing the HTTP-01 answers in `store` (removed
@@ -235,4 +250,30 @@ fn chain(e: &dyn std::error::Error) -> String {
         src = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_account_file_of_another_ca_is_refused_naming_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("account.json");
+        std::fs::write(
+            &f,
+            r#"{"id":"https://a.test/acct/1","key_pkcs8":"AAAA","directory":"https://a.test/dir"}"#,
+        )
+        .unwrap();
+        let e = read_account(&f, "https://b.test/dir").err().unwrap().0;
+        assert!(e.contains("an account of https://a.test/dir"), "{e}");
+        assert!(e.contains("--directory https://b.test/dir"), "{e}");
+        assert!(read_account(&f, "https://a.test/dir").unwrap().is_some());
+        assert!(read_account(&dir.path().join("none"), "x")
+            .unwrap()
+            .is_none());
+        std::fs::write(&f, "{").unwrap();
+        let e = read_account(&f, "x").err().unwrap().0;
+        assert!(e.contains("not an account file"), "{e}");
+    }
 }

@@ -109,7 +109,12 @@ pub async fn run(cfg: AcmeConfig, shutdown: impl Future<Output = ()>) -> Result<
                 .lock()
                 .map(|s| s[i].clone())
                 .map_err(|_| Error::new("status lock poisoned"))?;
-            next[i] = step(&cfg, spec, &mut st, &mut account).await;
+            // An order can take a minute: SIGTERM does not wait for it (the lock goes with
+            // the process; a challenge answer left behind is public anyway).
+            next[i] = tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                at = step(&cfg, spec, &mut st, &mut account) => at,
+            };
             st.next_check = unix(next[i]);
             if let Ok(mut s) = status.lock() {
                 s[i] = st;

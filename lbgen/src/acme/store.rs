@@ -130,12 +130,10 @@ impl Store {
             .mode(0o600)
             .open(&path)
             .map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
-        match f.try_lock() {
+        match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => Ok(Some(f)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(Error::new(format!("locking {}: {e}", path.display())))
-            }
+            Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+            Err(e) => Err(Error::new(format!("locking {}: {e}", path.display()))),
         }
     }
 }
