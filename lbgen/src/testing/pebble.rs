@@ -218,6 +218,7 @@ impl Pebble {
             .args(["-sSf", "-o", "/dev/null", "--max-time", "2", "--cacert"])
             .arg(self.tls_ca())
             .arg(url)
+            .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success())
     }
@@ -301,4 +302,3 @@ pub fn curl_tls(root: &Path, host: &str, port: u16) -> String {
             .arg(format!("https://{host}:{port}/")),
     )
 }
-
