@@ -363,6 +363,26 @@ async fn acme(a: AcmeArgs) -> Result<(), Error> {
         .iter()
         .map(|c| CertSpec::parse(c))
         .collect::<Result<Vec<_>, _>>()?;
+    // One file per certificate: two --cert with one first name would overwrite each other.
+    for (i, c) in certs.iter().enumerate() {
+        if certs[..i].iter().any(|o| o.name() == c.name()) {
+            return Err(Error::new(format!(
+                "--cert: two certificates named {} (the first domain names the file)",
+                c.name()
+            )));
+        }
+    }
+    // A bundle that cannot work fails here, not at the first order minutes later.
+    if let Some(p) = &a.ca_bundle {
+        let pem = std::fs::read_to_string(p)
+            .map_err(|e| Error::new(format!("--ca-bundle {}: {e}", p.display())))?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::new(format!(
+                "--ca-bundle {}: no PEM certificate in it",
+                p.display()
+            )));
+        }
+    }
     let cfg = AcmeConfig {
         ca: CaConfig {
             directory: a.directory,

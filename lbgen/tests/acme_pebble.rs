@@ -265,3 +265,68 @@ fn two_lbs_sharing_the_cert_dir_order_once_and_each_answers_the_challenge_it_rec
         + b.log().matches("ordering a certificate").count();
     assert_eq!(ordered, 1, "{}", both());
 }
+
+#[test]
+fn bad_acme_flags_stop_it_at_start_with_one_line_naming_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs");
+    let not_pem = tmp.path().join("not.pem");
+    std::fs::write(&not_pem, "hello").unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--cert", "*.shoal.test"], "no wildcard"),
+        (
+            &[
+                "--cert",
+                "a.shoal.test",
+                "--cert",
+                "a.shoal.test,b.shoal.test",
+            ],
+            "two certificates named a.shoal.test",
+        ),
+        (
+            &["--cert", "a.shoal.test", "--renew-before", "3/2"],
+            "--renew-before",
+        ),
+        (&["--cert", "a.shoal.test", "--retry", "soon"], "--retry"),
+        (
+            &["--cert", "a.shoal.test", "--http", "127.0.0.1:99999"],
+            "--http 127.0.0.1:99999",
+        ),
+        (
+            &[
+                "--cert",
+                "a.shoal.test",
+                "--ca-bundle",
+                not_pem.to_str().unwrap(),
+            ],
+            "no PEM certificate",
+        ),
+        (
+            &[
+                "--cert",
+                "a.shoal.test",
+                "--ca-bundle",
+                "/nonexistent/ca.pem",
+            ],
+            "--ca-bundle /nonexistent/ca.pem",
+        ),
+    ];
+    for (args, want) in cases {
+        let out = lbgen::testing::output_within(
+            Command::new(LBGEN)
+                .args([
+                    "acme",
+                    "--directory",
+                    "https://127.0.0.1:1/dir",
+                    "--cert-dir",
+                ])
+                .arg(&dir)
+                .args(*args),
+            Duration::from_secs(20),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}
