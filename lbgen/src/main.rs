@@ -397,11 +397,7 @@ async fn acme(a: AcmeArgs) -> Result<(), Error> {
             lbgen::watch::parse_duration(&a.retry)
                 .map_err(|e| Error::new(format!("--retry: {e}")))?,
         ),
-        http: a
-            .http
-            .as_deref()
-            .map(lbgen::acme::responder::bind)
-            .transpose()?,
+        http: a.http.as_deref().map(lbgen::http::bind).transpose()?,
     };
     lbgen::acme::run(cfg, shutdown_signal()).await
 }

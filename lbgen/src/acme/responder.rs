@@ -23,16 +23,7 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub type Shared = Arc<Mutex<Vec<CertStatus>>>;
 
-/// Binds `--http ADDR`; the error names the address.
-pub fn bind(addr: &str) -> Result<std::net::TcpListener, Error> {
-    let l = std::net::TcpListener::bind(addr)
-        .map_err(|e| Error::new(format!("--http {addr}: cannot listen: {e}")))?;
-    l.set_nonblocking(true)
-        .map_err(|e| Error::new(format!("--http {addr}: {e}")))?;
-    Ok(l)
-}
-
-/// Serves until the task is aborted.
+/// Serves `listener` (from [`crate::http::bind`], as `watch --http`) until the task is aborted.
 pub fn spawn(
     listener: std::net::TcpListener,
     store: Store,
