@@ -96,6 +96,8 @@ const FIXED: &[&str] = &[
     JSON_LOG_FORMAT,
     "    http-request use-service prometheus-exporter if { path /metrics }",
     "    no log",
+    // acme_challenge: the CA's HTTP-01 requests go to `lbgen acme --http`.
+    "    use_backend acme-challenge if { path_beg /.well-known/acme-challenge/ }",
 ];
 
 /// The default template's JSON access log line (`access_log_format=json`).
@@ -184,6 +186,7 @@ fn check_line(line: &str) -> Result<(), String> {
                     .and_then(|n| n.strip_suffix(')'))
                     .is_some_and(number)
         }
+        ["server", "acme", addr] => address(addr),
         ["acl", acl, "path", prefix] => route_acl(acl) && path(prefix),
         ["acl", acl, "path_beg", prefix] => route_acl(acl) && prefix.ends_with('/') && path(prefix),
         ["use_backend", pool, "if", conds @ ..] => ident(pool) && use_backend_conds(pool, conds),

@@ -1,6 +1,7 @@
 //! lbgen: renders an HAProxy config from shoal membership and hot-reloads HAProxy.
 //!
 //! Layout:
+//! - [`acme`]: `lbgen acme`, certificates from an ACME CA for HAProxy's cert dir.
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
 //! - [`pool_tags`]: the routing and health-check tags of a pool, parsed and validated (pure).
 //! - [`routes`]: pools → each listener's routes, default pool and weighted splits (pure).
@@ -23,6 +24,7 @@
 //!   runtime API (`set ssl cert`, no reload).
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 //! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
+pub mod acme;
 pub mod apply;
 pub mod certs;
 pub mod extras;

@@ -190,8 +190,9 @@ const MAX_NAME_LEN: usize = 64;
 const MAX_PATH_LEN: usize = 200;
 /// Section names the default template uses itself; a pool may not shadow them.
 /// `no-backend` answers 503 to requests that no route matches when no pool serves `/`;
-/// `listen-*` names the extra listeners' frontends.
-pub const RESERVED_POOLS: &[&str] = &["http-in", "stats", "no-backend"];
+/// `listen-*` names the extra listeners' frontends; `acme-challenge` sends the CA's HTTP-01
+/// requests to `lbgen acme`.
+pub const RESERVED_POOLS: &[&str] = &["http-in", "stats", "no-backend", "acme-challenge"];
 pub const BALANCES: &[&str] = &["roundrobin", "leastconn", "source", "first", "random"];
 
 /// Names (members, services): ASCII letters, digits, `.`, `_`, `-`; 1–64 chars; no leading

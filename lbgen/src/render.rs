@@ -42,6 +42,7 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("https_redirect_port", "443"),
     ("hsts_max_age", ""),
     (TLS_CRT_LIST, ""),
+    ("acme_challenge", ""),
 ];
 
 /// Set by lbgen, not by `--var`: the crt-list path once the certificate directory gave at
@@ -113,6 +114,15 @@ fn check_known_var(key: &str, value: &str) -> Result<(), String> {
     if key == "cookie_key" && !cookie_key(value) {
         return Err(format!(
             "--var {key}={value:?}: letters, digits, '.', '_' and '-' only, not empty"
+        ));
+    }
+    // Where `lbgen acme --http` answers HTTP-01 challenges: IPv4:PORT; empty = no ACME route.
+    if key == "acme_challenge"
+        && !value.is_empty()
+        && value.parse::<std::net::SocketAddrV4>().is_err()
+    {
+        return Err(format!(
+            "--var {key}={value:?}: expected IPv4:PORT (lbgen acme --http), or empty for none"
         ));
     }
     Ok(())

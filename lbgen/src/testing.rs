@@ -4,6 +4,7 @@
 //! Only built with the `testing` feature; it panics on setup failures, as tests should.
 
 pub mod browser;
+pub mod pebble;
 pub mod status_page;
 pub mod tls;
 
