@@ -1,7 +1,7 @@
 //! `lbgen watch`: one task owns the state; sources only signal. A membership signal is tried
 //! at once (after [`FAST_WINDOW`]) as a runtime-only change ([`Applier::apply_fast`]); what
-//! needs a reload waits for the debounce, unless its signal came after MIN of quiet (it starts
-//! a burst: applied at once, the rest of the burst debounced); every template change waits. Each debounced batch of
+//! needs a reload waits for the debounce, unless it is the first change that reloads after MIN
+//! without one (it starts a burst: applied at once, the rest debounced); template changes wait. Each debounced batch of
 //! signals (or a retry, or a periodic resync) takes a full snapshot and hands it to the
 //! [`Applier`], which makes it live or leaves everything as it was. Between applies the
 //! Applier's reaper deletes servers that left, every [`crate::apply::REAP_EVERY`].
@@ -162,10 +162,8 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut resync_at = cfg.resync.map(|d| Instant::now() + d);
     // A membership signal not yet tried through the runtime API: (first signal, try at).
     let mut fast: Option<(Instant, Instant)> = None;
-    // When the last membership signal arrived, and whether the batch in `fast` started a
-    // burst (see [`leads`]): then what needs a reload is applied at once too.
-    let mut last_signal: Option<Instant> = None;
-    let mut leading = false;
+    // When the last batch that needs a reload was signalled (see [`leads`]).
+    let mut last_reload_signal: Option<Instant> = None;
     loop {
         let reap_at = applier.next_reap();
         let apply_at = match (pending, retry_at) {
@@ -191,10 +189,6 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     applier.template_changed();
                     fast = None;
                 } else {
-                    if fast.is_none() {
-                        leading = pending.is_none() && leads(last_signal, now, cfg.wait);
-                    }
-                    last_signal = Some(now);
                     let first = fast.map_or(now, |f| f.0);
                     fast = Some((first, now + FAST_WINDOW));
                 }
@@ -203,7 +197,6 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
             }
             _ = tokio::time::sleep_until(fast.map_or_else(Instant::now, |f| f.1)), if fast.is_some() => {
                 let Some((signalled, _)) = fast.take() else { continue };
-                let lead = std::mem::take(&mut leading);
                 let started = Instant::now();
                 let (doc, result) = match source.snapshot().await {
                     Ok(doc) => {
@@ -213,10 +206,13 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     Err(e) => (None, Err(ApplyError::Transient(e))),
                 };
                 // Anything but a runtime change (a reload, an error) is left to the debounce,
-                // but for the first change after a quiet spell, which reloads at once.
-                if lead && matches!(result, Ok(None)) {
-                    if let Some(p) = pending.as_mut() {
-                        tracing::debug!("first change after a quiet spell: applied without the debounce");
+                // but for a reload that starts a burst: applied at once.
+                if matches!(result, Ok(None)) {
+                    let lead = leads(last_reload_signal, signalled, cfg.wait);
+                    last_reload_signal = Some(signalled);
+                    // Only when no earlier change waits in the debounce (this batch is its first).
+                    if let Some(p) = pending.as_mut().filter(|p| lead && p.0 >= signalled) {
+                        tracing::debug!("first change that reloads after a quiet spell: applied without the debounce");
                         p.1 = Instant::now();
                     }
                 }
@@ -308,13 +304,15 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
     }
 }
 
-/// Whether a membership signal at `now` starts a burst: none came for `wait.min` before it (or
-/// none yet). Its batch is applied at once even when it reloads, since the quiet the debounce
-/// waits for has already been; the signals after it, within MIN of each other, wait for the
-/// debounce as always. A burst is so applied at most twice (its first state, then its last),
-/// and a scale-up from nothing is one reload for the new pool, runtime adds for the rest.
-fn leads(last_signal: Option<Instant>, now: Instant, wait: Wait) -> bool {
-    last_signal.is_none_or(|t| now.saturating_duration_since(t) >= wait.min)
+/// Whether a change that needs a reload, signalled at `now`, starts a burst: no change that
+/// needed one came for `wait.min` before it (or none yet). The debounce is there so a burst
+/// is not a storm of reloads; the quiet it waits for has already been, so this one reloads at
+/// once, and the reloading changes after it, within MIN of each other, wait for the debounce
+/// as always. A burst so reloads at most twice (its first state, then its last), and a
+/// scale-up from nothing is one reload for the new pool, runtime adds for the rest. Runtime
+/// changes in between do not count: they never waited.
+fn leads(last_reload_signal: Option<Instant>, now: Instant, wait: Wait) -> bool {
+    last_reload_signal.is_none_or(|t| now.saturating_duration_since(t) >= wait.min)
 }
 
 #[cfg(test)]
