@@ -320,7 +320,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_signal_after_min_of_quiet_leads_a_burst() {
+    fn a_reload_min_after_the_last_one_leads_a_burst() {
         let wait = Wait::parse("200ms:2s").unwrap();
         let t = Instant::now();
         let ms = Duration::from_millis;
