@@ -138,7 +138,8 @@ struct WatchArgs {
     #[arg(long, env = "LBGEN_CHECK_CMD", default_value = lbgen::output::CheckCmd::DEFAULT)]
     check_cmd: String,
     /// Debounce of changes that reload: apply after MIN of quiet, at most MAX after the first
-    /// change. Runtime-API changes (servers joining/leaving a pool) do not wait.
+    /// change; a change that reloads MIN or more after the last one is applied at once.
+    /// Runtime-API changes (servers joining/leaving a pool) do not wait.
     #[arg(
         long,
         env = "LBGEN_WAIT",

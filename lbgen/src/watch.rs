@@ -1,6 +1,7 @@
 //! `lbgen watch`: one task owns the state; sources only signal. A membership signal is tried
 //! at once (after [`FAST_WINDOW`]) as a runtime-only change ([`Applier::apply_fast`]); what
-//! needs a reload, and every template change, waits for the debounce. Each debounced batch of
+//! needs a reload waits for the debounce, unless it is the first change that reloads after MIN
+//! without one (it starts a burst: applied at once, the rest debounced); template changes wait. Each debounced batch of
 //! signals (or a retry, or a periodic resync) takes a full snapshot and hands it to the
 //! [`Applier`], which makes it live or leaves everything as it was. Between applies the
 //! Applier's reaper deletes servers that left, every [`crate::apply::REAP_EVERY`].
@@ -175,6 +176,8 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut fast: Option<(Instant, Instant)> = None;
     // A certificate-directory change not yet read: when to read it.
     let mut certs_at: Option<Instant> = None;
+    // When the last batch that needs a reload was signalled (see [`leads`]).
+    let mut last_reload_signal: Option<Instant> = None;
     loop {
         let reap_at = applier.next_reap();
         let apply_at = match (pending, retry_at) {
@@ -220,7 +223,17 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     }
                     Err(e) => (None, Err(ApplyError::Transient(e))),
                 };
-                // Anything but a runtime change (a reload, an error) is left to the debounce.
+                // Anything but a runtime change (a reload, an error) is left to the debounce,
+                // but for a reload that starts a burst: applied at once.
+                if matches!(result, Ok(None)) {
+                    let lead = leads(last_reload_signal, signalled, cfg.wait);
+                    last_reload_signal = Some(signalled);
+                    // Only when no earlier change waits in the debounce (this batch is its first).
+                    if let Some(p) = pending.as_mut().filter(|p| lead && p.0 >= signalled) {
+                        tracing::debug!("first change that reloads after a quiet spell: applied without the debounce");
+                        p.1 = Instant::now();
+                    }
+                }
                 if let Ok(Some(done)) = result {
                     // The whole snapshot is live: nothing left to debounce or retry.
                     pending = None;
@@ -334,9 +347,32 @@ async fn refresh_certs(applier: &mut Applier, hub: Option<&StatusHub>) -> bool {
     frame
 }
 
+/// Whether a change that needs a reload, signalled at `now`, starts a burst: no change that
+/// needed one came for `wait.min` before it (or none yet). The debounce is there so a burst
+/// is not a storm of reloads; the quiet it waits for has already been, so this one reloads at
+/// once, and the reloading changes after it, within MIN of each other, wait for the debounce
+/// as always. A burst so reloads at most twice (its first state, then its last), and a
+/// scale-up from nothing is one reload for the new pool, runtime adds for the rest. Runtime
+/// changes in between do not count: they never waited.
+fn leads(last_reload_signal: Option<Instant>, now: Instant, wait: Wait) -> bool {
+    last_reload_signal.is_none_or(|t| now.saturating_duration_since(t) >= wait.min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_min_after_the_last_one_leads_a_burst() {
+        let wait = Wait::parse("200ms:2s").unwrap();
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(leads(None, t, wait));
+        assert!(leads(Some(t), t + ms(200), wait));
+        assert!(leads(Some(t), t + ms(5000), wait));
+        assert!(!leads(Some(t), t + ms(199), wait));
+        assert!(!leads(Some(t), t, wait));
+    }
 
     #[test]
     fn wait_and_durations() {
