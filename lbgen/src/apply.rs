@@ -292,6 +292,13 @@ impl Applier {
         }
     }
 
+    /// lbgen does not know yet what the running HAProxy loaded (it or HAProxy just started):
+    /// the next apply reloads whatever changed, and there is no burst to wait out, so the
+    /// watch loop applies it without the debounce.
+    pub fn first_apply_pending(&self) -> bool {
+        self.master.is_some() && self.live.haproxy.is_none()
+    }
+
     /// The HAProxy master client, if lbgen reloads one.
     pub fn master(&self) -> Option<&Master> {
         self.master.as_ref()

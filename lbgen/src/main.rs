@@ -188,12 +188,24 @@ struct TemplateArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("src").required(true).args(["api", "members"])))]
 struct RenderArgs {
     #[command(flatten)]
     tpl: TemplateArgs,
     /// Members document (`shoal members --format json`), or `-` for stdin.
     #[arg(long, env = "LBGEN_MEMBERS")]
-    members: String,
+    members: Option<String>,
+    /// Agent API address (HOST:PORT): renders from /v1/members once the agent is synced.
+    #[arg(long, env = "LBGEN_API")]
+    api: Option<String>,
+    /// Bearer token for the agent's API (its --api-token). Without this flag and
+    /// LBGEN_API_TOKEN, SHOAL_API_TOKEN is used when set.
+    #[arg(long, env = "LBGEN_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// With --api: how long to wait for the agent to answer with a synced member table
+    /// (it may be starting); then fail. "0" = one try.
+    #[arg(long, env = "LBGEN_SYNC_WAIT", default_value = "0")]
+    sync_wait: String,
     /// Write here atomically (keeps OUT.bak); stdout if omitted.
     #[arg(long, env = "LBGEN_OUT")]
     out: Option<PathBuf>,
@@ -259,7 +271,17 @@ fn read_members(src: &str) -> Result<MembersDoc, Error> {
 async fn render(a: RenderArgs) -> Result<(), Error> {
     let renderer = load_template(&a.tpl.template)?;
     let mut vars = Vars::with_overrides(&a.tpl.vars)?;
-    let doc = read_members(&a.members)?;
+    let doc = match (a.api, a.members) {
+        (Some(api), None) => {
+            let spec = lbgen::source::SourceSpec::api(api, api_token(a.api_token)?);
+            let wait = lbgen::watch::parse_duration(&a.sync_wait)?;
+            lbgen::source::Source::new(spec)
+                .snapshot_within(wait)
+                .await?
+        }
+        (None, Some(m)) => read_members(&m)?,
+        _ => return Err(Error::new("give exactly one of --api and --members")),
+    };
     let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0));
     lbgen::apply::log_model(&model);
     if let Some(dir) = vars.tls_certs().map(PathBuf::from) {

@@ -17,6 +17,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::model::MembersDoc;
 use crate::Error;
 
+/// [`Source::snapshot_within`]: the pause between tries.
+pub const SNAPSHOT_RETRY: Duration = Duration::from_millis(25);
+
 /// Something the watch loop should react to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -199,6 +202,24 @@ impl Source {
                     .await
                     .map_err(|_| Error::new(format!("GET {url}: timed out")))?
             }
+        }
+    }
+
+    /// [`Source::snapshot`], tried again every [`SNAPSHOT_RETRY`] while it fails (an agent
+    /// starting: not answering, or not synced yet) until `wait` has passed; then its last
+    /// error. `lbgen render --api --sync-wait`: HAProxy's first config can hold the members
+    /// the agent already knows instead of none.
+    pub async fn snapshot_within(&self, wait: Duration) -> Result<MembersDoc, Error> {
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            match self.snapshot().await {
+                Ok(doc) => return Ok(doc),
+                Err(e) if tokio::time::Instant::now() + SNAPSHOT_RETRY > end => {
+                    return Err(Error::new(format!("{e} (waited {wait:?})")))
+                }
+                Err(e) => tracing::debug!(error = %e, "no synced snapshot yet"),
+            }
+            tokio::time::sleep(SNAPSHOT_RETRY).await;
         }
     }
 

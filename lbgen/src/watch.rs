@@ -211,7 +211,10 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     fast = Some((first, now + FAST_WINDOW));
                 }
                 let first = pending.map_or(now, |p| p.0);
-                pending = Some((first, now + cfg.wait.min));
+                // The first apply (a reload: nothing is known of what HAProxy loaded) has no
+                // earlier change to batch with: it goes at once, e.g. when the agent syncs.
+                let quiet = if applier.first_apply_pending() { now } else { now + cfg.wait.min };
+                pending = Some((first, quiet));
             }
             _ = tokio::time::sleep_until(fast.map_or_else(Instant::now, |f| f.1)), if fast.is_some() => {
                 let Some((signalled, _)) = fast.take() else { continue };
