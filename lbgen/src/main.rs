@@ -132,6 +132,10 @@ struct TemplateArgs {
     /// Handlebars template; the compiled-in default template if omitted.
     #[arg(long, env = "LBGEN_TEMPLATE")]
     template: Option<PathBuf>,
+    /// This node's member name, for per-node templates (`local`, `lbs[].is_local`; the
+    /// HAProxy config never sees it). watch: the agent's own name (/v1/info) if omitted.
+    #[arg(long, env = "LBGEN_LOCAL", value_name = "NAME")]
+    local: Option<String>,
     /// Template variable K=V (repeatable; env LBGEN_VAR takes a comma-separated list).
     #[arg(
         long = "var",
@@ -215,7 +219,7 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
     let renderer = load_template(&a.tpl.template)?;
     let vars = Vars::with_overrides(&a.tpl.vars)?;
     let doc = read_members(&a.members)?;
-    let model = Model::build(&doc);
+    let model = Model::build(&doc).with_local(&doc, a.tpl.local.as_deref());
     lbgen::apply::log_model(&model);
     let text = renderer.render(&model, &vars)?;
     match (&a.out, a.dry_run) {
@@ -305,6 +309,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
         renders,
+        local: a.tpl.local,
         reports: None,
         http: a.http.as_deref().map(lbgen::http::bind).transpose()?,
     };

@@ -105,6 +105,11 @@ pub struct Model {
     pub members: Vec<crate::nodes::Node>,
     /// The `/metrics` endpoints alive members advertise in `metrics_*` tags.
     pub scrape_targets: Vec<crate::nodes::ScrapeTarget>,
+    /// The VIP group (`role=lb` members) for keepalived's template ([`Model::with_local`]).
+    pub lbs: Vec<crate::nodes::LbPeer>,
+    /// This node, set only by [`Model::with_local`]: the HAProxy config is rendered without
+    /// it, so every LB renders the same bytes from the same membership.
+    pub local: Option<crate::nodes::Local>,
     /// Members skipped by validation (logged by the caller).
     #[serde(skip)]
     pub rejected: Vec<Rejection>,
@@ -329,6 +334,16 @@ fn vote(held: &[(&str, String)]) -> (String, usize) {
 }
 
 impl Model {
+    /// The model as node `local` sees it: `local` set and its own entry marked in `lbs`
+    /// (kept there while it leaves). For per-node files only (`--render`), never HAProxy's.
+    pub fn with_local(mut self, doc: &MembersDoc, local: Option<&str>) -> Model {
+        if let Some(name) = local {
+            self.lbs = crate::nodes::lb_peers(doc, &self.members, Some(name));
+            self.local = crate::nodes::local_of(&self.members, &self.lbs, name);
+        }
+        self
+    }
+
     /// Builds the model. Never fails: bad members are skipped and listed in `rejected`.
     pub fn build(doc: &MembersDoc) -> Model {
         let mut model = Model::default();
@@ -415,6 +430,7 @@ impl Model {
         }
         model.members = crate::nodes::nodes_of(doc);
         model.scrape_targets = crate::nodes::scrape_targets(doc, &model.members);
+        model.lbs = crate::nodes::lb_peers(doc, &model.members, None);
         model.assign_routes();
         model.routes.sort_by(|a, b| {
             b.prefix

@@ -131,6 +131,8 @@ struct Context<'a> {
     default_pool: &'a Option<String>,
     members: &'a [crate::nodes::Node],
     scrape_targets: &'a [crate::nodes::ScrapeTarget],
+    lbs: &'a [crate::nodes::LbPeer],
+    local: &'a Option<crate::nodes::Local>,
 }
 
 /// A compiled template.
@@ -184,6 +186,8 @@ impl Renderer {
             default_pool: &model.default_pool,
             members: &model.members,
             scrape_targets: &model.scrape_targets,
+            lbs: &model.lbs,
+            local: &model.local,
         };
         let mut out = self.hb.render(TPL, &ctx).map_err(|e| {
             let at = match (e.line_no, e.column_no) {

@@ -73,6 +73,9 @@ pub struct WatchConfig {
     pub resync: Option<Duration>,
     /// `--render`: more files rendered from each snapshot after the HAProxy apply.
     pub renders: Vec<crate::extras::ExtraSpec>,
+    /// `--local`: this node's member name for the `--render` files; None = ask the agent
+    /// (`/v1/info`) once it answers.
+    pub local: Option<String>,
     /// Every apply is reported here too (tests, benchmarks); a periodic resync only when it
     /// changed something.
     pub reports: Option<UnboundedSender<Report>>,
@@ -251,7 +254,11 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                         let applied = applier.apply(&doc).await;
                         // After HAProxy's apply, so they never delay it, whatever it did.
                         if !extras.is_empty() {
-                            extras.render(&Model::build(&doc), &cfg.vars);
+                            if cfg.local.is_none() {
+                                cfg.local = source.local_name().await;
+                            }
+                            let model = Model::build(&doc).with_local(&doc, cfg.local.as_deref());
+                            extras.render(&model, &cfg.vars);
                         }
                         applied
                     }
