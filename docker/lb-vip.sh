@@ -57,7 +57,7 @@ entry() {
     || die "LB_VIP_INTERFACE=$iface: no such interface here (have: $(ls /sys/class/net | tr '\n' ' '))"
   [ -x "$(command -v keepalived)" ] || die "keepalived is not installed in this image"
   export SHOAL_SERVICES="$SERVICES_VIP"
-  export LBGEN_VAR="${LBGEN_VAR:+$LBGEN_VAR,}vrrp_vip=$LB_VIP,vrrp_interface=$iface,vrrp_router_id=$router_id,vrrp_advert_int=$advert"
+  export LBGEN_VAR="${LBGEN_VAR:+$LBGEN_VAR,}vrrp_vip=$LB_VIP,vrrp_interface=$iface,vrrp_router_id=$router_id,vrrp_advert_int=$advert,vrrp_script=/usr/local/bin/lb-vip"
   export LBGEN_RENDER="${LBGEN_RENDER:+$LBGEN_RENDER;}$TEMPLATE:$CONF:/usr/local/bin/lb-vip reload"
   echo "lb-vip: VIP mode: $LB_VIP on $iface (router id $router_id, adverts every ${advert}s)" >&2
   exec shoal agent "$@"

@@ -142,9 +142,10 @@ pub fn lb_peers(doc: &MembersDoc, nodes: &[Node], local: Option<&str>) -> Vec<Lb
         if n.role.as_deref() != Some("lb") {
             continue;
         }
-        let opted_out = doc.members.iter().any(|m| {
-            m.name == n.name && m.tags.get(VRRP_TAG).map(String::as_str) == Some("off")
-        });
+        let opted_out = doc
+            .members
+            .iter()
+            .any(|m| m.name == n.name && m.tags.get(VRRP_TAG).map(String::as_str) == Some("off"));
         let live = matches!(n.status.as_str(), "alive" | "suspect");
         if (live || is_local) && !opted_out && !out.iter().any(|p| p.name == n.name) {
             out.push(LbPeer {
@@ -223,16 +224,24 @@ mod tests {
             lb("lb-b", "10.0.0.2", "alive", ""),
         ]}));
         let nodes = nodes_of(&d);
-        let mine: Vec<_> = lb_peers(&d, &nodes, Some("lb-a")).into_iter().map(|p| p.name).collect();
-        let theirs: Vec<_> = lb_peers(&d, &nodes, Some("lb-b")).into_iter().map(|p| p.name).collect();
+        let mine: Vec<_> = lb_peers(&d, &nodes, Some("lb-a"))
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let theirs: Vec<_> = lb_peers(&d, &nodes, Some("lb-b"))
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         assert_eq!(mine, vec!["lb-a", "lb-b"]);
         assert_eq!(theirs, vec!["lb-b"]);
     }
 
     #[test]
     fn a_vrrp_state_change_does_not_change_the_group() {
-        let before = doc(serde_json::json!({"members": [lb("lb-a", "10.0.0.1", "alive", "vrrp=backup")]}));
-        let after = doc(serde_json::json!({"members": [lb("lb-a", "10.0.0.1", "alive", "vrrp=master")]}));
+        let before =
+            doc(serde_json::json!({"members": [lb("lb-a", "10.0.0.1", "alive", "vrrp=backup")]}));
+        let after =
+            doc(serde_json::json!({"members": [lb("lb-a", "10.0.0.1", "alive", "vrrp=master")]}));
         assert_eq!(
             lb_peers(&before, &nodes_of(&before), None),
             lb_peers(&after, &nodes_of(&after), None)

@@ -172,8 +172,8 @@ impl Source {
                 .await
                 .map_err(|e| Error::new(format!("GET {url}: {e}")))?
                 .to_bytes();
-            let v: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| Error::new(format!("GET {url}: {e}")))?;
             v["self"]["name"]
                 .as_str()
                 .map(str::to_string)
