@@ -11,7 +11,8 @@
 #   lb-vip keepalived     the keepalived service: waits for lbgen's first config, then execs it
 #   lb-vip reload         lbgen's --render command: SIGHUP to keepalived, if it runs yet
 #   lb-vip check          keepalived's track script: HAProxy and lbgen both run
-#   lb-vip notify T N S P keepalived's notify script: gossips S as the tag vrrp=master|backup|fault
+#   lb-vip fifo FIFO      keepalived's notify FIFO reader: gossips each state change, in
+#                         order, as the tag vrrp=master|backup|fault
 #
 # Env (entry): LB_VIP=ADDR/PREFIX (e.g. 172.28.0.200/24; unset or empty = VIP mode off),
 # LB_VIP_INTERFACE (eth0), LB_VIP_ROUTER_ID (51, 1-255: one per VIP on a network),
@@ -91,20 +92,22 @@ check() {
   pgrep -x haproxy >/dev/null && pgrep -x lbgen >/dev/null
 }
 
-notify() {
-  # keepalived: notify TYPE NAME STATE PRIORITY.
-  state=$(echo "${3:-}" | tr 'A-Z' 'a-z')
-  case "$state" in
-    master | backup | fault) ;;
-    *) exit 0 ;; # stop: the agent is leaving the cluster anyway
-  esac
-  echo "lb-vip: VRRP state $state" >&2
-  # Retried briefly: the agent's API may be busy at start-up.
-  for _ in 1 2 3 4 5; do
-    shoal tags --set "vrrp=$state" >/dev/null 2>&1 && exit 0
-    sleep 0.2
-  done
-  die "could not set the tag vrrp=$state (shoal tags)"
+# One line per change, in order: TYPE "NAME" STATE PRIORITY (INSTANCE "shoal" MASTER 150).
+fifo() {
+  f="${1:?lb-vip fifo FIFO}"
+  while read -r type _name state _prio; do
+    [ "$type" = INSTANCE ] || continue
+    state=$(echo "$state" | tr 'A-Z' 'a-z')
+    case "$state" in
+      master | backup | fault) ;;
+      *) continue ;; # stop: the agent is leaving the cluster anyway
+    esac
+    # Retried briefly: the agent's API may be busy at start-up.
+    for _ in 1 2 3 4 5; do
+      shoal tags --set "vrrp=$state" >/dev/null 2>&1 && break
+      sleep 0.2
+    done || true
+  done <"$f"
 }
 
 cmd="${1:-}"
@@ -114,6 +117,6 @@ case "$cmd" in
   keepalived) run_keepalived ;;
   reload) reload ;;
   check) check ;;
-  notify) notify "$@" ;;
-  *) die "usage: lb-vip entry|keepalived|reload|check|notify" ;;
+  fifo) fifo "$@" ;;
+  *) die "usage: lb-vip entry|keepalived|reload|check|fifo" ;;
 esac

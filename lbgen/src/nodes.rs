@@ -105,16 +105,24 @@ pub fn scrape_targets(doc: &MembersDoc, nodes: &[Node]) -> Vec<ScrapeTarget> {
 /// script writes `master`, `backup` or `fault` into the same tag).
 pub const VRRP_TAG: &str = "vrrp";
 
-/// The highest VRRP priority given (the first LB by name); each next LB gets one less.
-pub const TOP_PRIORITY: u8 = 200;
+/// An LB's VRRP priority: 100-199 from an FNV-1a hash of its name. It depends on the name
+/// alone, so every LB computes the same one and it never changes when other LBs join or
+/// leave: keepalived re-enters BACKUP (dropping the VIP) on a reload that changes its
+/// priority, and keeps its state on one that only changes the peers. Equal priorities are
+/// broken by keepalived (the higher address wins).
+pub fn priority_of(name: &str) -> u8 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    100 + u8::try_from(h % 100).unwrap_or(0)
+}
 
 /// One load balancer of the VIP group, as the keepalived template sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct LbPeer {
     pub name: String,
     pub ip: IpAddr,
-    /// From the position in the name order: [`TOP_PRIORITY`] for the first, one less for
-    /// each next (never below 1). Same members, same priorities, on every LB.
+    /// [`priority_of`] its name.
     pub priority: u8,
     /// This LB itself (`--local`).
     pub is_local: bool,
@@ -151,15 +159,10 @@ pub fn lb_peers(doc: &MembersDoc, nodes: &[Node], local: Option<&str>) -> Vec<Lb
             out.push(LbPeer {
                 name: n.name.clone(),
                 ip: n.ip,
-                priority: 0,
+                priority: priority_of(&n.name),
                 is_local,
             });
         }
-    }
-    for (i, p) in out.iter_mut().enumerate() {
-        p.priority = u8::try_from(usize::from(TOP_PRIORITY).saturating_sub(i))
-            .unwrap_or(1)
-            .max(1);
     }
     out
 }
@@ -197,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn lb_peers_are_the_live_lbs_by_name_with_priorities_from_that_order() {
+    fn lb_peers_are_the_live_lbs_by_name_with_priorities_from_their_names() {
         let d = doc(serde_json::json!({"members": [
             lb("lb-c", "10.0.0.3", "alive", ""),
             lb("lb-a", "10.0.0.1", "suspect", "vrrp=master"),
@@ -211,9 +214,10 @@ mod tests {
             .iter()
             .map(|p| (p.name.as_str(), p.priority, p.is_local))
             .collect();
-        assert_eq!(got, vec![("lb-a", 200, false), ("lb-c", 199, true)]);
+        let (pa, pc) = (priority_of("lb-a"), priority_of("lb-c"));
+        assert_eq!(got, vec![("lb-a", pa, false), ("lb-c", pc, true)]);
         let local = local_of(&nodes, &peers, "lb-c").unwrap();
-        assert_eq!(local.priority, Some(199));
+        assert_eq!(local.priority, Some(pc));
         assert_eq!(local.ip.to_string(), "10.0.0.3");
     }
 
@@ -234,6 +238,32 @@ mod tests {
             .collect();
         assert_eq!(mine, vec!["lb-a", "lb-b"]);
         assert_eq!(theirs, vec!["lb-b"]);
+    }
+
+    #[test]
+    fn a_priority_depends_on_the_name_alone_and_stays_in_100_to_199() {
+        let solo = doc(serde_json::json!({"members": [lb("lb-b", "10.0.0.2", "alive", "")]}));
+        let pair = doc(serde_json::json!({"members": [
+            lb("lb-a", "10.0.0.1", "alive", ""),
+            lb("lb-b", "10.0.0.2", "alive", ""),
+        ]}));
+        let of = |d: &MembersDoc| {
+            lb_peers(d, &nodes_of(d), Some("lb-b"))
+                .into_iter()
+                .find(|p| p.name == "lb-b")
+                .map(|p| p.priority)
+        };
+        assert_eq!(
+            of(&solo),
+            of(&pair),
+            "another LB joining changed lb-b's priority"
+        );
+        let all: Vec<u8> = (0..500).map(|i| priority_of(&format!("lb-{i}"))).collect();
+        assert!(all.iter().all(|p| (100..=199).contains(p)));
+        assert!(
+            all.iter().collect::<std::collections::BTreeSet<_>>().len() > 50,
+            "hardly spread"
+        );
     }
 
     #[test]

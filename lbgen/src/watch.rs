@@ -108,6 +108,25 @@ pub const FAST_WINDOW: Duration = Duration::from_millis(2);
 const RETRY: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// The `--render` files from `doc`, after the HAProxy apply (they never delay it), as node
+/// `local` sees them (asked from the agent until it is known).
+async fn render_extras(
+    extras: &mut Extras,
+    local: &mut Option<String>,
+    source: &Source,
+    doc: &crate::model::MembersDoc,
+    vars: &crate::render::Vars,
+) {
+    if extras.is_empty() {
+        return;
+    }
+    if local.is_none() {
+        *local = source.local_name().await;
+    }
+    let model = Model::build(doc).with_local(doc, local.as_deref());
+    extras.render(&model, vars);
+}
+
 /// Runs until `shutdown` resolves. Startup problems (template, paths, master socket) are
 /// returned as one error before anything is touched. This loop only decides *when* to apply
 /// (debounce, retry, resync); the [`Applier`] decides *how*.
@@ -215,6 +234,11 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     if let (Some(h), Some(doc)) = (&hub, &doc) {
                         h.snapshot(doc);
                     }
+                    // The --render files follow this snapshot too (a new LB is a keepalived
+                    // peer at once, not at the next resync); unchanged bytes write nothing.
+                    if let Some(doc) = &doc {
+                        render_extras(&mut extras, &mut cfg.local, &source, doc, &cfg.vars).await;
+                    }
                     // A signal that changed nothing (a file event repeated) is not reported.
                     if done.outcome == ApplyOutcome::Unchanged {
                         continue;
@@ -253,13 +277,7 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                         }
                         let applied = applier.apply(&doc).await;
                         // After HAProxy's apply, so they never delay it, whatever it did.
-                        if !extras.is_empty() {
-                            if cfg.local.is_none() {
-                                cfg.local = source.local_name().await;
-                            }
-                            let model = Model::build(&doc).with_local(&doc, cfg.local.as_deref());
-                            extras.render(&model, &cfg.vars);
-                        }
+                        render_extras(&mut extras, &mut cfg.local, &source, &doc, &cfg.vars).await;
                         applied
                     }
                     Err(e) => Err(ApplyError::Transient(e)),

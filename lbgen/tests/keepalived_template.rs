@@ -1,6 +1,6 @@
 //! templates/keepalived.conf.hbs, rendered by the real lbgen binary per LB (`--local`) and
 //! checked by the real `keepalived -t` (Debian's keepalived; CI installs it, elsewhere the
-//! check is skipped with a note): peers, priorities, nopreempt; the HAProxy config is the
+//! check is skipped with a note): peers, priorities from the names, nopreempt; the HAProxy config is the
 //! same bytes whatever `--local` says, and a vrrp state tag does not touch keepalived's file.
 
 use lbgen::testing as common;
