@@ -16,7 +16,7 @@
 #
 # Env (entry): LB_VIP=ADDR/PREFIX (e.g. 172.28.0.200/24; unset or empty = VIP mode off),
 # LB_VIP_INTERFACE (eth0), LB_VIP_ROUTER_ID (51, 1-255: one per VIP on a network),
-# LB_VIP_ADVERT (0.2 seconds between adverts: failover after ~3 of them), LB_VIP_SETTLE (1:
+# LB_VIP_ADVERT (0.2 seconds between adverts: failover after ~3 of them), LB_VIP_SETTLE (3:
 # seconds keepalived waits after its first config, so the other LBs have added this one
 # as a peer before it listens for their adverts).
 set -eu
@@ -72,7 +72,7 @@ run_keepalived() {
     [ "$i" -le 600 ] || die "no $CONF from lbgen after 60 s (see lbgen's log: --render)"
     sleep 0.1
   done
-  sleep "${LB_VIP_SETTLE:-1}"
+  sleep "${LB_VIP_SETTLE:-3}"
   mkdir -p "$PIDDIR"
   exec keepalived --dont-fork --log-console --vrrp --use-file "$CONF" \
     --pid "$PIDDIR/keepalived.pid" --vrrp_pid "$PIDDIR/vrrp.pid"

@@ -140,34 +140,37 @@ fn parse(out: &str) -> Vec<Req> {
     v
 }
 
-/// What an outage at `at` (ms) cost: the gap between the last answer that ended before it
-/// and the first that ended after, failures among requests started in [from, to), and the
-/// requests in flight at `at`.
+/// What a step in [from, to) (ms) cost: the longest silence between two answers (the
+/// outage: from the old master's last answer to the new one's first), the failed requests
+/// started in the window, and the requests in flight when the silence began.
 struct Outage {
     gap_ms: f64,
     failed: Vec<Req>,
     in_flight: usize,
 }
 
-fn outage(reqs: &[Req], at: f64, from: f64, to: f64) -> Outage {
-    let last_before = reqs
+fn outage(reqs: &[Req], from: f64, to: f64) -> Outage {
+    let mut ends: Vec<f64> = reqs
         .iter()
-        .filter(|r| r.ok && r.end <= at)
+        .filter(|r| r.ok && r.end >= from - 1000.0 && r.end < to)
         .map(|r| r.end)
-        .fold(f64::MIN, f64::max);
-    let first_after = reqs
-        .iter()
-        .filter(|r| r.ok && r.end > at)
-        .map(|r| r.end)
-        .fold(f64::MAX, f64::min);
+        .collect();
+    ends.sort_by(f64::total_cmp);
+    let (gap_ms, gap_start) = ends
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .fold((0.0, from), |a, b| if b.0 > a.0 { b } else { a });
     Outage {
-        gap_ms: first_after - last_before,
+        gap_ms,
         failed: reqs
             .iter()
             .filter(|r| !r.ok && r.start >= from && r.start < to)
             .cloned()
             .collect(),
-        in_flight: reqs.iter().filter(|r| r.start <= at && r.end > at).count(),
+        in_flight: reqs
+            .iter()
+            .filter(|r| r.start <= gap_start && r.end > gap_start)
+            .count(),
     }
 }
 
@@ -236,7 +239,6 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
         .expect("master id")
         .1;
     docker(&["stop", &master_id]);
-    let stop_at = stop_from;
     let new_master = wait_one_master(&p, 1, 30 * S);
     assert_ne!(new_master, master);
     docker(&["start", &master_id]);
@@ -279,9 +281,9 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
     let reqs = parse(&load.join().expect("load thread"));
     assert!(reqs.len() > 1000, "only {} requests", reqs.len());
 
-    let stop = outage(&reqs, stop_at, stop_from, stop_to);
-    let restart = outage(&reqs, restart_from, restart_from, restart_to);
-    let kill = outage(&reqs, kill_at, kill_at - 5_000.0, kill_to);
+    let stop = outage(&reqs, stop_from, stop_to);
+    let restart = outage(&reqs, restart_from, restart_to);
+    let kill = outage(&reqs, kill_at, kill_to);
     let after_kill: Vec<_> = kill.failed.iter().filter(|r| r.start > kill_done).collect();
     let advert = std::env::var("LB_VIP_ADVERT").unwrap_or_else(|_| "0.2".into());
     figure(&format!("VIP (advert {advert} s): requests"), reqs.len());
@@ -290,15 +292,17 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
         format!("{} / {:.0} ms", stop.failed.len(), stop.gap_ms),
     );
     figure(
-        &format!("VIP (advert {advert} s): docker restart backup: failed"),
-        restart.failed.len(),
+        &format!("VIP (advert {advert} s): docker restart backup: failed / longest gap"),
+        format!("{} / {:.0} ms", restart.failed.len(), restart.gap_ms),
     );
     figure(
         &format!("VIP (advert {advert} s): docker kill master: last old -> first new answer"),
         format!("{:.0} ms", kill.gap_ms),
     );
     figure(
-        &format!("VIP (advert {advert} s): docker kill master: failed / in flight at the kill"),
+        &format!(
+            "VIP (advert {advert} s): docker kill master: failed / in flight when answers stopped"
+        ),
         format!("{} / {}", kill.failed.len(), kill.in_flight),
     );
     let show = |f: &[Req]| {
