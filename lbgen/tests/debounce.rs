@@ -45,6 +45,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         renders: Vec::new(),
+        local: None,
         reports: Some(rtx),
         http: None,
     };

@@ -91,10 +91,11 @@ fn keepalived_check(text: &str) {
 fn each_lb_gets_the_other_live_lbs_as_unicast_peers_and_keepalived_accepts_it() {
     let tpl = template();
     let tpl = tpl.to_str().unwrap();
-    for (me, ip, prio, peer) in [
-        ("lb-a", "10.1.0.2", 200, "10.1.0.3"),
-        ("lb-b", "10.1.0.3", 199, "10.1.0.2"),
+    for (me, ip, peer) in [
+        ("lb-a", "10.1.0.2", "10.1.0.3"),
+        ("lb-b", "10.1.0.3", "10.1.0.2"),
     ] {
+        let prio = lbgen::nodes::priority_of(me);
         let (ok, text, err) = render(&members("master"), &["--template", tpl, "--local", me]);
         assert!(ok, "{me}: {err}");
         assert!(text.contains(&format!("router_id {me}\n")), "{text}");
