@@ -786,6 +786,7 @@ web/b 3/2 127.0.0.1 18092 - 5000 2 2 0 0 0 -1 0 0 0\n\n";
             leaving_max: crate::watch::LEAVING_MAX,
             resync: None,
             renders: Vec::new(),
+            local: None,
             reports: None,
             http: None,
         }

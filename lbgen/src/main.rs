@@ -177,6 +177,10 @@ struct TemplateArgs {
     /// Handlebars template; the compiled-in default template if omitted.
     #[arg(long, env = "LBGEN_TEMPLATE")]
     template: Option<PathBuf>,
+    /// This node's member name, for per-node templates (`local`, `lbs[].is_local`; the
+    /// HAProxy config never sees it). watch: the agent's own name (/v1/info) if omitted.
+    #[arg(long, env = "LBGEN_LOCAL", value_name = "NAME")]
+    local: Option<String>,
     /// Template variable K=V (repeatable; env LBGEN_VAR takes a comma-separated list).
     #[arg(
         long = "var",
@@ -282,7 +286,8 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
         (None, Some(m)) => read_members(&m)?,
         _ => return Err(Error::new("give exactly one of --api and --members")),
     };
-    let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0));
+    let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0))
+        .with_local(&doc, a.tpl.local.as_deref());
     lbgen::apply::log_model(&model);
     if let Some(dir) = vars.tls_certs().map(PathBuf::from) {
         // The copies and crt-list the TLS bind reads (a dry run only looks at them).
@@ -382,6 +387,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
         renders,
+        local: a.tpl.local,
         reports: None,
         http: a.http.as_deref().map(lbgen::http::bind).transpose()?,
     };

@@ -154,6 +154,52 @@ impl Source {
         }
     }
 
+    /// The agent's own member name (`self.name` of `/v1/info`), for per-node templates;
+    /// None for a members file, or while the agent does not answer (logged; asked again
+    /// with the next snapshot).
+    pub async fn local_name(&self) -> Option<String> {
+        let SourceSpec::Api { addr: a, token } = &self.spec else {
+            return None;
+        };
+        let url = format!("{}/v1/info", base_url(a));
+        let fut = async {
+            let req = get(&url, token.as_deref())?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+            if !resp.status().is_success() {
+                return Err(refused(&url, resp.status(), token.as_deref()));
+            }
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_DOC)
+                .collect()
+                .await
+                .map_err(|e| Error::new(format!("GET {url}: {e}")))?
+                .to_bytes();
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+            v["self"]["name"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::new(format!("GET {url}: no self.name")))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), fut).await {
+            Ok(Ok(name)) => {
+                tracing::info!(local = %name, "this node's name (from the agent) for --render");
+                Some(name)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "this node's name is not known yet; --render files see no `local`");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(url = %url, "GET timed out; --render files see no `local` yet");
+                None
+            }
+        }
+    }
+
     /// The full, current members document.
     pub async fn snapshot(&self) -> Result<MembersDoc, Error> {
         match &self.spec {

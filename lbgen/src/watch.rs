@@ -74,6 +74,9 @@ pub struct WatchConfig {
     pub resync: Option<Duration>,
     /// `--render`: more files rendered from each snapshot after the HAProxy apply.
     pub renders: Vec<crate::extras::ExtraSpec>,
+    /// `--local`: this node's member name for the `--render` files; None = ask the agent
+    /// (`/v1/info`) once it answers.
+    pub local: Option<String>,
     /// Every apply is reported here too (tests, benchmarks); a periodic resync only when it
     /// changed something.
     pub reports: Option<UnboundedSender<Report>>,
@@ -109,6 +112,26 @@ pub const CERTS_QUIET: Duration = Duration::from_millis(50);
 /// to [`RETRY_MAX`] while failures continue.
 const RETRY: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The `--render` files from `doc`, after the HAProxy apply (they never delay it), as node
+/// `local` sees them (asked from the agent until it is known).
+async fn render_extras(
+    extras: &mut Extras,
+    local: &mut Option<String>,
+    source: &Source,
+    doc: &crate::model::MembersDoc,
+    vars: &crate::render::Vars,
+    policy: &crate::pool_tags::ListenPolicy,
+) {
+    if extras.is_empty() {
+        return;
+    }
+    if local.is_none() {
+        *local = source.local_name().await;
+    }
+    let model = Model::build_with(doc, policy).with_local(doc, local.as_deref());
+    extras.render(&model, vars);
+}
 
 /// Runs until `shutdown` resolves. Startup problems (template, paths, master socket) are
 /// returned as one error before anything is touched. This loop only decides *when* to apply
@@ -246,6 +269,11 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     if let (Some(h), Some(doc)) = (&hub, &doc) {
                         h.snapshot_with(doc, &policy);
                     }
+                    // The --render files follow this snapshot too (a new LB is a keepalived
+                    // peer at once, not at the next resync); unchanged bytes write nothing.
+                    if let Some(doc) = &doc {
+                        render_extras(&mut extras, &mut cfg.local, &source, doc, &cfg.vars, &policy).await;
+                    }
                     // A signal that changed nothing (a file event repeated) is not reported.
                     if done.outcome == ApplyOutcome::Unchanged {
                         continue;
@@ -295,9 +323,7 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                         }
                         let applied = applier.apply(&doc).await;
                         // After HAProxy's apply, so they never delay it, whatever it did.
-                        if !extras.is_empty() {
-                            extras.render(&Model::build_with(&doc, &policy), &cfg.vars);
-                        }
+                        render_extras(&mut extras, &mut cfg.local, &source, &doc, &cfg.vars, &policy).await;
                         applied
                     }
                     Err(e) => Err(ApplyError::Transient(e)),

@@ -46,6 +46,7 @@ async fn bursts_are_coalesced_max_wait_bounds_the_delay_and_a_change_after_quiet
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         renders: Vec::new(),
+        local: None,
         reports: Some(rtx),
         http: None,
     };
