@@ -22,7 +22,9 @@ it first). For each, measured by polling the LBs' files every 2 ms:
   first -> all identical  : from the first LB's file changing to the last one
                             matching it: how long two LBs disagree.
 
-Usage: bench/twin_lbs.py [--lbs 2] [--rounds 5] [--no-write]
+Usage: bench/twin_lbs.py [--lbs 2] [--rounds 5] [--no-write] [--keep DIR]
+(--keep DIR: run in DIR and leave the logs there; LBGEN_LOG=debug shows each
+lbgen's member events and how long its check, write and reload took.)
 Needs: release builds (cargo build --release -p shoal -p lbgen, or SHOAL_BIN /
 LBGEN_BIN) and haproxy. Traffic stays on 127.0.93.0/24. Every process started
 is stopped. Prints a Markdown table and writes it into bench/results/RESULTS.md
@@ -30,6 +32,7 @@ is stopped. Prints a Markdown table and writes it into bench/results/RESULTS.md
 """
 
 import argparse
+import contextlib
 import http.server
 import os
 import shutil
@@ -219,6 +222,7 @@ def main():
     p.add_argument("--lbs", type=int, default=2)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-write", action="store_true")
+    p.add_argument("--keep", metavar="DIR", help="run in DIR (must not exist) and keep the logs")
     a = p.parse_args()
     for b, how in ((SHOAL_BIN, "cargo build --release -p shoal, or set SHOAL_BIN"),
                    (LBGEN_BIN, "cargo build --release -p lbgen, or set LBGEN_BIN")):
@@ -231,7 +235,9 @@ def main():
     load_before = open("/proc/loadavg").read().split()[:3]
     results = {}
     procs, servers, lbs = [], [], []
-    with tempfile.TemporaryDirectory() as workdir:
+    if a.keep:
+        os.makedirs(a.keep)
+    with (contextlib.nullcontext(a.keep) if a.keep else tempfile.TemporaryDirectory()) as workdir:
         try:
             seed = f"{NET}.1:7946"
             for n in range(1, a.lbs + 1):

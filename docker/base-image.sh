@@ -2,11 +2,14 @@
 # Makes the local base images the Dockerfiles build on, without any registry:
 #
 #   shoal-base:bookworm          Debian bookworm minbase + ca-certificates + procps
-#   shoal-base-haproxy:bookworm  the same + haproxy (for the lb image)
+#   shoal-base-haproxy:bookworm  the same + haproxy + keepalived (for the lb image; keepalived
+#                                runs only in VIP mode, docs/ha.md)
 #
 # One `debootstrap --variant=minbase` into a scratch folder, `docker import`, then
-# haproxy is installed into the same tree (chroot apt-get) and imported again.
-# Idempotent: an image that already exists is reused (FORCE=1 rebuilds both).
+# haproxy and keepalived are installed into the same tree (chroot apt-get) and imported again.
+# Idempotent: an image that already exists is reused (FORCE=1 rebuilds both). A
+# shoal-base-haproxy made before keepalived was added is rebuilt (from shoal-base's files,
+# without a new debootstrap), so an old machine does not keep a stale base.
 #
 # With a registry you do not need this: build the Dockerfiles with
 #   --build-arg BASE=debian:bookworm-slim   (see docs/deploy-compose.md, "Use shoal in your own image").
@@ -23,9 +26,26 @@ log() { printf '[base-image] %s\n' "$*" >&2; }
 
 image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
+# The packages the lb image's base carries on top of shoal-base.
+LB_PACKAGES=(haproxy keepalived)
+
+# An lb base made before keepalived was added lacks it.
+has_keepalived() {
+  docker run --rm --entrypoint /bin/sh "$HAPROXY_IMAGE" -c 'command -v keepalived' >/dev/null 2>&1
+}
+
+# One run at a time on this machine (the e2e tests and several checkouts call it).
+exec 8>"${TMPDIR:-/tmp}/shoal-base-image.lock"
+flock 8
+
+UPGRADE=""
 if [[ -z "${FORCE:-}" ]] && image_exists "$BASE_IMAGE" && image_exists "$HAPROXY_IMAGE"; then
-  log "reusing $BASE_IMAGE and $HAPROXY_IMAGE (FORCE=1 to rebuild)"
-  exit 0
+  if has_keepalived; then
+    log "reusing $BASE_IMAGE and $HAPROXY_IMAGE (FORCE=1 to rebuild)"
+    exit 0
+  fi
+  log "$HAPROXY_IMAGE has no keepalived (made by an older script): rebuilding it from $BASE_IMAGE"
+  UPGRADE=1
 fi
 
 if [[ $(id -u) -ne 0 ]]; then
@@ -88,6 +108,17 @@ import() {
   if [[ -n "$old" ]]; then docker rmi "$old" >/dev/null 2>&1 || true; fi
 }
 
+if [[ -n "$UPGRADE" ]]; then
+  # shoal-base's files are the debootstrap tree (sources, apt settings, policy-rc.d included).
+  mkdir -p "$ROOTFS"
+  cid=$(docker create "$BASE_IMAGE" /bin/true)
+  docker export "$cid" | tar -C "$ROOTFS" --numeric-owner -x
+  docker rm "$cid" >/dev/null
+  rm -f "$ROOTFS/.dockerenv"
+  # Docker's export leaves resolv.conf empty; the chroot's apt-get needs a resolver.
+  cp -L /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+else
+# (not indented: the heredoc below must start its lines)
 log "debootstrap --variant=minbase $SUITE from $MIRROR into $ROOTFS (a few minutes)"
 debootstrap --variant=minbase --include=ca-certificates,procps "$SUITE" "$ROOTFS" "$MIRROR" \
   > "$WORKDIR/debootstrap.log" 2>&1 || {
@@ -109,14 +140,15 @@ chmod +x "$ROOTFS/usr/sbin/policy-rc.d"
 
 slim
 import "$BASE_IMAGE"
+fi
 
-log "installing haproxy into the tree"
+log "installing ${LB_PACKAGES[*]} into the tree"
 mount -t proc proc "$ROOTFS/proc"
 chroot "$ROOTFS" /usr/bin/env DEBIAN_FRONTEND=noninteractive apt-get update -q \
   > "$WORKDIR/apt.log" 2>&1
 chroot "$ROOTFS" /usr/bin/env DEBIAN_FRONTEND=noninteractive \
-  apt-get install -y -q --no-install-recommends haproxy >> "$WORKDIR/apt.log" 2>&1 || {
-  log "apt-get install haproxy failed:"
+  apt-get install -y -q --no-install-recommends "${LB_PACKAGES[@]}" >> "$WORKDIR/apt.log" 2>&1 || {
+  log "apt-get install ${LB_PACKAGES[*]} failed:"
   tail -n 30 "$WORKDIR/apt.log" >&2
   exit 1
 }
@@ -125,4 +157,4 @@ umount -l "$ROOTFS/proc"
 mkdir -p "$ROOTFS/run/haproxy"
 slim
 import "$HAPROXY_IMAGE"
-log "done: $(docker run --rm "$HAPROXY_IMAGE" haproxy -v | sed -n 1p)"
+log "done: $(docker run --rm "$HAPROXY_IMAGE" haproxy -v | sed -n 1p); $(docker run --rm "$HAPROXY_IMAGE" keepalived --version 2>&1 | sed -n 1p)"

@@ -44,7 +44,9 @@ for b in shoal lbgen webapp; do
   fi
   cp "$TARGET_DIR/static/$b" "$CTX/bin/$b"
 done
-cp "$ROOT/templates/haproxy.cfg.hbs" "$ROOT/templates/prometheus-targets.json.hbs" "$CTX/templates/"
+cp "$ROOT/templates/haproxy.cfg.hbs" "$ROOT/templates/prometheus-targets.json.hbs" \
+   "$ROOT/templates/keepalived.conf.hbs" "$CTX/templates/"
+cp "$ROOT/docker/lb-vip-services.toml" "$ROOT/docker/lb-vip.sh" "$CTX/docker/"
 cp "$ROOT/docker/lb-services.toml" "$ROOT/docker/prometheus.yml" "$ROOT/docker/prometheus-start.sh" "$CTX/docker/"
 
 build() {

@@ -4,13 +4,14 @@
 # Build context: a folder with bin/shoal, bin/lbgen, templates/haproxy.cfg.hbs and
 # docker/lb-services.toml (docker/build-images.sh stages it). The Prometheus targets
 # template is used by compose/monitoring.yml (LBGEN_RENDER). Base: shoal-base-haproxy,
-# made locally by docker/base-image.sh with HAProxy in it; with a registry,
-# --build-arg BASE=debian:bookworm-slim installs HAProxy from Debian below.
+# made locally by docker/base-image.sh with HAProxy and keepalived in it; with a registry,
+# --build-arg BASE=debian:bookworm-slim installs both from Debian below. keepalived runs
+# only in VIP mode (LB_VIP set, docs/ha.md).
 ARG BASE=shoal-base-haproxy:bookworm
 FROM ${BASE}
 
-RUN if ! command -v haproxy >/dev/null; then \
-      apt-get update && apt-get install -y --no-install-recommends haproxy \
+RUN if ! command -v haproxy >/dev/null || ! command -v keepalived >/dev/null; then \
+      apt-get update && apt-get install -y --no-install-recommends haproxy keepalived procps \
       && rm -rf /var/lib/apt/lists/*; \
     fi \
     && mkdir -p /run/haproxy /usr/local/etc/haproxy /etc/lbgen/certs /etc/shoal
@@ -21,6 +22,12 @@ COPY bin/shoal bin/lbgen /usr/local/bin/
 RUN ln -s shoal /usr/local/bin/serf
 COPY templates/haproxy.cfg.hbs templates/prometheus-targets.json.hbs /etc/lbgen/
 COPY docker/lb-services.toml /etc/shoal/services.toml
+# VIP mode: the same services + keepalived; `lb-vip entry` picks it when LB_VIP is set.
+COPY templates/keepalived.conf.hbs /etc/lbgen/
+COPY docker/lb-vip-services.toml /etc/shoal/
+COPY docker/lb-vip.sh /usr/local/bin/lb-vip
+RUN cat /etc/shoal/services.toml /etc/shoal/lb-vip-services.toml > /etc/shoal/services-vip.toml \
+    && rm /etc/shoal/lb-vip-services.toml && mkdir -p /etc/keepalived /run/keepalived
 
 # Not a backend (no `service` tag). The stats page is this node's health check.
 # timeout_connect=1s: a connection on a container network takes well under 1 ms, while a
@@ -40,4 +47,5 @@ ENV SHOAL_SERVICES=/etc/shoal/services.toml \
 EXPOSE 80 443 1936 8405 7946/tcp 7946/udp
 HEALTHCHECK --interval=2s --timeout=2s --start-period=10s --retries=3 \
     CMD shoal info --format json | grep -q '"state":"ready"'
-ENTRYPOINT ["shoal", "agent"]
+# `shoal agent` as PID 1 (exec'd); with LB_VIP set, after the VIP mode's checks.
+ENTRYPOINT ["lb-vip", "entry"]

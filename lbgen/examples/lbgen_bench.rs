@@ -113,6 +113,7 @@ async fn main() {
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         renders: Vec::new(),
+        local: None,
         reports: Some(rtx),
         http: None,
     };

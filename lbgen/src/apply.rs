@@ -292,6 +292,13 @@ impl Applier {
         }
     }
 
+    /// lbgen does not know yet what the running HAProxy loaded (it or HAProxy just started):
+    /// the next apply reloads whatever changed, and there is no burst to wait out, so the
+    /// watch loop applies it without the debounce.
+    pub fn first_apply_pending(&self) -> bool {
+        self.master.is_some() && self.live.haproxy.is_none()
+    }
+
     /// The HAProxy master client, if lbgen reloads one.
     pub fn master(&self) -> Option<&Master> {
         self.master.as_ref()
@@ -779,6 +786,7 @@ web/b 3/2 127.0.0.1 18092 - 5000 2 2 0 0 0 -1 0 0 0\n\n";
             leaving_max: crate::watch::LEAVING_MAX,
             resync: None,
             renders: Vec::new(),
+            local: None,
             reports: None,
             http: None,
         }

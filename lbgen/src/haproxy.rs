@@ -93,9 +93,12 @@ impl ReloadError {
     }
 }
 
-/// [`Master::wait_ready`]: first retry delay, longest delay, and how often a long wait is
-/// logged again.
-pub const WAIT_FIRST: Duration = Duration::from_millis(50);
+/// [`Master::wait_ready`]: the pause between probes for the first [`WAIT_FAST_FOR`] (HAProxy
+/// is usually starting next to lbgen: a probe is one `stat` and maybe one connect, and a
+/// doubling backoff overslept HAProxy's start by up to as long again), the longest pause
+/// after that (doubling from [`WAIT_FIRST`]), and how often a long wait is logged again.
+pub const WAIT_FIRST: Duration = Duration::from_millis(20);
+pub const WAIT_FAST_FOR: Duration = Duration::from_secs(5);
 pub const WAIT_MAX: Duration = Duration::from_secs(2);
 pub const WAIT_REMIND: Duration = Duration::from_secs(30);
 
@@ -155,9 +158,9 @@ impl Master {
 
     /// Waits until the master answers `show proc`: the socket may not be there yet (HAProxy
     /// starting), or be a stale file left by an HAProxy that died (nothing listens on it).
-    /// Retries with backoff from [`WAIT_FIRST`] to [`WAIT_MAX`], logging what it waits for
-    /// whenever that changes and every [`WAIT_REMIND`]. Errors at once only where waiting
-    /// cannot help: the directory is missing, the path is not a socket, access is denied,
+    /// Retries every [`WAIT_FIRST`] for [`WAIT_FAST_FOR`], then with backoff to [`WAIT_MAX`],
+    /// logging what it waits for whenever that changes and every [`WAIT_REMIND`]. Errors at
+    /// once only where waiting cannot help: the directory is missing, the path is not a socket, access is denied,
     /// or what answers is not a master CLI.
     pub async fn wait_ready(&self) -> Result<ProcInfo, Error> {
         let started = Instant::now();
@@ -191,8 +194,10 @@ impl Master {
                     last_why = Some(why);
                 }
             }
+            if started.elapsed() >= WAIT_FAST_FOR {
+                delay = (delay * 2).min(WAIT_MAX);
+            }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(WAIT_MAX);
         }
     }
 

@@ -138,7 +138,8 @@ struct WatchArgs {
     #[arg(long, env = "LBGEN_CHECK_CMD", default_value = lbgen::output::CheckCmd::DEFAULT)]
     check_cmd: String,
     /// Debounce of changes that reload: apply after MIN of quiet, at most MAX after the first
-    /// change. Runtime-API changes (servers joining/leaving a pool) do not wait.
+    /// change; a change that reloads MIN or more after the last one is applied at once.
+    /// Runtime-API changes (servers joining/leaving a pool) do not wait.
     #[arg(
         long,
         env = "LBGEN_WAIT",
@@ -176,6 +177,10 @@ struct TemplateArgs {
     /// Handlebars template; the compiled-in default template if omitted.
     #[arg(long, env = "LBGEN_TEMPLATE")]
     template: Option<PathBuf>,
+    /// This node's member name, for per-node templates (`local`, `lbs[].is_local`; the
+    /// HAProxy config never sees it). watch: the agent's own name (/v1/info) if omitted.
+    #[arg(long, env = "LBGEN_LOCAL", value_name = "NAME")]
+    local: Option<String>,
     /// Template variable K=V (repeatable; env LBGEN_VAR takes a comma-separated list).
     #[arg(
         long = "var",
@@ -187,12 +192,24 @@ struct TemplateArgs {
 }
 
 #[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("src").required(true).args(["api", "members"])))]
 struct RenderArgs {
     #[command(flatten)]
     tpl: TemplateArgs,
     /// Members document (`shoal members --format json`), or `-` for stdin.
     #[arg(long, env = "LBGEN_MEMBERS")]
-    members: String,
+    members: Option<String>,
+    /// Agent API address (HOST:PORT): renders from /v1/members once the agent is synced.
+    #[arg(long, env = "LBGEN_API")]
+    api: Option<String>,
+    /// Bearer token for the agent's API (its --api-token). Without this flag and
+    /// LBGEN_API_TOKEN, SHOAL_API_TOKEN is used when set.
+    #[arg(long, env = "LBGEN_API_TOKEN", hide_env_values = true)]
+    api_token: Option<String>,
+    /// With --api: how long to wait for the agent to answer with a synced member table
+    /// (it may be starting); then fail. "0" = one try.
+    #[arg(long, env = "LBGEN_SYNC_WAIT", default_value = "0")]
+    sync_wait: String,
     /// Write here atomically (keeps OUT.bak); stdout if omitted.
     #[arg(long, env = "LBGEN_OUT")]
     out: Option<PathBuf>,
@@ -258,8 +275,19 @@ fn read_members(src: &str) -> Result<MembersDoc, Error> {
 async fn render(a: RenderArgs) -> Result<(), Error> {
     let renderer = load_template(&a.tpl.template)?;
     let mut vars = Vars::with_overrides(&a.tpl.vars)?;
-    let doc = read_members(&a.members)?;
-    let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0));
+    let doc = match (a.api, a.members) {
+        (Some(api), None) => {
+            let spec = lbgen::source::SourceSpec::api(api, api_token(a.api_token)?);
+            let wait = lbgen::watch::parse_duration(&a.sync_wait)?;
+            lbgen::source::Source::new(spec)
+                .snapshot_within(wait)
+                .await?
+        }
+        (None, Some(m)) => read_members(&m)?,
+        _ => return Err(Error::new("give exactly one of --api and --members")),
+    };
+    let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0))
+        .with_local(&doc, a.tpl.local.as_deref());
     lbgen::apply::log_model(&model);
     if let Some(dir) = vars.tls_certs().map(PathBuf::from) {
         // The copies and crt-list the TLS bind reads (a dry run only looks at them).
@@ -359,6 +387,7 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: Some(parse_duration(&a.resync)?).filter(|d| !d.is_zero()),
         renders,
+        local: a.tpl.local,
         reports: None,
         http: a.http.as_deref().map(lbgen::http::bind).transpose()?,
     };

@@ -175,6 +175,11 @@ pub struct Model {
     pub members: Vec<crate::nodes::Node>,
     /// The `/metrics` endpoints alive members advertise in `metrics_*` tags.
     pub scrape_targets: Vec<crate::nodes::ScrapeTarget>,
+    /// The VIP group (`role=lb` members) for keepalived's template ([`Model::with_local`]).
+    pub lbs: Vec<crate::nodes::LbPeer>,
+    /// This node, set only by [`Model::with_local`]: the HAProxy config is rendered without
+    /// it, so every LB renders the same bytes from the same membership.
+    pub local: Option<crate::nodes::Local>,
     /// Members skipped by validation (logged by the caller).
     #[serde(skip)]
     pub rejected: Vec<Rejection>,
@@ -513,6 +518,16 @@ fn vote(held: &[(&str, String)]) -> (String, usize) {
 }
 
 impl Model {
+    /// The model as node `local` sees it: `local` set and its own entry marked in `lbs`
+    /// (kept there while it leaves). For per-node files only (`--render`), never HAProxy's.
+    pub fn with_local(mut self, doc: &MembersDoc, local: Option<&str>) -> Model {
+        if let Some(name) = local {
+            self.lbs = crate::nodes::lb_peers(doc, &self.members, Some(name));
+            self.local = crate::nodes::local_of(&self.members, &self.lbs, name);
+        }
+        self
+    }
+
     /// Builds the model with the default [`ListenPolicy`] (what `--var` does not change).
     pub fn build(doc: &MembersDoc) -> Model {
         Model::build_with(doc, &ListenPolicy::default())
@@ -643,6 +658,7 @@ impl Model {
         model.default_pool = routing.main.default_pool;
         model.listener_without_default = routing.listeners.iter().any(|l| l.default_pool.is_none());
         model.listeners = routing.listeners;
+        model.lbs = crate::nodes::lb_peers(doc, &model.members, None);
         model
     }
 

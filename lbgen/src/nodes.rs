@@ -105,6 +105,84 @@ pub fn scrape_targets(doc: &MembersDoc, nodes: &[Node]) -> Vec<ScrapeTarget> {
     out
 }
 
+/// The tag a load balancer sets to `off` to stay out of the VIP group (keepalived's notify
+/// script writes `master`, `backup` or `fault` into the same tag).
+pub const VRRP_TAG: &str = "vrrp";
+
+/// An LB's VRRP priority: 100-199 from an FNV-1a hash of its name. It depends on the name
+/// alone, so every LB computes the same one and it never changes when other LBs join or
+/// leave: keepalived re-enters BACKUP (dropping the VIP) on a reload that changes its
+/// priority, and keeps its state on one that only changes the peers. Equal priorities are
+/// broken by keepalived (the higher address wins).
+pub fn priority_of(name: &str) -> u8 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    100 + u8::try_from(h % 100).unwrap_or(0)
+}
+
+/// One load balancer of the VIP group, as the keepalived template sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LbPeer {
+    pub name: String,
+    pub ip: IpAddr,
+    /// [`priority_of`] its name.
+    pub priority: u8,
+    /// This LB itself (`--local`).
+    pub is_local: bool,
+}
+
+/// This node, for templates that are not the same on every node (keepalived's config).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Local {
+    pub name: String,
+    pub ip: IpAddr,
+    pub status: String,
+    pub role: Option<String>,
+    /// Its priority in [`LbPeer`] terms, when it is one of the LBs.
+    pub priority: Option<u8>,
+}
+
+/// The VIP group: alive and suspect `role=lb` members without `vrrp=off`, plus `local`
+/// whatever its status (a stopping LB keeps its own config while it hands the VIP over),
+/// sorted by name. Failed and left LBs drop out, so keepalived's peers follow joins and
+/// leaves; a suspect one stays (no reload for a flap).
+pub fn lb_peers(doc: &MembersDoc, nodes: &[Node], local: Option<&str>) -> Vec<LbPeer> {
+    let mut out: Vec<LbPeer> = Vec::new();
+    for n in nodes {
+        let is_local = local == Some(n.name.as_str());
+        if n.role.as_deref() != Some("lb") {
+            continue;
+        }
+        let opted_out = doc
+            .members
+            .iter()
+            .any(|m| m.name == n.name && m.tags.get(VRRP_TAG).map(String::as_str) == Some("off"));
+        let live = matches!(n.status.as_str(), "alive" | "suspect");
+        if (live || is_local) && !opted_out && !out.iter().any(|p| p.name == n.name) {
+            out.push(LbPeer {
+                name: n.name.clone(),
+                ip: n.ip,
+                priority: priority_of(&n.name),
+                is_local,
+            });
+        }
+    }
+    out
+}
+
+/// `local`'s own entry, when it is a member.
+pub fn local_of(nodes: &[Node], lbs: &[LbPeer], local: &str) -> Option<Local> {
+    let n = nodes.iter().find(|n| n.name == local)?;
+    Some(Local {
+        name: n.name.clone(),
+        ip: n.ip,
+        status: n.status.clone(),
+        role: n.role.clone(),
+        priority: lbs.iter().find(|p| p.is_local).map(|p| p.priority),
+    })
+}
+
 /// 1-65535, digits only.
 fn port(s: &str) -> Option<u16> {
     if s.is_empty() || s.len() > 5 || !s.bytes().all(|b| b.is_ascii_digit()) {
@@ -116,6 +194,93 @@ fn port(s: &str) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn lb(name: &str, ip: &str, status: &str, extra: &str) -> serde_json::Value {
+        let mut tags = serde_json::json!({"role": "lb"});
+        if let Some((k, v)) = extra.split_once('=') {
+            tags[k] = v.into();
+        }
+        serde_json::json!({"name": name, "addr": format!("{ip}:7946"), "status": status, "tags": tags})
+    }
+
+    #[test]
+    fn lb_peers_are_the_live_lbs_by_name_with_priorities_from_their_names() {
+        let d = doc(serde_json::json!({"members": [
+            lb("lb-c", "10.0.0.3", "alive", ""),
+            lb("lb-a", "10.0.0.1", "suspect", "vrrp=master"),
+            lb("lb-b", "10.0.0.2", "failed", ""),
+            lb("lb-d", "10.0.0.4", "alive", "vrrp=off"),
+            {"name": "web-1", "addr": "10.0.0.9:7946", "status": "alive", "tags": {"service": "web", "port": "80"}},
+        ]}));
+        let nodes = nodes_of(&d);
+        let peers = lb_peers(&d, &nodes, Some("lb-c"));
+        let got: Vec<_> = peers
+            .iter()
+            .map(|p| (p.name.as_str(), p.priority, p.is_local))
+            .collect();
+        let (pa, pc) = (priority_of("lb-a"), priority_of("lb-c"));
+        assert_eq!(got, vec![("lb-a", pa, false), ("lb-c", pc, true)]);
+        let local = local_of(&nodes, &peers, "lb-c").unwrap();
+        assert_eq!(local.priority, Some(pc));
+        assert_eq!(local.ip.to_string(), "10.0.0.3");
+    }
+
+    #[test]
+    fn a_leaving_local_lb_keeps_itself_in_its_own_group() {
+        let d = doc(serde_json::json!({"members": [
+            lb("lb-a", "10.0.0.1", "left", ""),
+            lb("lb-b", "10.0.0.2", "alive", ""),
+        ]}));
+        let nodes = nodes_of(&d);
+        let mine: Vec<_> = lb_peers(&d, &nodes, Some("lb-a"))
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let theirs: Vec<_> = lb_peers(&d, &nodes, Some("lb-b"))
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(mine, vec!["lb-a", "lb-b"]);
+        assert_eq!(theirs, vec!["lb-b"]);
+    }
+
+    #[test]
+    fn a_priority_depends_on_the_name_alone_and_stays_in_100_to_199() {
+        let solo = doc(serde_json::json!({"members": [lb("lb-b", "10.0.0.2", "alive", "")]}));
+        let pair = doc(serde_json::json!({"members": [
+            lb("lb-a", "10.0.0.1", "alive", ""),
+            lb("lb-b", "10.0.0.2", "alive", ""),
+        ]}));
+        let of = |d: &MembersDoc| {
+            lb_peers(d, &nodes_of(d), Some("lb-b"))
+                .into_iter()
+                .find(|p| p.name == "lb-b")
+                .map(|p| p.priority)
+        };
+        assert_eq!(
+            of(&solo),
+            of(&pair),
+            "another LB joining changed lb-b's priority"
+        );
+        let all: Vec<u8> = (0..500).map(|i| priority_of(&format!("lb-{i}"))).collect();
+        assert!(all.iter().all(|p| (100..=199).contains(p)));
+        assert!(
+            all.iter().collect::<std::collections::BTreeSet<_>>().len() > 50,
+            "hardly spread"
+        );
+    }
+
+    #[test]
+    fn a_vrrp_state_change_does_not_change_the_group() {
+        let before =
+            doc(serde_json::json!({"members": [lb("lb-a", "10.0.0.1", "alive", "vrrp=backup")]}));
+        let after =
+            doc(serde_json::json!({"members": [lb("lb-a", "10.0.0.1", "alive", "vrrp=master")]}));
+        assert_eq!(
+            lb_peers(&before, &nodes_of(&before), None),
+            lb_peers(&after, &nodes_of(&after), None)
+        );
+    }
 
     fn doc(json: serde_json::Value) -> MembersDoc {
         MembersDoc::from_json(&json.to_string()).unwrap()

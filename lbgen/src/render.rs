@@ -211,6 +211,8 @@ struct Context<'a> {
     listener_without_default: bool,
     members: &'a [crate::nodes::Node],
     scrape_targets: &'a [crate::nodes::ScrapeTarget],
+    lbs: &'a [crate::nodes::LbPeer],
+    local: &'a Option<crate::nodes::Local>,
 }
 
 /// A compiled template.
@@ -267,6 +269,8 @@ impl Renderer {
             listener_without_default: model.listener_without_default,
             members: &model.members,
             scrape_targets: &model.scrape_targets,
+            lbs: &model.lbs,
+            local: &model.local,
         };
         let mut out = self.hb.render(TPL, &ctx).map_err(|e| {
             let at = match (e.line_no, e.column_no) {

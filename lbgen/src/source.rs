@@ -17,6 +17,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::model::MembersDoc;
 use crate::Error;
 
+/// [`Source::snapshot_within`]: the pause between tries.
+pub const SNAPSHOT_RETRY: Duration = Duration::from_millis(25);
+
 /// Something the watch loop should react to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {
@@ -151,6 +154,52 @@ impl Source {
         }
     }
 
+    /// The agent's own member name (`self.name` of `/v1/info`), for per-node templates;
+    /// None for a members file, or while the agent does not answer (logged; asked again
+    /// with the next snapshot).
+    pub async fn local_name(&self) -> Option<String> {
+        let SourceSpec::Api { addr: a, token } = &self.spec else {
+            return None;
+        };
+        let url = format!("{}/v1/info", base_url(a));
+        let fut = async {
+            let req = get(&url, token.as_deref())?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+            if !resp.status().is_success() {
+                return Err(refused(&url, resp.status(), token.as_deref()));
+            }
+            let body = http_body_util::Limited::new(resp.into_body(), MAX_DOC)
+                .collect()
+                .await
+                .map_err(|e| Error::new(format!("GET {url}: {e}")))?
+                .to_bytes();
+            let v: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+            v["self"]["name"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::new(format!("GET {url}: no self.name")))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), fut).await {
+            Ok(Ok(name)) => {
+                tracing::info!(local = %name, "this node's name (from the agent) for --render");
+                Some(name)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "this node's name is not known yet; --render files see no `local`");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(url = %url, "GET timed out; --render files see no `local` yet");
+                None
+            }
+        }
+    }
+
     /// The full, current members document.
     pub async fn snapshot(&self) -> Result<MembersDoc, Error> {
         match &self.spec {
@@ -199,6 +248,24 @@ impl Source {
                     .await
                     .map_err(|_| Error::new(format!("GET {url}: timed out")))?
             }
+        }
+    }
+
+    /// [`Source::snapshot`], tried again every [`SNAPSHOT_RETRY`] while it fails (an agent
+    /// starting: not answering, or not synced yet) until `wait` has passed; then its last
+    /// error. `lbgen render --api --sync-wait`: HAProxy's first config can hold the members
+    /// the agent already knows instead of none.
+    pub async fn snapshot_within(&self, wait: Duration) -> Result<MembersDoc, Error> {
+        let end = tokio::time::Instant::now() + wait;
+        loop {
+            match self.snapshot().await {
+                Ok(doc) => return Ok(doc),
+                Err(e) if tokio::time::Instant::now() + SNAPSHOT_RETRY > end => {
+                    return Err(Error::new(format!("{e} (waited {wait:?})")))
+                }
+                Err(e) => tracing::debug!(error = %e, "no synced snapshot yet"),
+            }
+            tokio::time::sleep(SNAPSHOT_RETRY).await;
         }
     }
 

@@ -691,6 +691,7 @@ pub fn watch_config(
         leaving_max: crate::watch::LEAVING_MAX,
         resync: None,
         renders: Vec::new(),
+        local: None,
         reports: None,
         http: None,
     }

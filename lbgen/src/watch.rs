@@ -1,6 +1,7 @@
 //! `lbgen watch`: one task owns the state; sources only signal. A membership signal is tried
 //! at once (after [`FAST_WINDOW`]) as a runtime-only change ([`Applier::apply_fast`]); what
-//! needs a reload, and every template change, waits for the debounce. Each debounced batch of
+//! needs a reload waits for the debounce, unless it is the first change that reloads after MIN
+//! without one (it starts a burst: applied at once, the rest debounced); template changes wait. Each debounced batch of
 //! signals (or a retry, or a periodic resync) takes a full snapshot and hands it to the
 //! [`Applier`], which makes it live or leaves everything as it was. Between applies the
 //! Applier's reaper deletes servers that left, every [`crate::apply::REAP_EVERY`].
@@ -73,6 +74,9 @@ pub struct WatchConfig {
     pub resync: Option<Duration>,
     /// `--render`: more files rendered from each snapshot after the HAProxy apply.
     pub renders: Vec<crate::extras::ExtraSpec>,
+    /// `--local`: this node's member name for the `--render` files; None = ask the agent
+    /// (`/v1/info`) once it answers.
+    pub local: Option<String>,
     /// Every apply is reported here too (tests, benchmarks); a periodic resync only when it
     /// changed something.
     pub reports: Option<UnboundedSender<Report>>,
@@ -108,6 +112,26 @@ pub const CERTS_QUIET: Duration = Duration::from_millis(50);
 /// to [`RETRY_MAX`] while failures continue.
 const RETRY: Duration = Duration::from_secs(2);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// The `--render` files from `doc`, after the HAProxy apply (they never delay it), as node
+/// `local` sees them (asked from the agent until it is known).
+async fn render_extras(
+    extras: &mut Extras,
+    local: &mut Option<String>,
+    source: &Source,
+    doc: &crate::model::MembersDoc,
+    vars: &crate::render::Vars,
+    policy: &crate::pool_tags::ListenPolicy,
+) {
+    if extras.is_empty() {
+        return;
+    }
+    if local.is_none() {
+        *local = source.local_name().await;
+    }
+    let model = Model::build_with(doc, policy).with_local(doc, local.as_deref());
+    extras.render(&model, vars);
+}
 
 /// Runs until `shutdown` resolves. Startup problems (template, paths, master socket) are
 /// returned as one error before anything is touched. This loop only decides *when* to apply
@@ -175,6 +199,8 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut fast: Option<(Instant, Instant)> = None;
     // A certificate-directory change not yet read: when to read it.
     let mut certs_at: Option<Instant> = None;
+    // When the last batch that needs a reload was signalled (see [`leads`]).
+    let mut last_reload_signal: Option<Instant> = None;
     loop {
         let reap_at = applier.next_reap();
         let apply_at = match (pending, retry_at) {
@@ -208,7 +234,10 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     fast = Some((first, now + FAST_WINDOW));
                 }
                 let first = pending.map_or(now, |p| p.0);
-                pending = Some((first, now + cfg.wait.min));
+                // The first apply (a reload: nothing is known of what HAProxy loaded) has no
+                // earlier change to batch with: it goes at once, e.g. when the agent syncs.
+                let quiet = if applier.first_apply_pending() { now } else { now + cfg.wait.min };
+                pending = Some((first, quiet));
             }
             _ = tokio::time::sleep_until(fast.map_or_else(Instant::now, |f| f.1)), if fast.is_some() => {
                 let Some((signalled, _)) = fast.take() else { continue };
@@ -220,7 +249,17 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     }
                     Err(e) => (None, Err(ApplyError::Transient(e))),
                 };
-                // Anything but a runtime change (a reload, an error) is left to the debounce.
+                // Anything but a runtime change (a reload, an error) is left to the debounce,
+                // but for a reload that starts a burst: applied at once.
+                if matches!(result, Ok(None)) {
+                    let lead = leads(last_reload_signal, signalled, cfg.wait);
+                    last_reload_signal = Some(signalled);
+                    // Only when no earlier change waits in the debounce (this batch is its first).
+                    if let Some(p) = pending.as_mut().filter(|p| lead && p.0 >= signalled) {
+                        tracing::debug!("first change that reloads after a quiet spell: applied without the debounce");
+                        p.1 = Instant::now();
+                    }
+                }
                 if let Ok(Some(done)) = result {
                     // The whole snapshot is live: nothing left to debounce or retry.
                     pending = None;
@@ -229,6 +268,11 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     // The status page shows the snapshot that is now live.
                     if let (Some(h), Some(doc)) = (&hub, &doc) {
                         h.snapshot_with(doc, &policy);
+                    }
+                    // The --render files follow this snapshot too (a new LB is a keepalived
+                    // peer at once, not at the next resync); unchanged bytes write nothing.
+                    if let Some(doc) = &doc {
+                        render_extras(&mut extras, &mut cfg.local, &source, doc, &cfg.vars, &policy).await;
                     }
                     // A signal that changed nothing (a file event repeated) is not reported.
                     if done.outcome == ApplyOutcome::Unchanged {
@@ -279,9 +323,7 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                         }
                         let applied = applier.apply(&doc).await;
                         // After HAProxy's apply, so they never delay it, whatever it did.
-                        if !extras.is_empty() {
-                            extras.render(&Model::build_with(&doc, &policy), &cfg.vars);
-                        }
+                        render_extras(&mut extras, &mut cfg.local, &source, &doc, &cfg.vars, &policy).await;
                         applied
                     }
                     Err(e) => Err(ApplyError::Transient(e)),
@@ -334,9 +376,32 @@ async fn refresh_certs(applier: &mut Applier, hub: Option<&StatusHub>) -> bool {
     frame
 }
 
+/// Whether a change that needs a reload, signalled at `now`, starts a burst: no change that
+/// needed one came for `wait.min` before it (or none yet). The debounce is there so a burst
+/// is not a storm of reloads; the quiet it waits for has already been, so this one reloads at
+/// once, and the reloading changes after it, within MIN of each other, wait for the debounce
+/// as always. A burst so reloads at most twice (its first state, then its last), and a
+/// scale-up from nothing is one reload for the new pool, runtime adds for the rest. Runtime
+/// changes in between do not count: they never waited.
+fn leads(last_reload_signal: Option<Instant>, now: Instant, wait: Wait) -> bool {
+    last_reload_signal.is_none_or(|t| now.saturating_duration_since(t) >= wait.min)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reload_min_after_the_last_one_leads_a_burst() {
+        let wait = Wait::parse("200ms:2s").unwrap();
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        assert!(leads(None, t, wait));
+        assert!(leads(Some(t), t + ms(200), wait));
+        assert!(leads(Some(t), t + ms(5000), wait));
+        assert!(!leads(Some(t), t + ms(199), wait));
+        assert!(!leads(Some(t), t, wait));
+    }
 
     #[test]
     fn wait_and_durations() {

@@ -1,5 +1,6 @@
 //! `--wait MIN:MAX` on a members file (no HAProxy): a burst becomes one render of the final
-//! state; a change stream that never goes quiet is still applied after MAX.
+//! state; a change stream that never goes quiet is still applied after MAX; the first change
+//! after MIN of quiet is applied at once.
 
 use std::time::{Duration, Instant};
 
@@ -26,7 +27,7 @@ fn write(path: &std::path::Path, text: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
+async fn bursts_are_coalesced_max_wait_bounds_the_delay_and_a_change_after_quiet_leads() {
     let dir = tempfile::tempdir().unwrap();
     let members = dir.path().join("members.json");
     let out = dir.path().join("haproxy.cfg");
@@ -45,6 +46,7 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         renders: Vec::new(),
+        local: None,
         reports: Some(rtx),
         http: None,
     };
@@ -73,9 +75,25 @@ async fn bursts_are_coalesced_and_max_wait_bounds_the_delay() {
     let extra = tokio::time::timeout(Duration::from_millis(600), rx.recv()).await;
     assert!(extra.is_err(), "burst applied more than once: {extra:?}");
 
-    // Changes every 100 ms (never 500 ms of quiet): applied after at most MAX (1.5 s).
+    // After more than MIN of quiet, changes every 100 ms (never 500 ms of quiet): the first
+    // starts a burst and is applied at once (no debounce); the rest after at most MAX (1.5 s).
     let start = Instant::now();
-    let mut n = 10;
+    write(&members, &doc(10));
+    let lead = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lead.outcome, ApplyOutcome::Written);
+    let waited = lead.done.into_std() - start;
+    assert!(
+        waited < Duration::from_millis(450),
+        "the first change after a quiet spell waited for the debounce: {waited:?}"
+    );
+    assert!(std::fs::read_to_string(&out)
+        .unwrap()
+        .contains("server web-9 "));
+    let start = Instant::now();
+    let mut n = 11;
     let r = loop {
         write(&members, &doc(n));
         n += 1;

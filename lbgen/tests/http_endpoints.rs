@@ -58,6 +58,7 @@ fn start(members: &[serde_json::Value]) -> Watch {
         reports: None,
         leaving_max: lbgen::watch::LEAVING_MAX,
         renders: Vec::new(),
+        local: None,
         http: Some(listener),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -425,6 +425,7 @@ pub fn lbgen_watch_config(api: String, out: PathBuf) -> lbgen::watch::WatchConfi
         leaving_max: lbgen::watch::LEAVING_MAX,
         resync: None,
         renders: Vec::new(),
+        local: None,
         reports: None,
         http: None,
     }

@@ -75,6 +75,7 @@ pub fn measure(n: usize, loads: usize) -> PageFigures {
         reports: None,
         leaving_max: crate::watch::LEAVING_MAX,
         renders: Vec::new(),
+        local: None,
         http: Some(listener),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

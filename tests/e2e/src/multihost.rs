@@ -1,12 +1,15 @@
-//! A multi-host Docker Swarm made of real engines: [`Bed`] runs three privileged containers
+//! A multi-host Docker Swarm made of real engines: [`Bed`] runs privileged containers
 //! ([`ENGINE_PRIVILEGES`])
 //! of `shoal-dind:bookworm` (Debian's `docker.io`, docker/dind-image.sh) on a bridge network
-//! of their own, joins them into one swarm of three managers, and loads the shoal images into
-//! each engine (`docker save | docker load`). [`BedStack`] is `compose/stack.yml` +
-//! `compose/stack.multihost.yml` deployed on it.
+//! of their own, joins them into one swarm (three managers, the rest workers), and loads the
+//! shoal images into each engine (`docker save | docker load`). [`BedStack`] is
+//! `compose/stack.yml` + `compose/stack.multihost.yml` deployed on it.
 //!
-//! Three managers, not one and two workers: a host failure must leave a raft quorum (2 of 3)
-//! so Swarm can still reschedule, whichever host it is. Dropping the bed removes the engine
+//! Three managers: a host failure must leave a raft quorum (2 of 3) so Swarm can still
+//! reschedule, whichever manager it is; a fourth host as a worker lets a test kill two hosts
+//! and keep that quorum. Each engine's LB ports ([`PUBLISHED`]) are published on 127.0.0.1 of
+//! the outer host, so the test's load and health polls reach a host's host-mode ports through
+//! 127.0.0.1 and never send to the bed's bridge. Dropping the bed removes the engine
 //! containers with their volumes (everything inside: swarm state, images, tasks) and the
 //! network, also when the test panics.
 
@@ -53,15 +56,41 @@ pub const ENGINE_PRIVILEGES: &[&str] = &[
     "a *:* rwm",
 ];
 
+/// The ports `compose/stack.yml` publishes in `mode: host` on an LB's node (HTTP, HAProxy
+/// stats), published again by each engine container on 127.0.0.1 of the outer host.
+pub const PUBLISHED: &[u16] = &[8080, 8404];
+
 /// One host of the bed: a container named `name` (also its hostname, the swarm node's
-/// name) at `ip` on the bed's network.
+/// name) at `ip` on the bed's network, with [`PUBLISHED`] ports on 127.0.0.1 (`ports`:
+/// the engine's port → the outer host's address).
 #[derive(Debug, Clone)]
 pub struct Engine {
     pub name: String,
     pub ip: String,
+    pub ports: BTreeMap<u16, SocketAddr>,
 }
 
-/// Three engines in one swarm; removed with their volumes and network when dropped.
+impl Engine {
+    /// Where the test reaches this host's `port` (one of [`PUBLISHED`]): 127.0.0.1 of the
+    /// outer host, forwarded by the outer engine to the engine container, whose own
+    /// host-mode rule passes it to the task.
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        *self
+            .ports
+            .get(&port)
+            .unwrap_or_else(|| panic!("port {port} of {} is not published", self.name))
+    }
+}
+
+/// The 127.0.0.1 address `docker port CONTAINER PORT` names.
+fn published(container: &str, port: u16) -> SocketAddr {
+    let out = crate::docker(&["port", container, &format!("{port}/tcp")]);
+    out.lines()
+        .find_map(|l| l.trim().parse::<SocketAddr>().ok().filter(|a| a.is_ipv4()))
+        .unwrap_or_else(|| panic!("docker port {container} {port}: {out:?}"))
+}
+
+/// Engines in one swarm; removed with their volumes and network when dropped.
 pub struct Bed {
     pub prefix: String,
     pub network: String,
@@ -101,9 +130,10 @@ fn engine_ok(engine: &str, args: &[&str], timeout: Duration) -> String {
 }
 
 impl Bed {
-    /// Starts `n` engines, makes a swarm of `n` managers, loads `images` into every engine
-    /// and labels `lb_nodes` of them `shoal.lb=true`.
-    pub fn start(n: usize, images: &[String], lb_nodes: usize) -> Bed {
+    /// Starts `n` engines, makes a swarm of the first `managers` as managers and the rest
+    /// as workers, loads `images` into every engine and labels the first `lb_nodes` of them
+    /// `shoal.lb=true`.
+    pub fn start(n: usize, managers: usize, images: &[String], lb_nodes: usize) -> Bed {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -133,6 +163,10 @@ impl Bed {
             let vol = format!("{name}-docker");
             bed.volumes.push(vol.clone());
             bed.containers.push(name.clone());
+            let publish: Vec<String> = PUBLISHED
+                .iter()
+                .flat_map(|p| ["-p".to_string(), format!("127.0.0.1:0:{p}")])
+                .collect();
             run_ok(
                 Command::new("docker")
                     .args([
@@ -145,12 +179,17 @@ impl Bed {
                         "--network",
                         &bed.network,
                     ])
+                    .args(&publish)
                     .args(ENGINE_PRIVILEGES)
                     .args(["-v", &format!("{vol}:/var/lib/docker"), DIND_IMAGE]),
                 60 * S,
             );
             let ip = crate::container_ip(&name, &bed.network);
-            bed.engines.push(Engine { name, ip });
+            let ports = PUBLISHED
+                .iter()
+                .map(|&p| (p, published(&name, p)))
+                .collect();
+            bed.engines.push(Engine { name, ip, ports });
         }
         for e in &bed.engines {
             let ok = wait(60 * S, || engine_out(&e.name, &["info"], 10 * S).is_some());
@@ -168,12 +207,14 @@ impl Bed {
             &["swarm", "init", "--advertise-addr", &first.ip],
             60 * S,
         );
-        let token = engine_ok(
-            &first.name,
-            &["swarm", "join-token", "-q", "manager"],
-            30 * S,
-        );
-        for e in &bed.engines[1..] {
+        let token = |role: &str| {
+            engine_ok(&first.name, &["swarm", "join-token", "-q", role], 30 * S)
+                .trim()
+                .to_string()
+        };
+        let (manager, worker) = (token("manager"), token("worker"));
+        for (i, e) in bed.engines.iter().enumerate().skip(1) {
+            let token = if i < managers { &manager } else { &worker };
             engine_ok(
                 &e.name,
                 &[
@@ -182,14 +223,15 @@ impl Bed {
                     "--advertise-addr",
                     &e.ip,
                     "--token",
-                    token.trim(),
+                    token,
                     &format!("{}:2377", first.ip),
                 ],
                 90 * S,
             );
         }
         eprintln!(
-            "swarm of {n} managers formed in {:.1} s",
+            "swarm of {n} engines ({} managers) formed in {:.1} s",
+            managers.min(n),
             t.elapsed().as_secs_f64()
         );
         bed.load_images(images);
@@ -240,10 +282,12 @@ impl Bed {
 
     /// `docker kill` of a host's container (SIGKILL to its whole engine: a host failure).
     pub fn kill(&self, i: usize) {
-        run_ok(
-            Command::new("docker").args(["kill", &self.engines[i].name]),
-            60 * S,
-        );
+        self.kill_named(&self.engines[i].name);
+    }
+
+    /// [`Bed::kill`] by the engine's name.
+    pub fn kill_named(&self, name: &str) {
+        run_ok(Command::new("docker").args(["kill", name]), 60 * S);
     }
 
     /// The swarm's node names by node ID, asked of `via` (a live manager).
@@ -446,13 +490,6 @@ impl BedStack {
             20 * S,
         )
     }
-}
-
-/// An engine's published host port (`mode: host`) as the test reaches it.
-pub fn engine_addr(e: &Engine, port: u16) -> SocketAddr {
-    format!("{}:{port}", e.ip)
-        .parse()
-        .unwrap_or_else(|_| panic!("bad engine address {}:{port}", e.ip))
 }
 
 fn wait(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {

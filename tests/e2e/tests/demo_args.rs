@@ -19,6 +19,10 @@ fn demo(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("LB_STATUS_PORT")
         .env_remove("LB_HTTPS_PORT")
         .env_remove("PROM_PORT")
+        .env_remove("LB2_HTTP_PORT")
+        .env_remove("LB2_HTTPS_PORT")
+        .env_remove("LB2_STATS_PORT")
+        .env_remove("LB2_STATUS_PORT")
         .envs(env.iter().copied())
         .output()
         .expect("run ./demo")
@@ -150,4 +154,45 @@ fn bad_deploy_arguments_are_refused_before_docker() {
         );
         assert!(!err.contains("Docker"), "{args:?} reached Docker: {err}");
     }
+}
+
+#[test]
+fn lbs_takes_1_or_2_and_the_second_lbs_taken_port_is_named_before_docker() {
+    for args in [
+        &["up", "--lbs"][..],
+        &["up", "--lbs", "3"],
+        &["up", "--lbs", "x"],
+    ] {
+        let out = demo(args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--lbs"), "{args:?}: {}", stderr(&out));
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let free = [
+        ("LB_HTTP_PORT", "0"),
+        ("LB_STATS_PORT", "0"),
+        ("LB_STATUS_PORT", "0"),
+    ];
+    let out = demo(
+        &["up", "1", "--lbs", "2"],
+        &[free[0], free[1], free[2], ("LB2_HTTP_PORT", &port)],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port} is already in use"))
+            && err.contains("LB2_HTTP_PORT"),
+        "{err}"
+    );
+    // One LB: lb-2's ports are not its business.
+    let out = demo(
+        &["up", "1", "--lbs", "1"],
+        &[free[0], free[1], free[2], ("LB2_HTTP_PORT", &port)],
+    );
+    assert!(
+        stderr(&out).contains("no Docker engine reachable"),
+        "{}",
+        stderr(&out)
+    );
 }

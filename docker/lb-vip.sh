@@ -1,0 +1,122 @@
+#!/bin/sh
+# VIP mode of the lb image (docs/ha.md): keepalived holds a virtual IP on one of the LBs,
+# configured by lbgen from membership. Installed as /usr/local/bin/lb-vip.
+#
+#   lb-vip entry [ARGS]   the image's entrypoint: without LB_VIP, `exec shoal agent ARGS`
+#                         (one LB, no extra privilege). With LB_VIP, check it and the
+#                         NET_ADMIN capability first (nothing is started if either is
+#                         wrong), then run the agent with the VIP services file
+#                         (/etc/shoal/services-vip.toml: + keepalived) and lbgen rendering
+#                         keepalived's config (templates/keepalived.conf.hbs).
+#   lb-vip keepalived     the keepalived service: waits for lbgen's first config, then execs it
+#   lb-vip reload         lbgen's --render command: SIGHUP to keepalived, if it runs yet
+#   lb-vip check          keepalived's track script: HAProxy and lbgen both run
+#   lb-vip fifo FIFO      keepalived's notify FIFO reader: gossips each state change, in
+#                         order, as the tag vrrp=master|backup|fault
+#
+# Env (entry): LB_VIP=ADDR/PREFIX (e.g. 172.28.0.200/24; unset or empty = VIP mode off),
+# LB_VIP_INTERFACE (eth0), LB_VIP_ROUTER_ID (51, 1-255: one per VIP on a network),
+# LB_VIP_ADVERT (0.2 seconds between adverts: failover after ~3 of them), LB_VIP_SETTLE (3:
+# seconds keepalived waits after its first config, so the other LBs have added this one
+# as a peer before it listens for their adverts).
+set -eu
+
+CONF=/etc/keepalived/keepalived.conf
+PIDDIR=/run/keepalived
+SERVICES_VIP=/etc/shoal/services-vip.toml
+TEMPLATE=/etc/lbgen/keepalived.conf.hbs
+
+die() {
+  echo "lb-vip: $*" >&2
+  exit 1
+}
+
+# Bit N of the effective capability set (/proc/self/status, CapEff in hex).
+has_cap() {
+  eff=$(sed -n 's/^CapEff:[[:space:]]*//p' /proc/self/status)
+  [ -n "$eff" ] || return 1
+  [ $(( (0x$eff >> $1) & 1 )) -eq 1 ]
+}
+
+entry() {
+  if [ -z "${LB_VIP:-}" ]; then
+    exec shoal agent "$@"
+  fi
+  iface="${LB_VIP_INTERFACE:-eth0}"
+  router_id="${LB_VIP_ROUTER_ID:-51}"
+  advert="${LB_VIP_ADVERT:-0.2}"
+  echo "$LB_VIP" | grep -Eq '^([0-9]{1,3}\.){3}[0-9]{1,3}/[0-9]{1,2}$' \
+    || die "LB_VIP=\"$LB_VIP\" is not ADDR/PREFIX (e.g. 172.28.0.200/24); unset it for an LB without a VIP"
+  echo "$router_id" | grep -Eq '^[0-9]{1,3}$' && [ "$router_id" -ge 1 ] && [ "$router_id" -le 255 ] \
+    || die "LB_VIP_ROUTER_ID=\"$router_id\" is not 1-255"
+  echo "$advert" | grep -Eq '^[0-9]+(\.[0-9]+)?$' \
+    || die "LB_VIP_ADVERT=\"$advert\" is not a number of seconds (e.g. 0.2)"
+  # CAP_NET_ADMIN = 12 (add the VIP to the interface), CAP_NET_RAW = 13 (VRRP packets).
+  has_cap 12 || die "LB_VIP is set but this container lacks the NET_ADMIN capability, which keepalived needs to add $LB_VIP to $iface: run it with --cap-add NET_ADMIN (compose: cap_add: [NET_ADMIN], as compose/ha.yml does), or unset LB_VIP for an LB without a VIP. Nothing was started."
+  has_cap 13 || die "LB_VIP is set but this container lacks the NET_RAW capability (VRRP's raw socket): do not drop it (--cap-add NET_RAW). Nothing was started."
+  [ -e "/sys/class/net/$iface" ] \
+    || die "LB_VIP_INTERFACE=$iface: no such interface here (have: $(ls /sys/class/net | tr '\n' ' '))"
+  [ -x "$(command -v keepalived)" ] || die "keepalived is not installed in this image"
+  export SHOAL_SERVICES="$SERVICES_VIP"
+  export LBGEN_VAR="${LBGEN_VAR:+$LBGEN_VAR,}vrrp_vip=$LB_VIP,vrrp_interface=$iface,vrrp_router_id=$router_id,vrrp_advert_int=$advert,vrrp_script=/usr/local/bin/lb-vip"
+  export LBGEN_RENDER="${LBGEN_RENDER:+$LBGEN_RENDER;}$TEMPLATE:$CONF:/usr/local/bin/lb-vip reload"
+  echo "lb-vip: VIP mode: $LB_VIP on $iface (router id $router_id, adverts every ${advert}s)" >&2
+  exec shoal agent "$@"
+}
+
+run_keepalived() {
+  # lbgen renders the file from the first synced snapshot that lists this node.
+  i=0
+  while [ ! -s "$CONF" ]; do
+    i=$((i + 1))
+    [ "$i" -le 600 ] || die "no $CONF from lbgen after 60 s (see lbgen's log: --render)"
+    sleep 0.1
+  done
+  sleep "${LB_VIP_SETTLE:-3}"
+  mkdir -p "$PIDDIR"
+  exec keepalived --dont-fork --log-console --vrrp --use-file "$CONF" \
+    --pid "$PIDDIR/keepalived.pid" --vrrp_pid "$PIDDIR/vrrp.pid"
+}
+
+reload() {
+  pid=$(cat "$PIDDIR/keepalived.pid" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+    kill -HUP "$pid"
+    echo "lb-vip: keepalived ($pid) reloads $CONF"
+  else
+    echo "lb-vip: keepalived not running yet; it reads $CONF when it starts"
+  fi
+}
+
+check() {
+  pgrep -x haproxy >/dev/null && pgrep -x lbgen >/dev/null
+}
+
+# One line per change, in order: TYPE "NAME" STATE PRIORITY (INSTANCE "shoal" MASTER 150).
+fifo() {
+  f="${1:?lb-vip fifo FIFO}"
+  while read -r type _name state _prio; do
+    [ "$type" = INSTANCE ] || continue
+    state=$(echo "$state" | tr 'A-Z' 'a-z')
+    case "$state" in
+      master | backup | fault) ;;
+      *) continue ;; # stop: the agent is leaving the cluster anyway
+    esac
+    # Retried briefly: the agent's API may be busy at start-up.
+    for _ in 1 2 3 4 5; do
+      shoal tags --set "vrrp=$state" >/dev/null 2>&1 && break
+      sleep 0.2
+    done || true
+  done <"$f"
+}
+
+cmd="${1:-}"
+[ $# -eq 0 ] || shift
+case "$cmd" in
+  entry) entry "$@" ;;
+  keepalived) run_keepalived ;;
+  reload) reload ;;
+  check) check ;;
+  fifo) fifo "$@" ;;
+  *) die "usage: lb-vip entry|keepalived|reload|check|fifo" ;;
+esac
