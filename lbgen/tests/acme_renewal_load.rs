@@ -408,6 +408,13 @@ async fn acme_certificates_renewed_under_https_load_are_served_without_a_reload_
     assert!(!wlog.contains("refused"), "{wlog}");
     let added = wlog.matches("certificate added").count();
     let renewed = wlog.matches("certificate renewed").count();
-    assert_eq!((added, renewed), (1, issued - 1), "{wlog}");
+    assert_eq!(added, 1, "{wlog}");
+    assert!(renewed >= RENEWALS, "{wlog}");
+    // lbgen acme logs "certificate issued" right after its rename; a kill in between loses
+    // that one line, so it may count one certificate fewer than lbgen watch took.
+    assert!(
+        renewed + 1 == issued || renewed == issued,
+        "{renewed} renewals taken for {issued} certificates issued:\n{wlog}"
+    );
     drop(watch);
 }
