@@ -34,11 +34,15 @@ RUN cat /etc/shoal/services.toml /etc/shoal/lb-vip-services.toml > /etc/shoal/se
 # killed container's address stays silent, so each try at it costs the full connect timeout
 # before HAProxy retries elsewhere (5 s with the template's default). tls_certs: HTTPS on 443
 # once a certificate is mounted there (compose/certs); an empty directory keeps it closed.
+# LBGEN_ACME_*: where `lbgen acme` writes and answers once LBGEN_ACME_DIRECTORY turns it on
+# (docker/lb-services.toml, docs/deploy-compose.md "ACME certificates").
 ENV SHOAL_SERVICES=/etc/shoal/services.toml \
     SHOAL_TAG=role=lb \
     SHOAL_DRAIN=2s \
     LBGEN_VAR=http_port=80,stats_port=1936,timeout_connect=1s,tls_certs=/etc/lbgen/certs \
-    LBGEN_WAIT=200ms:2s
+    LBGEN_WAIT=200ms:2s \
+    LBGEN_ACME_CERT_DIR=/etc/lbgen/certs \
+    LBGEN_ACME_HTTP=127.0.0.1:8402
 
 EXPOSE 80 443 1936 8405 7946/tcp 7946/udp
 HEALTHCHECK --interval=2s --timeout=2s --start-period=10s --retries=3 \
