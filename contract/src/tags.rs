@@ -41,6 +41,9 @@ pub const CHECK_STATUS: &str = "check_status";
 pub const ROUTE_WEIGHT: &str = "route_weight";
 /// How long the LB waits for the pool's servers to answer, a duration (uploads: `1h`).
 pub const TIMEOUT_SERVER: &str = "timeout_server";
+/// `true`: the pool's plain-HTTP requests are redirected to HTTPS (when the LB has a
+/// certificate). Default `false`.
+pub const HTTPS_REDIRECT: &str = "https_redirect";
 /// The supervised service's state, see [`state`]; absent means ready.
 pub const STATE: &str = "state";
 /// The node's role: `SERF_SELF_ROLE` and the third column of a handler's stdin.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::certs::{CertDir, Changes};
 use crate::haproxy::{Master, ReloadError};
 use crate::layout::Layout;
 use crate::model::{sanitize_for_log, MembersDoc, Model};
@@ -113,6 +114,8 @@ pub struct Applier {
     /// After this long a leaving server's sessions are shut down and it is deleted.
     leaving_max: Duration,
     last_reap: Instant,
+    /// `tls_certs`: the certificate directory and lbgen's copies of it.
+    certs: Option<CertDir>,
 }
 
 /// How often servers that left the config are tried for deletion, and drained servers for
@@ -137,7 +140,16 @@ impl Applier {
             Some(p) => Renderer::from_file(p)?,
             None => Renderer::builtin(),
         };
+        let certs = match cfg.vars.tls_certs() {
+            Some(dir) => Some(CertDir::new(
+                Path::new(dir),
+                Path::new(cfg.vars.tls_state_dir()),
+                cfg.check.is_some(),
+            )?),
+            None => None,
+        };
         Ok(Applier {
+            certs,
             out: cfg.out.clone(),
             vars: cfg.vars.clone(),
             check: cfg.check.clone(),
@@ -153,6 +165,38 @@ impl Applier {
             leaving_max: cfg.leaving_max,
             last_reap: Instant::now(),
         })
+    }
+
+    /// Brings the certificate copies, the crt-list and the running HAProxy in line with the
+    /// certificate directory (runtime API, no reload). True when the config must change too:
+    /// the first certificate opens the HTTPS port, the last one gone closes it (a reload).
+    pub async fn refresh_certs(&mut self) -> Option<(Changes, bool)> {
+        let certs = self.certs.as_mut()?;
+        let changes = certs.refresh(self.master.as_ref()).await;
+        let list = certs.crt_list_path().display().to_string();
+        let has = certs.has_certs();
+        let frame = self.vars.set_tls_crt_list(has.then_some(list.as_str()));
+        if frame {
+            tracing::info!(
+                https = has,
+                "the HTTPS listener changes with the certificates: the config follows"
+            );
+        }
+        Some((changes, frame))
+    }
+
+    /// What the certificate directory gives now (None while TLS is off).
+    pub fn tls_view(&self) -> Option<crate::http::hub::TlsView> {
+        self.certs.as_ref().map(|c| crate::http::hub::TlsView {
+            dir: c.src().display().to_string(),
+            served: c.served(),
+            refused: c.refused(),
+        })
+    }
+
+    /// The certificate directory to watch, when TLS is on.
+    pub fn cert_dir(&self) -> Option<PathBuf> {
+        self.certs.as_ref().map(|c| c.src().to_path_buf())
     }
 
     /// When the reaper should run next: only while servers wait to be deleted or are drained.

@@ -96,6 +96,8 @@ const FIXED: &[&str] = &[
     JSON_LOG_FORMAT,
     "    http-request use-service prometheus-exporter if { path /metrics }",
     "    no log",
+    // acme_challenge: the CA's HTTP-01 requests go to `lbgen acme --http`.
+    "    use_backend acme-challenge if { path_beg /.well-known/acme-challenge/ }",
 ];
 
 /// The default template's JSON access log line (`access_log_format=json`).
@@ -184,6 +186,7 @@ fn check_line(line: &str) -> Result<(), String> {
                     .and_then(|n| n.strip_suffix(')'))
                     .is_some_and(number)
         }
+        ["server", "acme", addr] => address(addr),
         ["acl", acl, "path", prefix] => route_acl(acl) && path(prefix),
         ["acl", acl, "path_beg", prefix] => route_acl(acl) && prefix.ends_with('/') && path(prefix),
         ["use_backend", pool, "if", conds @ ..] => ident(pool) && use_backend_conds(pool, conds),
@@ -193,6 +196,17 @@ fn check_line(line: &str) -> Result<(), String> {
         ["dynamic-cookie-key", key] => ident(key),
         ["http-check", "send", "meth", "GET", "uri", uri] => uri_path(uri),
         ["bind", addr] => bind(addr),
+        ["bind", addr, "ssl", "crt-list", list, "alpn", "h2,http/1.1"] => {
+            bind(addr) && file_path(list)
+        }
+        ["http-request", "redirect", "location", to, "code", "301", "if", "!{", "ssl_fc", "}"] => {
+            https_location(to)
+        }
+        ["http-response", "set-header", "Strict-Transport-Security", age, "if", "{", "ssl_fc", "}"] => {
+            age.strip_prefix("\"max-age=")
+                .and_then(|a| a.strip_suffix('"'))
+                .is_some_and(number)
+        }
         ["maxconn", n] => number(n),
         ["log", target, "len", "8192", "format", "raw", "local0"] => log_target(target),
         ["http-request", "del-header", h] | ["unique-id-header", h] => header_name(h),
@@ -265,6 +279,14 @@ fn dns_name(s: &str) -> bool {
 /// `fall` / `rise` counts.
 fn small_number(s: &str) -> bool {
     number(s) && s.len() <= 3
+}
+
+/// The HTTPS redirect's target: the request's host without its port, then an optional
+/// `:PORT`, then its path and query.
+fn https_location(s: &str) -> bool {
+    s.strip_prefix("https://%[req.hdr(host),regsub(:[0-9]+$,)]")
+        .and_then(|r| r.strip_suffix("%[pathq]"))
+        .is_some_and(|port| port.is_empty() || port.strip_prefix(':').is_some_and(number))
 }
 
 /// An HTTP header name as `request_id_header` allows it.

@@ -1,6 +1,7 @@
 //! lbgen: renders an HAProxy config from shoal membership and hot-reloads HAProxy.
 //!
 //! Layout:
+//! - [`acme`]: `lbgen acme`, certificates from an ACME CA for HAProxy's cert dir.
 //! - [`model`]: members document → pools/servers/routes; validation (pure, no I/O).
 //! - [`pool_tags`]: the routing and health-check tags of a pool, parsed and validated (pure).
 //! - [`routes`]: pools → each listener's routes, default pool and weighted splits (pure).
@@ -18,9 +19,14 @@
 //! - [`layout`]: a rendered config split into its frame and its server lines (pure).
 //! - [`plan`]: runtime-API commands vs reload for a config change (pure).
 //! - [`http`]: `watch --http`: the status page, `/status.json`, `/metrics`, `/events`.
+//! - [`tls`]: certificate file names → SNI, PEM shape, the crt-list (pure).
+//! - [`certs`]: the certificate directory → lbgen's copies, the crt-list and HAProxy's
+//!   runtime API (`set ssl cert`, no reload).
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 //! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
+pub mod acme;
 pub mod apply;
+pub mod certs;
 pub mod extras;
 pub mod grammar;
 pub mod haproxy;
@@ -37,6 +43,7 @@ pub mod source;
 pub mod status;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod watch;
 
 /// One clear, one-line error; `main` prints it and exits 1.

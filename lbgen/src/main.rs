@@ -43,6 +43,50 @@ enum Cmd {
     Watch(Box<WatchArgs>),
     /// Show what a snapshot makes: pools, routes, members outvoted on pool settings, skipped.
     Status(StatusArgs),
+    /// Keep certificates from an ACME CA (HTTP-01) in HAProxy's cert dir, renewed before expiry.
+    Acme(AcmeArgs),
+}
+
+#[derive(clap::Args)]
+struct AcmeArgs {
+    /// The CA's ACME directory URL (Let's Encrypt:
+    /// https://acme-v02.api.letsencrypt.org/directory).
+    #[arg(long, env = "LBGEN_ACME_DIRECTORY", value_name = "URL")]
+    directory: String,
+    /// Contact address for the account (expiry notices).
+    #[arg(long, env = "LBGEN_ACME_EMAIL")]
+    email: Option<String>,
+    /// One certificate: its domains, comma-separated; the file is CERT_DIR/FIRST.pem
+    /// (repeatable; env LBGEN_ACME_CERT takes a ;-separated list).
+    #[arg(
+        long = "cert",
+        env = "LBGEN_ACME_CERT",
+        value_name = "DOMAIN[,DOMAIN...]",
+        value_delimiter = ';',
+        required = true
+    )]
+    certs: Vec<String>,
+    /// HAProxy's certificate directory: NAME.pem (chain, then key) written atomically;
+    /// lbgen's own files in DIR/.acme/ (share DIR between LBs).
+    #[arg(long, env = "LBGEN_ACME_CERT_DIR", value_name = "DIR")]
+    cert_dir: PathBuf,
+    /// The account's credentials (mode 600), created at the first order
+    /// [default: CERT_DIR/.acme/account.json].
+    #[arg(long, env = "LBGEN_ACME_ACCOUNT", value_name = "FILE")]
+    account: Option<PathBuf>,
+    /// Renew when this much of the lifetime is left: a share (1/3) or a duration (30d).
+    #[arg(long, env = "LBGEN_ACME_RENEW_BEFORE", default_value = lbgen::acme::RenewBefore::DEFAULT)]
+    renew_before: String,
+    /// PEM root that the CA's directory is served with (a test CA); system roots otherwise.
+    #[arg(long, env = "LBGEN_ACME_CA_BUNDLE", value_name = "FILE")]
+    ca_bundle: Option<PathBuf>,
+    /// Answer HTTP-01 challenges (and /status.json) on ADDR; HAProxy routes the CA there
+    /// with --var acme_challenge=ADDR.
+    #[arg(long, env = "LBGEN_ACME_HTTP", value_name = "ADDR")]
+    http: Option<String>,
+    /// First wait after a failed order; doubles each time, up to an hour.
+    #[arg(long, env = "LBGEN_ACME_RETRY", default_value = "1m")]
+    retry: String,
 }
 
 #[derive(clap::Args)]
@@ -223,10 +267,20 @@ fn read_members(src: &str) -> Result<MembersDoc, Error> {
 
 async fn render(a: RenderArgs) -> Result<(), Error> {
     let renderer = load_template(&a.tpl.template)?;
-    let vars = Vars::with_overrides(&a.tpl.vars)?;
+    let mut vars = Vars::with_overrides(&a.tpl.vars)?;
     let doc = read_members(&a.members)?;
     let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0));
     lbgen::apply::log_model(&model);
+    if let Some(dir) = vars.tls_certs().map(PathBuf::from) {
+        // The copies and crt-list the TLS bind reads (a dry run only looks at them).
+        let check = a.check_cmd.is_some();
+        let mut certs = lbgen::certs::CertDir::new(&dir, Path::new(vars.tls_state_dir()), check)?;
+        if !a.dry_run {
+            certs.refresh(None).await;
+        }
+        let list = certs.crt_list_path().display().to_string();
+        vars.set_tls_crt_list(certs.has_certs().then_some(list.as_str()));
+    }
     let text = renderer.render(&model, &vars)?;
     match (&a.out, a.dry_run) {
         (Some(out), false) => {
@@ -322,6 +376,53 @@ async fn watch(a: WatchArgs) -> Result<(), Error> {
     lbgen::watch::run(cfg, shutdown_signal()).await
 }
 
+async fn acme(a: AcmeArgs) -> Result<(), Error> {
+    use lbgen::acme::{AcmeConfig, Backoff, CaConfig, CertSpec, RenewBefore, Store};
+    let store = Store::open(&a.cert_dir)?;
+    let certs = a
+        .certs
+        .iter()
+        .map(|c| CertSpec::parse(c))
+        .collect::<Result<Vec<_>, _>>()?;
+    // One file per certificate: two --cert with one first name would overwrite each other.
+    for (i, c) in certs.iter().enumerate() {
+        if certs[..i].iter().any(|o| o.name() == c.name()) {
+            return Err(Error::new(format!(
+                "--cert: two certificates named {} (the first domain names the file)",
+                c.name()
+            )));
+        }
+    }
+    // A bundle that cannot work fails here, not at the first order minutes later.
+    if let Some(p) = &a.ca_bundle {
+        let pem = std::fs::read_to_string(p)
+            .map_err(|e| Error::new(format!("--ca-bundle {}: {e}", p.display())))?;
+        if !pem.contains("-----BEGIN CERTIFICATE-----") {
+            return Err(Error::new(format!(
+                "--ca-bundle {}: no PEM certificate in it",
+                p.display()
+            )));
+        }
+    }
+    let cfg = AcmeConfig {
+        ca: CaConfig {
+            directory: a.directory,
+            email: a.email.filter(|e| !e.is_empty()),
+            account_file: a.account.unwrap_or_else(|| store.default_account()),
+            ca_bundle: a.ca_bundle,
+        },
+        certs,
+        store,
+        renew_before: RenewBefore::parse(&a.renew_before)?,
+        backoff: Backoff::new(
+            lbgen::watch::parse_duration(&a.retry)
+                .map_err(|e| Error::new(format!("--retry: {e}")))?,
+        ),
+        http: a.http.as_deref().map(lbgen::http::bind).transpose()?,
+    };
+    lbgen::acme::run(cfg, shutdown_signal()).await
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     match signal(SignalKind::terminate()) {
@@ -352,6 +453,7 @@ fn main() -> ExitCode {
             Cmd::Render(a) => render(a).await,
             Cmd::Watch(a) => watch(*a).await,
             Cmd::Status(a) => status(a).await,
+            Cmd::Acme(a) => acme(a).await,
         }
     });
     match res {

@@ -74,6 +74,8 @@ pub struct Pool {
     pub route_weight: Option<u32>,
     /// `timeout server` of the backend (`timeout_server`); None = the defaults' one.
     pub timeout_server: Option<String>,
+    /// The `https_redirect` tag: plain-HTTP requests to this pool go to HTTPS.
+    pub https_redirect: bool,
     /// Servers: alive members. Empty when every member failed, left or is not ready: the
     /// pool (and its route, answering 503) stays while any member declares it.
     pub servers: Vec<Server>,
@@ -188,8 +190,9 @@ const MAX_NAME_LEN: usize = 64;
 const MAX_PATH_LEN: usize = 200;
 /// Section names the default template uses itself; a pool may not shadow them.
 /// `no-backend` answers 503 to requests that no route matches when no pool serves `/`;
-/// `listen-*` names the extra listeners' frontends.
-pub const RESERVED_POOLS: &[&str] = &["http-in", "stats", "no-backend"];
+/// `listen-*` names the extra listeners' frontends; `acme-challenge` sends the CA's HTTP-01
+/// requests to `lbgen acme`.
+pub const RESERVED_POOLS: &[&str] = &["http-in", "stats", "no-backend", "acme-challenge"];
 pub const BALANCES: &[&str] = &["roundrobin", "leastconn", "source", "first", "random"];
 
 /// Names (members, services): ASCII letters, digits, `.`, `_`, `-`; 1–64 chars; no leading
@@ -236,6 +239,7 @@ struct Backend {
     check_status: String,
     route_weight: String,
     timeout_server: String,
+    https_redirect: bool,
     /// None: the member declares the pool but is not a server (failed, left, starting,
     /// unhealthy), so the pool and its route stay, answering 503 when no server is left.
     server: Option<Server>,
@@ -418,6 +422,11 @@ fn validate(m: &Member, service: &str, policy: &ListenPolicy) -> Result<Backend,
         None => String::new(),
         Some(v) => slowstart_of(v)?,
     };
+    let https_redirect = match m.tags.get(tags::HTTPS_REDIRECT).map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(s) => return Err(format!("tag https_redirect={} must be true or false", q(s))),
+    };
     let state = match m.tags.get(tags::STATE).map(String::as_str) {
         None | Some(state::READY) => alive_state,
         Some(state::DRAINING) => ServerState::Drain,
@@ -447,6 +456,7 @@ fn validate(m: &Member, service: &str, policy: &ListenPolicy) -> Result<Backend,
         check_status,
         route_weight,
         timeout_server,
+        https_redirect,
         server: Some(Server {
             name: m.name.clone(),
             ip,
@@ -596,6 +606,7 @@ impl Model {
             let check_status = pick("check_status", |b| b.check_status.clone());
             let route_weight = pick("route_weight", |b| b.route_weight.clone());
             let timeout_server = pick("timeout_server", |b| b.timeout_server.clone());
+            let https_redirect = pick("https_redirect", |b| b.https_redirect.to_string()) == "true";
             let mut servers: Vec<Server> = voters.into_iter().filter_map(|b| b.server).collect();
             servers.sort_by(|a, b| a.name.cmp(&b.name));
             let some = |v: String| (!v.is_empty()).then_some(v);
@@ -620,6 +631,7 @@ impl Model {
                 check_status: some(check_status).unwrap_or_else(|| "200-399".into()),
                 route_weight: route_weight.parse().ok(),
                 timeout_server: some(timeout_server),
+                https_redirect,
                 servers,
             });
         }

@@ -34,11 +34,30 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("forwarded_proto", "true"),
     ("prometheus_exporter", "true"),
     ("cookie_key", "shoal"),
+    // TLS (docs/lbgen.md#tls): off while tls_certs is empty.
+    ("tls_certs", ""),
+    ("tls_state_dir", "/run/haproxy/tls"),
+    ("https_port", "443"),
+    ("https_redirect", "false"),
+    ("https_redirect_port", "443"),
+    ("hsts_max_age", ""),
+    (TLS_CRT_LIST, ""),
+    ("acme_challenge", ""),
 ];
+
+/// Set by lbgen, not by `--var`: the crt-list path once the certificate directory gave at
+/// least one certificate, else empty (HAProxy refuses a TLS bind without one, so the
+/// default template opens the HTTPS port only then).
+pub const TLS_CRT_LIST: &str = "tls_crt_list";
 
 /// Variables the default template reads as a switch: `true` or `false`, nothing else (a
 /// typo such as `flase` would otherwise silently mean "off").
-const SWITCH_VARS: &[&str] = &["forwarded_for", "forwarded_proto", "prometheus_exporter"];
+const SWITCH_VARS: &[&str] = &[
+    "forwarded_for",
+    "forwarded_proto",
+    "prometheus_exporter",
+    "https_redirect",
+];
 
 /// `access_log_format`: a JSON object per request, or HAProxy's own httplog line.
 const ACCESS_LOG_FORMATS: &[&str] = &["json", "httplog"];
@@ -80,9 +99,45 @@ fn check_known_var(key: &str, value: &str) -> Result<(), String> {
             "--var {key}={value:?}: a comma list of ports 1-65535 (8100,9494), or empty"
         ));
     }
+    if matches!(key, "https_port" | "https_redirect_port")
+        && !(value.bytes().all(|b| b.is_ascii_digit()) && matches!(value.parse::<u16>(), Ok(1..)))
+    {
+        return Err(format!("--var {key}={value:?}: expected a port, 1-65535"));
+    }
+    if key == "hsts_max_age"
+        && !(value.is_empty() || (value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit())))
+    {
+        return Err(format!(
+            "--var {key}={value:?}: expected seconds (31536000 = a year); empty turns HSTS off"
+        ));
+    }
+    if key == "tls_state_dir"
+        && !(value.starts_with('/')
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'.' | b'_' | b'-')))
+    {
+        return Err(format!(
+            "--var {key}={value:?}: an absolute path of letters, digits, '/', '.', '_' and '-'"
+        ));
+    }
+    if key == TLS_CRT_LIST {
+        return Err(format!(
+            "--var {key}: set by lbgen from tls_certs (the crt-list it writes in tls_state_dir)"
+        ));
+    }
     if key == "cookie_key" && !cookie_key(value) {
         return Err(format!(
             "--var {key}={value:?}: letters, digits, '.', '_' and '-' only, not empty"
+        ));
+    }
+    // Where `lbgen acme --http` answers HTTP-01 challenges: IPv4:PORT; empty = no ACME route.
+    if key == "acme_challenge"
+        && !value.is_empty()
+        && value.parse::<std::net::SocketAddrV4>().is_err()
+    {
+        return Err(format!(
+            "--var {key}={value:?}: expected IPv4:PORT (lbgen acme --http), or empty for none"
         ));
     }
     Ok(())
@@ -135,6 +190,28 @@ impl Vars {
             vars.0.insert(k.to_string(), v.to_string());
         }
         Ok(vars)
+    }
+
+    /// The certificate directory (`tls_certs`), None while TLS is off.
+    pub fn tls_certs(&self) -> Option<&str> {
+        self.0
+            .get("tls_certs")
+            .map(String::as_str)
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Where lbgen keeps its certificate copies and the crt-list (`tls_state_dir`).
+    pub fn tls_state_dir(&self) -> &str {
+        self.0
+            .get("tls_state_dir")
+            .map_or("/run/haproxy/tls", String::as_str)
+    }
+
+    /// Sets the derived [`TLS_CRT_LIST`] (None = no certificate: no TLS bind); true if it
+    /// changed.
+    pub fn set_tls_crt_list(&mut self, path: Option<&str>) -> bool {
+        let v = path.unwrap_or_default().to_string();
+        self.0.insert(TLS_CRT_LIST.to_string(), v.clone()) != Some(v)
     }
 }
 

@@ -24,6 +24,8 @@ pub enum Signal {
     Members,
     /// The template file changed.
     Template,
+    /// Something changed in the certificate directory (`tls_certs`).
+    Certs,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,6 +438,32 @@ pub fn watch_file(
     })
     .map_err(|e| Error::new(format!("watching {}: {e}", path.display())))?;
     w.watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(|e| Error::new(format!("watching {}: {e}", dir.display())))?;
+    Ok(w)
+}
+
+/// Watches a directory: any change in it is one `sig` (the certificate directory: a file
+/// renamed into place, written, or removed).
+pub fn watch_dir(
+    dir: &Path,
+    tx: UnboundedSender<Signal>,
+    sig: Signal,
+) -> Result<notify::RecommendedWatcher, Error> {
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        let relevant = match ev.kind {
+            EventKind::Access(notify::event::AccessKind::Close(
+                notify::event::AccessMode::Write,
+            )) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        if relevant {
+            let _ = tx.send(sig);
+        }
+    })
+    .map_err(|e| Error::new(format!("watching {}: {e}", dir.display())))?;
+    w.watch(dir, RecursiveMode::NonRecursive)
         .map_err(|e| Error::new(format!("watching {}: {e}", dir.display())))?;
     Ok(w)
 }

@@ -4,7 +4,9 @@
 //! Only built with the `testing` feature; it panics on setup failures, as tests should.
 
 pub mod browser;
+pub mod pebble;
 pub mod status_page;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

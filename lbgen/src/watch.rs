@@ -18,7 +18,7 @@ use crate::http::{error_class, StatusHub};
 use crate::model::Model;
 use crate::output::CheckCmd;
 use crate::render::Vars;
-use crate::source::{watch_file, Signal, Source, SourceSpec};
+use crate::source::{watch_dir, watch_file, Signal, Source, SourceSpec};
 use crate::Error;
 
 /// `--wait MIN:MAX`: apply once no signal arrived for MIN, but at most MAX after the first.
@@ -100,6 +100,10 @@ pub const LEAVING_MAX: Duration = Duration::from_secs(300);
 /// one burst become one batch); what needs a reload waits for the `--wait` debounce.
 pub const FAST_WINDOW: Duration = Duration::from_millis(2);
 
+/// A change in the certificate directory is read after this quiet window: a writer's
+/// create + write + rename is one refresh.
+pub const CERTS_QUIET: Duration = Duration::from_millis(50);
+
 /// First retry after a transient failure (agent or master socket unreachable); doubles up
 /// to [`RETRY_MAX`] while failures continue.
 const RETRY: Duration = Duration::from_secs(2);
@@ -144,7 +148,13 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
         };
         tracing::info!(master = p.master_pid, worker = ?p.current_worker(), "haproxy master reachable");
     }
+    // The certificates before the first render: it opens the HTTPS port if there is one.
+    refresh_certs(&mut applier, hub.as_ref()).await;
     let (tx, mut rx) = unbounded_channel();
+    let _certs_watch = match applier.cert_dir() {
+        Some(d) => Some(watch_dir(&d, tx.clone(), Signal::Certs)?),
+        None => None,
+    };
     let _template_watch = match &cfg.template {
         Some(p) => Some(watch_file(p, tx.clone(), Signal::Template)?),
         None => None,
@@ -163,6 +173,8 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
     let mut resync_at = cfg.resync.map(|d| Instant::now() + d);
     // A membership signal not yet tried through the runtime API: (first signal, try at).
     let mut fast: Option<(Instant, Instant)> = None;
+    // A certificate-directory change not yet read: when to read it.
+    let mut certs_at: Option<Instant> = None;
     loop {
         let reap_at = applier.next_reap();
         let apply_at = match (pending, retry_at) {
@@ -184,6 +196,10 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     return Err(Error::new("membership source stopped"));
                 };
                 let now = Instant::now();
+                if sig == Signal::Certs {
+                    certs_at = Some(now + CERTS_QUIET);
+                    continue;
+                }
                 if sig == Signal::Template {
                     applier.template_changed();
                     fast = None;
@@ -231,6 +247,15 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                     }
                 }
             }
+            _ = tokio::time::sleep_until(certs_at.unwrap_or_else(Instant::now)), if certs_at.is_some() => {
+                certs_at = None;
+                if refresh_certs(&mut applier, hub.as_ref()).await {
+                    // The HTTPS listener opens or closes: a config change, debounced.
+                    let now = Instant::now();
+                    let first = pending.map_or(now, |p| p.0);
+                    pending = Some((first, now + cfg.wait.min));
+                }
+            }
             _ = tokio::time::sleep_until(reap_at.unwrap_or_else(Instant::now)), if reap_at.is_some() => {
                 applier.reap().await;
             }
@@ -238,6 +263,8 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                 let is_resync = apply_at.is_none_or(|a| a > Instant::now());
                 if is_resync {
                     tracing::debug!("periodic resync");
+                    // A missed directory event is caught here too.
+                    refresh_certs(&mut applier, hub.as_ref()).await;
                 }
                 let signalled = pending.take().map(|p| p.0)
                     .or(retry_at.map(|r| r.0))
@@ -291,6 +318,20 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
             }
         }
     }
+}
+
+/// One certificate refresh, recorded on the status page; true when the config must follow.
+async fn refresh_certs(applier: &mut Applier, hub: Option<&StatusHub>) -> bool {
+    let Some((changes, frame)) = applier.refresh_certs().await else {
+        return false;
+    };
+    if let (Some(h), Some(v)) = (hub, applier.tls_view()) {
+        h.tls(v);
+    }
+    if !changes.is_empty() {
+        tracing::debug!(?changes, "certificates refreshed");
+    }
+    frame
 }
 
 #[cfg(test)]

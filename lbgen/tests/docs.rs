@@ -1,12 +1,12 @@
 //! The flag table in docs/lbgen.md against the binary: every flag of
-//! `lbgen render`, `watch` and `status` (as `--help` lists it) has a row
+//! `lbgen render`, `watch`, `status` and `acme` (as `--help` lists it) has a row
 //! naming that command, and every row's flag exists for each command it names.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-const COMMANDS: [&str; 3] = ["render", "watch", "status"];
+const COMMANDS: [&str; 4] = ["render", "watch", "status", "acme"];
 
 /// `(command, flag)` for every long flag `lbgen COMMAND --help` lists.
 fn real_flags() -> BTreeSet<(String, String)> {

@@ -417,3 +417,59 @@ fn an_empty_cluster_renders_an_empty_target_list() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn the_acme_challenge_var_routes_the_challenge_path_before_every_route() {
+    let members = std::fs::read_to_string(dir().join("several_pools.json")).unwrap();
+    let (ok, out, err) = lbgen(
+        &[
+            "render",
+            "--members",
+            "-",
+            "--var",
+            "acme_challenge=127.0.0.1:8402",
+            "--var",
+            "stats_socket=/tmp/lbgen-golden.sock",
+        ],
+        Some(&members),
+    );
+    assert!(ok, "{err}");
+    let acme = "    use_backend acme-challenge if { path_beg /.well-known/acme-challenge/ }";
+    let at = out.find(acme).expect("the challenge route");
+    let first_route = out.find("    use_backend ").unwrap();
+    assert_eq!(at, first_route, "the challenge route comes first:\n{out}");
+    assert!(
+        out.contains("backend acme-challenge\n    server acme 127.0.0.1:8402\n"),
+        "{out}"
+    );
+    lbgen::render::check_lines(&out).unwrap();
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), &out).unwrap();
+    haproxy_check(f.path());
+    // Off by default: the golden renders above have no such lines.
+    let (_, plain, _) = lbgen(&["render", "--members", "-"], Some(&members));
+    assert!(!plain.contains("acme"), "{plain}");
+}
+
+#[test]
+fn an_acme_challenge_var_that_is_not_ipv4_and_port_is_refused() {
+    for bad in [
+        "localhost:8402",
+        "127.0.0.1",
+        "[::1]:8402",
+        "127.0.0.1:80 backup",
+    ] {
+        let (ok, _, err) = lbgen(
+            &[
+                "render",
+                "--members",
+                "-",
+                "--var",
+                &format!("acme_challenge={bad}"),
+            ],
+            Some(r#"{"members":[]}"#),
+        );
+        assert!(!ok, "{bad} accepted");
+        assert!(err.contains("acme_challenge"), "{bad}: {err}");
+    }
+}

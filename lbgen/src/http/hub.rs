@@ -63,6 +63,8 @@ struct State {
     last_apply: Option<LastApply>,
     /// Newest last.
     events: VecDeque<EventRecord>,
+    /// The certificate directory, when TLS is on.
+    tls: Option<TlsView>,
 }
 
 struct Inner {
@@ -199,6 +201,14 @@ impl StatusHub {
         self.view_with(live)
     }
 
+    /// Records what the certificate directory gives now (after each refresh).
+    pub fn tls(&self, view: TlsView) {
+        self.0
+            .metrics
+            .certificates(view.served.len(), view.refused.len());
+        self.state().tls = Some(view);
+    }
+
     /// [`StatusHub::view`] with HAProxy's answer given (or why there is none).
     pub fn view_with(&self, live: Result<LiveStates, String>) -> StatusView {
         let st = self.state();
@@ -269,6 +279,7 @@ impl StatusHub {
             conflicts: st.model.conflicts.clone(),
             last_apply: st.last_apply.clone(),
             events: st.events.iter().rev().cloned().collect(),
+            tls: st.tls.clone(),
         }
     }
 }
@@ -293,6 +304,19 @@ pub struct StatusView {
     pub last_apply: Option<LastApply>,
     /// Recent agent events, newest first (at most [`EVENT_RING`]).
     pub events: Vec<EventRecord>,
+    /// The certificates served and refused; null while TLS is off.
+    pub tls: Option<TlsView>,
+}
+
+/// `status.json`'s `tls`: what the certificate directory gave.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TlsView {
+    /// The directory lbgen reads (`tls_certs`).
+    pub dir: String,
+    /// Served now, default first.
+    pub served: Vec<crate::certs::Served>,
+    /// Files refused, with the reason (the last good copy of that name keeps serving).
+    pub refused: Vec<crate::certs::Refused>,
 }
 
 /// Whether HAProxy's live states are shown.

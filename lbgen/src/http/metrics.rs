@@ -113,6 +113,7 @@ pub struct Metrics {
     skipped: Family<ReasonLabels, Gauge>,
     conflicts: Gauge,
     events: Family<KindLabels, Counter>,
+    certificates: Family<StateLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -188,7 +189,14 @@ impl Metrics {
             "Lines received on the agent's event stream, by kind (member events and notices)",
             events.clone(),
         );
+        let certificates = Family::<StateLabels, Gauge>::default();
+        registry.register(
+            "certificates",
+            "Files of the certificate directory (tls_certs), by state: served, refused (the last good copy of that name keeps serving)",
+            certificates.clone(),
+        );
         let m = Metrics {
+            certificates,
             registry,
             applies,
             apply_seconds,
@@ -213,7 +221,17 @@ impl Metrics {
             let _ = m.events.get_or_create(&KindLabels { kind });
         }
         m.snapshot(&Model::default(), &[]);
+        m.certificates(0, 0);
         m
+    }
+
+    /// What the certificate directory gives after a refresh.
+    pub fn certificates(&self, served: usize, refused: usize) {
+        for (state, n) in [("served", served), ("refused", refused)] {
+            self.certificates
+                .get_or_create(&StateLabels { state })
+                .set(n as i64);
+        }
     }
 
     /// One apply ended (a silent periodic resync is not counted).

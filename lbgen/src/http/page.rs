@@ -134,6 +134,31 @@ fn summary(out: &mut String, v: &StatusView) {
     for c in &v.conflicts {
         let _ = writeln!(out, "<p class=\"conflict\">{}</p>", escape(&c.to_string()));
     }
+    if let Some(t) = &v.tls {
+        let served: Vec<String> = t
+            .served
+            .iter()
+            .map(|s| format!("{} ({})", escape(&s.file), escape(&s.sni)))
+            .collect();
+        let _ = writeln!(
+            out,
+            "<p>certificates from {}: {}</p>",
+            escape(&t.dir),
+            if served.is_empty() {
+                "none".to_string()
+            } else {
+                served.join(", ")
+            }
+        );
+        for r in &t.refused {
+            let _ = writeln!(
+                out,
+                "<p class=\"skipped\">certificate {} refused: {}</p>",
+                escape(&r.file),
+                escape(&r.reason)
+            );
+        }
+    }
     out.push_str("</section>\n");
 }
 
@@ -384,6 +409,31 @@ mod tests {
         let hub = StatusHub::new("file members.json".into(), None);
         hub.snapshot(&MembersDoc::from_json(json).unwrap());
         hub.view_with(Err("no --haproxy-master".into()))
+    }
+
+    #[test]
+    fn served_and_refused_certificates_are_shown_escaped() {
+        let hub = StatusHub::new("file members.json".into(), None);
+        hub.tls(crate::http::hub::TlsView {
+            dir: "/etc/lbgen/certs".into(),
+            served: vec![crate::certs::Served {
+                file: "default.pem".into(),
+                sni: "default".into(),
+            }],
+            refused: vec![crate::certs::Refused {
+                file: "a.test.pem".into(),
+                reason: "haproxy: <b>bad</b>".into(),
+            }],
+        });
+        let html = page(&hub.view_with(Err("no --haproxy-master".into())));
+        assert!(
+            html.contains("certificates from /etc/lbgen/certs: default.pem (default)"),
+            "{html}"
+        );
+        assert!(
+            html.contains("certificate a.test.pem refused: haproxy: &lt;b&gt;bad&lt;/b&gt;"),
+            "{html}"
+        );
     }
 
     #[test]

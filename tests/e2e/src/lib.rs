@@ -13,6 +13,8 @@
 //! - [`clients`]: a POST client, a checked long download and a held WebSocket (deploys).
 //! - [`Project::haproxy_master`]: HAProxy's master PID and reload counter (`show proc`).
 //! - [`swarm`]: a single-node swarm made (and left) by the test, and a stack deployed on it.
+//! - [`multihost`]: three Docker engines in containers joined into one swarm (a multi-host
+//!   bed), and the stack deployed across them.
 //!
 //! Every external command runs with a deadline, so no test can hang.
 
@@ -27,6 +29,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub mod clients;
+pub mod multihost;
 pub mod swarm;
 
 /// The repository root (this crate is `tests/e2e`).
@@ -166,9 +169,15 @@ fn which(bin: &str) -> Option<PathBuf> {
 
 /// Builds the base images, release binaries and the `shoal-webapp`/`shoal-lb` images once
 /// per test process (the script itself takes a lock, so parallel runs build one at a time).
+/// `SHOAL_E2E_PREBUILT=1`: the images of `SHOAL_IMAGE_TAG` are already built and current;
+/// skip the script (whose lock another checkout's build may hold for many minutes).
 pub fn build_images_once() {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
+        if std::env::var("SHOAL_E2E_PREBUILT").is_ok_and(|v| v == "1") {
+            eprintln!("SHOAL_E2E_PREBUILT=1: using the images as built");
+            return;
+        }
         let t = Instant::now();
         let script = repo_root().join("docker/build-images.sh");
         let out = run(&mut Command::new(&script), Duration::from_secs(1500));
@@ -377,6 +386,7 @@ impl Project {
             ("LB_HTTP_PORT".to_string(), "0".to_string()),
             ("LB_STATS_PORT".to_string(), "0".to_string()),
             ("LB_STATUS_PORT".to_string(), "0".to_string()),
+            ("LB_HTTPS_PORT".to_string(), "0".to_string()),
         ];
         all_env.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         eprintln!("compose project {name}");

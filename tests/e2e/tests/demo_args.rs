@@ -17,6 +17,7 @@ fn demo(args: &[&str], env: &[(&str, &str)]) -> Output {
         .env_remove("LB_HTTP_PORT")
         .env_remove("LB_STATS_PORT")
         .env_remove("LB_STATUS_PORT")
+        .env_remove("LB_HTTPS_PORT")
         .env_remove("PROM_PORT")
         .envs(env.iter().copied())
         .output()
@@ -61,6 +62,7 @@ fn a_host_port_variable_that_is_not_a_port_is_refused_by_name() {
         ("LB_HTTP_PORT", "70000"),
         ("LB_STATS_PORT", "-1"),
         ("LB_STATUS_PORT", "9100x"),
+        ("LB_HTTPS_PORT", "443s"),
         ("PROM_PORT", "prom"),
     ] {
         let out = demo(&["up", "1", "--monitoring"], &[(var, value)]);
@@ -78,6 +80,7 @@ fn a_taken_host_port_is_named_with_the_variable_that_moves_it() {
         ("LB_HTTP_PORT", "up"),
         ("LB_STATS_PORT", "scale"),
         ("LB_STATUS_PORT", "up"),
+        ("LB_HTTPS_PORT", "scale"),
     ] {
         let out = demo(&[cmd, "1"], &[(var, &port)]);
         let err = stderr(&out);
@@ -112,6 +115,7 @@ fn a_taken_host_port_is_named_with_the_variable_that_moves_it() {
             ("LB_HTTP_PORT", "0"),
             ("LB_STATS_PORT", "0"),
             ("LB_STATUS_PORT", "0"),
+            ("LB_HTTPS_PORT", "0"),
         ],
     );
     let err = stderr(&out);
