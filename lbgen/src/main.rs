@@ -105,6 +105,16 @@ struct StatusArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     format: StatusFormat,
+    /// Template variable K=V, as given to `watch` (repeatable; env LBGEN_VAR takes a
+    /// comma-separated list): `http_port`, `stats_port`, `https_port` and `listen_ports`
+    /// decide which `listen=` tags are accepted, so the status agrees with the LB.
+    #[arg(
+        long = "var",
+        value_name = "K=V",
+        env = "LBGEN_VAR",
+        value_delimiter = ','
+    )]
+    vars: Vec<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -336,7 +346,8 @@ async fn status(a: StatusArgs) -> Result<(), Error> {
         (None, Some(m)) => read_members(&m)?,
         _ => return Err(Error::new("give exactly one of --api and --members")),
     };
-    let model = Model::build(&doc);
+    let vars = Vars::with_overrides(&a.vars)?;
+    let model = Model::build_with(&doc, &lbgen::pool_tags::ListenPolicy::from_vars(&vars.0));
     let st = lbgen::status::StatusReport::of(&model);
     let text = match a.format {
         StatusFormat::Text => st.text(),

@@ -62,6 +62,11 @@ const SWITCH_VARS: &[&str] = &[
 /// `access_log_format`: a JSON object per request, or HAProxy's own httplog line.
 const ACCESS_LOG_FORMATS: &[&str] = &["json", "httplog"];
 
+/// Variables whose value is a comma list. `--var` and `LBGEN_VAR` split on commas, so
+/// `listen_ports=8100,9494` arrives as `listen_ports=8100` and `9494`: the pieces without
+/// `=` that follow such a variable are its value's next items.
+const LIST_VARS: &[&str] = &["listen_ports"];
+
 /// The default template's variables with a fixed vocabulary or alphabet; the reason when
 /// `value` is not one of them. Other variables (a custom template's own) pass as they are.
 fn check_known_var(key: &str, value: &str) -> Result<(), String> {
@@ -82,6 +87,16 @@ fn check_known_var(key: &str, value: &str) -> Result<(), String> {
     {
         return Err(format!(
             "--var {key}={value:?}: a header name is letters, digits and -; empty turns the request id off"
+        ));
+    }
+    if key == "listen_ports"
+        && !value.is_empty()
+        && !value
+            .split(',')
+            .all(|p| p.trim().parse::<u16>().is_ok_and(|p| p > 0))
+    {
+        return Err(format!(
+            "--var {key}={value:?}: a comma list of ports 1-65535 (8100,9494), or empty"
         ));
     }
     if matches!(key, "https_port" | "https_redirect_port")
@@ -148,11 +163,19 @@ impl Vars {
     /// characters (they are operator input, but a newline would still break the config).
     pub fn with_overrides<S: AsRef<str>>(overrides: &[S]) -> Result<Vars, Error> {
         let mut vars = Vars::default();
-        for kv in overrides {
-            let kv = kv.as_ref();
-            let (k, v) = kv
+        let mut pieces = overrides.iter().map(AsRef::as_ref).peekable();
+        while let Some(kv) = pieces.next() {
+            let (k, first) = kv
                 .split_once('=')
                 .ok_or_else(|| Error::new(format!("--var {kv:?}: expected K=V")))?;
+            let mut v = first.to_string();
+            if LIST_VARS.contains(&k) {
+                while let Some(item) = pieces.next_if(|p| !p.contains('=')) {
+                    v.push(',');
+                    v.push_str(item);
+                }
+            }
+            let v = v.as_str();
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
                 return Err(Error::new(format!(
                     "--var {kv:?}: name must be [A-Za-z0-9_]+"
@@ -325,6 +348,32 @@ mod tests {
             .to_string();
         assert!(err.contains("line 2"), "{err}");
         assert!(err.contains("nope"), "{err}");
+    }
+
+    /// Regression: `--var listen_ports=8100,9494` (and the same in `LBGEN_VAR`) reached lbgen
+    /// split on its comma, and `9494` was refused as "expected K=V".
+    #[test]
+    fn listen_ports_keeps_its_comma_list_when_the_flag_split_it() {
+        let v =
+            Vars::with_overrides(&["http_port=443", "listen_ports=8100", "9494", "x=1"]).unwrap();
+        assert_eq!(v.0["listen_ports"], "8100,9494");
+        assert_eq!(v.0["x"], "1");
+        let v = Vars::with_overrides(&["listen_ports=8100,9494"]).unwrap();
+        assert_eq!(v.0["listen_ports"], "8100,9494");
+        // Anywhere else a piece without `=` is still an error, and so is a bad port.
+        for bad in [
+            &["x=1", "9494"][..],
+            &["9494"],
+            &["listen_ports=8100", "http"],
+            &["listen_ports=0"],
+            &["listen_ports=8100,", "x=1"],
+        ] {
+            assert!(Vars::with_overrides(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            Vars::with_overrides(&["listen_ports="]).is_ok(),
+            "empty = any port"
+        );
     }
 
     #[test]

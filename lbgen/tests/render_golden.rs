@@ -292,6 +292,58 @@ fn one_members_tags_do_not_take_over_a_pool_and_status_names_it() {
     assert_eq!(v["conflicts"].as_array().unwrap().len(), 2, "{out}");
 }
 
+/// `lbgen status` takes the `--var`s `watch` runs with (flag and `LBGEN_VAR`): a `listen=`
+/// tag on a port the LB binds itself, or outside `listen_ports`, is skipped in the status
+/// exactly as it is in the render, and accepted when the variables allow it.
+#[test]
+fn status_with_the_watch_vars_judges_listen_tags_as_the_render_does() {
+    let doc = r#"{"members":[
+{"name":"web-1","addr":"10.0.0.1:7946","status":"alive","tags":{"service":"web","port":"3000"}},
+{"name":"svc-1","addr":"10.0.0.2:7946","status":"alive","tags":{"service":"svc","port":"8100","listen":"8100"}}]}"#;
+    let status = |extra: &[&str], env: Option<&str>| {
+        let input = tempfile::NamedTempFile::new().expect("stdin file");
+        std::fs::write(input.path(), doc).expect("write stdin");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lbgen"));
+        cmd.args(["status", "--members", "-"])
+            .args(extra)
+            .env("LBGEN_LOG", "warn")
+            .env_remove("LBGEN_VAR")
+            .stdin(std::fs::File::open(input.path()).expect("open stdin file"));
+        if let Some(v) = env {
+            cmd.env("LBGEN_VAR", v);
+        }
+        let out = common::output_within(&mut cmd, common::COMMAND_TIMEOUT);
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let served = "pool svc: route / on listener 8100";
+    let out = status(&[], None);
+    assert!(out.contains(served), "{out}");
+
+    let own = "skipped: member svc-1: tag listen=\"8100\" is a port the LB binds itself";
+    for out in [
+        status(&["--var", "http_port=8100"], None),
+        status(&[], Some("http_port=8100,stats_port=1936")),
+    ] {
+        assert!(out.contains(own), "{out}");
+        assert!(!out.contains("pool svc:"), "{out}");
+    }
+    let out = status(&["--var", "listen_ports=9494"], None);
+    assert!(
+        out.contains("skipped: member svc-1: tag listen=\"8100\" is not in --var listen_ports"),
+        "{out}"
+    );
+    let out = status(&["--var", "listen_ports=8100,9494"], None);
+    assert!(out.contains(served), "{out}");
+    // The render with the same variables agrees.
+    let (ok, cfg, err) = lbgen(
+        &["render", "--members", "-", "--var", "http_port=8100"],
+        Some(doc),
+    );
+    assert!(ok, "{err}");
+    assert!(!cfg.contains("backend svc\n"), "{cfg}");
+}
+
 /// The Prometheus file_sd template: golden bytes, valid JSON, and every target once.
 #[test]
 fn golden_prometheus_targets_from_membership() {

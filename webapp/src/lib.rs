@@ -1,6 +1,7 @@
 //! `webapp`: the demo backend of the shoal compose demo (like the lab's demo app).
 //!
-//! - `GET /health` → `200 ok` (the supervisor's `--check` and the LB's `httpchk`).
+//! - `GET /health` → `200 ok` (the supervisor's `--check` and the LB's `httpchk`); with a
+//!   health port ([`health`], [`Options::health_port`]) it is answered there and 404 here.
 //! - `POST /echo` → JSON `{"hostname", "ip", "bytes", "checksum", "posts"}`: the body's length
 //!   and FNV-1a 64 checksum (hex), and how many POSTs this process has answered; bodies over
 //!   [`MAX_POST_BODY`] get a 413.
@@ -18,6 +19,7 @@
 //! binds and wires SIGTERM.
 
 pub mod download;
+pub mod health;
 pub mod open;
 pub mod ws;
 
@@ -71,6 +73,14 @@ impl AppInfo {
     }
 }
 
+/// How [`serve`] answers beyond [`AppInfo`].
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// `/health` lives on this other port ([`health::serve`]): the served port answers it
+    /// 404, so an LB checking the wrong port marks the server down.
+    pub health_port: Option<u16>,
+}
+
 /// Longest time open connections get to finish after shutdown is asked for.
 pub const GRACE: Duration = Duration::from_secs(10);
 
@@ -80,16 +90,28 @@ struct App {
     /// Open WebSocket sessions.
     sessions: Open,
     posts: AtomicU64,
+    opts: Options,
 }
 
 /// Serves `listener` until `shutdown` resolves; then stops accepting and waits (at most
 /// [`GRACE`]) for the open connections to finish their current request and for the open
 /// WebSocket sessions to be closed by their clients.
 pub async fn run(listener: TcpListener, info: AppInfo, shutdown: impl Future<Output = ()>) {
+    serve(listener, info, Options::default(), shutdown).await
+}
+
+/// [`run`] with [`Options`].
+pub async fn serve(
+    listener: TcpListener,
+    info: AppInfo,
+    opts: Options,
+    shutdown: impl Future<Output = ()>,
+) {
     let app = Arc::new(App {
         info,
         sessions: Open::default(),
         posts: AtomicU64::new(0),
+        opts,
     });
     let connections = Open::default();
     // Flips to true on shutdown: every connection then finishes its request and closes.
@@ -164,7 +186,10 @@ async fn handle(req: Request<Incoming>, app: &App, local: Option<SocketAddr>) ->
         (m, _) if m != Method::GET && m != Method::HEAD => {
             text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n")
         }
-        (_, "/health") => text(StatusCode::OK, "ok\n"),
+        (_, "/health") => match app.opts.health_port {
+            Some(p) => text(StatusCode::NOT_FOUND, format!("/health is on port {p}\n")),
+            None => text(StatusCode::OK, "ok\n"),
+        },
         (_, "/ws") => ws::upgrade(req, &app.sessions),
         (_, "/download") => match download::Download::from_query(req.uri().query()) {
             Ok(d) => {

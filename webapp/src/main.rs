@@ -1,6 +1,8 @@
-//! `webapp [--port P] [--bind IP]` serves the demo app; `webapp probe [--port P]` checks
-//! `/health` once (exit 0 healthy, 1 not) for a Docker HEALTHCHECK.
-//! Port: `--port`, else `WEBAPP_PORT`, else `PORT`, else 3000. SIGTERM/SIGINT: graceful stop.
+//! `webapp [--port P] [--bind IP] [--health-port H]` serves the demo app; `webapp probe
+//! [--port P] [--health-port H]` checks `/health` once (exit 0 healthy, 1 not) for a Docker
+//! HEALTHCHECK. Port: `--port`, else `WEBAPP_PORT`, else `PORT`, else 3000. Health port:
+//! `--health-port`, else `WEBAPP_HEALTH_PORT`, else none (`/health` on the served port).
+//! SIGTERM/SIGINT: graceful stop.
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
@@ -8,13 +10,16 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-const USAGE: &str = "usage: webapp [--port PORT] [--bind IP] | webapp probe [--port PORT]\n\
-env: WEBAPP_PORT or PORT (default 3000), WEBAPP_TAG (reported in every answer)";
+const USAGE: &str = "usage: webapp [--port PORT] [--bind IP] [--health-port PORT] | \
+webapp probe [--port PORT] [--health-port PORT]\n\
+env: WEBAPP_PORT or PORT (default 3000), WEBAPP_HEALTH_PORT (serve /health only there), \
+WEBAPP_TAG (reported in every answer)";
 
 struct Flags {
     probe: bool,
     port: u16,
     bind: IpAddr,
+    health_port: Option<u16>,
 }
 
 fn parse(args: impl Iterator<Item = String>) -> Result<Flags, String> {
@@ -25,9 +30,19 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Flags, String> {
         probe: false,
         port: 3000,
         bind: IpAddr::from([0, 0, 0, 0]),
+        health_port: None,
     };
     if let Some(p) = env_port {
         flags.port = p.parse().map_err(|_| format!("bad port in env: {p:?}"))?;
+    }
+    if let Some(p) = std::env::var("WEBAPP_HEALTH_PORT")
+        .ok()
+        .filter(|p| !p.is_empty())
+    {
+        flags.health_port = Some(
+            p.parse()
+                .map_err(|_| format!("bad WEBAPP_HEALTH_PORT {p:?}"))?,
+        );
     }
     let mut args = args.peekable();
     if args.peek().map(String::as_str) == Some("probe") {
@@ -49,6 +64,11 @@ fn parse(args: impl Iterator<Item = String>) -> Result<Flags, String> {
             "--port" => {
                 let v = value()?;
                 flags.port = v.parse().map_err(|_| format!("bad --port {v:?}"))?;
+            }
+            "--health-port" => {
+                let v = value()?;
+                flags.health_port =
+                    Some(v.parse().map_err(|_| format!("bad --health-port {v:?}"))?);
             }
             "--bind" => {
                 let v = value()?;
@@ -74,7 +94,8 @@ fn main() -> ExitCode {
         }
     };
     if flags.probe {
-        return if webapp::probe(flags.port, Duration::from_secs(2)) {
+        let port = flags.health_port.unwrap_or(flags.port);
+        return if webapp::probe(port, Duration::from_secs(2)) {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
@@ -99,6 +120,23 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let health = match flags.health_port {
+            None => None,
+            Some(p) if p == flags.port => {
+                eprintln!("webapp: --health-port {p} is the served port");
+                return ExitCode::from(2);
+            }
+            Some(p) => {
+                let addr = SocketAddr::new(flags.bind, p);
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(l) => Some(l),
+                    Err(e) => {
+                        eprintln!("webapp: cannot listen on {addr} (health port): {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
+        };
         let (mut term, mut int) = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
@@ -121,7 +159,18 @@ fn main() -> ExitCode {
             }
             eprintln!("webapp: stopping, letting open connections finish");
         };
-        webapp::run(listener, info, shutdown).await;
+        let opts = webapp::Options {
+            health_port: flags.health_port,
+        };
+        let app = webapp::serve(listener, info, opts, shutdown);
+        match health {
+            // The health listener lives as long as the app: it ends when the app has stopped.
+            Some(h) => tokio::select! {
+                _ = app => {}
+                _ = webapp::health::serve(h) => {}
+            },
+            None => app.await,
+        }
         ExitCode::SUCCESS
     })
 }
