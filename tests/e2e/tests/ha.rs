@@ -307,6 +307,28 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
         ),
         format!("{} / {}", kill.failed.len(), kill.in_flight),
     );
+    // Why they failed, per step, and the LBs' VRRP transitions: what to read when a bound fails.
+    for (step, o) in [("stop", &stop), ("restart", &restart), ("kill", &kill)] {
+        let mut why = std::collections::BTreeMap::<&str, usize>::new();
+        for r in &o.failed {
+            *why.entry(r.why.as_str()).or_default() += 1;
+        }
+        eprintln!("{step}: failed by reason {why:?}");
+    }
+    for (name, id) in lbs(&p) {
+        let out = run(
+            Command::new("docker").args(["logs", "-t", &id]),
+            Duration::from_secs(20),
+        );
+        let all = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        for l in all
+            .lines()
+            .filter(|l| l.contains("VRRP_Instance") || l.contains("lb-vip"))
+        {
+            eprintln!("{name}: {l}");
+        }
+    }
     let show = |f: &[Req]| {
         f.iter()
             .take(5)
