@@ -329,6 +329,27 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
             eprintln!("{name}: {l}");
         }
     }
+    // The kill's failures, split: connections already open when `docker kill` was issued
+    // (in flight on the killed LB), and new ones started while the kill ran (the killed
+    // container's network namespace lives on until Docker tears it down; its kernel answers
+    // SYNs to the VIP with RST). After `docker kill` returns, nothing may fail (asserted).
+    let open_at_kill = reqs
+        .iter()
+        .filter(|r| r.start < kill_at && r.end >= kill_at)
+        .count();
+    let failed_during = kill
+        .failed
+        .iter()
+        .filter(|r| r.start >= kill_at && r.start <= kill_done)
+        .count();
+    let failed_open_at_kill = reqs
+        .iter()
+        .filter(|r| !r.ok && r.start < kill_at && r.end >= kill_at)
+        .count();
+    figure(
+        &format!("VIP (advert {advert} s): docker kill master: failed open at the kill / open at the kill / failed started during docker kill ({:.0} ms)", kill_done - kill_at),
+        format!("{failed_open_at_kill} / {open_at_kill} / {failed_during}"),
+    );
     let show = |f: &[Req]| {
         f.iter()
             .take(5)
