@@ -202,7 +202,6 @@ fn start_load(p: &Project, vip: &str) -> std::thread::JoinHandle<String> {
 }
 
 #[test]
-#[ignore = "open defect: docker restart of the backup fails 1-2 requests (connection reset after ~200 ms); run by bench/vip.sh"]
 fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_requests_in_flight() {
     let Some(_serial) = setup() else { return };
     let (p, vip) = project("ha");
@@ -366,6 +365,14 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
         restart.failed.is_empty(),
         "docker restart of the backup failed requests: {}",
         show(&restart.failed)
+    );
+    // Generous: the margin covers a connection opened as the kill landed.
+    let kill_failed = kill.failed.len() + failed_open_at_kill;
+    let in_flight = kill.in_flight.max(open_at_kill);
+    assert!(
+        kill_failed <= in_flight + 8,
+        "docker kill of the master failed {kill_failed} requests, {in_flight} were in flight: {}",
+        show(&kill.failed)
     );
     assert!(
         after_kill.is_empty(),
