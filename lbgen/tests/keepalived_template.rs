@@ -120,6 +120,32 @@ fn each_lb_gets_the_other_live_lbs_as_unicast_peers_and_keepalived_accepts_it() 
 }
 
 #[test]
+fn an_lb_alone_still_renders_unicast_so_a_reload_never_switches_keepalived_to_multicast() {
+    // keepalived 2.2 falls back to multicast on an empty peer list (`keepalived -t` exits 5 on
+    // it) and a reload between the modes restarts the instance in BACKUP: the VIP drops.
+    let alone = r#"{"members":[
+        {"name":"lb-a","addr":"10.1.0.2:7946","status":"alive","tags":{"role":"lb","vrrp":"master"}},
+        {"name":"lb-b","addr":"10.1.0.3:7946","status":"left","tags":{"role":"lb"}}]}"#;
+    let tpl = template();
+    let (ok, text, err) = render(
+        alone,
+        &["--template", tpl.to_str().unwrap(), "--local", "lb-a"],
+    );
+    assert!(ok, "{err}");
+    let block = text
+        .split("unicast_peer {")
+        .nth(1)
+        .and_then(|b| b.split('}').next())
+        .expect("a unicast_peer block");
+    assert!(block.contains("127.0.0.1"), "{text}");
+    assert!(
+        !block.contains("10.1.0.3"),
+        "a left LB stays a peer: {text}"
+    );
+    keepalived_check(&text);
+}
+
+#[test]
 fn the_haproxy_config_is_the_same_bytes_whatever_local_is() {
     let (ok_a, a, err) = render(&members("master"), &["--local", "lb-a"]);
     assert!(ok_a, "{err}");
