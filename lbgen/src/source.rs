@@ -154,6 +154,24 @@ impl Source {
         }
     }
 
+    /// GET `url` (bearer `token`): the body, at most `MAX_DOC` bytes; a non-2xx answer is an
+    /// error naming the status (and the token when it is a 401).
+    async fn get_body(&self, url: &str, token: Option<&str>) -> Result<Bytes, Error> {
+        let resp = self
+            .client
+            .request(get(url, token)?)
+            .await
+            .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(refused(url, resp.status(), token));
+        }
+        Ok(http_body_util::Limited::new(resp.into_body(), MAX_DOC)
+            .collect()
+            .await
+            .map_err(|e| Error::new(format!("GET {url}: {e}")))?
+            .to_bytes())
+    }
+
     /// The agent's own member name (`self.name` of `/v1/info`), for per-node templates;
     /// None for a members file, or while the agent does not answer (logged; asked again
     /// with the next snapshot).
@@ -163,20 +181,7 @@ impl Source {
         };
         let url = format!("{}/v1/info", base_url(a));
         let fut = async {
-            let req = get(&url, token.as_deref())?;
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
-            if !resp.status().is_success() {
-                return Err(refused(&url, resp.status(), token.as_deref()));
-            }
-            let body = http_body_util::Limited::new(resp.into_body(), MAX_DOC)
-                .collect()
-                .await
-                .map_err(|e| Error::new(format!("GET {url}: {e}")))?
-                .to_bytes();
+            let body = self.get_body(&url, token.as_deref()).await?;
             let v: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| Error::new(format!("GET {url}: {e}")))?;
             v["self"]["name"]
@@ -213,21 +218,10 @@ impl Source {
             SourceSpec::Api { addr: a, token } => {
                 let url = format!("{}/v1/members", base_url(a));
                 let fut = async {
-                    let req = get(&url, token.as_deref())
+                    // A request that cannot even be built names the --api address.
+                    get(&url, token.as_deref())
                         .map_err(|e| Error::new(format!("--api {a}: {e}")))?;
-                    let resp = self
-                        .client
-                        .request(req)
-                        .await
-                        .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
-                    if !resp.status().is_success() {
-                        return Err(refused(&url, resp.status(), token.as_deref()));
-                    }
-                    let body = http_body_util::Limited::new(resp.into_body(), MAX_DOC)
-                        .collect()
-                        .await
-                        .map_err(|e| Error::new(format!("GET {url}: {e}")))?
-                        .to_bytes();
+                    let body = self.get_body(&url, token.as_deref()).await?;
                     let text = std::str::from_utf8(&body)
                         .map_err(|_| Error::new(format!("GET {url}: body is not UTF-8")))?;
                     let doc = MembersDoc::from_json(text)
