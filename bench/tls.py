@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """HTTPS through lbgen's config against a hand-written HAProxy config, in one run.
 
-Two HAProxy 2.6 instances serve the same certificate (a local CA's, made with openssl) in
+Four HAProxy 2.6 instances serve the same certificate (a local CA's, made with openssl) in
 front of the same backend (a third HAProxy answering 200 itself, so the backend is never the
 bottleneck):
 
@@ -85,8 +85,8 @@ def put(path, data):
 
 class Proc:
     """A process in its own group, killed with its group on stop. With `pipe`, its stdout and
-    stderr go through a pipe that a `cat` in the same group drains into `log`, as a container's
-    output goes to the engine."""
+    stderr go through a pipe that a `cat` (in a group of its own, ending at the pipe's EOF) drains
+    into `log`, as a container's output goes to the engine."""
 
     def __init__(self, args, log, env=None, pipe=False):
         self.log = open(log, "wb")
