@@ -2,7 +2,7 @@
 """HTTPS through lbgen's config against a hand-written HAProxy config, in one run.
 
 Four HAProxy 2.6 instances serve the same certificate (a local CA's, made with openssl) in
-front of the same backend (a third HAProxy answering 200 itself, so the backend is never the
+front of the same backend (a fifth HAProxy answering 200 itself, so the backend is never the
 bottleneck):
 
   lbgen     `lbgen watch` following a members file, default template, tls_certs=DIR (what the
