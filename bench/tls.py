@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
 """HTTPS through lbgen's config against a hand-written HAProxy config, in one run.
 
-Two HAProxy 2.6 instances serve the same certificate (a local CA's, made with openssl) in
-front of the same backend (a third HAProxy answering 200 itself, so the backend is never the
+Four HAProxy 2.6 instances serve the same certificate (a local CA's, made with openssl) in
+front of the same backend (a fifth HAProxy answering 200 itself, so the backend is never the
 bottleneck):
 
-  lbgen   `lbgen watch` following a members file, default template, tls_certs=DIR (what the
-          demo runs: JSON access log, request id, X-Forwarded-*, HSTS, health checks)
-  hand    a minimal config written by hand: one `bind ... ssl crt FILE`, one backend
+  lbgen     `lbgen watch` following a members file, default template, tls_certs=DIR (what the
+            demo runs: JSON access log to stdout, request id, X-Forwarded-*, HSTS, health checks)
+  hand+log  a minimal config written by hand: one `bind ... ssl crt FILE`, one backend, and the
+            access log a skilled user would add: `option httplog` to the same stdout
+  quiet     lbgen's with `access_log=` (no access log)
+  hand      the hand-written one without a log
 
-Measured, the two sides interleaved round by round so machine noise hits both alike:
+Each HAProxy's stdout is a pipe drained by `cat` into a file, as a container's stdout is a pipe
+drained by the engine (a regular file as stdout is a case HAProxy's docs call slow).
+
+Measured, the sides interleaved round by round so machine noise hits them alike:
   - requests/s with keep-alive (`wrk`, Debian's package): TLS record layer, no handshakes
+  - HAProxy CPU time per keep-alive request (utime + stime of its processes over the run,
+    divided by the requests): what each config costs, less swayed by the other load on a
+    shared machine than requests/s
   - requests/s on new connections (`wrk -H "Connection: close"`): a full handshake each
   - handshake time p50/p99: Python's ssl, one new connection at a time
   - lbgen only: a certificate renamed into the directory -> served to a new client (ms),
@@ -75,12 +84,37 @@ def put(path, data):
 
 
 class Proc:
-    """A process in its own group, killed with its group on stop."""
+    """A process in its own group, killed with its group on stop. With `pipe`, its stdout and
+    stderr go through a pipe that a `cat` (in a group of its own, ending at the pipe's EOF) drains
+    into `log`, as a container's output goes to the engine."""
 
-    def __init__(self, args, log, env=None):
+    def __init__(self, args, log, env=None, pipe=False):
         self.log = open(log, "wb")
-        self.p = subprocess.Popen(args, stdout=self.log, stderr=self.log, stdin=subprocess.DEVNULL,
+        out = self.log
+        self.cat = None
+        if pipe:
+            self.cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=self.log,
+                                        start_new_session=True)
+            out = self.cat.stdin
+        self.p = subprocess.Popen(args, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                   start_new_session=True, env=env)
+        if self.cat:
+            self.cat.stdin.close()  # the child holds the write end; cat ends when it exits
+
+    def cpu_seconds(self):
+        """utime + stime of the processes in this one's group (HAProxy's master and worker)."""
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == self.p.pid:  # pgrp
+                total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         if self.p.poll() is None:
@@ -92,6 +126,11 @@ class Proc:
                     os.killpg(self.p.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+        if self.cat:
+            try:
+                self.cat.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.cat.kill()
         self.log.close()
 
 
@@ -239,8 +278,32 @@ frontend https-in
 backend web
     server s1 127.0.0.1:{bport}
 """)
-        procs.append(Proc([haproxy, "-W", "-S", os.path.join(tmp, "hand.sock"), "-f",
-                           os.path.join(tmp, "hand.cfg")], os.path.join(tmp, "hand.log")))
+        hand = Proc([haproxy, "-W", "-S", os.path.join(tmp, "hand.sock"), "-f",
+                     os.path.join(tmp, "hand.cfg")], os.path.join(tmp, "hand.log"), pipe=True)
+        procs.append(hand)
+
+        # Hand-written with an access log: HAProxy's own line, to the same stdout as lbgen's.
+        hlog_port = free_port()
+        with open(os.path.join(tmp, "hand-log.cfg"), "w") as f:
+            f.write(f"""global
+    maxconn 4096
+    log stdout len 8192 format raw local0
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend https-in
+    bind 127.0.0.1:{hlog_port} ssl crt {hand_pem} alpn h2,http/1.1
+    default_backend web
+backend web
+    server s1 127.0.0.1:{bport}
+""")
+        hand_log = Proc([haproxy, "-W", "-S", os.path.join(tmp, "hand-log.sock"), "-f",
+                         os.path.join(tmp, "hand-log.cfg")], os.path.join(tmp, "hand-log.log"), pipe=True)
+        procs.append(hand_log)
 
         # lbgen's: HAProxy from an empty render, then lbgen watch.
         lb_port, http_port = free_port(), free_port()
@@ -270,11 +333,13 @@ backend web
         cfg = sh([lbgen, "render", "--members", empty, "--dry-run"] + var_args)
         with open(out, "w") as f:
             f.write(cfg)
-        procs.append(Proc([haproxy, "-W", "-S", msock, "-f", out], os.path.join(tmp, "lb.log")))
+        lb = Proc([haproxy, "-W", "-S", msock, "-f", out], os.path.join(tmp, "lb.log"), pipe=True)
+        procs.append(lb)
         qout, qsock = os.path.join(tmp, "q-haproxy.cfg"), os.path.join(tmp, "q-master.sock")
         with open(qout, "w") as f:
             f.write(sh([lbgen, "render", "--members", empty, "--dry-run"] + quiet_args))
-        procs.append(Proc([haproxy, "-W", "-S", qsock, "-f", qout], os.path.join(tmp, "q-lb.log")))
+        quiet = Proc([haproxy, "-W", "-S", qsock, "-f", qout], os.path.join(tmp, "q-lb.log"), pipe=True)
+        procs.append(quiet)
         time.sleep(0.5)
         procs.append(Proc([lbgen, "watch", "--members", members, "--out", out, "--haproxy-master", msock,
                            "--wait", "20ms:200ms", "--log-format", "json"] + var_args,
@@ -288,14 +353,17 @@ backend web
             wait_https(hand_port, ctx)
             wait_https(lb_port, ctx)
             wait_https(quiet_port, ctx)
+            wait_https(hlog_port, ctx)
         except SystemExit:
-            for log in ("lbgen.log", "lb.log", "hand.log", "backend.log"):
+            for log in ("lbgen.log", "lb.log", "hand.log", "hand-log.log", "backend.log"):
                 with open(os.path.join(tmp, log), errors="replace") as f:
                     print(f"--- {log}:\n" + "".join(f.readlines()[-15:]), file=sys.stderr)
             raise
 
-        sides = {"lbgen": lb_port, "quiet": quiet_port, "hand": hand_port}
+        sides = {"lbgen": lb_port, "hand_log": hlog_port, "quiet": quiet_port, "hand": hand_port}
+        proc_of = {"lbgen": lb, "hand_log": hand_log, "quiet": quiet, "hand": hand}
         rps = {(s, c): [] for s in sides for c in (False, True)}
+        cpu_us = {s: [] for s in sides}
         errs = {s: 0 for s in sides}
         names = list(sides)
         for r in range(a.rounds):
@@ -304,8 +372,12 @@ backend web
             for close in (False, True):
                 for side in order:
                     port = sides[side]
+                    c0 = proc_of[side].cpu_seconds()
                     r, e = wrk(port, a.seconds, close)
+                    c1 = proc_of[side].cpu_seconds()
                     rps[(side, close)].append(r)
+                    if not close and r > 0:
+                        cpu_us[side].append((c1 - c0) / (r * a.seconds) * 1e6)
                     errs[side] += e
         hs = {s: [] for s in sides}
         for _ in range(3):
@@ -334,19 +406,34 @@ backend web
 
     load_after = open("/proc/loadavg").read().split()[:3]
     med = {k: statistics.median(v) for k, v in rps.items()}
-    def ratio(side, close):
-        return med[(side, close)] / med[("hand", close)]
+    cpu = {k: statistics.median(v) for k, v in cpu_us.items()}
+
+    def ratio(side, close, base):
+        return med[(side, close)] / med[(base, close)]
+
+    def ratios(close):
+        return f"{ratio('lbgen', close, 'hand_log'):.2f}, {ratio('quiet', close, 'hand'):.2f}"
 
     def hs_cell(side):
         return f"{pct(hs[side], 50):.2f} / {pct(hs[side], 99):.2f}"
 
+    cols = ("lbgen", "hand_log", "quiet", "hand")
+
+    def row(label, cell, last=""):
+        return f"| {label} | " + " | ".join(cell(s) for s in cols) + f" | {last} |"
+
     lines = [
-        "| | lbgen's config (defaults: JSON access log) | lbgen's, `access_log=` | hand-written | lbgen / hand, quiet / hand |",
-        "|---|---|---|---|---|",
-        f"| HTTPS requests/s, keep-alive (median of {a.rounds}) | {med[('lbgen', False)]:,.0f} | {med[('quiet', False)]:,.0f} | {med[('hand', False)]:,.0f} | {ratio('lbgen', False):.2f}, {ratio('quiet', False):.2f} |",
-        f"| HTTPS requests/s, new connection each (median of {a.rounds}) | {med[('lbgen', True)]:,.0f} | {med[('quiet', True)]:,.0f} | {med[('hand', True)]:,.0f} | {ratio('lbgen', True):.2f}, {ratio('quiet', True):.2f} |",
-        f"| TLS handshake p50 / p99, ms ({len(hs['lbgen'])} each) | {hs_cell('lbgen')} | {hs_cell('quiet')} | {hs_cell('hand')} | |",
-        f"| wrk errors (non-2xx + socket) | {errs['lbgen']} | {errs['quiet']} | {errs['hand']} | |",
+        "| | lbgen's config (defaults: JSON access log) | hand-written + `option httplog` (same stdout) "
+        "| lbgen's, `access_log=` | hand-written, no log | lbgen / hand+log, quiet / hand |",
+        "|---|---|---|---|---|---|",
+        row(f"HTTPS requests/s, keep-alive (median of {a.rounds})",
+            lambda s: f"{med[(s, False)]:,.0f}", ratios(False)),
+        row(f"HTTPS requests/s, new connection each (median of {a.rounds})",
+            lambda s: f"{med[(s, True)]:,.0f}", ratios(True)),
+        row("HAProxy CPU per keep-alive request, µs (median)", lambda s: f"{cpu[s]:.1f}",
+            f"{cpu['lbgen'] / cpu['hand_log']:.2f}, {cpu['quiet'] / cpu['hand']:.2f} (CPU ratio)"),
+        row(f"TLS handshake p50 / p99, ms ({len(hs['lbgen'])} each)", hs_cell),
+        row("wrk errors (non-2xx + socket)", lambda s: str(errs[s])),
         "",
         f"Certificate renewed on disk (rename) -> served to a new client, {len(swap_ms)} renewals: "
         f"p50 {pct(swap_ms, 50):.0f} ms, max {max(swap_ms):.0f} ms; HAProxy reloads during them: {after - before}.",

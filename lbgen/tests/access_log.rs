@@ -186,7 +186,7 @@ async fn the_default_template_passes_the_client_address_and_request_id_and_logs_
 }
 
 #[test]
-fn an_empty_access_log_var_renders_no_log_target() {
+fn an_empty_access_log_var_renders_no_log_target_and_no_per_request_log_work() {
     let dir = tempfile::tempdir().unwrap();
     let doc = MembersDoc::from_json(r#"{"members":[]}"#).unwrap();
     let text = Renderer::builtin()
@@ -196,6 +196,9 @@ fn an_empty_access_log_var_renders_no_log_target() {
         )
         .unwrap();
     assert!(!text.contains("format raw"), "{text}");
+    // Nothing is computed per request for a log that is not written.
+    assert!(!text.contains("set-var(txn.log_"), "{text}");
+    assert!(!text.contains("log-format"), "{text}");
     lbgen::render::check_lines(&text).unwrap();
 }
 
