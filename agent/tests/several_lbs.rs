@@ -246,13 +246,10 @@ fn every_lb_renders_byte_identical_configs_after_each_membership_change() {
         |t| !t.contains("server web-3 ") && t.contains("server web-1 "),
     );
 
-    // A graceful leave takes a whole pool and its route out (a reload on each LB).
-    assert_eq!(api1.terminate(Duration::from_secs(10)), Some(0));
-    settle(&[&lb1, &lb2], &vars, "leave", bound, |t| {
-        !t.contains("server api-1 ") && !t.contains("backend api")
-    });
-
-    // An LB that joins late renders what the others have, then follows the next change.
+    // An LB that joins late renders what the others have, then follows the next changes.
+    // (Before the leave: a member that left before an LB joined never reaches that LB's
+    // agent, so its pool, kept by the others until the reap, is missing there; see
+    // docs/lbgen.md, "Several LBs".)
     let mut lb3 = Lb::start(&rt, 3, &[gossip(1), gossip(11)], &vars);
     settle(
         &[&lb1, &lb2, &lb3],
@@ -261,6 +258,13 @@ fn every_lb_renders_byte_identical_configs_after_each_membership_change() {
         Duration::from_secs(30),
         |t| t.contains(&server_line("web-2", &w2, 0)) && t.contains(&server_line("web-1", &w1, 50)),
     );
+    // A graceful leave of a pool's only member: its server goes, the pool and its route stay
+    // (answering 503, never falling through to `web`) until the member is reaped.
+    assert_eq!(api1.terminate(Duration::from_secs(10)), Some(0));
+    settle(&[&lb1, &lb2, &lb3], &vars, "leave", bound, |t| {
+        !t.contains("server api-1 ") && t.contains("\nbackend api\n")
+    });
+
     assert!(web2.cli(&["tags", "--set", "state=ready"]).status.success());
     settle(&[&lb1, &lb2, &lb3], &vars, "ready again", bound, |t| {
         t.contains(&server_line("web-2", &w2, 100))
