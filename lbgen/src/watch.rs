@@ -313,6 +313,10 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
                 let signalled = pending.take().map(|p| p.0)
                     .or(retry_at.map(|r| r.0))
                     .unwrap_or_else(Instant::now);
+                // The first apply reloads: a change right after it is part of its burst.
+                if applier.first_apply_pending() && last_reload_signal.is_none() {
+                    last_reload_signal = Some(signalled);
+                }
                 retry_at = None;
                 resync_at = cfg.resync.map(|d| Instant::now() + d);
                 let started = Instant::now();
