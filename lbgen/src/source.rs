@@ -154,12 +154,18 @@ impl Source {
         }
     }
 
-    /// GET `url` (bearer `token`): the body, at most `MAX_DOC` bytes; a non-2xx answer is an
-    /// error naming the status (and the token when it is a 401).
-    async fn get_body(&self, url: &str, token: Option<&str>) -> Result<Bytes, Error> {
+    /// Sends `req` (a GET of `url` built by [`get`] with `token`): the body, at most
+    /// `MAX_DOC` bytes; a non-2xx answer is an error naming the status (and the token when it
+    /// is a 401).
+    async fn get_body(
+        &self,
+        url: &str,
+        req: hyper::Request<Empty<Bytes>>,
+        token: Option<&str>,
+    ) -> Result<Bytes, Error> {
         let resp = self
             .client
-            .request(get(url, token)?)
+            .request(req)
             .await
             .map_err(|e| Error::new(format!("GET {url}: {e}")))?;
         if !resp.status().is_success() {
@@ -181,7 +187,8 @@ impl Source {
         };
         let url = format!("{}/v1/info", base_url(a));
         let fut = async {
-            let body = self.get_body(&url, token.as_deref()).await?;
+            let req = get(&url, token.as_deref())?;
+            let body = self.get_body(&url, req, token.as_deref()).await?;
             let v: serde_json::Value =
                 serde_json::from_slice(&body).map_err(|e| Error::new(format!("GET {url}: {e}")))?;
             v["self"]["name"]
@@ -218,10 +225,9 @@ impl Source {
             SourceSpec::Api { addr: a, token } => {
                 let url = format!("{}/v1/members", base_url(a));
                 let fut = async {
-                    // A request that cannot even be built names the --api address.
-                    get(&url, token.as_deref())
+                    let req = get(&url, token.as_deref())
                         .map_err(|e| Error::new(format!("--api {a}: {e}")))?;
-                    let body = self.get_body(&url, token.as_deref()).await?;
+                    let body = self.get_body(&url, req, token.as_deref()).await?;
                     let text = std::str::from_utf8(&body)
                         .map_err(|_| Error::new(format!("GET {url}: body is not UTF-8")))?;
                     let doc = MembersDoc::from_json(text)
