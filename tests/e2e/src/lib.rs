@@ -510,6 +510,23 @@ impl Project {
         parse_show_proc_master(&String::from_utf8_lossy(&out.stdout))
     }
 
+    /// The LB's log lines (HAProxy's access log and every service's output, as
+    /// `docker-compose logs` gives them) that contain any of `needles`, at most `max` of
+    /// them, the last ones: what a failed assertion shows of why requests failed.
+    pub fn lb_log_lines(&self, needles: &[&str], max: usize) -> Vec<String> {
+        let out = self.compose_raw(
+            &["logs", "--no-color", "--timestamps", "lb"],
+            Duration::from_secs(60),
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let hits: Vec<String> = text
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n)))
+            .map(str::to_string)
+            .collect();
+        hits[hits.len().saturating_sub(max)..].to_vec()
+    }
+
     /// The network compose made for this project.
     pub fn network(&self) -> String {
         format!("{}_default", self.name.replace('.', ""))

@@ -142,6 +142,20 @@ fn scale_1_to_30_to_1_under_load_reloads_haproxy_zero_times_and_fails_no_request
     let mut problems = Vec::new();
     if gf + pf + sf > 0 {
         problems.push(format!("failed requests: GET {gs}; POST {ps}; sticky {ss}"));
+        // Why: HAProxy's access log has the termination state and the server (or <NOSRV>)
+        // of every answer that was not a 2xx; lbgen says which change it made when.
+        let why = p.lb_log_lines(
+            &[
+                "\"status\":5",
+                "\"status\":4",
+                "servers changed",
+                "config live",
+                "is DOWN",
+                "is UP",
+            ],
+            60,
+        );
+        problems.push(format!("the LB's log around them:\n{}", why.join("\n")));
     }
     if pid1 != pid0 {
         problems.push(format!("HAProxy's master restarted ({pid0} -> {pid1})"));
