@@ -370,6 +370,51 @@ impl Table {
         out
     }
 
+    /// A member we never knew, listed as failed or left in a peer's
+    /// push-pull state: recorded as the peer holds it (identity, tags,
+    /// incarnation), so a node that joins after a member went has the same
+    /// table as every other node until the record is reaped. Serf's
+    /// push-pull carries its left members for the same reason.
+    ///
+    /// `announce` says whether it is worth an event: not in a joiner's
+    /// first state (it never saw the member, and a handler would run once
+    /// for every member gone in the last `--reap-after`), yes after the
+    /// join (a healed partition), so the table's readers refetch. A name
+    /// already in the table, ourselves, an active status or a full table:
+    /// nothing changes.
+    pub fn learn_gone(
+        &mut self,
+        id: &NodeId,
+        incarnation: u16,
+        status: Status,
+        now: u64,
+        announce: bool,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        if id.name == self.local
+            || status.is_active()
+            || self.members.contains_key(&id.name)
+            || !self.has_room()
+        {
+            return out;
+        }
+        let record = Record {
+            id: id.clone(),
+            status,
+            incarnation,
+            changed_at: now,
+        };
+        if announce {
+            let kind = match status {
+                Status::Left => EventKind::MemberLeave,
+                _ => EventKind::MemberFailed,
+            };
+            out.event(kind, &record);
+        }
+        self.members.insert(id.name.clone(), record);
+        out
+    }
+
     /// `shoal force-leave NAME`: a failed node is marked left at once.
     pub fn force_leave(&mut self, name: &str, now: u64) -> Result<Outcome, ForceLeaveError> {
         let mut out = Outcome::default();
@@ -569,6 +614,59 @@ mod tests {
         assert_eq!(kinds(&t.reap(1010)), [EventKind::MemberReap]);
         assert!(t.get("b").is_none());
         assert!(t.get("me").is_some(), "never reaps itself");
+    }
+
+    #[test]
+    fn a_member_gone_before_we_knew_it_is_kept_as_the_peer_holds_it_until_the_reap() {
+        let mut t = table();
+        let mut b = id("b", "10.0.0.2:7946", 1);
+        b.tags.insert("service".into(), "api".into());
+        // A joiner's first state: no event, the record as the peer holds it.
+        assert!(t
+            .learn_gone(&b, 3, Status::Left, 10, false)
+            .events
+            .is_empty());
+        let rec = t.get("b").unwrap();
+        assert_eq!((rec.status, rec.incarnation), (Status::Left, 3));
+        assert_eq!(rec.id, b, "tags and generation kept");
+        // After the join it is an event, so the table's readers refetch.
+        let c = id("c", "10.0.0.3:7946", 1);
+        assert_eq!(
+            kinds(&t.learn_gone(&c, 0, Status::Failed, 10, true)),
+            [EventKind::MemberFailed]
+        );
+        // Never over what the table knows, never ourselves, never a live status.
+        let b2 = id("b", "10.0.0.2:7946", 2);
+        assert!(t
+            .learn_gone(&b2, 0, Status::Failed, 11, true)
+            .events
+            .is_empty());
+        assert_eq!(t.get("b").unwrap().id.generation, 1);
+        let me = id("me", "10.0.0.1:7946", 1);
+        assert!(t
+            .learn_gone(&me, 0, Status::Left, 11, true)
+            .events
+            .is_empty());
+        assert_eq!(t.get("me").unwrap().status, Status::Alive);
+        let d = id("d", "10.0.0.4:7946", 1);
+        assert!(t
+            .learn_gone(&d, 0, Status::Alive, 11, true)
+            .events
+            .is_empty());
+        assert!(t.get("d").is_none());
+        // The old identity, alive in a stale view, does not bring it back...
+        assert!(t.observe(&b, FocaState::Down, 3, 12).events.is_empty());
+        assert_eq!(t.get("b").unwrap().status, Status::Left);
+        // ...a newer one with the same name does: it rejoined.
+        assert_eq!(
+            kinds(&t.observe(&b2, FocaState::Alive, 0, 13)),
+            [EventKind::MemberJoin]
+        );
+        assert_eq!(t.get("b").unwrap().status, Status::Alive);
+        // Reaped like any failed or left member: reap_after after it was learned.
+        assert!(t.reap(1009).events.is_empty());
+        assert_eq!(kinds(&t.reap(1010)), [EventKind::MemberReap]);
+        assert!(t.get("c").is_none());
     }
 
     #[test]
