@@ -13,9 +13,10 @@ file is off (its absolute path would be shared on one host).
 
 Changes, each repeated --rounds times: a tag change (`weight`), a drain and
 back to ready (`state`), a backend joining and leaving a pool gracefully (these
-five go through HAProxy's runtime API), a new pool joining and leaving (a
-reload, so lbgen's debounce applies), and a kill -9 (the cluster must detect
-it first). For each, measured by polling the LBs' files every 2 ms:
+five go through HAProxy's runtime API), a new pool joining (a reload, so
+lbgen's debounce may apply), its only member leaving gracefully (the pool and
+its route stay, answering 503, until the member is reaped: a runtime `del
+server`, no reload), and a kill -9 (the cluster must detect it first). For each, measured by polling the LBs' files every 2 ms:
   change -> all identical : from the change (CLI call, process start, signal)
                             to every file byte-identical and different from
                             before;
@@ -280,8 +281,9 @@ def main():
                 record("new pool joins (reload)", lambda: extra.setdefault(
                     "p", backend(f"api-{r}", 60 + r, [f"service=api{r}", f"route=/api{r}"])),
                     lambda t: f"backend api{r}" in t)
-                record("pool leaves (SIGTERM, reload)", lambda: extra["p"].signal(signal.SIGTERM),
-                       lambda t: f"backend api{r}" not in t)
+                record("pool's only member leaves (SIGTERM; pool stays, 503)",
+                       lambda: extra["p"].signal(signal.SIGTERM),
+                       lambda t: f"server api-{r} " not in t and f"\nbackend api{r}\n" in t)
                 k = backend(f"web-k{r}", 100 + r, ["service=web"])
                 before = settle(lbs, "kill setup", lambda t: f"server web-k{r} " in t)
                 record("kill -9 (detection included)", lambda: k.signal(signal.SIGKILL),
