@@ -286,9 +286,13 @@ fn every_lb_renders_byte_identical_configs_after_each_membership_change() {
     );
 
     assert!(web2.cli(&["tags", "--set", "state=ready"]).status.success());
-    settle(&[&lb1, &lb2, &lb3, &lb4], &vars, "ready again", bound, |t| {
-        t.contains(&server_line("web-2", &w2, 100))
-    });
+    settle(
+        &[&lb1, &lb2, &lb3, &lb4],
+        &vars,
+        "ready again",
+        bound,
+        |t| t.contains(&server_line("web-2", &w2, 100)),
+    );
 
     // The shared port serves through whichever LB the kernel picks: every request answered
     // (once HAProxy's health checks have the servers up; the last change was a reload).

@@ -1836,7 +1836,7 @@ mod tests {
         assert_eq!(net.cores[0].record("n2").unwrap().id, gone);
 
         // A stale state from a peer that still holds n2 alive does not bring it back.
-        let stale = crate::testing::converged(net.cores[1].local(), &[gone.clone()]);
+        let stale = crate::testing::converged(net.cores[1].local(), std::slice::from_ref(&gone));
         let now = net.now();
         net.cores[n3].apply_remote(stale, now);
         for _ in 0..100 {
@@ -1870,7 +1870,7 @@ mod tests {
         let held = net.cores[n3].record("n2").expect("n3 knows n2").clone();
         assert_eq!((held.status, &held.id), (Status::Failed, &gone));
         // foca holds it as down: a stale "alive" of that identity is refused.
-        let stale = crate::testing::converged(net.cores[1].local(), &[gone.clone()]);
+        let stale = crate::testing::converged(net.cores[1].local(), std::slice::from_ref(&gone));
         let now = net.now();
         net.cores[n3].apply_remote(stale, now);
         net.step();
