@@ -133,6 +133,12 @@ pub struct Table {
     moves: HashMap<String, VecDeque<u64>>,
     /// New names refused because the table was full.
     refused: u64,
+    /// Members this table holds only because a peer's state listed them
+    /// as gone ([`Table::learn_gone`]): name → the generation learned.
+    /// Kept out of our own state ([`Table::sync_entries`]), so a record
+    /// with a fresh reap time is never passed on: otherwise two nodes that
+    /// reap at different times would hand it back and forth for ever.
+    learned: HashMap<String, u64>,
 }
 
 impl Table {
@@ -145,6 +151,7 @@ impl Table {
             reap_after_ms,
             moves: HashMap::new(),
             refused: 0,
+            learned: HashMap::new(),
         };
         let record = Record {
             id: local.clone(),
@@ -412,6 +419,7 @@ impl Table {
             out.event(kind, &record);
         }
         self.members.insert(id.name.clone(), record);
+        self.learned.insert(id.name.clone(), id.generation);
         out
     }
 
@@ -453,16 +461,22 @@ impl Table {
         for name in expired {
             if let Some(rec) = self.members.remove(&name) {
                 self.moves.remove(&name);
+                self.learned.remove(&name);
                 out.event(EventKind::MemberReap, &rec);
             }
         }
         out
     }
 
-    /// Our table in push-pull form.
+    /// Our table in push-pull form: every member we saw ourselves, alive or
+    /// gone; not those we only learned were gone from a peer (that peer,
+    /// and every member that saw it go, pass them on).
     pub fn sync_entries(&self) -> Vec<SyncEntry> {
         self.members
             .values()
+            .filter(|r| {
+                r.status.is_active() || self.learned.get(&r.id.name) != Some(&r.id.generation)
+            })
             .map(|r| SyncEntry {
                 id: r.id.clone(),
                 incarnation: r.incarnation,
@@ -654,6 +668,15 @@ mod tests {
             .events
             .is_empty());
         assert!(t.get("d").is_none());
+        // What was only learned is not passed on; what we saw go is.
+        let shared = |t: &Table| -> Vec<String> {
+            t.sync_entries().into_iter().map(|e| e.id.name).collect()
+        };
+        assert_eq!(shared(&t), ["me"]);
+        let e = id("e", "10.0.0.5:7946", 1);
+        t.observe(&e, FocaState::Alive, 0, 11);
+        t.leave_notice(&e, 11);
+        assert_eq!(shared(&t), ["e", "me"]);
         // The old identity, alive in a stale view, does not bring it back...
         assert!(t.observe(&b, FocaState::Down, 3, 12).events.is_empty());
         assert_eq!(t.get("b").unwrap().status, Status::Left);
@@ -663,6 +686,7 @@ mod tests {
             [EventKind::MemberJoin]
         );
         assert_eq!(t.get("b").unwrap().status, Status::Alive);
+        assert_eq!(shared(&t), ["b", "e", "me"], "its new life is shared");
         // Reaped like any failed or left member: reap_after after it was learned.
         assert!(t.reap(1009).events.is_empty());
         assert_eq!(kinds(&t.reap(1010)), [EventKind::MemberReap]);

@@ -1821,6 +1821,10 @@ mod tests {
             assert!(net.now_ms < 10_000, "n2's leave never reached everyone");
         }
         net.dead.push(2);
+        // n3 joins 3 s after the leave.
+        for _ in 0..300 {
+            net.step();
+        }
         let (n3, first) = late_joiner(&mut net);
         assert_eq!(
             events_about(&first, "n2"),
@@ -1844,8 +1848,31 @@ mod tests {
         }
         assert_eq!(net.status(n3, "n2"), Some(Status::Left));
 
-        // Reaped at n3 too, within the reap time of learning it.
+        // n0 reaps it first (it saw the leave 3 s before n3 learned of it). n3 does not
+        // pass what it only learned on: n0 does not take it back from n3's state.
         let learned = net.now_ms - 2_000;
+        assert!(
+            net.cores[n3]
+                .sync_state()
+                .entries
+                .iter()
+                .all(|e| e.id.name != "n2"),
+            "n3 passes on a member it only learned was gone"
+        );
+        while net.status(0, "n2").is_some() {
+            net.step();
+            assert!(net.now_ms < 30_000, "n2 never reaped at n0");
+        }
+        assert_eq!(
+            net.status(n3, "n2"),
+            Some(Status::Left),
+            "n3 reaps it later"
+        );
+        let now = net.now();
+        let state = net.cores[n3].sync_state();
+        net.cores[0].apply_remote(state, now);
+        assert_eq!(net.status(0, "n2"), None, "n0 took back what it reaped");
+        // Reaped at n3 too, within the reap time of learning it.
         while net.status(n3, "n2").is_some() {
             net.step();
             assert!(
@@ -1853,7 +1880,6 @@ mod tests {
                 "n2 not reaped at n3 10 s after it learned it"
             );
         }
-        assert_eq!(net.status(0, "n2"), None, "reaped at n0 first");
     }
 
     #[test]
