@@ -13,9 +13,12 @@ file is off (its absolute path would be shared on one host).
 
 Changes, each repeated --rounds times: a tag change (`weight`), a drain and
 back to ready (`state`), a backend joining and leaving a pool gracefully (these
-five go through HAProxy's runtime API), a new pool joining and leaving (a
-reload, so lbgen's debounce applies), and a kill -9 (the cluster must detect
-it first). For each, measured by polling the LBs' files every 2 ms:
+five go through HAProxy's runtime API), a new pool joining (a reload, so
+lbgen's debounce may apply), its only member leaving gracefully (the pool and
+its route stay, answering 503, until the member is reaped: a runtime `del
+server`, no reload), and a kill -9 (the cluster must detect it first). Then
+one more LB starts: how soon its file equals the others', the pools whose
+members all left included (its agent learns them from the join's push-pull). For each, measured by polling the LBs' files every 2 ms:
   change -> all identical : from the change (CLI call, process start, signal)
                             to every file byte-identical and different from
                             before;
@@ -280,12 +283,25 @@ def main():
                 record("new pool joins (reload)", lambda: extra.setdefault(
                     "p", backend(f"api-{r}", 60 + r, [f"service=api{r}", f"route=/api{r}"])),
                     lambda t: f"backend api{r}" in t)
-                record("pool leaves (SIGTERM, reload)", lambda: extra["p"].signal(signal.SIGTERM),
-                       lambda t: f"backend api{r}" not in t)
+                record("pool's only member leaves (SIGTERM; pool stays, 503)",
+                       lambda: extra["p"].signal(signal.SIGTERM),
+                       lambda t: f"server api-{r} " not in t and f"\nbackend api{r}\n" in t)
                 k = backend(f"web-k{r}", 100 + r, ["service=web"])
                 before = settle(lbs, "kill setup", lambda t: f"server web-k{r} " in t)
                 record("kill -9 (detection included)", lambda: k.signal(signal.SIGKILL),
                        lambda t: f"server web-k{r} " not in t)
+            # An LB that starts now, after every api pool's only member left: its agent's
+            # join sync carries those left members, so it must have the same pools (503).
+            t0 = time.monotonic()
+            late = Lb(workdir, a.lbs + 1, ["--join", seed], var_flags)
+            lbs.append(late)
+            target = lbs[0].text()
+            while late.text() != target:
+                if time.monotonic() - t0 > BOUND:
+                    raise RuntimeError("the late LB's config never matched the others'")
+                time.sleep(POLL)
+            late_ms = (time.monotonic() - t0) * 1000
+            late_pools = sum(1 for r in range(a.rounds) if f"\nbackend api{r}\n" in target)
         finally:
             for lb in lbs:
                 lb.stop()
@@ -316,7 +332,12 @@ def main():
         "",
         "| change | n | change → all LBs identical | first LB changed → all identical |",
         "| --- | --- | --- | --- |",
-    ] + [f"| {k} | {n} | {t} | {s} |" for k, n, t, s in rows]
+    ] + [f"| {k} | {n} | {t} | {s} |" for k, n, t, s in rows] + [
+        "",
+        f"An LB started after the rounds (its agent, HAProxy and lbgen; {late_pools} pools whose "
+        f"only member left, each answering 503): its file byte-identical with the others' "
+        f"{late_ms:.0f} ms after it was started.",
+    ]
     text = "\n".join(lines)
     print(text)
     if not a.no_write:

@@ -1,8 +1,9 @@
 //! Several load balancers from one membership (issue 13): each LB is a real `shoal agent`
 //! (`role=lb`) with its own lbgen follow loop (the code `lbgen watch` runs) and its own real
 //! HAProxy. After every membership change — a join, a tag change, a drain, a kill -9, a
-//! graceful leave, an LB that joins late — their config files become byte-identical, hold
-//! the change, and equal the render of an LB agent's own members snapshot.
+//! graceful leave, an LB that joins late, one that joins after a pool's only member left —
+//! their config files become byte-identical, hold the change, and equal the render of an LB
+//! agent's own members snapshot.
 //!
 //! All LBs render with the same variables, as LBs on their own hosts would: they share the
 //! HAProxy ports (HAProxy binds with SO_REUSEPORT, so the kernel spreads connections over
@@ -247,9 +248,6 @@ fn every_lb_renders_byte_identical_configs_after_each_membership_change() {
     );
 
     // An LB that joins late renders what the others have, then follows the next changes.
-    // (Before the leave: a member that left before an LB joined never reaches that LB's
-    // agent, so its pool, kept by the others until the reap, is missing there; see
-    // docs/lbgen.md, "Several LBs".)
     let mut lb3 = Lb::start(&rt, 3, &[gossip(1), gossip(11)], &vars);
     settle(
         &[&lb1, &lb2, &lb3],
@@ -265,10 +263,36 @@ fn every_lb_renders_byte_identical_configs_after_each_membership_change() {
         !t.contains("server api-1 ") && t.contains("\nbackend api\n")
     });
 
+    // An LB that joins after the pool's only member left: its agent's first sync carries
+    // the left member (and the failed web-3), so its config has the pool too, answering
+    // 503 like the others', not sending `/api` to the default pool.
+    let mut lb4 = Lb::start(&rt, 4, &[gossip(1)], &vars);
+    settle(
+        &[&lb1, &lb2, &lb3, &lb4],
+        &vars,
+        "an LB joining after the leave",
+        Duration::from_secs(30),
+        |t| !t.contains("server api-1 ") && t.contains("\nbackend api\n"),
+    );
+    assert!(
+        render_of(&lb4.agent, &vars).as_deref() == Some(lb4.text().as_str()),
+        "the late LB's file is not the render of its own agent's members"
+    );
+    assert_eq!(
+        lb4.agent.status_of("api-1").as_deref(),
+        Some("left"),
+        "the late LB's agent: {:?}",
+        lb4.agent.members()
+    );
+
     assert!(web2.cli(&["tags", "--set", "state=ready"]).status.success());
-    settle(&[&lb1, &lb2, &lb3], &vars, "ready again", bound, |t| {
-        t.contains(&server_line("web-2", &w2, 100))
-    });
+    settle(
+        &[&lb1, &lb2, &lb3, &lb4],
+        &vars,
+        "ready again",
+        bound,
+        |t| t.contains(&server_line("web-2", &w2, 100)),
+    );
 
     // The shared port serves through whichever LB the kernel picks: every request answered
     // (once HAProxy's health checks have the servers up; the last change was a reload).
@@ -290,7 +314,7 @@ fn every_lb_renders_byte_identical_configs_after_each_membership_change() {
         "requests through the LBs' shared port did not all succeed: {last}"
     );
 
-    for lb in [&mut lb1, &mut lb2, &mut lb3] {
+    for lb in [&mut lb1, &mut lb2, &mut lb3, &mut lb4] {
         lb.stop_watch(&rt);
     }
 }

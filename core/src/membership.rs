@@ -133,6 +133,12 @@ pub struct Table {
     moves: HashMap<String, VecDeque<u64>>,
     /// New names refused because the table was full.
     refused: u64,
+    /// Members this table holds only because a peer's state listed them
+    /// as gone ([`Table::learn_gone`]): name → the generation learned.
+    /// Kept out of our own state ([`Table::sync_entries`]), so a record
+    /// with a fresh reap time is never passed on: otherwise two nodes that
+    /// reap at different times would hand it back and forth for ever.
+    learned: HashMap<String, u64>,
 }
 
 impl Table {
@@ -145,6 +151,7 @@ impl Table {
             reap_after_ms,
             moves: HashMap::new(),
             refused: 0,
+            learned: HashMap::new(),
         };
         let record = Record {
             id: local.clone(),
@@ -370,6 +377,52 @@ impl Table {
         out
     }
 
+    /// A member we never knew, listed as failed or left in a peer's
+    /// push-pull state: recorded as the peer holds it (identity, tags,
+    /// incarnation), so a node that joins after a member went has the same
+    /// table as every other node until the record is reaped. Serf's
+    /// push-pull carries its left members for the same reason.
+    ///
+    /// `announce` says whether it is worth an event: not in a joiner's
+    /// first state (it never saw the member, and a handler would run once
+    /// for every member gone in the last `--reap-after`), yes after the
+    /// join (a healed partition), so the table's readers refetch. A name
+    /// already in the table, ourselves, an active status or a full table:
+    /// nothing changes.
+    pub fn learn_gone(
+        &mut self,
+        id: &NodeId,
+        incarnation: u16,
+        status: Status,
+        now: u64,
+        announce: bool,
+    ) -> Outcome {
+        let mut out = Outcome::default();
+        if id.name == self.local
+            || status.is_active()
+            || self.members.contains_key(&id.name)
+            || !self.has_room()
+        {
+            return out;
+        }
+        let record = Record {
+            id: id.clone(),
+            status,
+            incarnation,
+            changed_at: now,
+        };
+        if announce {
+            let kind = match status {
+                Status::Left => EventKind::MemberLeave,
+                _ => EventKind::MemberFailed,
+            };
+            out.event(kind, &record);
+        }
+        self.members.insert(id.name.clone(), record);
+        self.learned.insert(id.name.clone(), id.generation);
+        out
+    }
+
     /// `shoal force-leave NAME`: a failed node is marked left at once.
     pub fn force_leave(&mut self, name: &str, now: u64) -> Result<Outcome, ForceLeaveError> {
         let mut out = Outcome::default();
@@ -408,16 +461,22 @@ impl Table {
         for name in expired {
             if let Some(rec) = self.members.remove(&name) {
                 self.moves.remove(&name);
+                self.learned.remove(&name);
                 out.event(EventKind::MemberReap, &rec);
             }
         }
         out
     }
 
-    /// Our table in push-pull form.
+    /// Our table in push-pull form: every member we saw ourselves, alive or
+    /// gone; not those we only learned were gone from a peer (that peer,
+    /// and every member that saw it go, pass them on).
     pub fn sync_entries(&self) -> Vec<SyncEntry> {
         self.members
             .values()
+            .filter(|r| {
+                r.status.is_active() || self.learned.get(&r.id.name) != Some(&r.id.generation)
+            })
             .map(|r| SyncEntry {
                 id: r.id.clone(),
                 incarnation: r.incarnation,
@@ -569,6 +628,69 @@ mod tests {
         assert_eq!(kinds(&t.reap(1010)), [EventKind::MemberReap]);
         assert!(t.get("b").is_none());
         assert!(t.get("me").is_some(), "never reaps itself");
+    }
+
+    #[test]
+    fn a_member_gone_before_we_knew_it_is_kept_as_the_peer_holds_it_until_the_reap() {
+        let mut t = table();
+        let mut b = id("b", "10.0.0.2:7946", 1);
+        b.tags.insert("service".into(), "api".into());
+        // A joiner's first state: no event, the record as the peer holds it.
+        assert!(t
+            .learn_gone(&b, 3, Status::Left, 10, false)
+            .events
+            .is_empty());
+        let rec = t.get("b").unwrap();
+        assert_eq!((rec.status, rec.incarnation), (Status::Left, 3));
+        assert_eq!(rec.id, b, "tags and generation kept");
+        // After the join it is an event, so the table's readers refetch.
+        let c = id("c", "10.0.0.3:7946", 1);
+        assert_eq!(
+            kinds(&t.learn_gone(&c, 0, Status::Failed, 10, true)),
+            [EventKind::MemberFailed]
+        );
+        // Never over what the table knows, never ourselves, never a live status.
+        let b2 = id("b", "10.0.0.2:7946", 2);
+        assert!(t
+            .learn_gone(&b2, 0, Status::Failed, 11, true)
+            .events
+            .is_empty());
+        assert_eq!(t.get("b").unwrap().id.generation, 1);
+        let me = id("me", "10.0.0.1:7946", 1);
+        assert!(t
+            .learn_gone(&me, 0, Status::Left, 11, true)
+            .events
+            .is_empty());
+        assert_eq!(t.get("me").unwrap().status, Status::Alive);
+        let d = id("d", "10.0.0.4:7946", 1);
+        assert!(t
+            .learn_gone(&d, 0, Status::Alive, 11, true)
+            .events
+            .is_empty());
+        assert!(t.get("d").is_none());
+        // What was only learned is not passed on; what we saw go is.
+        let shared = |t: &Table| -> Vec<String> {
+            t.sync_entries().into_iter().map(|e| e.id.name).collect()
+        };
+        assert_eq!(shared(&t), ["me"]);
+        let e = id("e", "10.0.0.5:7946", 1);
+        t.observe(&e, FocaState::Alive, 0, 11);
+        t.leave_notice(&e, 11);
+        assert_eq!(shared(&t), ["e", "me"]);
+        // The old identity, alive in a stale view, does not bring it back...
+        assert!(t.observe(&b, FocaState::Down, 3, 12).events.is_empty());
+        assert_eq!(t.get("b").unwrap().status, Status::Left);
+        // ...a newer one with the same name does: it rejoined.
+        assert_eq!(
+            kinds(&t.observe(&b2, FocaState::Alive, 0, 13)),
+            [EventKind::MemberJoin]
+        );
+        assert_eq!(t.get("b").unwrap().status, Status::Alive);
+        assert_eq!(shared(&t), ["b", "e", "me"], "its new life is shared");
+        // Reaped like any failed or left member: reap_after after it was learned.
+        assert!(t.reap(1009).events.is_empty());
+        assert_eq!(kinds(&t.reap(1010)), [EventKind::MemberReap]);
+        assert!(t.get("c").is_none());
     }
 
     #[test]

@@ -746,6 +746,8 @@ impl Core {
     pub fn merge_step(&mut self, merge: &mut Merge, max: usize, now: Now) -> bool {
         identity::renewal_clock(now.wall_ms);
         let mut left = Vec::new();
+        // Members gone before we knew them: (identity, incarnation, status).
+        let mut gone = Vec::new();
         // Updates gossiped on, and news we keep to ourselves.
         let (mut gossip, mut quiet) = (Vec::new(), Vec::new());
         let mut touched: HashSet<String> = HashSet::new();
@@ -791,9 +793,23 @@ impl Core {
             let state = match state {
                 SyncState::Alive => State::Alive,
                 SyncState::Suspect => State::Suspect,
-                // A member we never knew that is gone already is no news
-                // (memberlist ignores it too): foca need not hold it.
-                SyncState::Failed | SyncState::Left if !known => continue,
+                // A member we never knew that is gone already (we joined
+                // after it went): kept as the peer holds it, failed or
+                // left until reaped, as every older member keeps it. Never
+                // gossiped on: the cluster knows.
+                SyncState::Failed | SyncState::Left if !known => {
+                    if merge.room == 0 {
+                        self.members_refused += 1;
+                    } else {
+                        merge.room -= 1;
+                        let status = match state {
+                            SyncState::Left => Status::Left,
+                            _ => Status::Failed,
+                        };
+                        gone.push((id, incarnation, status));
+                    }
+                    continue;
+                }
                 SyncState::Failed => State::Down,
                 SyncState::Left => {
                     left.push(id.clone());
@@ -844,6 +860,7 @@ impl Core {
         if let Some(above) = refute_above {
             self.refute_above(above, merge.from.addr, now);
         }
+        self.learn_gone(gone, !merge.bootstrap, now);
         for id in left {
             let newer_or_same = self
                 .table
@@ -878,6 +895,33 @@ impl Core {
             self.members_refused_logged = self.members_refused;
         }
         done
+    }
+
+    /// Members a peer holds as failed or left that we never knew: foca
+    /// holds each identity as down (so a stale "alive" of that identity,
+    /// gossiped or in an older peer's state, cannot bring it back, and the
+    /// node itself, if it is alive after all, hears it is down the first
+    /// time it talks to us and rejoins under a new generation), the table
+    /// as failed or left until reaped. A newer identity of the name wins
+    /// over both, as it does on every other member.
+    fn learn_gone(&mut self, gone: Vec<(NodeId, u16, Status)>, announce: bool, now: Now) {
+        if gone.is_empty() {
+            return;
+        }
+        let downs = gone
+            .iter()
+            .map(|(id, incarnation, _)| Member::new(id.clone(), *incarnation, State::Down));
+        if let Err(e) = self.foca.apply_many(downs, false, &mut self.rt) {
+            debug!(error = %e, "applying members gone before we knew them failed");
+        }
+        let mut out = Outcome::default();
+        for (id, incarnation, status) in gone {
+            out.merge(
+                self.table
+                    .learn_gone(&id, incarnation, status, now.wall_ms, announce),
+            );
+        }
+        self.apply_outcome(out, now);
     }
 
     /// New members refused so far because the table was full.
@@ -1426,6 +1470,7 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::EventKind;
     use crate::testing::Net;
 
     #[test]
@@ -1690,7 +1735,7 @@ mod tests {
     }
 
     #[test]
-    fn members_a_peer_says_are_gone_are_not_news_if_we_never_knew_them() {
+    fn members_a_peer_says_are_gone_are_kept_as_gone_never_probed_nor_gossiped_on() {
         let mut net = Net::joined(2);
         let peer = net.cores[1].local().clone();
         let mut msg = invented(&peer, 50);
@@ -1698,9 +1743,198 @@ mod tests {
             e.state = SyncState::Failed;
         }
         let now = net.now();
+        let backlog = net.cores[0].gossip_backlog();
         net.cores[0].apply_remote(msg, now);
-        assert_eq!(net.cores[0].records().count(), 2);
-        assert!(net.cores[0].foca.iter_membership_state().count() <= 1);
+        assert_eq!(net.cores[0].count(Status::Failed), 50);
+        assert_eq!(net.cores[0].live_members(), 1, "foca probes none of them");
+        assert_eq!(
+            net.cores[0].gossip_backlog(),
+            backlog,
+            "nor gossips them on"
+        );
+        // After the join each is an event (the table's readers refetch).
+        let failed = net.cores[0]
+            .take_outputs()
+            .iter()
+            .filter(|o| matches!(o, Output::Event(e) if e.kind == EventKind::MemberFailed))
+            .count();
+        assert_eq!(failed, 50);
+    }
+
+    /// The test network with a 10 s reap, n2 tagged `service=api`.
+    fn net_with_a_tagged_n2() -> Net {
+        let cfg = CoreConfig {
+            reap_after: Duration::from_secs(10),
+            ..crate::testing::test_config()
+        };
+        let ids = (0..3).map(crate::testing::id_of).collect();
+        let mut net = Net::of(ids, cfg, 0, crate::testing::WALL0_MS);
+        net.join_all_through_first();
+        let mut tags = Tags::new();
+        tags.insert("service".into(), "api".into());
+        let now = net.now();
+        net.cores[2].set_tags(tags, now).unwrap();
+        while net.cores[0].record("n2").unwrap().id != *net.cores[2].local() {
+            net.step();
+            assert!(net.now_ms < 5_000, "n2's tags never reached n0");
+        }
+        net
+    }
+
+    /// Adds n3, which joins through n0: its first state is merged by hand
+    /// (the events it gave are returned), then it joins as usual.
+    fn late_joiner(net: &mut Net) -> (usize, Vec<Output>) {
+        let cfg = net.cores[0].cfg.clone();
+        let n3 = net.add(crate::testing::id_of(3), cfg);
+        let now = net.now();
+        let theirs = net.cores[0].sync_state();
+        net.cores[n3].apply_remote(theirs, now);
+        let first = net.cores[n3].take_outputs();
+        let seed = net.cores[0].local().addr;
+        net.cores[n3].contact(&[seed], true, now);
+        for _ in 0..100 {
+            net.step();
+        }
+        assert_eq!(net.status(n3, "n1"), Some(Status::Alive));
+        (n3, first)
+    }
+
+    fn events_about(outputs: &[Output], name: &str) -> Vec<EventKind> {
+        outputs
+            .iter()
+            .filter_map(|o| match o {
+                Output::Event(e) if e.record.id.name == name => Some(e.kind),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_node_that_joins_after_a_member_left_holds_it_as_left_until_the_reap() {
+        let mut net = net_with_a_tagged_n2();
+        let gone = net.cores[2].local().clone();
+        let now = net.now();
+        net.cores[2].begin_leave(now);
+        while net.status(0, "n2") != Some(Status::Left) || net.status(1, "n2") != Some(Status::Left)
+        {
+            net.step();
+            assert!(net.now_ms < 10_000, "n2's leave never reached everyone");
+        }
+        net.dead.push(2);
+        // n3 joins 3 s after the leave.
+        for _ in 0..300 {
+            net.step();
+        }
+        let (n3, first) = late_joiner(&mut net);
+        assert_eq!(
+            events_about(&first, "n2"),
+            [],
+            "a joiner's first state is no event"
+        );
+        let held = net.cores[n3].record("n2").expect("n3 knows n2").clone();
+        assert_eq!(held.status, Status::Left);
+        assert_eq!(
+            held.id, gone,
+            "the same identity, tags included, as n0 holds"
+        );
+        assert_eq!(net.cores[0].record("n2").unwrap().id, gone);
+
+        // A stale state from a peer that still holds n2 alive does not bring it back.
+        let stale = crate::testing::converged(net.cores[1].local(), std::slice::from_ref(&gone));
+        let now = net.now();
+        net.cores[n3].apply_remote(stale, now);
+        for _ in 0..100 {
+            net.step();
+        }
+        assert_eq!(net.status(n3, "n2"), Some(Status::Left));
+
+        // n0 reaps it first (it saw the leave 3 s before n3 learned of it). n3 does not
+        // pass what it only learned on: n0 does not take it back from n3's state.
+        let learned = net.now_ms - 2_000;
+        assert!(
+            net.cores[n3]
+                .sync_state()
+                .entries
+                .iter()
+                .all(|e| e.id.name != "n2"),
+            "n3 passes on a member it only learned was gone"
+        );
+        while net.status(0, "n2").is_some() {
+            net.step();
+            assert!(net.now_ms < 30_000, "n2 never reaped at n0");
+        }
+        assert_eq!(
+            net.status(n3, "n2"),
+            Some(Status::Left),
+            "n3 reaps it later"
+        );
+        let now = net.now();
+        let state = net.cores[n3].sync_state();
+        net.cores[0].apply_remote(state, now);
+        assert_eq!(net.status(0, "n2"), None, "n0 took back what it reaped");
+        // Reaped at n3 too, within the reap time of learning it.
+        while net.status(n3, "n2").is_some() {
+            net.step();
+            assert!(
+                net.now_ms - learned < 10_500,
+                "n2 not reaped at n3 10 s after it learned it"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_that_joins_after_a_member_failed_holds_it_as_failed() {
+        let mut net = net_with_a_tagged_n2();
+        let gone = net.cores[2].local().clone();
+        net.dead.push(2);
+        while net.status(0, "n2") != Some(Status::Failed) {
+            net.step();
+            assert!(net.now_ms < 10_000, "n2 never failed at n0");
+        }
+        let (n3, first) = late_joiner(&mut net);
+        assert_eq!(events_about(&first, "n2"), []);
+        let held = net.cores[n3].record("n2").expect("n3 knows n2").clone();
+        assert_eq!((held.status, &held.id), (Status::Failed, &gone));
+        // foca holds it as down: a stale "alive" of that identity is refused.
+        let stale = crate::testing::converged(net.cores[1].local(), std::slice::from_ref(&gone));
+        let now = net.now();
+        net.cores[n3].apply_remote(stale, now);
+        net.step();
+        assert_eq!(net.status(n3, "n2"), Some(Status::Failed));
+        assert_eq!(net.cores[n3].live_members(), 2, "n0 and n1, not n2");
+    }
+
+    #[test]
+    fn a_member_that_rejoins_under_its_name_wins_over_what_a_late_joiner_learned() {
+        let mut net = net_with_a_tagged_n2();
+        let now = net.now();
+        net.cores[2].begin_leave(now);
+        while net.status(0, "n2") != Some(Status::Left) {
+            net.step();
+            assert!(net.now_ms < 10_000, "n2's leave never reached n0");
+        }
+        net.dead.push(2);
+        let (n3, _) = late_joiner(&mut net);
+        assert_eq!(net.status(n3, "n2"), Some(Status::Left));
+        // n2 starts again: same name and address, a newer generation.
+        let cfg = net.cores[0].cfg.clone();
+        let now = net.now();
+        let again = NodeId {
+            generation: now.wall_ms,
+            ..crate::testing::id_of(2)
+        };
+        net.cores[2] = Core::new(again.clone(), cfg, StdRng::seed_from_u64(22), now);
+        net.dead.clear();
+        let seed = net.cores[0].local().addr;
+        net.cores[2].contact(&[seed], true, now);
+        let t0 = net.now_ms;
+        for at in [0, 1, n3] {
+            while net.status(at, "n2") != Some(Status::Alive) {
+                net.step();
+                assert!(net.now_ms - t0 < 5_000, "n2 not back at n{at} after 5 s");
+            }
+            assert_eq!(net.cores[at].record("n2").unwrap().id, again, "at n{at}");
+        }
     }
 
     /// A leave notice about `who` with `generation`, as a spoofer sends it.

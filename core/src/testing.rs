@@ -269,6 +269,18 @@ impl Net {
         self.now_ms += 10;
     }
 
+    /// Adds a core with identity `id` (seeded with its index) that has not
+    /// joined anyone; returns its index.
+    pub fn add(&mut self, id: NodeId, cfg: CoreConfig) -> usize {
+        let i = self.cores.len();
+        let core = Core::new(id, cfg, StdRng::seed_from_u64(i as u64), self.now());
+        self.cores.push(core);
+        self.user_events.push(Vec::new());
+        self.queries.push(Vec::new());
+        self.replies.push(Vec::new());
+        i
+    }
+
     /// The core with this address.
     pub fn index_of(&self, addr: SocketAddr) -> Option<usize> {
         self.cores.iter().position(|c| c.local().addr == addr)
