@@ -7,20 +7,29 @@ embedded DNS at 127.0.0.11 with `hold valid 1s`, `inter 1s fall 2 rise 1`, `redi
 `retry-on`. Both run the same webapp image and get the same load at the same moments (one
 thread per system per action, so machine noise hits both alike):
 
-  up      `docker-compose up -d --scale webapp=2` of the whole project, then: command
-          returned -> both replicas answered through the LB (s)
+  up      `docker-compose up -d --scale webapp=2` of the whole project: command started
+          -> both replicas answered through the LB (s). The LB's ports are picked free
+          before `up` and the load runs from before it, so the clock holds no bench work
+          (it held two `docker-compose port` calls, ~0.35 s, before) and does not hang on
+          when compose returns (it starts the containers one after another).
   scale   `up --scale webapp=5` -> all 5 answered load requests (s)
   kill    `docker kill` of one webapp -> HAProxy has 4 servers UP (s): out of rotation
 
 and over the whole run: failed requests and requests slower than 500 ms (closed-loop GET /
-load, 4 workers per system, from this host to the LB's port published on 127.0.0.1).
-Prints a table and writes it to bench/results/RESULTS.md (section dns_rival.py).
+load, 4 workers per system, from this host to the LB's port published on 127.0.0.1). A
+request sent before the system's first answer is not counted as failed (nothing listens
+yet right after `up`): those are shown apart, as "refused before the first answer".
+--rounds N (default 3) repeats the whole sequence with new projects; the table gives each
+time's median and every round's figure, the counts summed. Prints a table and writes it to
+bench/results/RESULTS.md (section dns_rival.py).
 Needs the images: docker/build-images.sh (SHOAL_IMAGE_TAG as for the demo). Every project
 started is removed on exit, error or Ctrl-C; every loop is bounded (--max-seconds).
 """
 
 import argparse
 import shutil
+import socket
+import statistics
 import http.client
 import os
 import subprocess
@@ -43,6 +52,13 @@ def sh(args, env=None, timeout=180):
     return out.stdout
 
 
+def free_port():
+    """A port free on 127.0.0.1 now (compose publishes the LB's ports on it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def get(addr, path, timeout=20):
     """GET on a new connection: (status, body)."""
     host, port = addr.rsplit(":", 1)
@@ -58,24 +74,30 @@ def get(addr, path, timeout=20):
 class System:
     """One compose project (shoal's demo or the rival), its load and its measurements."""
 
-    def __init__(self, label, compose_file, deadline):
+    def __init__(self, label, compose_file, deadline, round_no=1):
         self.label = label
-        self.project = f"shoal-rival-{label.split()[0].lower()}-{os.getpid()}"
+        self.project = f"shoal-rival-{label.split()[0].lower()}-{os.getpid()}-{round_no}"
         self.file = compose_file
         self.deadline = deadline
-        self.env = dict(os.environ, LB_HTTP_PORT="0", LB_STATS_PORT="0")
+        http, stats = free_port(), free_port()
+        self.http, self.stats = f"127.0.0.1:{http}", f"127.0.0.1:{stats}"
+        # Every published port chosen here (0 = any free one for those not measured), so no
+        # `docker-compose port` call sits between `up` and the clock.
+        self.env = dict(
+            os.environ,
+            LB_HTTP_PORT=str(http),
+            LB_STATS_PORT=str(stats),
+            LB_STATUS_PORT="0",
+            LB_HTTPS_PORT="0",
+        )
         self.samples = []  # (sent_at, latency, hostname or None, error or None)
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = []
-        self.http = self.stats = None
         self.figures = {}
 
     def compose(self, *args, timeout=180):
         return sh(["docker-compose", "-p", self.project, "-f", self.file, *args], self.env, timeout)
-
-    def addr(self, port):
-        return self.compose("port", "lb", str(port)).strip()
 
     def webapps(self):
         return [c for c in self.compose("ps", "-q", "webapp").split() if c]
@@ -127,13 +149,14 @@ class System:
 
     # --- the phases ---------------------------------------------------------------
     def phase_up(self, workers):
-        self.compose("up", "-d", "--no-build", "--scale", "webapp=2")
-        t0 = time.monotonic()
-        self.http, self.stats = self.addr(80), self.addr(1936)
+        # The ports are known before `up`: the load runs from before it, so the first answer
+        # is seen when it comes, not when the bench gets round to asking.
         for _ in range(workers):
             th = threading.Thread(target=self.worker, daemon=True)
             th.start()
             self.threads.append(th)
+        t0 = time.monotonic()
+        self.compose("up", "-d", "--no-build", "--scale", "webapp=2")
         self.wait("2 replicas served", lambda: len(self.hostnames_since(t0)) >= 2)
         self.figures["up"] = time.monotonic() - t0
 
@@ -157,10 +180,19 @@ class System:
         for th in self.threads:
             th.join(timeout=30)
         with self.lock:
+            ok = [s[0] for s in self.samples if not s[3]]
+            first = min(ok) if ok else float("inf")
+            failed = [s for s in self.samples if s[3] and s[0] >= first]
             self.figures["requests"] = len(self.samples)
-            self.figures["failed"] = sum(1 for s in self.samples if s[3])
+            self.figures["failed"] = len(failed)
+            self.figures["early"] = sum(1 for s in self.samples if s[3] and s[0] < first)
             self.figures["slow"] = sum(1 for s in self.samples if s[1] > SLOW)
-            self.figures["errors"] = sorted({s[3] for s in self.samples if s[3]})[:3]
+            self.figures["errors"] = sorted({s[3] for s in failed})[:3]
+
+    def save_logs(self, path):
+        """`docker-compose logs -t` of the whole project into `path` (--logs)."""
+        with open(path, "w") as f:
+            f.write(self.compose("logs", "-t", "--no-color", timeout=60))
 
     def down(self):
         try:
@@ -230,47 +262,64 @@ def both(systems, phase, *args):
         raise errors[0]
 
 
-def table(systems, command):
-    s, r = systems
-    rows = [
-        ("`docker kill` of a webapp → out of rotation (s)", "kill", "{:.2f}"),
-        ("`--scale 5` → all 5 serving (s)", "scale", "{:.2f}"),
-        ("`up` → first 2 replicas served (s)", "up", "{:.2f}"),
-        ("failed requests", "failed", "{}"),
-        ("requests over 500 ms", "slow", "{}"),
-        ("requests sent", "requests", "{}"),
+def loadavg():
+    with open("/proc/loadavg") as f:
+        return " ".join(f.read().split()[:3])
+
+
+def table(rounds, command, load_before, load_after):
+    """rounds: [(shoal System, rival System)] of every round."""
+    s0, r0 = rounds[0]
+    times = [
+        ("`docker kill` of a webapp → out of rotation (s)", "kill"),
+        ("`--scale 5` → all 5 serving (s)", "scale"),
+        ("`up` → first 2 replicas served (s)", "up"),
     ]
+    counts = [
+        ("failed requests", "failed"),
+        ("requests over 500 ms", "slow"),
+        ("requests sent", "requests"),
+        ("refused before the first answer (not counted as failed)", "early"),
+    ]
+
+    def cell(i, key):
+        vals = [rnd[i].figures[key] for rnd in rounds]
+        each = ", ".join(f"{v:.2f}" for v in vals)
+        return f"{statistics.median(vals):.2f} ({each})"
+
     out = [
         f"Side by side in one run, same webapp image, same load ({time.strftime('%Y-%m-%d')}, "
         f"`{command}`). Rival: HAProxy with Docker's embedded DNS, `server-template` and tuned "
-        "checks ([bench/dns-rival/haproxy.cfg](../dns-rival/haproxy.cfg)).",
+        "checks ([bench/dns-rival/haproxy.cfg](../dns-rival/haproxy.cfg)). "
+        f"{len(rounds)} rounds; times: the median (every round's figure), counts: summed. "
+        f"Load average (1/5/15 min) before: {load_before}, after: {load_after}, "
+        f"{os.cpu_count()} cores (shared).",
         "",
-        f"| | {s.label} | {r.label} |",
+        f"| | {s0.label} | {r0.label} |",
         "|---|---|---|",
     ]
-    for name, key, fmt in rows:
-        out.append(f"| {name} | {fmt.format(s.figures[key])} | {fmt.format(r.figures[key])} |")
-    for x in systems:
-        if x.figures["errors"]:
-            out.append(f"\n{x.label} errors: {'; '.join(x.figures['errors'])}")
+    for name, key in times:
+        out.append(f"| {name} | {cell(0, key)} | {cell(1, key)} |")
+    for name, key in counts:
+        a = sum(rnd[0].figures[key] for rnd in rounds)
+        b = sum(rnd[1].figures[key] for rnd in rounds)
+        out.append(f"| {name} | {a} | {b} |")
+    for i in range(2):
+        errs = sorted({e for rnd in rounds for e in rnd[i].figures["errors"]})[:3]
+        if errs:
+            out.append(f"\n{rounds[0][i].label} errors: {'; '.join(errs)}")
     return "\n".join(out) + "\n"
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workers", type=int, default=4, help="load workers per system (1-32)")
-    ap.add_argument("--max-seconds", type=float, default=300, help="bound on the whole run")
-    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
-    a = ap.parse_args()
-    if not 1 <= a.workers <= 32:
-        ap.error(f"--workers must be from 1 to 32, not {a.workers}")
-    if not 30 <= a.max_seconds <= 1800:
-        ap.error(f"--max-seconds must be from 30 to 1800, not {a.max_seconds}")
-    lock = MachineLock(timeout=1800)
-    deadline = time.monotonic() + a.max_seconds
+def one_round(a, round_no, deadline):
     systems = [
-        System("shoal", os.path.join(ROOT, "compose", "docker-compose.yml"), deadline),
-        System("DNS rival", os.path.join(ROOT, "bench", "dns-rival", "docker-compose.yml"), deadline),
+        System("shoal", os.path.join(ROOT, "compose", "docker-compose.yml"), deadline, round_no),
+        System(
+            "DNS rival",
+            os.path.join(ROOT, "bench", "dns-rival", "docker-compose.yml"),
+            deadline,
+            round_no,
+        ),
     ]
     try:
         both(systems, "phase_up", a.workers)
@@ -280,12 +329,49 @@ def main():
         both(systems, "phase_kill")
         time.sleep(3)
         both(systems, "finish")
+        if a.logs:
+            os.makedirs(a.logs, exist_ok=True)
+            for s in systems:
+                s.save_logs(os.path.join(a.logs, f"{s.project}.log"))
     finally:
         for s in systems:
             s.stop.set()
             s.down()
+    f = [s.figures for s in systems]
+    print(
+        f"round {round_no}: kill {f[0]['kill']:.2f} vs {f[1]['kill']:.2f}, "
+        f"scale {f[0]['scale']:.2f} vs {f[1]['scale']:.2f}, up {f[0]['up']:.2f} vs {f[1]['up']:.2f}, "
+        f"failed {f[0]['failed']} vs {f[1]['failed']}, slow {f[0]['slow']} vs {f[1]['slow']} "
+        f"(load {loadavg()})",
+        flush=True,
+    )
+    return systems
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=int, default=4, help="load workers per system (1-32)")
+    ap.add_argument("--rounds", type=int, default=3, help="whole runs, for medians (1-15)")
+    ap.add_argument("--max-seconds", type=float, default=300, help="bound on each round")
+    ap.add_argument("--logs", help="save each project's `docker-compose logs -t` in this directory")
+    ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
+    a = ap.parse_args()
+    if not 1 <= a.workers <= 32:
+        ap.error(f"--workers must be from 1 to 32, not {a.workers}")
+    if not 1 <= a.rounds <= 15:
+        ap.error(f"--rounds must be from 1 to 15, not {a.rounds}")
+    if not 30 <= a.max_seconds <= 1800:
+        ap.error(f"--max-seconds must be from 30 to 1800, not {a.max_seconds}")
+    lock = MachineLock(timeout=1800)
+    load_before = loadavg()
+    rounds = []
+    try:
+        for n in range(1, a.rounds + 1):
+            rounds.append(one_round(a, n, time.monotonic() + a.max_seconds))
+    finally:
         lock.release()
-    text = table(systems, "python3 bench/dns_rival.py")
+    command = "python3 bench/dns_rival.py" + (f" --rounds {a.rounds}" if a.rounds != 3 else "")
+    text = table(rounds, command, load_before, loadavg())
     print(text)
     if not a.no_write:
         replace_section("dns_rival.py", "## shoal vs a DNS-based HAProxy (compose)\n\n" + text)

@@ -87,6 +87,10 @@ struct LiveConfig {
     haproxy: Option<Live>,
     /// The HAProxy master that `haproxy` describes; another PID means HAProxy was restarted.
     master_pid: Option<u32>,
+    /// This lbgen wrote the config file (then an HAProxy it finds running is not adopted).
+    wrote: bool,
+    /// The worker whose config [`crate::adopt`] last tried to prove (tried once per worker).
+    adopt_tried: Option<u32>,
 }
 
 /// Applies members snapshots to the config file and the running HAProxy.
@@ -372,7 +376,37 @@ impl Applier {
             self.live.haproxy = None;
             self.live.master_pid = Some(p.master_pid);
         }
+        if self.live.haproxy.is_none() && !self.live.wrote {
+            self.adopt(m.clone(), &p).await;
+        }
         Ok(())
+    }
+
+    /// Takes the file on disk as what HAProxy runs when [`crate::adopt`] proves it (an HAProxy
+    /// started from a file lbgen did not write): the first apply is then a runtime change or
+    /// nothing instead of a reload. Tried once per worker; unproven, the first apply reloads.
+    async fn adopt(&mut self, m: Master, p: &crate::haproxy::ProcInfo) {
+        let Some(worker) = p.current_worker() else {
+            return;
+        };
+        if self.live.adopt_tried == Some(worker) {
+            return;
+        }
+        self.live.adopt_tried = Some(worker);
+        match crate::adopt::what_runs(&m, &self.out, p).await {
+            Ok((text, live)) => {
+                tracing::info!(
+                    worker,
+                    out = %self.out.display(),
+                    "haproxy's worker runs the config file as it is (unchanged since before the worker started, same servers): no first reload"
+                );
+                self.live.text = Some(text);
+                self.live.haproxy = Some(live);
+            }
+            Err(why) => {
+                tracing::info!(worker, why = %why, "what haproxy loaded is not proven: the first apply reloads")
+            }
+        }
     }
 
     /// `model` with the last good template.
@@ -522,6 +556,7 @@ impl Applier {
 
     /// No master: the file is the whole job.
     async fn write_only(&mut self, text: String) -> Result<Applied, ApplyError> {
+        self.live.wrote = true;
         write_atomic(&self.out, &text, self.check.as_ref())
             .await
             .map_err(ApplyError::Permanent)?;
@@ -539,6 +574,7 @@ impl Applier {
         tracing::info!(commands = ?cmds, "servers changed through the runtime API (no reload)");
         // No --check-cmd here: the frame is the one the last reload checked and HAProxy took
         // the server lines; the next reload checks the whole file again.
+        self.live.wrote = true;
         match write_atomic(&self.out, &text, None).await {
             Ok(()) => {
                 // Kept current too: an HAProxy restarted by its supervisor from this file
@@ -564,6 +600,7 @@ impl Applier {
         model: &Model,
     ) -> Result<Applied, ApplyError> {
         let t_write = Instant::now();
+        self.live.wrote = true;
         write_atomic(&self.out, &text, self.check.as_ref())
             .await
             .map_err(ApplyError::Permanent)?;

@@ -13,6 +13,8 @@
 //! - [`apply`]: the [`apply::Applier`] decides *how*: owns what is live (file text, what
 //!   HAProxy runs, its master PID, the last good and the rejected template); runtime API vs
 //!   reload, restore of the last good config.
+//! - [`adopt`]: the proof that the running HAProxy loaded the file lbgen finds at start
+//!   (the first apply then needs no reload).
 //! - [`extras`]: `watch --render TEMPLATE:OUT[:COMMAND]`, more files from the same snapshot.
 //! - [`output`]: atomic write with `.bak`, `--check-cmd` validation.
 //! - [`haproxy`]: master CLI client: verified reload, runtime API.
@@ -25,6 +27,7 @@
 //! - [`status`]: `lbgen status`, pools, routes and conflicting members of a snapshot (pure).
 //! - `testing` (feature `testing`): the HAProxy test harness shared by tests and the bench.
 pub mod acme;
+pub mod adopt;
 pub mod apply;
 pub mod certs;
 pub mod extras;

@@ -82,6 +82,23 @@ pub const NOT_DYNAMIC: &[&str] = &["cookie"];
 impl Live {
     /// The state right after HAProxy loaded `text` (rendered from `model`).
     pub fn from_text(text: &str, model: &Model) -> Live {
+        Live::parsed(text, |key, _| wanted(model, key))
+    }
+
+    /// The state of an HAProxy that loaded `text` before lbgen started (proven by
+    /// [`crate::adopt`]), when the model `text` was rendered from is not known: a server the
+    /// file renders with weight 0 is drained (the default template's drain), any other ready.
+    pub fn loaded(text: &str) -> Live {
+        Live::parsed(text, |_, line| {
+            if line.weight == 0 {
+                Admin::Drain
+            } else {
+                Admin::Ready
+            }
+        })
+    }
+
+    fn parsed(text: &str, admin_of: impl Fn(&Key, &ServerLine) -> Admin) -> Live {
         let layout = Layout::parse(text);
         let default_server = layout.has_default_server();
         let dynamic_cookies = layout.dynamic_cookies;
@@ -89,7 +106,7 @@ impl Live {
             .servers
             .into_iter()
             .map(|(key, line)| {
-                let admin = wanted(model, &key);
+                let admin = admin_of(&key, &line);
                 let weight = line.weight;
                 let s = LiveServer {
                     line,

@@ -1,7 +1,11 @@
-//! lbgen's first apply against a real HAProxy 2.6 (127.0.0.1 only): it reloads (lbgen cannot
-//! know what the running HAProxy loaded) but does not wait out the `--wait` debounce, which
-//! is there to batch bursts of changes to a config lbgen knows. An LB that starts (`docker
-//! compose up`) or restarts has its first apply live as soon as the agent is synced.
+//! lbgen's first apply against a real HAProxy 2.6 (127.0.0.1 only). When the config file is
+//! proven to be what HAProxy's worker loaded (unchanged since before the worker started, the
+//! same servers in HAProxy: `lbgen::adopt`), lbgen takes it as what runs: the same snapshot
+//! changes nothing, a server change is a runtime change. Otherwise (the file was rewritten
+//! after HAProxy loaded it, HAProxy's servers differ) it reloads. A first apply that reloads
+//! does not wait out the `--wait` debounce, which is there to batch bursts of changes to a
+//! config lbgen knows. An LB that starts (`docker compose up`) or restarts has its first apply
+//! live as soon as the agent is synced.
 
 use lbgen::testing as common;
 
@@ -107,5 +111,180 @@ async fn the_first_apply_reloads_without_waiting_for_the_debounce() {
         changed.elapsed()
     );
     let _ = stop_tx.send(());
+    watcher.await.unwrap().unwrap();
+}
+
+/// A members file, the config rendered from it with the default template, and an HAProxy
+/// started from that file, as the lb image starts it (`lbgen render` before `haproxy`).
+struct Bed {
+    dir: tempfile::TempDir,
+    vars: Vars,
+    members: std::path::PathBuf,
+    out: std::path::PathBuf,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let vars = Vars::with_overrides(&[
+            "bind=127.0.0.1".to_string(),
+            format!("http_port={}", common::free_port()),
+            format!("stats_port={}", common::free_port()),
+            format!("stats_socket={}", d.join("admin.sock").display()),
+            format!("server_state_file={}", d.join("server-state").display()),
+        ])
+        .unwrap();
+        Bed {
+            members: d.join("members.json"),
+            out: d.join("haproxy.cfg"),
+            vars,
+            dir,
+        }
+    }
+
+    /// The config of `members`, as `lbgen render` writes it.
+    fn render(&self, members: &[serde_json::Value]) -> String {
+        let doc = serde_json::json!({ "members": members }).to_string();
+        lbgen::render::Renderer::builtin()
+            .render(
+                &lbgen::model::Model::build(&lbgen::model::MembersDoc::from_json(&doc).unwrap()),
+                &self.vars,
+            )
+            .unwrap()
+    }
+
+    /// Writes `text` as the config, atomically (a new file renamed over the old one).
+    fn write_config(&self, text: &str) {
+        let tmp = self.out.with_extension("tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.out).unwrap();
+    }
+
+    fn watch(
+        &self,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<lbgen::watch::Report>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), lbgen::Error>>,
+    ) {
+        let (rtx, reports) = tokio::sync::mpsc::unbounded_channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let cfg = WatchConfig {
+            vars: self.vars.clone(),
+            reports: Some(rtx),
+            ..common::watch_config(
+                SourceSpec::File(self.members.clone()),
+                self.out.clone(),
+                self.dir.path().join("master.sock"),
+            )
+        };
+        let watcher = tokio::spawn(lbgen::watch::run(cfg, async {
+            let _ = stop_rx.await;
+        }));
+        (reports, stop_tx, watcher)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_haproxy_started_from_the_same_snapshot_is_adopted_without_a_reload() {
+    let bed = Bed::new();
+    let (b0, b1) = (Backend::start("b0").await, Backend::start("b1").await);
+    let one = [member("web-0", b0.port, "alive", &[])];
+    write_members(&bed.members, &one);
+    bed.write_config(&bed.render(&one));
+    let haproxy = Haproxy::start(bed.dir.path(), &bed.out);
+
+    let (mut reports, stop, watcher) = bed.watch();
+    let r = next_report(&mut reports).await;
+    assert_eq!(r.outcome, ApplyOutcome::Unchanged);
+    assert_eq!(common::reload_counts(&haproxy).await, (0, 0));
+
+    // What lbgen adopted plans like what it reloaded: a joining member is a runtime add.
+    let two = [
+        member("web-0", b0.port, "alive", &[]),
+        member("web-1", b1.port, "alive", &[]),
+    ];
+    write_members(&bed.members, &two);
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(&r.outcome, ApplyOutcome::Runtime { commands } if commands[0].starts_with("add server web/web-1 ")),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(common::reload_counts(&haproxy).await, (0, 0));
+    assert_eq!(
+        common::running_servers(&haproxy, "web").await,
+        ["web-0", "web-1"]
+    );
+    assert_eq!(std::fs::read_to_string(&bed.out).unwrap(), bed.render(&two));
+    let _ = stop.send(());
+    watcher.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_after_haproxy_loaded_it_is_reloaded_even_when_it_renders_the_same() {
+    let bed = Bed::new();
+    let b0 = Backend::start("b0").await;
+    bed.write_config(&bed.render(&[member("web-0", b0.port, "alive", &[])]));
+    let haproxy = Haproxy::start(bed.dir.path(), &bed.out);
+    // After HAProxy loaded the file, it gets the text of the next snapshot (as an lbgen that
+    // died right after writing it would leave it): the same servers, but another health-check
+    // path, which HAProxy does not run. Only the file's time tells.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let next = [member("web-0", b0.port, "alive", &[("check", "/ready")])];
+    write_members(&bed.members, &next);
+    bed.write_config(&bed.render(&next));
+
+    let (mut reports, stop, watcher) = bed.watch();
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(common::reload_counts(&haproxy).await, (1, 0));
+    let _ = stop.send(());
+    watcher.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_haproxy_whose_servers_differ_from_the_file_is_reloaded() {
+    let bed = Bed::new();
+    let b0 = Backend::start("b0").await;
+    let one = [member("web-0", b0.port, "alive", &[])];
+    write_members(&bed.members, &one);
+    bed.write_config(&bed.render(&one));
+    let haproxy = Haproxy::start(bed.dir.path(), &bed.out);
+    // The file is untouched since HAProxy loaded it, but its server is not as the file has it
+    // any more (a runtime command, or a server-state file HAProxy started from).
+    let master = lbgen::haproxy::Master::new(&haproxy.master_sock);
+    master
+        .runtime("set server web/web-0 weight 5")
+        .await
+        .unwrap();
+    assert_eq!(
+        common::server_state(&haproxy, "web", "web-0")
+            .await
+            .unwrap()[7],
+        "5"
+    );
+
+    let (mut reports, stop, watcher) = bed.watch();
+    let r = next_report(&mut reports).await;
+    assert!(
+        matches!(r.outcome, ApplyOutcome::Reloaded { .. }),
+        "{:?}",
+        r.outcome
+    );
+    assert_eq!(common::reload_counts(&haproxy).await, (1, 0));
+    // The reload started the server from the file (its state file emptied first).
+    assert_eq!(
+        common::server_state(&haproxy, "web", "web-0")
+            .await
+            .unwrap()[7],
+        "100"
+    );
+    let _ = stop.send(());
     watcher.await.unwrap().unwrap();
 }
