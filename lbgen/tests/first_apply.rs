@@ -19,53 +19,17 @@ use lbgen::watch::{Wait, WatchConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_apply_reloads_without_waiting_for_the_debounce() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+    let bed = Bed::new();
     let backend = Backend::start("b0").await;
-    let vars = Vars::with_overrides(&[
-        "bind=127.0.0.1".to_string(),
-        format!("http_port={}", common::free_port()),
-        format!("stats_port={}", common::free_port()),
-        format!("stats_socket={}", d.join("admin.sock").display()),
-        format!("server_state_file={}", d.join("server-state").display()),
-    ])
-    .unwrap();
-    let members_file = d.join("members.json");
-    write_members(
-        &members_file,
-        &[member("web-0", backend.port, "alive", &[])],
-    );
+    write_members(&bed.members, &[member("web-0", backend.port, "alive", &[])]);
     // HAProxy runs the empty-cluster config, as the lb image starts it without an agent.
-    let out = d.join("haproxy.cfg");
-    let empty = lbgen::render::Renderer::builtin()
-        .render(
-            &lbgen::model::Model::build(
-                &lbgen::model::MembersDoc::from_json(r#"{"members":[]}"#).unwrap(),
-            ),
-            &vars,
-        )
-        .unwrap();
-    std::fs::write(&out, empty).unwrap();
-    let haproxy = Haproxy::start(d, &out);
+    bed.write_config(&bed.render(&[]));
+    let _haproxy = Haproxy::start(bed.dir.path(), &bed.out);
 
-    let (rtx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     // A debounce far longer than a reload: an apply that waited for it cannot pass.
     let wait = Wait::parse("10s:20s").unwrap();
-    let cfg = WatchConfig {
-        vars,
-        wait,
-        reports: Some(rtx),
-        ..common::watch_config(
-            SourceSpec::File(members_file.clone()),
-            out.clone(),
-            haproxy.master_sock.clone(),
-        )
-    };
     let started = Instant::now();
-    let watcher = tokio::spawn(lbgen::watch::run(cfg, async {
-        let _ = stop_rx.await;
-    }));
+    let (mut reports, stop_tx, watcher) = bed.watch_with(Some(wait));
     let r = next_report(&mut reports).await;
     let took = started.elapsed();
     assert!(
@@ -78,13 +42,13 @@ async fn the_first_apply_reloads_without_waiting_for_the_debounce() {
         "the first apply took {took:?}: it waited for the {:?} debounce",
         wait.min
     );
-    assert!(std::fs::read_to_string(&out)
+    assert!(std::fs::read_to_string(&bed.out)
         .unwrap()
         .contains("server web-0 "));
 
     // After it, a change that reloads waits for the debounce again.
     write_members(
-        &members_file,
+        &bed.members,
         &[
             member("web-0", backend.port, "alive", &[]),
             member(
@@ -168,16 +132,30 @@ impl Bed {
         tokio::sync::oneshot::Sender<()>,
         tokio::task::JoinHandle<Result<(), lbgen::Error>>,
     ) {
+        self.watch_with(None)
+    }
+
+    /// `lbgen watch` on the bed, with the `--wait` debounce given or the default.
+    fn watch_with(
+        &self,
+        wait: Option<Wait>,
+    ) -> (
+        tokio::sync::mpsc::UnboundedReceiver<lbgen::watch::Report>,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<Result<(), lbgen::Error>>,
+    ) {
         let (rtx, reports) = tokio::sync::mpsc::unbounded_channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let defaults = common::watch_config(
+            SourceSpec::File(self.members.clone()),
+            self.out.clone(),
+            self.dir.path().join("master.sock"),
+        );
         let cfg = WatchConfig {
             vars: self.vars.clone(),
             reports: Some(rtx),
-            ..common::watch_config(
-                SourceSpec::File(self.members.clone()),
-                self.out.clone(),
-                self.dir.path().join("master.sock"),
-            )
+            wait: wait.unwrap_or(defaults.wait),
+            ..defaults
         };
         let watcher = tokio::spawn(lbgen::watch::run(cfg, async {
             let _ = stop_rx.await;
