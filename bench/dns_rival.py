@@ -17,7 +17,8 @@ thread per system per action, so machine noise hits both alike):
           The stats page is polled from the moment the command starts, while it runs: the
           command itself returns only after Docker has torn the container down (~0.3 s
           here, shown in its own row), and polling after it (as before) made that the
-          floor of both systems' figures.
+          floor of both systems' figures. Also: Docker's own kill event (its SIGKILL) ->
+          the LB's HAProxy logs the server DOWN, both on dockerd's clock.
 
 and over the whole run: failed requests and requests slower than 500 ms (closed-loop GET /
 load, 4 workers per system, from this host to the LB's port published on 127.0.0.1). A
@@ -25,7 +26,8 @@ request sent before the system's first answer is not counted as failed or slow (
 listens yet right after `up`; Docker's port proxy resets such a request, some after ~1 s):
 those are shown apart, as "refused before the first answer".
 --logs DIR also writes, beside each project's log, PROJECT.requests.txt: the kill's
-timeline and every counted failed or slow request (wall-clock UTC, as the log's stamps).
+timeline (Docker's kill event and HAProxy's DOWN line included) and every failed or slow
+request (wall-clock UTC, as the log's stamps).
 --rounds N (default 3) repeats the whole sequence with new projects; the table gives each
 time's median and every round's figure, the counts summed. Prints a table and writes it to
 bench/results/RESULTS.md (section dns_rival.py).
@@ -34,6 +36,7 @@ started is removed on exit, error or Ctrl-C; every loop is bounded (--max-second
 """
 
 import argparse
+import calendar
 import shutil
 import socket
 import statistics
@@ -213,6 +216,44 @@ class System:
             raise RuntimeError(f"docker kill {victim} failed ({kill.returncode}): {err}")
         self.figures["kill_cli"] = returned[0][1] - t0
         self.timeline.append((returned[0][1], "docker kill returned"))
+        self.kill_to_down(victim, t0)
+
+    def kill_to_down(self, victim, t0):
+        """Docker's own `kill` event (its SIGKILL) -> the LB's HAProxy logs the server DOWN:
+        what the system took, without the command's start, the stats page or the poll.
+        Both from dockerd's clock (`docker events`, `docker logs -t`)."""
+        since = f"{t0 + self.wall - 1:.3f}"
+        out = sh(
+            ["docker", "events", "--since", since, "--until", f"{time.time():.3f}",
+             "--filter", f"container={victim}", "--filter", "event=kill",
+             "--format", "{{.TimeNano}}"],
+            timeout=30,
+        ).split()
+        if not out:
+            raise RuntimeError(f"{self.label}: no docker kill event for {victim[:12]}")
+        killed = int(out[0]) / 1e9
+        lb = self.compose("ps", "-q", "lb").split()
+        logs = subprocess.run(
+            ["docker", "logs", "-t", "--since", since, lb[0]],
+            capture_output=True, text=True, timeout=60,
+        )
+        # shoal names a server after its container; the rival's slots are web1..web30,
+        # so its first DOWN after the kill is taken (only the victim goes down here).
+        downs = []  # HAProxy writes it twice (a warning on stderr, the log on stdout)
+        for line in (logs.stdout + "\n" + logs.stderr).splitlines():
+            if " is DOWN" not in line and " going DOWN" not in line:
+                continue
+            if self.label == "shoal" and f"/{victim[:12]} " not in line:
+                continue
+            at = docker_time(line.split(" ", 1)[0])
+            if at is not None and at >= killed - 0.005:
+                downs.append((at, line.split(" ", 1)[1][:160]))
+        if not downs:
+            raise RuntimeError(f"{self.label}: HAProxy logged no DOWN for {victim[:12]}")
+        at, what = min(downs)
+        self.figures["kill_down"] = at - killed
+        self.timeline.append((killed - self.wall, "Docker's kill event (SIGKILL)"))
+        self.timeline.append((at - self.wall, "HAProxy logged it DOWN: " + what))
 
     def finish(self):
         self.stop.set()
@@ -248,11 +289,12 @@ class System:
             # Refusals before the first answer are left out (as in the counts).
             odd = [s for s in self.samples if s[1] > SLOW or (s[3] and s[0] >= first)]
         with open(os.path.splitext(path)[0] + ".requests.txt", "w") as f:
-            for t, what in self.timeline:
+            for t, what in sorted(self.timeline):
                 f.write(f"{utc(t)} {what}\n")
             f.write("sent at (UTC), latency (s), served by, error\n")
             for t, lat, host, err in odd:
-                f.write(f"{utc(t)} {lat:.3f} {host or '-'} {err or ''}\n")
+                early = " (before the first answer: not counted)" if t < first else ""
+                f.write(f"{utc(t)} {lat:.3f} {host or '-'} {err or ''}{early}\n")
 
     def down(self):
         try:
@@ -322,6 +364,16 @@ def both(systems, phase, *args):
         raise errors[0]
 
 
+def docker_time(stamp):
+    """`docker logs -t`'s RFC 3339 stamp (nanoseconds, UTC) as a Unix time; None if not one."""
+    try:
+        head, frac = stamp.rstrip("Z").split(".")
+        whole = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+        return whole + float("0." + frac)
+    except ValueError:
+        return None
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -332,6 +384,7 @@ def table(rounds, command, load_before, load_after):
     s0, r0 = rounds[0]
     times = [
         ("`docker kill` of a webapp → out of rotation (s)", "kill"),
+        ("Docker's SIGKILL → HAProxy logs the server DOWN (s)", "kill_down"),
         ("`docker kill` command returned (s)", "kill_cli"),
         ("`--scale 5` → all 5 serving (s)", "scale"),
         ("`up` → first 2 replicas served (s)", "up"),
@@ -352,7 +405,7 @@ def table(rounds, command, load_before, load_after):
         f"Side by side in one run, same webapp image, same load ({time.strftime('%Y-%m-%d')}, "
         f"`{command}`). Rival: HAProxy with Docker's embedded DNS, `server-template` and tuned "
         "checks ([bench/dns-rival/haproxy.cfg](../dns-rival/haproxy.cfg)). "
-        f"{len(rounds)} rounds; times: the median (every round's figure), counts: summed. "
+        f"{len(rounds)} round{'s' if len(rounds) > 1 else ''}; times: the median (every round's figure), counts: summed. "
         f"Load average (1/5/15 min) before: {load_before}, after: {load_after}, "
         f"{os.cpu_count()} cores (shared).",
         "",
