@@ -13,12 +13,21 @@ thread per system per action, so machine noise hits both alike):
           (it held two `docker-compose port` calls, ~0.35 s, before) and does not hang on
           when compose returns (it starts the containers one after another).
   scale   `up --scale webapp=5` -> all 5 answered load requests (s)
-  kill    `docker kill` of one webapp -> HAProxy has 4 servers UP (s): out of rotation
+  kill    `docker kill` of one webapp -> HAProxy has 4 servers UP (s): out of rotation.
+          The stats page is polled from the moment the command starts, while it runs: the
+          command itself returns only after Docker has torn the container down (~0.3 s
+          here, shown in its own row), and polling after it (as before) made that the
+          floor of both systems' figures. Also: Docker's own kill event (its SIGKILL) ->
+          the LB's HAProxy logs the server DOWN, both on dockerd's clock.
 
 and over the whole run: failed requests and requests slower than 500 ms (closed-loop GET /
 load, 4 workers per system, from this host to the LB's port published on 127.0.0.1). A
-request sent before the system's first answer is not counted as failed (nothing listens
-yet right after `up`): those are shown apart, as "refused before the first answer".
+request sent before the system's first answer is not counted as failed or slow (nothing
+listens yet right after `up`; Docker's port proxy resets such a request, some after ~1 s):
+those are shown apart, as "refused before the first answer".
+--logs DIR also writes, beside each project's log, PROJECT.requests.txt: the kill's
+timeline (Docker's kill event and HAProxy's DOWN line included) and every failed or slow
+request (wall-clock UTC, as the log's stamps).
 --rounds N (default 3) repeats the whole sequence with new projects; the table gives each
 time's median and every round's figure, the counts summed. Prints a table and writes it to
 bench/results/RESULTS.md (section dns_rival.py).
@@ -27,6 +36,7 @@ started is removed on exit, error or Ctrl-C; every loop is bounded (--max-second
 """
 
 import argparse
+import calendar
 import shutil
 import socket
 import statistics
@@ -91,6 +101,10 @@ class System:
             LB_HTTPS_PORT="0",
         )
         self.samples = []  # (sent_at, latency, hostname or None, error or None)
+        # Wall clock = monotonic + this: --logs writes wall times, to line up with the
+        # containers' log timestamps and `docker events`.
+        self.wall = time.time() - time.monotonic()
+        self.timeline = []  # (monotonic time, what happened), written by --logs
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.threads = []
@@ -170,10 +184,76 @@ class System:
     def phase_kill(self):
         self.wait("5 UP", lambda: len(self.up_servers() or ()) == 5)
         victim = self.webapps()[0]
+        # The stats page is polled while `docker kill` runs, not after it returns: the
+        # command returns ~0.3 s after Docker's SIGKILL on this machine (it waits for the
+        # container to be torn down), and a server out of rotation before that would read
+        # as the command's own time.
         t0 = time.monotonic()
-        sh(["docker", "kill", victim])
-        self.wait("4 UP", lambda: len(self.up_servers() or {1, 2, 3, 4, 5}) == 4, every=0.02)
-        self.figures["kill"] = time.monotonic() - t0
+        kill = subprocess.Popen(
+            ["docker", "kill", victim],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        returned = []  # when the command returned (its own thread waits for it)
+        waiter = threading.Thread(
+            target=lambda: returned.append((kill.communicate()[1], time.monotonic())),
+            daemon=True,
+        )
+        waiter.start()
+        self.timeline.append((t0, f"docker kill {victim[:12]} started"))
+        try:
+            self.wait("4 UP", lambda: len(self.up_servers() or {1, 2, 3, 4, 5}) == 4, every=0.02)
+            self.figures["kill"] = time.monotonic() - t0
+            self.timeline.append((t0 + self.figures["kill"], "4 UP in the stats page"))
+            waiter.join(timeout=60)
+        finally:
+            if kill.poll() is None:
+                kill.kill()
+            waiter.join(timeout=10)
+        if kill.returncode != 0 or not returned:
+            err = returned[0][0].strip() if returned else "no exit"
+            raise RuntimeError(f"docker kill {victim} failed ({kill.returncode}): {err}")
+        self.figures["kill_cli"] = returned[0][1] - t0
+        self.timeline.append((returned[0][1], "docker kill returned"))
+        self.kill_to_down(victim, t0)
+
+    def kill_to_down(self, victim, t0):
+        """Docker's own `kill` event (its SIGKILL) -> the LB's HAProxy logs the server DOWN:
+        what the system took, without the command's start, the stats page or the poll.
+        Both from dockerd's clock (`docker events`, `docker logs -t`)."""
+        since = f"{t0 + self.wall - 1:.3f}"
+        out = sh(
+            ["docker", "events", "--since", since, "--until", f"{time.time():.3f}",
+             "--filter", f"container={victim}", "--filter", "event=kill",
+             "--format", "{{.TimeNano}}"],
+            timeout=30,
+        ).split()
+        if not out:
+            raise RuntimeError(f"{self.label}: no docker kill event for {victim[:12]}")
+        killed = int(out[0]) / 1e9
+        lb = self.compose("ps", "-q", "lb").split()
+        logs = subprocess.run(
+            ["docker", "logs", "-t", "--since", since, lb[0]],
+            capture_output=True, text=True, timeout=60,
+        )
+        # shoal names a server after its container; the rival's slots are web1..web30,
+        # so its first DOWN after the kill is taken (only the victim goes down here).
+        downs = []  # HAProxy writes it twice (a warning on stderr, the log on stdout)
+        for line in (logs.stdout + "\n" + logs.stderr).splitlines():
+            if " is DOWN" not in line and " going DOWN" not in line:
+                continue
+            if self.label == "shoal" and f"/{victim[:12]} " not in line:
+                continue
+            at = docker_time(line.split(" ", 1)[0])
+            if at is not None and at >= killed - 0.005:
+                downs.append((at, line.split(" ", 1)[1][:160]))
+        if not downs:
+            raise RuntimeError(f"{self.label}: HAProxy logged no DOWN for {victim[:12]}")
+        at, what = min(downs)
+        self.figures["kill_down"] = at - killed
+        self.timeline.append((killed - self.wall, "Docker's kill event (SIGKILL)"))
+        self.timeline.append((at - self.wall, "HAProxy logged it DOWN: " + what))
 
     def finish(self):
         self.stop.set()
@@ -186,13 +266,35 @@ class System:
             self.figures["requests"] = len(self.samples)
             self.figures["failed"] = len(failed)
             self.figures["early"] = sum(1 for s in self.samples if s[3] and s[0] < first)
-            self.figures["slow"] = sum(1 for s in self.samples if s[1] > SLOW)
+            # From the first answer on, like the failures: before it, a request sent while
+            # the LB's container starts can hang in Docker's port proxy for up to ~1 s (the
+            # SYN retransmit) before it is reset, whatever the LB; those are in "early".
+            self.figures["slow"] = sum(1 for s in self.samples if s[1] > SLOW and s[0] >= first)
             self.figures["errors"] = sorted({s[3] for s in failed})[:3]
 
     def save_logs(self, path):
-        """`docker-compose logs -t` of the whole project into `path` (--logs)."""
+        """`docker-compose logs -t` of the whole project into `path` (--logs), and beside it
+        (`.requests.txt`) the bench's own view: the kill's timeline and every request that
+        failed or took over 500 ms, in wall-clock UTC like the log's timestamps."""
         with open(path, "w") as f:
             f.write(self.compose("logs", "-t", "--no-color", timeout=60))
+
+        def utc(t):
+            w = t + self.wall
+            return time.strftime("%H:%M:%S", time.gmtime(w)) + f"{w % 1:.3f}"[1:]
+
+        with self.lock:
+            ok = [s[0] for s in self.samples if not s[3]]
+            first = min(ok) if ok else float("inf")
+            # Refusals before the first answer are left out (as in the counts).
+            odd = [s for s in self.samples if s[1] > SLOW or (s[3] and s[0] >= first)]
+        with open(os.path.splitext(path)[0] + ".requests.txt", "w") as f:
+            for t, what in sorted(self.timeline):
+                f.write(f"{utc(t)} {what}\n")
+            f.write("sent at (UTC), latency (s), served by, error\n")
+            for t, lat, host, err in odd:
+                early = " (before the first answer: not counted)" if t < first else ""
+                f.write(f"{utc(t)} {lat:.3f} {host or '-'} {err or ''}{early}\n")
 
     def down(self):
         try:
@@ -262,6 +364,16 @@ def both(systems, phase, *args):
         raise errors[0]
 
 
+def docker_time(stamp):
+    """`docker logs -t`'s RFC 3339 stamp (nanoseconds, UTC) as a Unix time; None if not one."""
+    try:
+        head, frac = stamp.rstrip("Z").split(".")
+        whole = calendar.timegm(time.strptime(head, "%Y-%m-%dT%H:%M:%S"))
+        return whole + float("0." + frac)
+    except ValueError:
+        return None
+
+
 def loadavg():
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -272,6 +384,8 @@ def table(rounds, command, load_before, load_after):
     s0, r0 = rounds[0]
     times = [
         ("`docker kill` of a webapp → out of rotation (s)", "kill"),
+        ("Docker's SIGKILL → HAProxy logs the server DOWN (s)", "kill_down"),
+        ("`docker kill` command returned (s)", "kill_cli"),
         ("`--scale 5` → all 5 serving (s)", "scale"),
         ("`up` → first 2 replicas served (s)", "up"),
     ]
@@ -291,7 +405,7 @@ def table(rounds, command, load_before, load_after):
         f"Side by side in one run, same webapp image, same load ({time.strftime('%Y-%m-%d')}, "
         f"`{command}`). Rival: HAProxy with Docker's embedded DNS, `server-template` and tuned "
         "checks ([bench/dns-rival/haproxy.cfg](../dns-rival/haproxy.cfg)). "
-        f"{len(rounds)} rounds; times: the median (every round's figure), counts: summed. "
+        f"{len(rounds)} round{'s' if len(rounds) > 1 else ''}; times: the median (every round's figure), counts: summed. "
         f"Load average (1/5/15 min) before: {load_before}, after: {load_after}, "
         f"{os.cpu_count()} cores (shared).",
         "",
