@@ -499,7 +499,7 @@ impl BedStack {
         let out = engine_docker(
             engine,
             &[
-                "exec", cid, "timeout", "3", "shoal", "monitor", "--index", "0", "--format", "json",
+                "exec", cid, "timeout", "1", "shoal", "monitor", "--index", "0", "--format", "json",
             ],
             30 * S,
         );

@@ -168,6 +168,20 @@ impl Scene<'_> {
                 .then(|| (t, kill_at.elapsed()))
             },
         );
+        // The rescheduled slots serve again through the LB, at their new addresses (waited
+        // for before the event logs are read: those reads take a second each).
+        let moved: BTreeSet<String> = on_victim.iter().map(|t| t.hostname.clone()).collect();
+        let t_moved = load.now();
+        let back = wait_for(
+            "the rescheduled webapps answering through the LB",
+            120 * S,
+            Duration::from_millis(100),
+            || {
+                moved
+                    .is_subset(&load.hosts_since(t_moved))
+                    .then(|| kill_at.elapsed())
+            },
+        );
         // Both from the LBs' own clocks (the event log, the in-container watch), so the
         // figures have no polling delay in them.
         let webs_seen: Vec<(String, (f64, f64))> = configs
@@ -219,20 +233,6 @@ impl Scene<'_> {
             &format!("multihost: {name}: kill -> Swarm marks the node down / has the rescheduled tasks running"),
             format!("{:.1} s / {:.1} s", down.as_secs_f64(), rescheduled.as_secs_f64()),
         );
-
-        // The rescheduled slots serve again through the LB, at their new addresses.
-        let moved: BTreeSet<String> = on_victim.iter().map(|t| t.hostname.clone()).collect();
-        let t_moved = load.now();
-        let back = wait_for(
-            "the rescheduled webapps answering through the LB",
-            120 * S,
-            Duration::from_millis(100),
-            || {
-                moved
-                    .is_subset(&load.hosts_since(t_moved))
-                    .then(|| kill_at.elapsed())
-            },
-        );
         figure(
             &format!("multihost: {name}: kill -> the rescheduled webapps answer through the LB (Swarm's start included)"),
             format!(
@@ -241,6 +241,7 @@ impl Scene<'_> {
                 (back - rescheduled).as_secs_f64()
             ),
         );
+
         // The label pins the LBs: a dead host's LB is not started anywhere else.
         let lbs_after = self.lbs();
         assert_eq!(
@@ -328,19 +329,21 @@ impl Scene<'_> {
             "no failures once Swarm has rescheduled: {}",
             describe_failures(&steady)
         );
-        // Generous bounds (targets 3 s / 2 s are the bench's business): a gossip failure
-        // detector that waits for a reap, or an LB that keeps dead servers, fails these.
+        // Issue 13's targets are `failed` <= 3 s and <= 2 s of failed requests; the bounds
+        // are twice that, for a loaded 2-core machine (the figures come from the agents' own
+        // event times, so polling adds nothing). A detector that waits a probe cycle too many
+        // per dead member, waits for a reap, or an LB that keeps dead servers fails these.
         for (h, (f, o)) in &webs_seen {
-            assert!(*f <= 10.0, "LB on {h}: victim's webapps failed after {f} s");
+            assert!(*f <= 6.0, "LB on {h}: victim's webapps failed after {f} s");
             assert!(
-                *o <= 15.0,
+                *o <= 8.0,
                 "LB on {h}: victim's addresses out of config after {o} s"
             );
         }
         for (h, f) in &lbs_seen {
-            assert!(*f <= 10.0, "LB on {h}: the dead LB failed after {f} s");
+            assert!(*f <= 6.0, "LB on {h}: the dead LB failed after {f} s");
         }
-        assert!(span <= 10.0, "failed requests over {span} s");
+        assert!(span <= 4.0, "failed requests over {span} s");
         live_lbs
     }
 }
