@@ -343,7 +343,11 @@ impl Scene<'_> {
         for (h, f) in &lbs_seen {
             assert!(*f <= 6.0, "LB on {h}: the dead LB failed after {f} s");
         }
-        assert!(span <= 4.0, "failed requests over {span} s");
+        assert!(
+            span <= 4.0,
+            "failed requests over {span} s: {}",
+            describe_failures(&failed)
+        );
         live_lbs
     }
 }
