@@ -11,11 +11,12 @@ cd "$ROOT"
 FIGURES="$(mktemp /tmp/shoal-e2e-figures.XXXXXX)"
 trap 'rm -f "$FIGURES"' EXIT
 start=$SECONDS
+load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
 SHOAL_E2E_FIGURES="$FIGURES" cargo test --locked -p shoal-e2e --test multihost -- --test-threads=1 "$@"
 # The figures go to bench/results/multihost.txt and this script's section of RESULTS.md.
 mkdir -p bench/results
 {
-  echo "== shoal multi-host swarm figures ($(date -u +%FT%TZ), $(nproc) cores, $(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?') engine; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); suite took $((SECONDS - start)) s)"
+  echo "== shoal multi-host swarm figures ($(date -u +%FT%TZ), $(nproc) cores, $(docker version -f '{{.Server.Version}}' 2>/dev/null || echo '?') engine; commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'); suite took $((SECONDS - start)) s; load average $load_before before, $(cut -d' ' -f1-3 /proc/loadavg) after)"
   sed 's/^FIGURE /  /' "$FIGURES"
 } > bench/results/multihost.txt
 echo

@@ -287,3 +287,38 @@ pub fn user_events(p: &Params, k: usize, payload: usize) -> Vec<Spread> {
         })
         .collect()
 }
+
+/// A host failure: `k` members (the last `k`, no seed among them) go silent at
+/// once, as the containers of one killed host do. Per surviving observer, the
+/// delay (ms) until it recorded every victim `failed` (`None`: not within 60 s).
+pub fn host_failure(p: &Params, k: usize) -> Vec<Option<f64>> {
+    let mut sim = p.sim();
+    sim.run_for(Duration::from_secs(3));
+    sim.recording = true;
+    sim.log.clear();
+    let victims: Vec<usize> = (p.n.saturating_sub(k).max(1)..p.n).collect();
+    let t0 = sim.now_us();
+    for &v in &victims {
+        sim.kill(v);
+    }
+    sim.run_while_not(Duration::from_secs(60), Duration::from_millis(10), |s| {
+        victims
+            .iter()
+            .all(|&v| s.learned(EventKind::MemberFailed, v, t0) >= s.up_count_except(v))
+    });
+    let per_victim: Vec<Vec<Option<u64>>> = victims
+        .iter()
+        .map(|&v| sim.first_times(EventKind::MemberFailed, v, t0))
+        .collect();
+    // first_times lists the up observers other than the subject: the same
+    // survivors, in the same order, for every victim.
+    let observers = per_victim.first().map_or(0, Vec::len);
+    (0..observers)
+        .map(|o| {
+            per_victim
+                .iter()
+                .map(|times| times[o].map(|t| (t - t0) as f64 / 1000.0))
+                .try_fold(0.0f64, |m, d| d.map(|d| m.max(d)))
+        })
+        .collect()
+}

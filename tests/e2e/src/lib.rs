@@ -337,6 +337,43 @@ impl Member {
 }
 
 /// Parses the members document (the contract in docs/api.md).
+/// `2026-11-28T05:00:00.123Z` (the agent's event time, UTC with milliseconds) as Unix
+/// milliseconds; `None` for any other shape.
+pub fn rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 24
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[19] != b'.'
+        || b[23] != b'Z'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Days since 1970-01-01 (Howard Hinnant's days_from_civil).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(((days * 24 + hh) * 60 + mm) * 60 * 1000 + ss * 1000 + ms).ok()
+}
+
+/// Now as Unix milliseconds (the clock the agents' event times use: containers share it).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pub fn parse_members(json: &str) -> Option<Vec<Member>> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     v["members"]
@@ -921,7 +958,23 @@ pub fn describe_failures(f: &[&Sample]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{e2e_skip, parse_show_proc_master};
+    use super::{e2e_skip, parse_show_proc_master, rfc3339_ms};
+
+    #[test]
+    fn an_agent_event_time_parses_to_unix_milliseconds_and_other_shapes_do_not() {
+        assert_eq!(rfc3339_ms("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            rfc3339_ms("2000-03-01T00:00:01.250Z"),
+            Some(951_868_801_250)
+        );
+        assert_eq!(
+            rfc3339_ms("2026-11-28T05:00:00.123Z"),
+            Some(1_795_842_000_123)
+        );
+        assert_eq!(rfc3339_ms("2026-11-28T05:00:00Z"), None);
+        assert_eq!(rfc3339_ms("2026-13-28T05:00:00.123Z"), None);
+        assert_eq!(rfc3339_ms("2026-11-28 05:00:00.123Z"), None);
+    }
 
     #[test]
     fn the_master_line_of_show_proc_gives_pid_and_reloads() {

@@ -482,6 +482,79 @@ impl BedStack {
         parse_members(&out)
     }
 
+    /// When `shoal members` of the task `cid` on `engine` first said each of `victims`
+    /// (name at address) `failed`: the wall-clock time (Unix ms) of its first `member-failed`
+    /// event at or after `since_ms`, from the agent's own event log (replayed by `shoal
+    /// monitor --index 0`, which holds the last 4,096 events). The agent stamps an event when
+    /// its member table changes, so this is the time of the change there, not of a poll.
+    /// `None` for a victim with no such event.
+    pub fn failed_at(
+        &self,
+        engine: &str,
+        cid: &str,
+        victims: &[(String, String)],
+        since_ms: u64,
+    ) -> Vec<Option<u64>> {
+        // `monitor` streams until stopped: `timeout` ends it once the replay is out.
+        let out = engine_docker(
+            engine,
+            &[
+                "exec", cid, "timeout", "1", "shoal", "monitor", "--index", "0", "--format", "json",
+            ],
+            30 * S,
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        victims
+            .iter()
+            .map(|(name, ip)| {
+                events
+                    .iter()
+                    .filter(|e| {
+                        e["type"] == "member-failed"
+                            && e["member"]["name"] == name.as_str()
+                            && e["member"]["addr"]
+                                .as_str()
+                                .is_some_and(|a| a.rsplit_once(':').map(|(h, _)| h) == Some(ip))
+                    })
+                    .filter_map(|e| crate::rfc3339_ms(e["time"].as_str()?))
+                    .find(|&t| t >= since_ms)
+            })
+            .collect()
+    }
+
+    /// Watches, inside the LB task `cid` on `engine`, until none of `ips` is a server
+    /// address (`IP:3000`) in its rendered HAProxy config: a shell loop that checks the file
+    /// every 50 ms in the container (no `docker exec` per check) and prints the wall-clock
+    /// time (Unix ms) it saw them gone. Blocks; run it in a thread started before the
+    /// change. `None` if not within `timeout`.
+    pub fn config_without(
+        &self,
+        engine: &str,
+        cid: &str,
+        ips: &[String],
+        timeout: Duration,
+    ) -> Option<u64> {
+        let pats: String = ips.iter().map(|ip| format!(" -e ' {ip}:3000'")).collect();
+        let script = format!(
+            "C=/usr/local/etc/haproxy/haproxy.cfg; \
+             while [ ! -s $C ] || grep -qF{pats} $C; do sleep 0.05; done; date +%s%3N"
+        );
+        let secs = timeout.as_secs().max(1).to_string();
+        let out = engine_docker(
+            engine,
+            &["exec", cid, "timeout", &secs, "sh", "-c", &script],
+            timeout + 30 * S,
+        );
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .flatten()
+    }
+
     /// The HAProxy config lbgen rendered in the LB container `cid` on `engine`.
     pub fn lb_config(&self, engine: &str, cid: &str) -> Option<String> {
         engine_out(

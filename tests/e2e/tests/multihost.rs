@@ -47,49 +47,33 @@ fn short(host: &str) -> &str {
     host.rsplit('-').next().unwrap_or(host)
 }
 
-/// Follows, at the LB task `lb`, when every one of `victims` is `failed` in its members (or
-/// already replaced at a new address) and when no victim's address is left in its rendered
-/// config: seconds since `kill_at`, NaN if not seen within a minute.
-fn follow(
-    stack: &BedStack,
-    lb: &BedTask,
-    victims: &[BedTask],
-    kill_at: Instant,
-) -> JoinHandle<(f64, f64)> {
-    let (lb, victims) = (lb.clone(), victims.to_vec());
+/// Seconds from `kill_ms` (Unix ms) to `t_ms`; NaN for `None`.
+fn since(kill_ms: u64, t_ms: Option<u64>) -> f64 {
+    t_ms.map_or(f64::NAN, |t| (t as f64 - kill_ms as f64) / 1000.0)
+}
+
+/// Seconds from `kill_ms` until the LB task `lb` had every one of `victims` `failed`, from
+/// the event times its agent stamped (NaN if one never was).
+fn failed_after(stack: &BedStack, lb: &BedTask, victims: &[BedTask], kill_ms: u64) -> f64 {
+    let named: Vec<(String, String)> = victims
+        .iter()
+        .map(|t| (t.hostname.clone(), t.ip.clone()))
+        .collect();
+    let at = stack.failed_at(&lb.node, &lb.container, &named, kill_ms);
+    let last = at.iter().try_fold(0u64, |m, t| t.map(|t| m.max(t)));
+    since(kill_ms, last)
+}
+
+/// Starts watching, inside the LB task `lb`, for the moment none of `victims`' addresses is
+/// in its rendered config (Unix ms; the watch runs in the container, see
+/// [`BedStack::config_without`]). Start it before the kill.
+fn watch_config(stack: &BedStack, lb: &BedTask, victims: &[BedTask]) -> JoinHandle<Option<u64>> {
+    let lb = lb.clone();
+    let ips: Vec<String> = victims.iter().map(|t| t.ip.clone()).collect();
     let stack = BedStack {
         name: stack.name.clone(),
     };
-    std::thread::spawn(move || {
-        let (mut failed, mut out) = (None, None);
-        let deadline = kill_at + 60 * S;
-        while (failed.is_none() || out.is_none()) && Instant::now() < deadline {
-            if failed.is_none() {
-                if let Some(m) = stack.members(&lb.node, &lb.container) {
-                    let gone = victims.iter().all(|t| {
-                        m.iter()
-                            .filter(|m| m.name == t.hostname)
-                            .all(|m| m.status == "failed" || m.ip() != t.ip)
-                    });
-                    if gone {
-                        failed = Some(kill_at.elapsed().as_secs_f64());
-                    }
-                }
-            }
-            if out.is_none() {
-                if let Some(cfg) = stack.lb_config(&lb.node, &lb.container) {
-                    if victims
-                        .iter()
-                        .all(|t| !cfg.contains(&format!(" {}:3000", t.ip)))
-                    {
-                        out = Some(kill_at.elapsed().as_secs_f64());
-                    }
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        (failed.unwrap_or(f64::NAN), out.unwrap_or(f64::NAN))
-    })
+    std::thread::spawn(move || stack.config_without(&lb.node, &lb.container, &ips, 90 * S))
 }
 
 /// The running bed and stack the two failures share.
@@ -150,6 +134,11 @@ impl Scene<'_> {
 
         let entry = self.bed.engines[ENTRY].addr(8080);
         let load = Load::start(entry, 4, Duration::from_millis(5), 300 * S, 400_000);
+        // The config watches run in the LB containers from before the kill.
+        let configs: Vec<_> = live_lbs
+            .iter()
+            .map(|lb| (lb.node.clone(), watch_config(self.stack, lb, &on_victim)))
+            .collect();
         std::thread::sleep(3 * S);
         assert_eq!(
             load.hosts_since(Duration::ZERO),
@@ -159,16 +148,9 @@ impl Scene<'_> {
 
         let t_kill = load.now();
         let kill_at = Instant::now();
+        let kill_ms = unix_ms();
         self.bed.kill_named(&victim);
-        let webs_seen: Vec<_> = live_lbs
-            .iter()
-            .map(|lb| (lb.node.clone(), follow(self.stack, lb, &on_victim, kill_at)))
-            .collect();
-        let lbs_seen: Vec<_> = live_lbs
-            .iter()
-            .filter(|_| !dead_lbs.is_empty())
-            .map(|lb| (lb.node.clone(), follow(self.stack, lb, &dead_lbs, kill_at)))
-            .collect();
+        let kill_took = kill_at.elapsed();
 
         // Swarm's side: the node marked down, then the victim's slots running elsewhere.
         let down = wait_for("the killed host marked down", 120 * S, POLL, || {
@@ -186,45 +168,8 @@ impl Scene<'_> {
                 .then(|| (t, kill_at.elapsed()))
             },
         );
-        let webs_seen: Vec<(String, (f64, f64))> = webs_seen
-            .into_iter()
-            .map(|(h, w)| (h, w.join().unwrap_or((f64::NAN, f64::NAN))))
-            .collect();
-        let lbs_seen: Vec<(String, f64)> = lbs_seen
-            .into_iter()
-            .map(|(h, w)| (h, w.join().map(|(f, _)| f).unwrap_or(f64::NAN)))
-            .collect();
-        let per_lb = |f: &dyn Fn(&(f64, f64)) -> f64| {
-            webs_seen
-                .iter()
-                .map(|(h, v)| format!("{}: {:.1}", short(h), f(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        figure(
-            &format!("multihost: {name}: kill -> its webapps `failed` at each LB (LB host: s)"),
-            per_lb(&|v| v.0),
-        );
-        figure(
-            &format!("multihost: {name}: kill -> their addresses out of each LB's config (s)"),
-            per_lb(&|v| v.1),
-        );
-        if !lbs_seen.is_empty() {
-            figure(
-                &format!("multihost: {name}: kill -> the dead LB `failed` at the surviving LB (LB host: s)"),
-                lbs_seen
-                    .iter()
-                    .map(|(h, f)| format!("{}: {f:.1}", short(h)))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            );
-        }
-        figure(
-            &format!("multihost: {name}: kill -> Swarm marks the node down / has the rescheduled tasks running"),
-            format!("{:.1} s / {:.1} s", down.as_secs_f64(), rescheduled.as_secs_f64()),
-        );
-
-        // The rescheduled slots serve again through the LB, at their new addresses.
+        // The rescheduled slots serve again through the LB, at their new addresses (waited
+        // for before the event logs are read: those reads take a second each).
         let moved: BTreeSet<String> = on_victim.iter().map(|t| t.hostname.clone()).collect();
         let t_moved = load.now();
         let back = wait_for(
@@ -237,6 +182,57 @@ impl Scene<'_> {
                     .then(|| kill_at.elapsed())
             },
         );
+        // Both from the LBs' own clocks (the event log, the in-container watch), so the
+        // figures have no polling delay in them.
+        let webs_seen: Vec<(String, (f64, f64))> = configs
+            .into_iter()
+            .zip(&live_lbs)
+            .map(|((h, w), lb)| {
+                let out = since(kill_ms, w.join().ok().flatten());
+                (h, (failed_after(self.stack, lb, &on_victim, kill_ms), out))
+            })
+            .collect();
+        let lbs_seen: Vec<(String, f64)> = live_lbs
+            .iter()
+            .filter(|_| !dead_lbs.is_empty())
+            .map(|lb| {
+                let f = failed_after(self.stack, lb, &dead_lbs, kill_ms);
+                (lb.node.clone(), f)
+            })
+            .collect();
+        let per_lb = |f: &dyn Fn(&(f64, f64)) -> f64| {
+            webs_seen
+                .iter()
+                .map(|(h, v)| format!("{}: {:.1}", short(h), f(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        figure(
+            &format!("multihost: {name}: `docker kill` of the engine returned after (s; the figures below count from before it)"),
+            format!("{:.2}", kill_took.as_secs_f64()),
+        );
+        figure(
+            &format!("multihost: {name}: kill -> its webapps `failed` at each LB (LB host: s, the agent's event time)"),
+            per_lb(&|v| v.0),
+        );
+        figure(
+            &format!("multihost: {name}: kill -> their addresses out of each LB's config (s, watched in the LB every 50 ms)"),
+            per_lb(&|v| v.1),
+        );
+        if !lbs_seen.is_empty() {
+            figure(
+                &format!("multihost: {name}: kill -> the dead LB `failed` at the surviving LB (LB host: s, the agent's event time)"),
+                lbs_seen
+                    .iter()
+                    .map(|(h, f)| format!("{}: {f:.1}", short(h)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            );
+        }
+        figure(
+            &format!("multihost: {name}: kill -> Swarm marks the node down / has the rescheduled tasks running"),
+            format!("{:.1} s / {:.1} s", down.as_secs_f64(), rescheduled.as_secs_f64()),
+        );
         figure(
             &format!("multihost: {name}: kill -> the rescheduled webapps answer through the LB (Swarm's start included)"),
             format!(
@@ -245,6 +241,7 @@ impl Scene<'_> {
                 (back - rescheduled).as_secs_f64()
             ),
         );
+
         // The label pins the LBs: a dead host's LB is not started anywhere else.
         let lbs_after = self.lbs();
         assert_eq!(
@@ -332,19 +329,25 @@ impl Scene<'_> {
             "no failures once Swarm has rescheduled: {}",
             describe_failures(&steady)
         );
-        // Generous bounds (targets 3 s / 2 s are the bench's business): a gossip failure
-        // detector that waits for a reap, or an LB that keeps dead servers, fails these.
+        // Issue 13's targets are `failed` <= 3 s and <= 2 s of failed requests; the bounds
+        // are twice that, for a loaded 2-core machine (the figures come from the agents' own
+        // event times, so polling adds nothing). A detector that waits a probe cycle too many
+        // per dead member, waits for a reap, or an LB that keeps dead servers fails these.
         for (h, (f, o)) in &webs_seen {
-            assert!(*f <= 10.0, "LB on {h}: victim's webapps failed after {f} s");
+            assert!(*f <= 6.0, "LB on {h}: victim's webapps failed after {f} s");
             assert!(
-                *o <= 15.0,
+                *o <= 8.0,
                 "LB on {h}: victim's addresses out of config after {o} s"
             );
         }
         for (h, f) in &lbs_seen {
-            assert!(*f <= 10.0, "LB on {h}: the dead LB failed after {f} s");
+            assert!(*f <= 6.0, "LB on {h}: the dead LB failed after {f} s");
         }
-        assert!(span <= 10.0, "failed requests over {span} s");
+        assert!(
+            span <= 4.0,
+            "failed requests over {span} s: {}",
+            describe_failures(&failed)
+        );
         live_lbs
     }
 }
