@@ -7,7 +7,8 @@
 #                         NET_ADMIN capability first (nothing is started if either is
 #                         wrong), then run the agent with the VIP services file
 #                         (/etc/shoal/services-vip.toml: + keepalived) and lbgen rendering
-#                         keepalived's config (templates/keepalived.conf.hbs).
+#                         keepalived's config (templates/keepalived.conf.hbs). The VIP
+#                         never refuses a connection (no_refuse below).
 #   lb-vip keepalived     the keepalived service: waits for lbgen's first config, then execs it
 #   lb-vip reload         lbgen's --render command: SIGHUP to keepalived, if it runs yet
 #   lb-vip check          keepalived's track script: HAProxy and lbgen both run
@@ -57,11 +58,38 @@ entry() {
   [ -e "/sys/class/net/$iface" ] \
     || die "LB_VIP_INTERFACE=$iface: no such interface here (have: $(ls /sys/class/net | tr '\n' ' '))"
   [ -x "$(command -v keepalived)" ] || die "keepalived is not installed in this image"
+  no_refuse "${LB_VIP%/*}" "$iface"
   export SHOAL_SERVICES="$SERVICES_VIP"
   export LBGEN_VAR="${LBGEN_VAR:+$LBGEN_VAR,}vrrp_vip=$LB_VIP,vrrp_interface=$iface,vrrp_router_id=$router_id,vrrp_advert_int=$advert,vrrp_script=/usr/local/bin/lb-vip"
   export LBGEN_RENDER="${LBGEN_RENDER:+$LBGEN_RENDER;}$TEMPLATE:$CONF:/usr/local/bin/lb-vip reload"
   echo "lb-vip: VIP mode: $LB_VIP on $iface (router id $router_id, adverts every ${advert}s)" >&2
   exec shoal agent "$@"
+}
+
+# The VIP never refuses a connection: a SYN to it that finds no listener (HAProxy dead,
+# restarting, or the whole container SIGKILLed while Docker tears down its network
+# namespace, which still holds the VIP) is dropped instead of answered with RST, so the
+# client retransmits it (1 s later) to whichever LB holds the VIP by then, as when a host
+# loses power; a refusal would fail the request at once. The kernel's answer to such a
+# SYN is the only RST|ACK with sequence number 0 from the VIP (a reset of a connection
+# carries its own sequence number and still goes out). tc, because a rule in this
+# network namespace outlives every process of the container: an htb root whose
+# unclassified packets go out directly, untouched, and one u32 filter sending those RSTs
+# to a class whose queue holds nothing (pfifo limit 0). Offsets: IPv4 without options
+# (the kernel's own RSTs), TCP flags at byte 33, sequence number at 24.
+no_refuse() {
+  vip="$1" dev="$2"
+  tc qdisc del dev "$dev" root 2>/dev/null || true
+  if err=$( (tc qdisc add dev "$dev" root handle 1: htb \
+    && tc class add dev "$dev" parent 1: classid 1:1 htb rate 1mbit \
+    && tc qdisc add dev "$dev" parent 1:1 handle 10: pfifo limit 0 \
+    && tc filter add dev "$dev" parent 1: protocol ip prio 1 u32 \
+      match ip src "$vip/32" match ip protocol 6 0xff \
+      match u8 0x14 0x17 at 33 match u32 0 0xffffffff at 24 flowid 1:1) 2>&1); then
+    echo "lb-vip: $vip never refuses a connection: the kernel's RST to a SYN without a listener is dropped on $dev (the client retries)" >&2
+  else
+    echo "lb-vip: warning: no tc rule keeping $vip from refusing connections while no HAProxy listens ($(echo "$err" | tr '\n' ' ')): a killed LB refuses connections until Docker removes its network" >&2
+  fi
 }
 
 run_keepalived() {
