@@ -10,7 +10,9 @@
 #                         keepalived's config (templates/keepalived.conf.hbs). The VIP
 #                         never refuses a connection (no_refuse below).
 #   lb-vip keepalived     the keepalived service: waits for lbgen's first config, then execs it
-#   lb-vip reload         lbgen's --render command: SIGHUP to keepalived, if it runs yet
+#   lb-vip reload         lbgen's --render command: SIGHUP to keepalived, if it runs yet;
+#                         once this LB is leaving (the file tracks shoal_leaving): as
+#                         a backup, SIGTERM; as the master, nothing (it hands over at the end)
 #   lb-vip check          keepalived's track script: HAProxy and lbgen both run
 #   lb-vip fifo FIFO      keepalived's notify FIFO reader: gossips each state change, in
 #                         order, as the tag vrrp=master|backup|fault
@@ -24,6 +26,7 @@ set -eu
 
 CONF=/etc/keepalived/keepalived.conf
 PIDDIR=/run/keepalived
+STATE=/run/keepalived/state # the last state the notify FIFO reported
 SERVICES_VIP=/etc/shoal/services-vip.toml
 TEMPLATE=/etc/lbgen/keepalived.conf.hbs
 
@@ -108,7 +111,23 @@ run_keepalived() {
 
 reload() {
   pid=$(cat "$PIDDIR/keepalived.pid" 2>/dev/null || true)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  leaving=
+  grep -q '^track_file shoal_leaving' "$CONF" && leaving=1
+  state=$(cat "$STATE" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ -n "$leaving" ] && [ "$state" = master ]; then
+    # This LB is stopping (the template's local.leaving) and holds the VIP: no reload. It
+    # keeps the VIP through the agent's drain and hands it over when the supervisor stops
+    # keepalived (priority 0: the other LB takes it within its skew time). Stopped now,
+    # its priority-0 advert coincides with the others' reload for this LB's leave and was
+    # seen lost: the takeover then waited 3 adverts (3.5 s at keepalived's default 1 s).
+    echo "lb-vip: this LB is stopping and holds the VIP: keepalived ($pid) hands it over when it stops"
+  elif [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ -n "$leaving" ]; then
+    # Stopping as a backup: keepalived goes now. Kept running until the drain ends, it
+    # would take the VIP, as the others drop this LB from their peers and stop sending it
+    # adverts. Started again meanwhile by the supervisor, the file puts it in FAULT.
+    kill -TERM "$pid"
+    echo "lb-vip: this LB is stopping as a ${state:-backup}: keepalived ($pid) stops now, so it never takes the VIP"
+  elif [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -HUP "$pid"
     echo "lb-vip: keepalived ($pid) reloads $CONF"
   else
@@ -130,6 +149,7 @@ fifo() {
       master | backup | fault) ;;
       *) continue ;; # stop: the agent is leaving the cluster anyway
     esac
+    echo "$state" >"$STATE"
     # Retried briefly: the agent's API may be busy at start-up.
     for _ in 1 2 3 4 5; do
       shoal tags --set "vrrp=$state" >/dev/null 2>&1 && break
