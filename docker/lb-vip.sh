@@ -120,7 +120,15 @@ reload() {
     # keepalived (priority 0: the other LB takes it within its skew time). Stopped now,
     # its priority-0 advert coincides with the others' reload for this LB's leave and was
     # seen lost: the takeover then waited 3 adverts (3.5 s at keepalived's default 1 s).
-    echo "lb-vip: this LB is stopping and holds the VIP: keepalived ($pid) hands it over when it stops"
+    # The VIP also on lo (/32) until the container ends: when keepalived removes it from
+    # the interface, the connections open here still receive their packets and can answer
+    # (without it, a request whose data came in just after the removal was dropped, and
+    # its retransmission, by then sent to the new master, reset). The kernel may still
+    # answer an ARP request for the VIP here (arp_ignore 0) until the container ends, a
+    # few seconds; clients ask only once their entry is stale, and the new master's
+    # gratuitous ARP has just refreshed it.
+    ip addr add "${LB_VIP%/*}/32" dev lo 2>/dev/null || true
+    echo "lb-vip: this LB is stopping and holds the VIP: keepalived ($pid) hands it over when it stops (the VIP stays on lo for the open connections)"
   elif [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ -n "$leaving" ]; then
     # Stopping as a backup: keepalived goes now. Kept running until the drain ends, it
     # would take the VIP, as the others drop this LB from their peers and stop sending it
