@@ -355,13 +355,17 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
             }
         }
     }
-    if let Some(t) = took_over {
-        figure(
+    match took_over {
+        Some(t) => figure(
             &format!(
                 "VIP (advert {advert} s): docker kill master -> the backup's keepalived MASTER"
             ),
             format!("{:.0} ms", t - kill_at),
-        );
+        ),
+        // Seen once in bench/vip.sh: the kill's figures then measure no failover at all.
+        None => eprintln!(
+            "WARNING: no keepalived entered MASTER after the kill: the other LB already held the VIP"
+        ),
     }
     // The kill's failures, split: connections already open when `docker kill` was issued
     // (in flight on the killed LB), and new ones started while the kill ran (the killed
