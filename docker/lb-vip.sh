@@ -7,9 +7,12 @@
 #                         NET_ADMIN capability first (nothing is started if either is
 #                         wrong), then run the agent with the VIP services file
 #                         (/etc/shoal/services-vip.toml: + keepalived) and lbgen rendering
-#                         keepalived's config (templates/keepalived.conf.hbs).
+#                         keepalived's config (templates/keepalived.conf.hbs). The VIP
+#                         never refuses a connection (no_refuse below).
 #   lb-vip keepalived     the keepalived service: waits for lbgen's first config, then execs it
-#   lb-vip reload         lbgen's --render command: SIGHUP to keepalived, if it runs yet
+#   lb-vip reload         lbgen's --render command: SIGHUP to keepalived, if it runs yet;
+#                         once this LB is leaving (the file tracks shoal_leaving): as
+#                         a backup, SIGTERM; as the master, nothing (it hands over at the end)
 #   lb-vip check          keepalived's track script: HAProxy and lbgen both run
 #   lb-vip fifo FIFO      keepalived's notify FIFO reader: gossips each state change, in
 #                         order, as the tag vrrp=master|backup|fault
@@ -23,6 +26,7 @@ set -eu
 
 CONF=/etc/keepalived/keepalived.conf
 PIDDIR=/run/keepalived
+STATE=/run/keepalived/state # the last state the notify FIFO reported
 SERVICES_VIP=/etc/shoal/services-vip.toml
 TEMPLATE=/etc/lbgen/keepalived.conf.hbs
 
@@ -57,11 +61,38 @@ entry() {
   [ -e "/sys/class/net/$iface" ] \
     || die "LB_VIP_INTERFACE=$iface: no such interface here (have: $(ls /sys/class/net | tr '\n' ' '))"
   [ -x "$(command -v keepalived)" ] || die "keepalived is not installed in this image"
+  no_refuse "${LB_VIP%/*}" "$iface"
   export SHOAL_SERVICES="$SERVICES_VIP"
   export LBGEN_VAR="${LBGEN_VAR:+$LBGEN_VAR,}vrrp_vip=$LB_VIP,vrrp_interface=$iface,vrrp_router_id=$router_id,vrrp_advert_int=$advert,vrrp_script=/usr/local/bin/lb-vip"
   export LBGEN_RENDER="${LBGEN_RENDER:+$LBGEN_RENDER;}$TEMPLATE:$CONF:/usr/local/bin/lb-vip reload"
   echo "lb-vip: VIP mode: $LB_VIP on $iface (router id $router_id, adverts every ${advert}s)" >&2
   exec shoal agent "$@"
+}
+
+# The VIP never refuses a connection: a SYN to it that finds no listener (HAProxy dead,
+# restarting, or the whole container SIGKILLed while Docker tears down its network
+# namespace, which still holds the VIP) is dropped instead of answered with RST, so the
+# client retransmits it (1 s later) to whichever LB holds the VIP by then, as when a host
+# loses power; a refusal would fail the request at once. The kernel's answer to such a
+# SYN is the only RST|ACK with sequence number 0 from the VIP (a reset of a connection
+# carries its own sequence number and still goes out). tc, because a rule in this
+# network namespace outlives every process of the container: an htb root whose
+# unclassified packets go out directly, untouched, and one u32 filter sending those RSTs
+# to a class whose queue holds nothing (pfifo limit 0). Offsets: IPv4 without options
+# (the kernel's own RSTs), TCP flags at byte 33, sequence number at 24.
+no_refuse() {
+  vip="$1" dev="$2"
+  tc qdisc del dev "$dev" root 2>/dev/null || true
+  if err=$( (tc qdisc add dev "$dev" root handle 1: htb \
+    && tc class add dev "$dev" parent 1: classid 1:1 htb rate 1mbit \
+    && tc qdisc add dev "$dev" parent 1:1 handle 10: pfifo limit 0 \
+    && tc filter add dev "$dev" parent 1: protocol ip prio 1 u32 \
+      match ip src "$vip/32" match ip protocol 6 0xff \
+      match u8 0x14 0x17 at 33 match u32 0 0xffffffff at 24 flowid 1:1) 2>&1); then
+    echo "lb-vip: $vip never refuses a connection: the kernel's RST to a SYN without a listener is dropped on $dev (the client retries)" >&2
+  else
+    echo "lb-vip: warning: no tc rule keeping $vip from refusing connections while no HAProxy listens ($(echo "$err" | tr '\n' ' ')): a killed LB refuses connections until Docker removes its network" >&2
+  fi
 }
 
 run_keepalived() {
@@ -80,7 +111,31 @@ run_keepalived() {
 
 reload() {
   pid=$(cat "$PIDDIR/keepalived.pid" 2>/dev/null || true)
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+  leaving=
+  grep -q '^track_file shoal_leaving' "$CONF" && leaving=1
+  state=$(cat "$STATE" 2>/dev/null || true)
+  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ -n "$leaving" ] && [ "$state" = master ]; then
+    # This LB is stopping (the template's local.leaving) and holds the VIP: no reload. It
+    # keeps the VIP through the agent's drain and hands it over when the supervisor stops
+    # keepalived (priority 0: the other LB takes it within its skew time). Stopped now,
+    # its priority-0 advert coincides with the others' reload for this LB's leave and was
+    # seen lost: the takeover then waited 3 adverts (3.5 s at keepalived's default 1 s).
+    # The VIP also on lo (/32) until the container ends: when keepalived removes it from
+    # the interface, the connections open here still receive their packets and can answer
+    # (without it, a request whose data came in just after the removal was dropped, and
+    # its retransmission, by then sent to the new master, reset). The kernel may still
+    # answer an ARP request for the VIP here (arp_ignore 0) until the container ends, a
+    # few seconds; clients ask only once their entry is stale, and the new master's
+    # gratuitous ARP has just refreshed it.
+    ip addr add "${LB_VIP%/*}/32" dev lo 2>/dev/null || true
+    echo "lb-vip: this LB is stopping and holds the VIP: keepalived ($pid) hands it over when it stops (the VIP stays on lo for the open connections)"
+  elif [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ -n "$leaving" ]; then
+    # Stopping as a backup: keepalived goes now. Kept running until the drain ends, it
+    # would take the VIP, as the others drop this LB from their peers and stop sending it
+    # adverts. Started again meanwhile by the supervisor, the file puts it in FAULT.
+    kill -TERM "$pid"
+    echo "lb-vip: this LB is stopping as a ${state:-backup}: keepalived ($pid) stops now, so it never takes the VIP"
+  elif [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
     kill -HUP "$pid"
     echo "lb-vip: keepalived ($pid) reloads $CONF"
   else
@@ -102,6 +157,7 @@ fifo() {
       master | backup | fault) ;;
       *) continue ;; # stop: the agent is leaving the cluster anyway
     esac
+    echo "$state" >"$STATE"
     # Retried briefly: the agent's API may be busy at start-up.
     for _ in 1 2 3 4 5; do
       shoal tags --set "vrrp=$state" >/dev/null 2>&1 && break

@@ -523,7 +523,7 @@ impl Model {
     pub fn with_local(mut self, doc: &MembersDoc, local: Option<&str>) -> Model {
         if let Some(name) = local {
             self.lbs = crate::nodes::lb_peers(doc, &self.members, Some(name));
-            self.local = crate::nodes::local_of(&self.members, &self.lbs, name);
+            self.local = crate::nodes::local_of(doc, &self.members, &self.lbs, name);
         }
         self
     }

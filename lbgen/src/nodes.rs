@@ -141,6 +141,11 @@ pub struct Local {
     pub role: Option<String>,
     /// Its priority in [`LbPeer`] terms, when it is one of the LBs.
     pub priority: Option<u8>,
+    /// It is stopping: its own `state` tag is `draining` (the agent's first step on SIGTERM,
+    /// before the leave) or it is no longer alive or suspect. The keepalived template puts
+    /// a leaving LB in FAULT at once, so it hands the VIP over and, as a backup, never takes
+    /// it while the others drop it from their peers (they stop sending it adverts).
+    pub leaving: bool,
 }
 
 /// The VIP group: alive and suspect `role=lb` members without `vrrp=off`, plus `local`
@@ -172,9 +177,14 @@ pub fn lb_peers(doc: &MembersDoc, nodes: &[Node], local: Option<&str>) -> Vec<Lb
 }
 
 /// `local`'s own entry, when it is a member.
-pub fn local_of(nodes: &[Node], lbs: &[LbPeer], local: &str) -> Option<Local> {
+pub fn local_of(doc: &MembersDoc, nodes: &[Node], lbs: &[LbPeer], local: &str) -> Option<Local> {
     let n = nodes.iter().find(|n| n.name == local)?;
+    let draining = doc
+        .members
+        .iter()
+        .any(|m| m.name == local && m.tags.get("state").map(String::as_str) == Some("draining"));
     Some(Local {
+        leaving: draining || !matches!(n.status.as_str(), "alive" | "suspect"),
         name: n.name.clone(),
         ip: n.ip,
         status: n.status.clone(),
@@ -220,9 +230,27 @@ mod tests {
             .collect();
         let (pa, pc) = (priority_of("lb-a"), priority_of("lb-c"));
         assert_eq!(got, vec![("lb-a", pa, false), ("lb-c", pc, true)]);
-        let local = local_of(&nodes, &peers, "lb-c").unwrap();
+        let local = local_of(&d, &nodes, &peers, "lb-c").unwrap();
         assert_eq!(local.priority, Some(pc));
         assert_eq!(local.ip.to_string(), "10.0.0.3");
+        assert!(!local.leaving);
+    }
+
+    #[test]
+    fn a_draining_or_left_local_lb_is_leaving() {
+        let d = doc(serde_json::json!({"members": [
+            lb("lb-a", "10.0.0.1", "alive", "state=draining"),
+            lb("lb-b", "10.0.0.2", "left", ""),
+            lb("lb-c", "10.0.0.3", "alive", "state=ready"),
+        ]}));
+        let nodes = nodes_of(&d);
+        let leaving = |name: &str| {
+            let peers = lb_peers(&d, &nodes, Some(name));
+            local_of(&d, &nodes, &peers, name).map(|l| l.leaving)
+        };
+        assert_eq!(leaving("lb-a"), Some(true));
+        assert_eq!(leaving("lb-b"), Some(true));
+        assert_eq!(leaving("lb-c"), Some(false));
     }
 
     #[test]

@@ -178,3 +178,38 @@ fn without_knowing_this_node_the_keepalived_template_does_not_render() {
     assert!(!ok, "a name that is no member rendered");
     assert!(err.contains("local.name"), "{err}");
 }
+
+#[test]
+fn a_draining_lb_renders_fault_so_it_hands_the_vip_over_and_never_takes_it() {
+    // The agent gossips state=draining first on SIGTERM, leaves, and stops keepalived only
+    // after its drain: meanwhile the other LBs drop it from their peers (no more adverts to
+    // it), so a backup that kept listening would take the VIP (docs/ha.md).
+    let draining = r#"{"members":[
+        {"name":"lb-a","addr":"10.1.0.2:7946","status":"alive","tags":{"role":"lb","vrrp":"backup","state":"draining"}},
+        {"name":"lb-b","addr":"10.1.0.3:7946","status":"alive","tags":{"role":"lb","vrrp":"master"}}]}"#;
+    let tpl = template();
+    let (ok, text, err) = render(
+        draining,
+        &["--template", tpl.to_str().unwrap(), "--local", "lb-a"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        text.contains("track_file {\n        shoal_leaving weight 0"),
+        "{text}"
+    );
+    assert!(text.contains("init_file 1 overwrite"), "{text}");
+    keepalived_check(&text);
+    // The other LB, and lb-a before it drained, track no such file.
+    let (ok, b, err) = render(
+        draining,
+        &["--template", tpl.to_str().unwrap(), "--local", "lb-b"],
+    );
+    assert!(ok, "{err}");
+    assert!(!b.contains("shoal_leaving"), "{b}");
+    let (ok, a, err) = render(
+        &members("backup"),
+        &["--template", tpl.to_str().unwrap(), "--local", "lb-a"],
+    );
+    assert!(ok, "{err}");
+    assert!(!a.contains("shoal_leaving"), "{a}");
+}

@@ -175,6 +175,27 @@ fn outage(reqs: &[Req], from: f64, to: f64) -> Outage {
     }
 }
 
+/// A `docker logs -t` timestamp (`2026-12-01T19:35:58.173172655Z`) in ms since the epoch.
+fn docker_log_ms(ts: &str) -> Option<f64> {
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let sec = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days as f64 * 86_400.0) + h * 3600.0 + min * 60.0 + sec) * 1000.0)
+}
+
 /// Starts the load in a container on the project's network; joined for its stdout.
 fn start_load(p: &Project, vip: &str) -> std::thread::JoinHandle<String> {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_vip_load"));
@@ -202,7 +223,6 @@ fn start_load(p: &Project, vip: &str) -> std::thread::JoinHandle<String> {
 }
 
 #[test]
-#[ignore = "on the merged tree the final check saw 2 resets on docker stop, 1 on restart and 130 failures on kill (issue 13 open); bench/vip.sh runs it"]
 fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_requests_in_flight() {
     let Some(_serial) = setup() else { return };
     let (p, vip) = project("ha");
@@ -315,6 +335,8 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
         }
         eprintln!("{step}: failed by reason {why:?}");
     }
+    // keepalived 2.2 logs its transitions as "(shoal) Entering MASTER STATE".
+    let mut took_over = None;
     for (name, id) in lbs(&p) {
         let out = run(
             Command::new("docker").args(["logs", "-t", &id]),
@@ -324,15 +346,32 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
             + &String::from_utf8_lossy(&out.stderr);
         for l in all
             .lines()
-            .filter(|l| l.contains("VRRP_Instance") || l.contains("lb-vip"))
+            .filter(|l| l.contains("(shoal)") || l.contains("VRRP_Script") || l.contains("lb-vip"))
         {
             eprintln!("{name}: {l}");
+            let at = l.split(' ').next().and_then(docker_log_ms);
+            if let Some(at) = at.filter(|&t| t > kill_at && l.contains("Entering MASTER")) {
+                took_over = Some(took_over.map_or(at, |t: f64| t.min(at)));
+            }
         }
+    }
+    match took_over {
+        Some(t) => figure(
+            &format!(
+                "VIP (advert {advert} s): docker kill master -> the backup's keepalived MASTER"
+            ),
+            format!("{:.0} ms", t - kill_at),
+        ),
+        // Seen once in bench/vip.sh: the kill's figures then measure no failover at all.
+        None => eprintln!(
+            "WARNING: no keepalived entered MASTER after the kill: the other LB already held the VIP"
+        ),
     }
     // The kill's failures, split: connections already open when `docker kill` was issued
     // (in flight on the killed LB), and new ones started while the kill ran (the killed
-    // container's network namespace lives on until Docker tears it down; its kernel answers
-    // SYNs to the VIP with RST). After `docker kill` returns, nothing may fail (asserted).
+    // container's network namespace lives on until Docker tears it down, holding the VIP:
+    // its kernel would answer SYNs with RST, but lb-vip's tc rule drops those, so the
+    // client retries). After `docker kill` returns, nothing may fail (asserted).
     let open_at_kill = reqs
         .iter()
         .filter(|r| r.start < kill_at && r.end >= kill_at)
@@ -379,8 +418,9 @@ fn two_lbs_share_a_vip_stop_and_restart_fail_nothing_and_a_kill_fails_only_reque
         after_kill.is_empty(),
         "requests started after the kill failed: {after_kill:?}"
     );
-    // Generous: the target is 1 s (bench/vip.sh prints the figure).
-    let bound = if advert == "0.2" { 5_000.0 } else { 15_000.0 };
+    // Generous: the target is 1 s (bench/vip.sh prints the figure); a client whose SYN
+    // went to the dying LB retries it 1 s later (the VIP never refuses, docs/ha.md).
+    let bound = if advert == "0.2" { 3_000.0 } else { 15_000.0 };
     assert!(
         kill.gap_ms < bound,
         "kill -> new master answering took {:.0} ms",
