@@ -8,11 +8,13 @@ embedded DNS at 127.0.0.11 with `hold valid 1s`, `inter 1s fall 2 rise 1`, `redi
 thread per system per action, so machine noise hits both alike):
 
   up      `docker-compose up -d --scale webapp=2` of the whole project: command started
-          -> both replicas answered through the LB (s). The LB's ports are picked free
+          -> both replicas answered through the LB (s), from the answers' own times (the
+          bench waits for them after the command returns; the command's time is a row). The LB's ports are picked free
           before `up` and the load runs from before it, so the clock holds no bench work
           (it held two `docker-compose port` calls, ~0.35 s, before) and does not hang on
           when compose returns (it starts the containers one after another).
-  scale   `up --scale webapp=5` -> all 5 answered load requests (s)
+  scale   `up --scale webapp=5` -> all 5 answered load requests (s), the last one's
+          first answer (the command's time is a row)
   kill    `docker kill` of one webapp -> HAProxy has 4 servers UP (s): out of rotation.
           The stats page is polled from the moment the command starts, while it runs: the
           command itself returns only after Docker has torn the container down (~0.3 s
@@ -149,6 +151,15 @@ class System:
         with self.lock:
             return {h for (at, _, h, _) in self.samples if at >= t and h}
 
+    def first_served(self, t):
+        """hostname -> when its first answer among requests sent since `t` arrived."""
+        firsts = {}
+        with self.lock:
+            for at, lat, h, err in self.samples:
+                if at >= t and h and not err:
+                    firsts[h] = min(firsts.get(h, at + lat), at + lat)
+        return firsts
+
     def up_servers(self):
         """Servers of backend web HAProxy has UP (stats CSV)."""
         try:
@@ -202,7 +213,11 @@ class System:
         self.compose("up", "-d", "--no-build", "--scale", "webapp=2")
         self.figures["up_cli"] = time.monotonic() - t0
         self.wait("2 replicas served", lambda: len(self.hostnames_since(t0)) >= 2)
-        self.figures["up"] = time.monotonic() - t0
+        # From the answers themselves, not from when the bench saw them: the wait starts
+        # only once the command has returned, and a system that served before that would
+        # read as the command's own time.
+        firsts = sorted(self.first_served(t0).values())
+        self.figures["up"] = firsts[1] - t0
         self.marks["up"] = (t0, set(self.webapps()))
 
     def phase_scale(self):
@@ -213,7 +228,9 @@ class System:
         now = set(self.webapps())
         want = {c[:12] for c in now}
         self.wait("5 replicas served", lambda: want <= self.hostnames_since(t0))
-        self.figures["scale"] = time.monotonic() - t0
+        # The last one's first answer (the wait began after the command and a `ps`).
+        firsts = self.first_served(t0)
+        self.figures["scale"] = max(firsts[h] for h in want) - t0
         self.marks["scale"] = (t0, now - before)
 
     def phase_kill(self):
@@ -284,7 +301,11 @@ class System:
             if at is not None and at >= killed - 0.005:
                 downs.append((at, line.split(" ", 1)[1][:160]))
         if not downs:
-            raise RuntimeError(f"{self.label}: HAProxy logged no DOWN for {victim[:12]}")
+            # Seen once in 10 rounds (shoal): counted as missing in the row, not fatal.
+            print(f"{self.label}: HAProxy logged no DOWN for {victim[:12]}", file=sys.stderr)
+            self.figures["kill_down"] = None
+            self.timeline.append((killed - self.wall, "Docker's kill event (SIGKILL)"))
+            return
         at, what = min(downs)
         self.figures["kill_down"] = at - killed
         self.timeline.append((killed - self.wall, "Docker's kill event (SIGKILL)"))
@@ -513,8 +534,9 @@ def table(rounds, command, load_before, load_after):
 
     def cell(i, key):
         vals = [rnd[i].figures[key] for rnd in rounds]
-        each = ", ".join(f"{v:.2f}" for v in vals)
-        return f"{statistics.median(vals):.2f} ({each})"
+        each = ", ".join("–" if v is None else f"{v:.2f}" for v in vals)
+        known = [v for v in vals if v is not None]
+        return f"{statistics.median(known):.2f} ({each})" if known else f"– ({each})"
 
     out = [
         f"Side by side in one run, same webapp image, same load ({time.strftime('%Y-%m-%d')}, "
