@@ -191,3 +191,44 @@ async fn no_check_means_no_health_channel() {
         .await
         .expect("shutdown");
 }
+
+/// The first checks of a starting service come fast (5, 10, 20, 40, 80 ms apart), so an app
+/// that answers a few ms after its spawn is `ready` that soon, not one `start_interval` later;
+/// then they slow to `start_interval`: a slow-starting app is not hammered.
+#[tokio::test]
+async fn a_starting_service_is_checked_at_a_pace_ramping_up_to_the_start_interval() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let runs = dir.path().join("runs");
+    let mut spec = main_sleeping();
+    // A check that records each run and never passes.
+    spec.apply_check_flags(
+        None,
+        Some(&format!("echo x >> {}; false", runs.display())),
+        Some(Duration::from_secs(30)),
+    )
+    .expect("flags");
+    if let Some(c) = spec.check.as_mut() {
+        c.start_interval = Duration::from_secs(1);
+    }
+    let sup = Supervisor::start(spec).expect("start");
+    let count = || {
+        std::fs::read_to_string(&runs)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let early = count();
+    // The ramp: checks at ~0, 5, 15, 35, 75, 155, 315 ms; a flat 1 s start interval would
+    // have run one. Generous: 4, whatever the machine's load delays each shell.
+    assert!(early >= 4, "{early} checks in the first 500 ms");
+    // The ramp stops at the start interval: 1.5 s later at most two or three more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let later = count() - early;
+    assert!(
+        later <= 3,
+        "{later} checks in 1.5 s at a 1 s start interval"
+    );
+    tokio::time::timeout(BOUND, sup.shutdown())
+        .await
+        .expect("shutdown");
+}

@@ -2,9 +2,11 @@
 //! state with rise/fall thresholds.
 //!
 //! The first check runs as soon as the checker starts (with the service);
-//! while the state is `Starting` the checks follow each other every
-//! `start_interval` (100 ms by default), so a service is `Ready` within that
-//! much of its health endpoint first answering, not one full `interval` later;
+//! while the state is `Starting` the checks follow each other at a pace that
+//! ramps up from [`FIRST_START_DELAY`] (5 ms), doubling, to `start_interval`
+//! (100 ms by default): an app that listens a few ms after its spawn (most do)
+//! is `Ready` within a few ms of its health endpoint first answering, a slow
+//! one is checked every `start_interval` (never one full `interval` later);
 //! from the first `Ready` on they run every `interval`.
 //!
 //! `Starting` until `rise` consecutive passes; `Ready` until `fall`
@@ -131,6 +133,13 @@ impl CheckTarget {
 /// The default `start_interval`: fast enough that `ready` follows the app's
 /// first good answer within ~100 ms, slow enough not to load a starting app.
 pub const DEFAULT_START_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The delay after the first failed check while `Starting`; each next one
+/// doubles, up to `start_interval`. The first check runs as the app is spawned,
+/// usually before it listens: 5, 10, 20, 40, 80 ms then every 100 ms costs six
+/// extra checks (refused connections, cheap) in the first 155 ms, and the app is
+/// `Ready` within ~its own start-up time instead of up to 100 ms after it.
+pub const FIRST_START_DELAY: Duration = Duration::from_millis(5);
 
 /// A health check and its thresholds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -273,14 +282,17 @@ impl Thresholds {
     }
 }
 
-/// The time from one check's start to the next one's: `start_interval`
-/// until the service was first `Ready`, `interval` after.
-pub fn next_delay(spec: &CheckSpec, ever_ready: bool) -> Duration {
+/// The time from one check's start to the next one's, `done` checks having
+/// run: until the service was first `Ready`, [`FIRST_START_DELAY`] doubling at
+/// each check up to `start_interval` (and never above `interval`); `interval`
+/// after.
+pub fn next_delay(spec: &CheckSpec, ever_ready: bool, done: u32) -> Duration {
     if ever_ready {
-        spec.interval
-    } else {
-        spec.start_interval.min(spec.interval)
+        return spec.interval;
     }
+    let cap = spec.start_interval.min(spec.interval);
+    let ramp = FIRST_START_DELAY.saturating_mul(1u32 << done.saturating_sub(1).min(16));
+    ramp.min(cap)
 }
 
 /// Starts the checker task; it runs until the returned sender side is
@@ -291,6 +303,7 @@ pub fn spawn_checker(spec: CheckSpec) -> (watch::Receiver<Health>, tokio::task::
     let handle = tokio::spawn(async move {
         let mut th = Thresholds::new(spec.rise, spec.fall);
         let mut ever_ready = false;
+        let mut done: u32 = 0;
         loop {
             let began = tokio::time::Instant::now();
             let res = check_once(&spec.target, spec.timeout).await;
@@ -313,9 +326,10 @@ pub fn spawn_checker(spec: CheckSpec) -> (watch::Receiver<Health>, tokio::task::
                 }
             }
             ever_ready |= after == Health::Ready;
+            done = done.saturating_add(1);
             // The pace is from start to start, as an interval timer would
             // keep it, but a slow check never makes the next one overlap.
-            tokio::time::sleep_until(began + next_delay(&spec, ever_ready)).await;
+            tokio::time::sleep_until(began + next_delay(&spec, ever_ready, done)).await;
         }
     });
     (rx, handle)
@@ -357,20 +371,30 @@ mod tests {
     }
 
     #[test]
-    fn checks_are_fast_until_the_first_ready_then_at_the_interval() {
+    fn checks_ramp_up_from_5_ms_to_the_start_interval_until_the_first_ready_then_at_the_interval() {
         let spec = CheckSpec {
             interval: Duration::from_secs(2),
             start_interval: Duration::from_millis(100),
             ..CheckSpec::default()
         };
-        assert_eq!(next_delay(&spec, false), Duration::from_millis(100));
-        assert_eq!(next_delay(&spec, true), Duration::from_secs(2));
-        // Never slower than the interval itself.
+        let ms = |d: Duration| d.as_millis() as u64;
+        let ramp: Vec<u64> = (1..=8).map(|n| ms(next_delay(&spec, false, n))).collect();
+        assert_eq!(ramp, [5, 10, 20, 40, 80, 100, 100, 100]);
+        // Thousands of failed checks later: still the start interval, no overflow.
+        assert_eq!(ms(next_delay(&spec, false, u32::MAX)), 100);
+        assert_eq!(next_delay(&spec, true, 3), Duration::from_secs(2));
+        // Never slower than the interval itself, nor than a short start interval.
         let short = CheckSpec {
             interval: Duration::from_millis(50),
+            ..spec.clone()
+        };
+        assert_eq!(ms(next_delay(&short, false, 7)), 50);
+        let slow_start = CheckSpec {
+            start_interval: Duration::from_millis(8),
             ..spec
         };
-        assert_eq!(next_delay(&short, false), Duration::from_millis(50));
+        assert_eq!(ms(next_delay(&slow_start, false, 1)), 5);
+        assert_eq!(ms(next_delay(&slow_start, false, 2)), 8);
     }
 
     #[test]
