@@ -144,14 +144,18 @@ pub struct Local {
     /// It is stopping: its own `state` tag is `draining` (the agent's first step on SIGTERM,
     /// before the leave) or it is no longer alive or suspect. The keepalived template puts
     /// a leaving LB in FAULT at once, so it hands the VIP over and, as a backup, never takes
-    /// it while the others drop it from their peers (they stop sending it adverts).
+    /// it during its drain (the others keep sending it adverts, but nothing else would stop
+    /// a backup whose peers are gone for good from taking it).
     pub leaving: bool,
 }
 
-/// The VIP group: alive and suspect `role=lb` members without `vrrp=off`, plus `local`
-/// whatever its status (a stopping LB keeps its own config while it hands the VIP over),
-/// sorted by name. Failed and left LBs drop out, so keepalived's peers follow joins and
-/// leaves; a suspect one stays (no reload for a flap).
+/// The VIP group: every `role=lb` member without `vrrp=off`, whatever its status, sorted by
+/// name, until the agent reaps it. A failed or left LB stays a peer: an advert to a dead
+/// address is harmless, while a restarted LB (usually back on the same address) hears the
+/// master from its first second instead of only after the master's lbgen has seen the join
+/// and reloaded keepalived (until then it heard nothing, took the VIP after 3 adverts: two
+/// masters, and the higher priority kept it, so the VIP moved). Nor does a failure or a
+/// leave change keepalived's file (no reload restarting the survivor's 3-advert timer).
 pub fn lb_peers(doc: &MembersDoc, nodes: &[Node], local: Option<&str>) -> Vec<LbPeer> {
     let mut out: Vec<LbPeer> = Vec::new();
     for n in nodes {
@@ -163,8 +167,7 @@ pub fn lb_peers(doc: &MembersDoc, nodes: &[Node], local: Option<&str>) -> Vec<Lb
             .members
             .iter()
             .any(|m| m.name == n.name && m.tags.get(VRRP_TAG).map(String::as_str) == Some("off"));
-        let live = matches!(n.status.as_str(), "alive" | "suspect");
-        if (live || is_local) && !opted_out && !out.iter().any(|p| p.name == n.name) {
+        if !opted_out && !out.iter().any(|p| p.name == n.name) {
             out.push(LbPeer {
                 name: n.name.clone(),
                 ip: n.ip,
@@ -214,7 +217,7 @@ mod tests {
     }
 
     #[test]
-    fn lb_peers_are_the_live_lbs_by_name_with_priorities_from_their_names() {
+    fn lb_peers_are_all_lbs_but_the_opted_out_by_name_with_priorities_from_their_names() {
         let d = doc(serde_json::json!({"members": [
             lb("lb-c", "10.0.0.3", "alive", ""),
             lb("lb-a", "10.0.0.1", "suspect", "vrrp=master"),
@@ -228,8 +231,15 @@ mod tests {
             .iter()
             .map(|p| (p.name.as_str(), p.priority, p.is_local))
             .collect();
-        let (pa, pc) = (priority_of("lb-a"), priority_of("lb-c"));
-        assert_eq!(got, vec![("lb-a", pa, false), ("lb-c", pc, true)]);
+        let (pa, pb, pc) = (
+            priority_of("lb-a"),
+            priority_of("lb-b"),
+            priority_of("lb-c"),
+        );
+        assert_eq!(
+            got,
+            vec![("lb-a", pa, false), ("lb-b", pb, false), ("lb-c", pc, true)]
+        );
         let local = local_of(&d, &nodes, &peers, "lb-c").unwrap();
         assert_eq!(local.priority, Some(pc));
         assert_eq!(local.ip.to_string(), "10.0.0.3");
@@ -254,7 +264,7 @@ mod tests {
     }
 
     #[test]
-    fn a_leaving_local_lb_keeps_itself_in_its_own_group() {
+    fn a_left_lb_stays_in_every_group_so_its_restart_hears_the_master_at_once() {
         let d = doc(serde_json::json!({"members": [
             lb("lb-a", "10.0.0.1", "left", ""),
             lb("lb-b", "10.0.0.2", "alive", ""),
@@ -269,7 +279,7 @@ mod tests {
             .map(|p| p.name)
             .collect();
         assert_eq!(mine, vec!["lb-a", "lb-b"]);
-        assert_eq!(theirs, vec!["lb-b"]);
+        assert_eq!(theirs, vec!["lb-a", "lb-b"]);
     }
 
     #[test]

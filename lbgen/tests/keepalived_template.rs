@@ -88,7 +88,7 @@ fn keepalived_check(text: &str) {
 }
 
 #[test]
-fn each_lb_gets_the_other_live_lbs_as_unicast_peers_and_keepalived_accepts_it() {
+fn each_lb_gets_the_other_lbs_failed_ones_too_as_unicast_peers_and_keepalived_accepts_it() {
     let tpl = template();
     let tpl = tpl.to_str().unwrap();
     for (me, ip, peer) in [
@@ -106,10 +106,12 @@ fn each_lb_gets_the_other_live_lbs_as_unicast_peers_and_keepalived_accepts_it() 
             !text.contains(&format!("        {ip}    #")),
             "itself as a peer: {text}"
         );
+        // A failed LB stays until it is reaped: back on its address, it hears the master.
         assert!(
-            !text.contains("10.1.0.4"),
-            "a failed LB stays a peer: {text}"
+            text.contains("        10.1.0.4    # lb-gone"),
+            "a failed LB was dropped from the peers: {text}"
         );
+        assert!(text.contains("vrrp_startup_delay 2\n"), "{text}");
         assert!(
             text.contains("nopreempt") && text.contains("state BACKUP"),
             "{text}"
@@ -123,6 +125,31 @@ fn each_lb_gets_the_other_live_lbs_as_unicast_peers_and_keepalived_accepts_it() 
 fn an_lb_alone_still_renders_unicast_so_a_reload_never_switches_keepalived_to_multicast() {
     // keepalived 2.2 falls back to multicast on an empty peer list (`keepalived -t` exits 5 on
     // it) and a reload between the modes restarts the instance in BACKUP: the VIP drops.
+    let alone = r#"{"members":[
+        {"name":"lb-a","addr":"10.1.0.2:7946","status":"alive","tags":{"role":"lb","vrrp":"master"}}]}"#;
+    let tpl = template();
+    let (ok, text, err) = render(
+        alone,
+        &["--template", tpl.to_str().unwrap(), "--local", "lb-a"],
+    );
+    assert!(ok, "{err}");
+    let block = text
+        .split("unicast_peer {")
+        .nth(1)
+        .and_then(|b| b.split('}').next())
+        .expect("a unicast_peer block");
+    assert!(block.contains("127.0.0.1"), "{text}");
+    assert!(!block.contains("10.1.0."), "{text}");
+    keepalived_check(&text);
+}
+
+#[test]
+fn a_left_lb_stays_a_unicast_peer_so_a_leave_does_not_change_keepalived_s_file() {
+    // The master keeps sending adverts to a leaving backup through its drain, and its file
+    // (so keepalived's state and timers) stays the same until the agent reaps the LB.
+    let alive = r#"{"members":[
+        {"name":"lb-a","addr":"10.1.0.2:7946","status":"alive","tags":{"role":"lb","vrrp":"master"}},
+        {"name":"lb-b","addr":"10.1.0.3:7946","status":"alive","tags":{"role":"lb","vrrp":"backup"}}]}"#;
     let alone = r#"{"members":[
         {"name":"lb-a","addr":"10.1.0.2:7946","status":"alive","tags":{"role":"lb","vrrp":"master"}},
         {"name":"lb-b","addr":"10.1.0.3:7946","status":"left","tags":{"role":"lb"}}]}"#;
@@ -138,10 +165,13 @@ fn an_lb_alone_still_renders_unicast_so_a_reload_never_switches_keepalived_to_mu
         .and_then(|b| b.split('}').next())
         .expect("a unicast_peer block");
     assert!(block.contains("127.0.0.1"), "{text}");
-    assert!(
-        !block.contains("10.1.0.3"),
-        "a left LB stays a peer: {text}"
+    assert!(block.contains("10.1.0.3"), "a left LB was dropped: {text}");
+    let (ok, before, err) = render(
+        alive,
+        &["--template", tpl.to_str().unwrap(), "--local", "lb-a"],
     );
+    assert!(ok, "{err}");
+    assert_eq!(before, text, "a leave changed the master's keepalived file");
     keepalived_check(&text);
 }
 
@@ -182,8 +212,8 @@ fn without_knowing_this_node_the_keepalived_template_does_not_render() {
 #[test]
 fn a_draining_lb_renders_fault_so_it_hands_the_vip_over_and_never_takes_it() {
     // The agent gossips state=draining first on SIGTERM, leaves, and stops keepalived only
-    // after its drain: meanwhile the other LBs drop it from their peers (no more adverts to
-    // it), so a backup that kept listening would take the VIP (docs/ha.md).
+    // after its drain: its peers go for good meanwhile (the master may stop first), so a
+    // backup that kept listening would take the VIP (docs/ha.md).
     let draining = r#"{"members":[
         {"name":"lb-a","addr":"10.1.0.2:7946","status":"alive","tags":{"role":"lb","vrrp":"backup","state":"draining"}},
         {"name":"lb-b","addr":"10.1.0.3:7946","status":"alive","tags":{"role":"lb","vrrp":"master"}}]}"#;
