@@ -133,11 +133,7 @@ fn an_lb_alone_still_renders_unicast_so_a_reload_never_switches_keepalived_to_mu
         &["--template", tpl.to_str().unwrap(), "--local", "lb-a"],
     );
     assert!(ok, "{err}");
-    let block = text
-        .split("unicast_peer {")
-        .nth(1)
-        .and_then(|b| b.split('}').next())
-        .expect("a unicast_peer block");
+    let block = unicast_peers(&text);
     assert!(block.contains("127.0.0.1"), "{text}");
     assert!(!block.contains("10.1.0."), "{text}");
     keepalived_check(&text);
@@ -159,11 +155,7 @@ fn a_left_lb_stays_a_unicast_peer_so_a_leave_does_not_change_keepalived_s_file()
         &["--template", tpl.to_str().unwrap(), "--local", "lb-a"],
     );
     assert!(ok, "{err}");
-    let block = text
-        .split("unicast_peer {")
-        .nth(1)
-        .and_then(|b| b.split('}').next())
-        .expect("a unicast_peer block");
+    let block = unicast_peers(&text);
     assert!(block.contains("127.0.0.1"), "{text}");
     assert!(block.contains("10.1.0.3"), "a left LB was dropped: {text}");
     let (ok, before, err) = render(
@@ -242,4 +234,12 @@ fn a_draining_lb_renders_fault_so_it_hands_the_vip_over_and_never_takes_it() {
     );
     assert!(ok, "{err}");
     assert!(!a.contains("shoal_leaving"), "{a}");
+}
+
+/// The body of the rendered file's `unicast_peer { ... }` block.
+fn unicast_peers(text: &str) -> &str {
+    text.split("unicast_peer {")
+        .nth(1)
+        .and_then(|b| b.split('}').next())
+        .expect("a unicast_peer block")
 }
