@@ -9,7 +9,9 @@
 #                         (/etc/shoal/services-vip.toml: + keepalived) and lbgen rendering
 #                         keepalived's config (templates/keepalived.conf.hbs). The VIP
 #                         never refuses a connection (no_refuse below).
-#   lb-vip keepalived     the keepalived service: waits for lbgen's first config, then execs it
+#   lb-vip keepalived     the keepalived service: waits for lbgen's first config, then runs it;
+#                         on the supervisor's SIGTERM no connection to the VIP completes here
+#                         any more (no_handshake below)
 #   lb-vip reload         lbgen's --render command: SIGHUP to keepalived, if it runs yet;
 #                         once this LB is leaving (the file tracks shoal_leaving): as
 #                         a backup, SIGTERM; as the master, nothing (it hands over at the end)
@@ -105,8 +107,46 @@ run_keepalived() {
   done
   sleep "${LB_VIP_SETTLE:-3}"
   mkdir -p "$PIDDIR"
-  exec keepalived --dont-fork --log-console --vrrp --use-file "$CONF" \
-    --pid "$PIDDIR/keepalived.pid" --vrrp_pid "$PIDDIR/vrrp.pid"
+  no_handshake off
+  # Not exec'd: the supervisor's SIGTERM (to the whole process group, keepalived included)
+  # means this LB stops, and from then on no connection to the VIP completes here.
+  keepalived --dont-fork --log-console --vrrp --use-file "$CONF" \
+    --pid "$PIDDIR/keepalived.pid" --vrrp_pid "$PIDDIR/vrrp.pid" &
+  kpid=$!
+  trap 'stopping=1' TERM
+  stopping=
+  st=0
+  wait "$kpid" || st=$?
+  if [ -n "$stopping" ]; then
+    # keepalived got the same SIGTERM: it hands the VIP over now.
+    no_handshake on
+    kill -TERM "$kpid" 2>/dev/null || true
+    st=0
+    wait "$kpid" || st=$?
+  fi
+  exit "$st"
+}
+
+# While this LB stops (from the supervisor's SIGTERM, as keepalived's priority-0 advert
+# hands the VIP over): no new connection to the VIP completes here. One whose handshake
+# began here just before the new master's gratuitous ARP reached its client sent the rest
+# of its packets to the new master, which knows no such connection and reset it (seen: a
+# request reset 4 ms after its start, as the backup entered MASTER; 2-3 per docker stop of
+# the master at load 11). So the VIP's SYN-ACKs go to the empty class of no_refuse: the
+# client retransmits its SYN 1 s later, by then to the new master. Connections already
+# open finish here (the VIP on lo) if their packets still come here.
+# `no_handshake off` at keepalived's start removes a rule left by an earlier stop.
+no_handshake() {
+  dev="${LB_VIP_INTERFACE:-eth0}" vip="${LB_VIP%/*}"
+  tc filter del dev "$dev" parent 1: protocol ip prio 2 2>/dev/null || true
+  [ "$1" = on ] || return 0
+  if err=$(tc filter add dev "$dev" parent 1: protocol ip prio 2 u32 \
+    match ip src "$vip/32" match ip protocol 6 0xff \
+    match u8 0x12 0x17 at 33 flowid 1:1 2>&1); then
+    echo "lb-vip: this LB stops: no new connection to $vip completes here from now on (its SYN-ACKs are dropped; clients retry to the new master)" >&2
+  else
+    echo "lb-vip: warning: cannot drop $vip's SYN-ACKs while stopping ($(echo "$err" | tr '\n' ' ')): a connection begun here as the VIP moves may be reset by the new master" >&2
+  fi
 }
 
 reload() {
