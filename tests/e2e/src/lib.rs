@@ -584,15 +584,17 @@ impl Drop for Project {
             let _ = run(&mut c, Duration::from_secs(60));
         }
         if std::thread::panicking() {
-            // Leave a trace of what the cluster saw before it is removed.
+            // Leave a trace of what the cluster saw before it is removed: each container's
+            // last lines without HAProxy's access log, which would crowd out the services'
+            // own lines (start, stop, apply, restart) that tell why a test failed.
             let logs = self.compose_raw(
-                &["logs", "--no-color", "--tail=40"],
-                Duration::from_secs(30),
+                &["logs", "--no-color", "--timestamps"],
+                Duration::from_secs(60),
             );
             eprintln!(
-                "--- logs of {} ---\n{}",
+                "--- logs of {} (HAProxy access lines left out) ---\n{}",
                 self.name,
-                String::from_utf8_lossy(&logs.stdout)
+                last_lines_per_container(&String::from_utf8_lossy(&logs.stdout), 60)
             );
         }
         let out = self.compose_raw(
@@ -607,6 +609,41 @@ impl Drop for Project {
             );
         }
     }
+}
+
+/// `docker-compose logs` output cut to each container's last `max` lines that are not
+/// HAProxy access-log records (JSON with a `request_id`), with a count of those left out.
+fn last_lines_per_container(logs: &str, max: usize) -> String {
+    let mut per: Vec<(&str, Vec<&str>, usize)> = Vec::new();
+    for line in logs.lines() {
+        let container = line.split_once(" |").map_or("", |(c, _)| c.trim());
+        let i = match per.iter().position(|(c, _, _)| *c == container) {
+            Some(i) => i,
+            None => {
+                per.push((container, Vec::new(), 0));
+                per.len() - 1
+            }
+        };
+        if line.contains("\"request_id\":") {
+            per[i].2 += 1;
+        } else {
+            per[i].1.push(line);
+        }
+    }
+    let mut out = String::new();
+    for (container, lines, access) in per {
+        let from = lines.len().saturating_sub(max);
+        out.push_str(&format!(
+            "[{container}: last {} of {} lines, {access} access-log lines left out]\n",
+            lines.len() - from,
+            lines.len()
+        ));
+        for l in &lines[from..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// The master line of the master CLI's `show proc`
@@ -958,7 +995,7 @@ pub fn describe_failures(f: &[&Sample]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{e2e_skip, parse_show_proc_master, rfc3339_ms};
+    use super::{e2e_skip, last_lines_per_container, parse_show_proc_master, rfc3339_ms};
 
     #[test]
     fn an_agent_event_time_parses_to_unix_milliseconds_and_other_shapes_do_not() {
@@ -974,6 +1011,23 @@ mod tests {
         assert_eq!(rfc3339_ms("2026-11-28T05:00:00Z"), None);
         assert_eq!(rfc3339_ms("2026-13-28T05:00:00.123Z"), None);
         assert_eq!(rfc3339_ms("2026-11-28 05:00:00.123Z"), None);
+    }
+
+    #[test]
+    fn a_failure_dump_keeps_each_containers_last_lines_without_access_log_records() {
+        let logs = "lb_1  | 2026 agent started\n\
+                    lb_1  | {\"ts\":1.0,\"request_id\":\"a\",\"status\":200}\n\
+                    web_1 | 2026 web one\n\
+                    lb_1  | 2026 haproxy exited\n\
+                    web_1 | 2026 web two\n";
+        let out = last_lines_per_container(logs, 1);
+        assert_eq!(
+            out,
+            "[lb_1: last 1 of 2 lines, 1 access-log lines left out]\n\
+             lb_1  | 2026 haproxy exited\n\
+             [web_1: last 1 of 2 lines, 0 access-log lines left out]\n\
+             web_1 | 2026 web two\n"
+        );
     }
 
     #[test]
