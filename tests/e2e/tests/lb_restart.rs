@@ -21,6 +21,9 @@ fn free_port() -> u16 {
     l.local_addr().expect("local addr").port()
 }
 
+/// A probe's request: when it was sent, and when its answer came (none: no 200 in time).
+type ProbeSample = (Duration, Option<Duration>);
+
 /// Polls one path every 10 ms (a 200 is an answer): (sent, answered at), times since
 /// `started`.
 ///
@@ -32,7 +35,7 @@ fn free_port() -> u16 {
 /// short timeout re-sends soon, so their first answers come soon after HAProxy listens.
 struct Probe {
     stop: Arc<AtomicBool>,
-    seen: Arc<Mutex<Vec<(Duration, Option<Duration>)>>>,
+    seen: Arc<Mutex<Vec<ProbeSample>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
