@@ -66,6 +66,11 @@ ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STEPS = [
     ("command", "the compose command started", "both"),
     ("create", "Docker's `create` event", "both"),
+    # `up` only: the LB container starts with the replicas; what its own start costs.
+    ("lb_create", "`up`: the LB's `create` event", "both"),
+    ("lb_start", "`up`: the LB's `start` event", "both"),
+    ("lb_synced", "`up`: the LB's agent merged its first push-pull (`synced`)", "shoal"),
+    ("lb_haproxy", "`up`: the LB's HAProxy loaded its config (`Loading success`)", "both"),
     ("agent", "the agent (PID 1) listens for gossip", "shoal"),
     ("app_started", "the agent started the app (supervised child)", "shoal"),
     ("joined", "the agent joined the cluster", "shoal"),
@@ -346,7 +351,11 @@ class System:
                     f = ev.split()
                     if len(f) == 3 and f[2] == cid and f[1] not in row:
                         row[f[1]] = int(f[0]) / 1e9
+                    if phase == "up" and len(f) == 3 and f[2] == lb_id:
+                        row.setdefault(f"lb_{f[1]}", int(f[0]) / 1e9)
                 self.replica_steps(row, cid, lb, start)
+                if phase == "up":
+                    self.lb_steps(row, lb, start)
                 with self.lock:
                     served = [a + lat for (a, lat, h, e) in self.samples
                               if h == cid[:12] and not e and a >= t0]
@@ -354,6 +363,18 @@ class System:
                     row["served"] = min(served) + self.wall
                 rows.append(row)
             self.joins[phase] = rows
+
+    def lb_steps(self, row, lb, since):
+        """`up`: the LB's own start-up, from its log (see STEPS)."""
+        def first(pred):
+            return next((at for at, l in lb if at >= since and pred(l)), None)
+
+        for key, at in (
+            ("lb_haproxy", first(lambda l: "Loading success" in l)),
+            ("lb_synced", first(lambda l: "member table synced" in l) if self.label == "shoal" else None),
+        ):
+            if at is not None:
+                row.setdefault(key, at)
 
     def replica_steps(self, row, cid, lb, since):
         """The steps in the replica's own log and in the LB's (see STEPS)."""
@@ -591,6 +612,8 @@ def timeline_table(rounds):
                 ]
                 reps = sum(len(rnd[i].joins.get(phase, [])) for rnd in rounds)
                 cells.append(f"{statistics.median(vals):.0f} (n={len(vals)}/{reps})" if vals else "–")
+            if all(c in ("", "–") for c in cells):
+                continue  # a step of the other phase (the LB's own start is in `up` only)
             out.append(f"| {what} | {cells[0]} | {cells[1]} |")
     return "\n".join(out) + "\n"
 

@@ -668,14 +668,26 @@ pub async fn running_servers(h: &Haproxy, pool: &str) -> Vec<String> {
     names
 }
 
+/// lbgen's own log lines (INFO and up) into the running test's captured output, which
+/// the harness prints when the test fails: what a "no report within 15 s" was waiting on.
+/// The first call in a test binary installs it; later calls do nothing.
+pub fn log_to_test_output() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_max_level(tracing::Level::INFO)
+        .try_init();
+}
+
 /// The `watch` settings every live test starts from: the default template and variables,
 /// the default `haproxy -c` check, a 20 ms:200 ms debounce, a 10 s reload timeout, no
 /// periodic resync, no reports. Tests override what they vary with struct-update syntax.
+/// Turns on [`log_to_test_output`].
 pub fn watch_config(
     source: crate::source::SourceSpec,
     out: PathBuf,
     master: PathBuf,
 ) -> crate::watch::WatchConfig {
+    log_to_test_output();
     crate::watch::WatchConfig {
         template: None,
         vars: crate::render::Vars::default(),
