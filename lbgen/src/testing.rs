@@ -625,6 +625,36 @@ pub async fn server_state(h: &Haproxy, pool: &str, server: &str) -> Option<Vec<S
         .find(|c| c.len() > 7 && c[1] == pool && c[3] == server)
 }
 
+/// HAProxy's `srv_admin_state` bit for a drained server (`set server ... state drain`).
+pub const ADMIN_DRAINED: u32 = 0x08;
+
+/// `pool/server`'s `show servers state` row once its admin state is drained, polled every
+/// 20 ms for up to 2 s; Err(the last row seen) if it never was. One read is not enough:
+/// lbgen closes a drained server's idle keep-alive connections with a `maint` then `drain`
+/// pulse (one CLI batch), and a read can land between the two.
+pub async fn drained_row(
+    h: &Haproxy,
+    pool: &str,
+    server: &str,
+) -> Result<Vec<String>, Option<Vec<String>>> {
+    let end = Instant::now() + Duration::from_secs(2);
+    loop {
+        let row = server_state(h, pool, server).await;
+        let admin = row
+            .as_ref()
+            .and_then(|r| r.get(6))
+            .and_then(|a| a.parse::<u32>().ok())
+            .unwrap_or(0);
+        if admin & ADMIN_DRAINED != 0 {
+            return row.ok_or(None);
+        }
+        if Instant::now() >= end {
+            return Err(row);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// (reloads, failed reloads) as the master counts them.
 pub async fn reload_counts(h: &Haproxy) -> (u64, u64) {
     let p = crate::haproxy::Master::new(&h.master_sock)

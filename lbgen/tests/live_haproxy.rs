@@ -484,7 +484,10 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
     assert!(get(http_port).await.starts_with("HTTP/1.1 200"));
 
     // A drain still reaches HAProxy, through the runtime API.
-    assert_eq!(admin_state(&haproxy, "web", "web-1").await & 0x08, 0);
+    assert_eq!(
+        admin_state(&haproxy, "web", "web-1").await & common::ADMIN_DRAINED,
+        0
+    );
     let mut ms = base.clone();
     ms[1] = member("web-1", backends[1].port, "alive", &[("state", "draining")]);
     write_members(&members_file, &ms);
@@ -495,11 +498,9 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
             commands: vec!["set server web/web-1 state drain".into()]
         }
     );
-    assert_ne!(
-        admin_state(&haproxy, "web", "web-1").await & 0x08,
-        0,
-        "web-1 is not drained in HAProxy"
-    );
+    if let Err(row) = common::drained_row(&haproxy, "web", "web-1").await {
+        panic!("web-1 is not drained in HAProxy: {row:?}");
+    }
 
     // A new pool reloads with the last good template; the bad one is not tried again.
     ms.push(member(
