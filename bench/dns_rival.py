@@ -7,8 +7,8 @@ embedded DNS at 127.0.0.11 with `hold valid 1s`, `inter 1s fall 2 rise 1`, `redi
 `retry-on`. Both run the same webapp image and get the same load at the same moments (one
 thread per system per action, so machine noise hits both alike):
 
-  up      `docker-compose up -d --scale webapp=2` of the whole project, one system after
-          the other (the first alternating by round; see `in_turn`): command started
+  up      `docker-compose up -d --scale webapp=2` of the whole project, each system alone
+          in a project of its own before the others (see `up_alone`): command started
           -> both replicas answered through the LB (s), from the answers' own times (the
           bench waits for them after the command returns; the command's time is a row). The LB's ports are picked free
           before `up` and the load runs from before it, so the clock holds no bench work
@@ -130,7 +130,6 @@ class System:
         self.timeline = []  # (monotonic time, what happened), written by --logs
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        self.paused = threading.Event()  # the load sends nothing while set (`in_turn`)
         self.threads = []
         self.figures = {}
         # phase -> (wall time the command started, ids of the containers it added), for
@@ -191,9 +190,6 @@ class System:
 
     def worker(self):
         while not self.stop.is_set() and time.monotonic() < self.deadline:
-            if self.paused.is_set():
-                time.sleep(0.01)
-                continue
             t = time.monotonic()
             host = err = None
             try:
@@ -530,23 +526,27 @@ def both(systems, phase, *args):
         raise errors[0]
 
 
-def in_turn(systems, phase, round_no, *args):
-    """Runs one phase on each system in turn, the first one alternating by round (shoal in
-    odd rounds), each alone on the machine but for the idle containers of the other:
-    `up` of two projects at the same moment is not shared noise but a race
-    for dockerd, which creates and starts one container after another, so whichever
-    project's calls come first gets its replicas started first. (Run together, shoal's
-    replicas started 0.31 s later after the command than the rival's, median of 5 rounds;
-    the two `up` commands alone, interleaved 5 times: 1.53–1.95 s vs 1.70–2.03 s.)"""
-    order = systems if round_no % 2 else systems[::-1]
-    for s in order:
-        getattr(s, phase)(*args)
-        # Its load pauses while the next one runs: the second `up` would otherwise share
-        # the machine with the first system's load (seen: whichever went second lost by
-        # ~0.4 s), the first with nothing.
-        s.paused.set()
-    for s in order:
-        s.paused.clear()
+def up_alone(a, round_no, deadline):
+    """The `up` row: each system's `up -d --scale webapp=2` alone on the machine, in a
+    project of its own that is removed before the other's (shoal first in odd rounds).
+    Two `up`s at the same moment are a race for dockerd, which creates and starts one
+    container after another (in the last such run shoal's replicas started 0.31 s later
+    after the command, though the two commands alone take the same); one after the other
+    with both kept, whoever went second shared the machine with the first's starting
+    project and lost all 8 rounds. label -> (figures, the `up` join timeline)."""
+    files = [("shoal", os.path.join(ROOT, "compose", "docker-compose.yml")),
+             ("DNS rival", os.path.join(ROOT, "bench", "dns-rival", "docker-compose.yml"))]
+    out = {}
+    for label, path in files if round_no % 2 else files[::-1]:
+        s = System(label, path, deadline, f"{round_no}up")
+        try:
+            s.phase_up(a.workers)
+            s.join_timeline()
+        finally:
+            s.stop.set()
+            s.down()
+        out[label] = ({k: s.figures[k] for k in ("up", "up_cli")}, s.joins["up"])
+    return out
 
 
 def docker_time(stamp):
@@ -594,8 +594,8 @@ def table(rounds, command, load_before, load_after):
         f"`{command}`). Rival: HAProxy with Docker's embedded DNS, `server-template` and tuned "
         "checks ([bench/dns-rival/haproxy.cfg](../dns-rival/haproxy.cfg)). "
         f"{len(rounds)} round{'s' if len(rounds) > 1 else ''}; times: the median (every round's figure), counts: summed. "
-        "`up` runs one system after the other, shoal first in odd rounds, the other's load paused "
-        "(whoever went second lost by up to ~0.4 s); the other actions at the same moment. "
+        "`up`: each system alone, in a project removed before the other's (shoal first in odd "
+        "rounds); the other actions at the same moment, on projects `up` together. "
         f"Load average (1/5/15 min) before: {load_before}, after: {load_after}, "
         f"{os.cpu_count()} cores (shared).",
         "",
@@ -661,7 +661,8 @@ def one_round(a, round_no, deadline):
         ),
     ]
     try:
-        in_turn(systems, "phase_up", round_no, a.workers)
+        alone = up_alone(a, round_no, deadline)
+        both(systems, "phase_up", a.workers)
         time.sleep(3)
         both(systems, "phase_scale")
         # Read the logs now: the rival's victim of the kill loses its IP, which maps its slot.
@@ -678,6 +679,10 @@ def one_round(a, round_no, deadline):
         for s in systems:
             s.stop.set()
             s.down()
+    for s in systems:
+        figures, timeline = alone[s.label]
+        s.figures.update(figures)
+        s.joins["up"] = timeline
     f = [s.figures for s in systems]
     print(
         f"round {round_no}: kill {f[0]['kill']:.2f} vs {f[1]['kill']:.2f}, "
