@@ -241,6 +241,13 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
             }
             _ = tokio::time::sleep_until(fast.map_or_else(Instant::now, |f| f.1)), if fast.is_some() => {
                 let Some((signalled, _)) = fast.take() else { continue };
+                if applier.first_apply_pending() {
+                    // The first apply (adopt what runs, or reload) is the debounce branch's,
+                    // due at once: it is reported and shown. Taken here, as it was whenever the
+                    // loop ran late enough for both to be due (`select!` picks at random), an
+                    // adopted HAProxy read as "unchanged": no report, nothing on the page.
+                    continue;
+                }
                 let started = Instant::now();
                 let (doc, result) = match source.snapshot().await {
                     Ok(doc) => {

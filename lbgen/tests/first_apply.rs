@@ -266,3 +266,36 @@ async fn an_haproxy_whose_servers_differ_from_the_file_is_reloaded() {
     let _ = stop.send(());
     watcher.await.unwrap().unwrap();
 }
+
+/// Regression: one signal makes the first apply due at once and a runtime-only try due 2 ms
+/// later. When the loop ran late both were due, `select!` took either, and the runtime try
+/// adopted the running HAProxy as "unchanged": the first apply was never reported (CI, under
+/// load: "no report from lbgen watch within 15 s"). A task that blocks the one runtime
+/// thread 3 ms at a time makes the loop late on every round.
+#[tokio::test(flavor = "current_thread")]
+async fn the_first_apply_is_reported_even_when_the_loop_runs_late() {
+    let bed = Bed::new();
+    let b0 = Backend::start("b0").await;
+    let one = [member("web-0", b0.port, "alive", &[])];
+    write_members(&bed.members, &one);
+    bed.write_config(&bed.render(&one));
+    let haproxy = Haproxy::start(bed.dir.path(), &bed.out);
+    let busy = tokio::spawn(async {
+        loop {
+            std::thread::sleep(Duration::from_millis(3));
+            tokio::task::yield_now().await;
+        }
+    });
+    for round in 0..12 {
+        let (mut reports, stop, watcher) = bed.watch();
+        let r = tokio::time::timeout(Duration::from_secs(10), reports.recv())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: the first apply was not reported"))
+            .expect("watch stopped");
+        assert_eq!(r.outcome, ApplyOutcome::Unchanged, "round {round}");
+        let _ = stop.send(());
+        watcher.await.unwrap().unwrap();
+    }
+    busy.abort();
+    assert_eq!(common::reload_counts(&haproxy).await, (0, 0));
+}
