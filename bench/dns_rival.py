@@ -663,6 +663,8 @@ def one_round(a, round_no, deadline):
     try:
         alone = up_alone(a, round_no, deadline)
         both(systems, "phase_up", a.workers)
+        for s in systems:
+            s.marks.pop("up")  # `up` alone has the row and the timeline: not read twice
         time.sleep(3)
         both(systems, "phase_scale")
         # Read the logs now: the rival's victim of the kill loses its IP, which maps its slot.

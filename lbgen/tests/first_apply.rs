@@ -118,6 +118,14 @@ impl Bed {
             .unwrap()
     }
 
+    /// HAProxy started from the config `lbgen render` makes of `members`, the members file
+    /// holding the same: what a restarted LB's first apply finds when nothing changed.
+    fn haproxy_from(&self, members: &[serde_json::Value]) -> Haproxy {
+        write_members(&self.members, members);
+        self.write_config(&self.render(members));
+        Haproxy::start(self.dir.path(), &self.out)
+    }
+
     /// Writes `text` as the config, atomically (a new file renamed over the old one).
     fn write_config(&self, text: &str) {
         let tmp = self.out.with_extension("tmp");
@@ -168,10 +176,7 @@ impl Bed {
 async fn an_haproxy_started_from_the_same_snapshot_is_adopted_without_a_reload() {
     let bed = Bed::new();
     let (b0, b1) = (Backend::start("b0").await, Backend::start("b1").await);
-    let one = [member("web-0", b0.port, "alive", &[])];
-    write_members(&bed.members, &one);
-    bed.write_config(&bed.render(&one));
-    let haproxy = Haproxy::start(bed.dir.path(), &bed.out);
+    let haproxy = bed.haproxy_from(&[member("web-0", b0.port, "alive", &[])]);
 
     let (mut reports, stop, watcher) = bed.watch();
     let r = next_report(&mut reports).await;
@@ -230,10 +235,7 @@ async fn a_file_rewritten_after_haproxy_loaded_it_is_reloaded_even_when_it_rende
 async fn an_haproxy_whose_servers_differ_from_the_file_is_reloaded() {
     let bed = Bed::new();
     let b0 = Backend::start("b0").await;
-    let one = [member("web-0", b0.port, "alive", &[])];
-    write_members(&bed.members, &one);
-    bed.write_config(&bed.render(&one));
-    let haproxy = Haproxy::start(bed.dir.path(), &bed.out);
+    let haproxy = bed.haproxy_from(&[member("web-0", b0.port, "alive", &[])]);
     // The file is untouched since HAProxy loaded it, but its server is not as the file has it
     // any more (a runtime command, or a server-state file HAProxy started from).
     let master = lbgen::haproxy::Master::new(&haproxy.master_sock);
@@ -276,10 +278,7 @@ async fn an_haproxy_whose_servers_differ_from_the_file_is_reloaded() {
 async fn the_first_apply_is_reported_even_when_the_loop_runs_late() {
     let bed = Bed::new();
     let b0 = Backend::start("b0").await;
-    let one = [member("web-0", b0.port, "alive", &[])];
-    write_members(&bed.members, &one);
-    bed.write_config(&bed.render(&one));
-    let haproxy = Haproxy::start(bed.dir.path(), &bed.out);
+    let haproxy = bed.haproxy_from(&[member("web-0", b0.port, "alive", &[])]);
     let busy = tokio::spawn(async {
         loop {
             std::thread::sleep(Duration::from_millis(3));
