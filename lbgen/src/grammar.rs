@@ -211,6 +211,7 @@ fn check_line(line: &str) -> Result<(), String> {
         ["log", target, "len", "8192", "format", "raw", "local0"] => log_target(target),
         ["http-request", "del-header", h] | ["unique-id-header", h] => header_name(h),
         ["hard-stop-after", d] => duration(d),
+        ["httpclient.ssl.verify", "none" | "required"] => true,
         ["timeout", "connect" | "client" | "server" | "check", d] => duration(d),
         ["server-state-file", p] => file_path(p),
         ["stats", "socket", p, "mode", "600", "level", "admin", "expose-fd", "listeners"] => {

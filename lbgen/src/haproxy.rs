@@ -95,9 +95,10 @@ impl ReloadError {
 
 /// [`Master::wait_ready`]: the pause between probes for the first [`WAIT_FAST_FOR`] (HAProxy
 /// is usually starting next to lbgen: a probe is one `stat` and maybe one connect, and a
-/// doubling backoff overslept HAProxy's start by up to as long again), the longest pause
+/// doubling backoff overslept HAProxy's start by up to as long again; at 20 ms a new LB's
+/// first runtime change waited 10 ms on average for nothing), the longest pause
 /// after that (doubling from [`WAIT_FIRST`]), and how often a long wait is logged again.
-pub const WAIT_FIRST: Duration = Duration::from_millis(20);
+pub const WAIT_FIRST: Duration = Duration::from_millis(5);
 pub const WAIT_FAST_FOR: Duration = Duration::from_secs(5);
 pub const WAIT_MAX: Duration = Duration::from_secs(2);
 pub const WAIT_REMIND: Duration = Duration::from_secs(30);

@@ -22,6 +22,7 @@ pub const DEFAULT_VARS: &[(&str, &str)] = &[
     ("stats_socket", "/run/haproxy/admin.sock"),
     ("maxconn", "4096"),
     ("hard_stop_after", "30s"),
+    ("httpclient_ssl_verify", "none"),
     ("timeout_connect", "5s"),
     ("timeout_client", "30s"),
     ("timeout_server", "30s"),
@@ -59,6 +60,9 @@ const SWITCH_VARS: &[&str] = &[
     "https_redirect",
 ];
 
+/// `httpclient_ssl_verify`: HAProxy's own `httpclient.ssl.verify` values.
+const HTTPCLIENT_VERIFY: &[&str] = &["none", "required"];
+
 /// `access_log_format`: a JSON object per request, or HAProxy's own httplog line.
 const ACCESS_LOG_FORMATS: &[&str] = &["json", "httplog"];
 
@@ -77,6 +81,12 @@ fn check_known_var(key: &str, value: &str) -> Result<(), String> {
         return Err(format!(
             "--var {key}={value:?}: expected one of {}",
             ACCESS_LOG_FORMATS.join(", ")
+        ));
+    }
+    if key == "httpclient_ssl_verify" && !HTTPCLIENT_VERIFY.contains(&value) {
+        return Err(format!(
+            "--var {key}={value:?}: expected one of {} (HAProxy's httpclient.ssl.verify)",
+            HTTPCLIENT_VERIFY.join(", ")
         ));
     }
     // An HTTP header name (RFC 9110 token, kept to letters, digits and `-`); empty = off.

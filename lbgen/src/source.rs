@@ -17,8 +17,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::model::MembersDoc;
 use crate::Error;
 
-/// [`Source::snapshot_within`]: the pause between tries.
-pub const SNAPSHOT_RETRY: Duration = Duration::from_millis(25);
+/// [`Source::snapshot_within`]: the pause between tries. One try is a GET on loopback; a new
+/// LB's HAProxy starts once one succeeds, so a longer pause is time it does not serve.
+pub const SNAPSHOT_RETRY: Duration = Duration::from_millis(5);
 
 /// Something the watch loop should react to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

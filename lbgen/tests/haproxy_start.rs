@@ -1,0 +1,78 @@
+//! What the builtin template costs HAProxy at start, against a real HAProxy 2.6 (127.0.0.1
+//! only). Every start, reload and `haproxy -c` parses the whole config; HAProxy 2.6's
+//! internal HTTP client loads the system's CA store then unless told not to verify, 50 of the
+//! 65 ms HAProxy took to start on the demo's config. The template does not use that client
+//! (no Lua), so `httpclient_ssl_verify` defaults to `none`.
+
+use lbgen::testing as common;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{member, Haproxy};
+use lbgen::model::{MembersDoc, Model};
+use lbgen::render::{Renderer, Vars};
+
+/// The builtin template's config of one pool, HAProxy started from it, and the admin
+/// socket's answer to `show ssl ca-file` (the CA files HAProxy holds in memory).
+fn ca_files_loaded_with(extra_vars: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let admin = d.join("admin.sock");
+    let mut overrides = vec![
+        "bind=127.0.0.1".to_string(),
+        format!("http_port={}", common::free_port()),
+        format!("stats_port={}", common::free_port()),
+        format!("stats_socket={}", admin.display()),
+        format!("server_state_file={}", d.join("server-state").display()),
+    ];
+    overrides.extend(extra_vars.iter().map(|v| v.to_string()));
+    let vars = Vars::with_overrides(&overrides).unwrap();
+    let doc = serde_json::json!({ "members": [member("web-1", 9, "alive", &[])] }).to_string();
+    let cfg = Renderer::builtin()
+        .render(&Model::build(&MembersDoc::from_json(&doc).unwrap()), &vars)
+        .unwrap();
+    let path = d.join("haproxy.cfg");
+    std::fs::write(&path, cfg).unwrap();
+    let _haproxy = Haproxy::start(d, &path);
+    admin_command(&admin, "show ssl ca-file")
+}
+
+fn admin_command(sock: &Path, cmd: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("admin socket");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn haproxy_started_from_the_builtin_template_does_not_load_the_system_ca_store() {
+    let loaded = ca_files_loaded_with(&[]);
+    // No CA file at all: the answer is one empty line (HAProxy's default lists @system-ca).
+    assert_eq!(loaded.trim(), "", "CA files loaded: {loaded}");
+}
+
+#[test]
+fn httpclient_ssl_verify_required_loads_the_system_ca_store_again() {
+    // The same check on HAProxy's default: the store is loaded, so the test above can fail.
+    let loaded = ca_files_loaded_with(&["httpclient_ssl_verify=required"]);
+    assert!(
+        loaded.starts_with("# filename") && loaded.contains("@system-ca"),
+        "{loaded:?}"
+    );
+}
+
+#[test]
+fn an_unknown_httpclient_ssl_verify_is_refused_with_its_values() {
+    let Err(err) = Vars::with_overrides(&["httpclient_ssl_verify=optional".to_string()]) else {
+        panic!("httpclient_ssl_verify=optional was accepted");
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains("httpclient_ssl_verify") && msg.contains("none, required"),
+        "{msg}"
+    );
+}
