@@ -173,14 +173,31 @@ pub fn route_source(target: Ipv4Addr, port: u16) -> Option<Ipv4Addr> {
     }
 }
 
-/// Blocking resolution of every join target (used once, at start), in the
-/// given order, IPv4 only, without duplicates.
+/// Blocking resolution of every join target (used at start), in the given
+/// order, IPv4 only, without duplicates. The names are looked up at the same
+/// time, one thread each: at a container's start the resolver is Docker's
+/// DNS, slow while dockerd starts the rest of the project, and one name after
+/// the other made the agent wait for each answer in turn.
 fn resolve_targets_blocking(targets: &[(String, u16)]) -> Vec<(Ipv4Addr, u16)> {
+    let answers: Vec<Vec<SocketAddr>> = std::thread::scope(|scope| {
+        let lookups: Vec<_> = targets
+            .iter()
+            .map(|(host, port)| {
+                scope.spawn(move || {
+                    (host.as_str(), *port)
+                        .to_socket_addrs()
+                        .map(Iterator::collect)
+                        .unwrap_or_default()
+                })
+            })
+            .collect();
+        lookups
+            .into_iter()
+            .map(|l| l.join().unwrap_or_default())
+            .collect()
+    });
     let mut out = Vec::new();
-    for (host, port) in targets {
-        let Ok(addrs) = (host.as_str(), *port).to_socket_addrs() else {
-            continue;
-        };
+    for ((_, port), addrs) in targets.iter().zip(answers) {
         for a in addrs {
             if let SocketAddr::V4(v4) = a {
                 if !out.iter().any(|(ip, _)| ip == v4.ip()) {
@@ -215,28 +232,40 @@ fn own_ipv4_addrs() -> Result<Vec<(String, Ipv4Addr)>, String> {
 ///    to `wait`;
 /// 5. the interface holding the default route, else the first non-loopback
 ///    IPv4 (the old heuristics).
+///
+/// Also returns the join targets as step 2 or 4 resolved them (empty if
+/// neither did): the agent's first join round uses them instead of asking
+/// the resolver again. In a container that is Docker's DNS, served by a
+/// dockerd that is busy starting the rest of the project just then.
 pub fn detect_advertise(
     iface: Option<&str>,
     join: &[(String, u16)],
     wait: Duration,
-) -> Result<Detected, String> {
+) -> Result<(Detected, Vec<SocketAddr>), String> {
     let addrs = own_ipv4_addrs()?;
     if let Some(want) = iface {
         return addrs
             .iter()
             .find(|(name, _)| name == want)
-            .map(|(_, ip)| Detected {
-                ip: IpAddr::V4(*ip),
-                why: format!("the first IPv4 address of --iface {want}"),
+            .map(|(_, ip)| {
+                let d = Detected {
+                    ip: IpAddr::V4(*ip),
+                    why: format!("the first IPv4 address of --iface {want}"),
+                };
+                (d, Vec::new())
             })
             .ok_or_else(|| format!("interface {want:?} has no IPv4 address"));
     }
     let own: Vec<Ipv4Addr> = addrs.iter().map(|(_, ip)| *ip).collect();
-    let from_join = || -> Option<Result<Detected, ()>> {
+    let from_join = || -> Option<Result<(Detected, Vec<SocketAddr>), ()>> {
         let resolved = resolve_targets_blocking(join);
         if resolved.is_empty() {
             return None;
         }
+        let join_addrs = resolved
+            .iter()
+            .map(|&(ip, port)| SocketAddr::new(IpAddr::V4(ip), port))
+            .collect();
         let probes: Vec<RouteProbe> = resolved
             .iter()
             .map(|&(target, port)| RouteProbe {
@@ -244,9 +273,13 @@ pub fn detect_advertise(
                 local: route_source(target, port),
             })
             .collect();
-        Some(pick_from_routes(&probes, &own).ok_or_else(|| {
-            tracing::warn!(?resolved, "no route to any join target");
-        }))
+        Some(
+            pick_from_routes(&probes, &own)
+                .map(|d| (d, join_addrs))
+                .ok_or_else(|| {
+                    tracing::warn!(?resolved, "no route to any join target");
+                }),
+        )
     };
     let mut join_unroutable = false;
     if !join.is_empty() {
@@ -265,7 +298,7 @@ pub fn detect_advertise(
         });
     if let Some((host, ips)) = &host_addrs {
         if let Some(d) = pick_hostname_addr(host, ips, &own) {
-            return Ok(d);
+            return Ok((d, Vec::new()));
         }
     }
     if !join.is_empty() && !join_unroutable && !wait.is_zero() {
@@ -288,7 +321,7 @@ pub fn detect_advertise(
              (pass --advertise or --iface if that is the wrong network)"
         );
     }
-    pick_fallback(&addrs, default_route_iface().as_deref())
+    pick_fallback(&addrs, default_route_iface().as_deref()).map(|d| (d, Vec::new()))
 }
 
 /// Step 3 of [`detect_advertise`], pure: the first address `host` resolved
@@ -505,10 +538,12 @@ mod tests {
     #[test]
     fn literal_join_addresses_are_used_without_waiting() {
         let t0 = Instant::now();
-        let d =
+        let (d, resolved) =
             detect_advertise(None, &[("127.0.0.1".into(), 7946)], Duration::from_secs(30)).unwrap();
         assert!(t0.elapsed() < Duration::from_secs(5));
         assert_eq!(d.ip, IpAddr::V4(v4("127.0.0.1")));
+        // Handed on to the first join round, which then does not resolve again.
+        assert_eq!(resolved, ["127.0.0.1:7946".parse::<SocketAddr>().unwrap()]);
     }
 
     #[tokio::test]

@@ -381,13 +381,14 @@ impl AgentArgs {
         }
         // Last: detection may wait for the join names to resolve, and every
         // other flag error should be reported at once.
-        let advertise = self.advertise_addr(bind, &join)?;
+        let (advertise, first_join) = self.advertise_addr(bind, &join)?;
         Ok(AgentSettings {
             agent: AgentConfig {
                 node,
                 bind,
                 advertise,
                 join,
+                first_join,
                 retry_max: self.retry_interval,
                 tags: tag_set,
                 tags_file: self.tags_file.clone(),
@@ -439,12 +440,14 @@ impl AgentArgs {
 
 impl AgentArgs {
     /// `--advertise`, else a specific `--bind` IP, else detected (see
-    /// [`addr::detect_advertise`]); the choice and its reason are logged.
+    /// [`addr::detect_advertise`]); the choice and its reason are logged. With
+    /// it, the join targets as detection resolved them (else empty).
     fn advertise_addr(
         &self,
         bind: std::net::SocketAddr,
         join: &[(String, u16)],
-    ) -> Result<std::net::SocketAddr, String> {
+    ) -> Result<(std::net::SocketAddr, Vec<std::net::SocketAddr>), String> {
+        let mut resolved = Vec::new();
         let (advertise, why) = match &self.advertise {
             Some(a) => {
                 let sa = addr::parse_ip_port(a, 0).map_err(|e| format!("--advertise: {e}"))?;
@@ -463,13 +466,15 @@ impl AgentArgs {
             }
             None if !bind.ip().is_unspecified() => (bind, "the --bind address".to_string()),
             None => {
-                let d = addr::detect_advertise(self.iface.as_deref(), join, self.advertise_wait)
-                    .map_err(|e| format!("--advertise: {e}"))?;
+                let (d, join_addrs) =
+                    addr::detect_advertise(self.iface.as_deref(), join, self.advertise_wait)
+                        .map_err(|e| format!("--advertise: {e}"))?;
+                resolved = join_addrs;
                 (std::net::SocketAddr::new(d.ip, bind.port()), d.why)
             }
         };
         tracing::info!(advertise = %advertise, why = %why, "advertise address chosen");
-        Ok(advertise)
+        Ok((advertise, resolved))
     }
 
     /// The keyring from `--keyring-file` and/or `--encrypt`; a new keyring

@@ -3,6 +3,8 @@
 //! the API leave answered before the agent ends, and a node that lost its
 //! name stopping its services and exiting non-zero.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -174,22 +176,8 @@ async fn a_node_that_lost_its_name_stops_its_services_and_exits_non_zero() {
     // A newer node with the same name (a later start: a newer generation)
     // joins it: the older one gives its name up.
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let twin = shoal::agent::AgentConfig {
-        node: "life-twin".into(),
-        bind: "127.0.0.1:0".parse().expect("addr"),
-        advertise: "127.0.0.1:0".parse().expect("addr"),
-        join: vec![("127.0.0.1".into(), gossip.port())],
-        retry_max: Duration::from_millis(500),
-        tags: Default::default(),
-        tags_file: None,
-        profile: shoal::profile::Profile::Local,
-        reap_after: Duration::from_secs(3600),
-        leave_timeout: Duration::from_secs(1),
-        keyring: None,
-        keyring_file: None,
-        sync_timeout: Duration::from_secs(1),
-        replay: false,
-    };
+    let twin =
+        common::loopback_agent_config("life-twin", vec![("127.0.0.1".into(), gossip.port())]);
     let (_twin, _twin_loop) = shoal::agent::start(twin).await.expect("twin started");
     let exit = tokio::time::timeout(BOUND, run)
         .await

@@ -562,11 +562,17 @@ impl Node {
     }
 
     /// Resolves the join targets off the loop; the answer comes back as `Resolved`.
-    fn join_round(&self) {
+    /// The first round takes the addresses resolved at start, if any.
+    fn join_round(&mut self) {
         let targets = self.cfg.join.clone();
         let commands = self.commands.clone();
+        let at_start = std::mem::take(&mut self.cfg.first_join);
         tokio::spawn(async move {
-            let addrs = addr::resolve_all(&targets).await;
+            let addrs = if at_start.is_empty() {
+                addr::resolve_all(&targets).await
+            } else {
+                at_start
+            };
             let names: Vec<String> = targets.iter().map(|(h, p)| format!("{h}:{p}")).collect();
             info!(
                 targets = %loglist::few(&names),

@@ -65,6 +65,9 @@ pub struct AgentConfig {
     /// Port 0 means "the bound port".
     pub advertise: SocketAddr,
     pub join: Vec<(String, u16)>,
+    /// `join` as resolved moments ago (advertise detection): the first join
+    /// round sends to these instead of resolving again; empty = resolve.
+    pub first_join: Vec<SocketAddr>,
     pub retry_max: Duration,
     pub tags: Tags,
     pub tags_file: Option<std::path::PathBuf>,

@@ -430,3 +430,25 @@ pub fn lbgen_watch_config(api: String, out: PathBuf) -> lbgen::watch::WatchConfi
         http: None,
     }
 }
+
+/// An in-process agent's settings on 127.0.0.1 (port picked by the kernel), the `local`
+/// profile, joining `join`; for tests that call `shoal::agent::start` directly.
+pub fn loopback_agent_config(node: &str, join: Vec<(String, u16)>) -> shoal::agent::AgentConfig {
+    shoal::agent::AgentConfig {
+        node: node.into(),
+        bind: "127.0.0.1:0".parse().expect("addr"),
+        advertise: "127.0.0.1:0".parse().expect("addr"),
+        join,
+        first_join: Vec::new(),
+        retry_max: Duration::from_millis(500),
+        tags: Default::default(),
+        tags_file: None,
+        profile: shoal::profile::Profile::Local,
+        reap_after: Duration::from_secs(3600),
+        leave_timeout: Duration::from_secs(1),
+        keyring: None,
+        keyring_file: None,
+        sync_timeout: Duration::from_secs(1),
+        replay: false,
+    }
+}
