@@ -26,7 +26,8 @@ thread per system per action, so machine noise hits both alike):
 and over the whole run: failed requests and requests slower than 500 ms (closed-loop GET /
 load, 4 workers per system, from this host to the LB's port published on 127.0.0.1). A
 request sent before the system's first answer is not counted as failed or slow (nothing
-listens yet right after `up`; Docker's port proxy resets such a request, some after ~1 s):
+listens yet right after `up`; Docker's port proxy resets such a request, or holds it ~1 s
+while the LB's container starts, so until the first answer a request gives up after 0.25 s):
 those are shown apart, as "refused before the first answer".
 --logs DIR also writes, beside each project's log, PROJECT.requests.txt: the kill's
 timeline (Docker's kill event and HAProxy's DOWN line included) and every failed or slow
@@ -61,6 +62,8 @@ from results_section import replace_section  # noqa: E402  (bench/results_sectio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLOW = 0.5
+# A request's timeout until the system has answered once (see System.worker).
+EARLY_TIMEOUT = 0.25
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The join timeline's steps, in order: (key, what, systems it applies to). Times are from
 # Docker's `start` event of the replica (dockerd's clock, as the containers' log stamps).
@@ -130,6 +133,7 @@ class System:
         self.timeline = []  # (monotonic time, what happened), written by --logs
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        self.answered = threading.Event()  # the system's first answer came
         self.threads = []
         self.figures = {}
         # phase -> (wall time the command started, ids of the containers it added), for
@@ -193,9 +197,16 @@ class System:
             t = time.monotonic()
             host = err = None
             try:
-                status, body = get(self.http, "/")
+                # Until the system's first answer, a request gives up after EARLY_TIMEOUT (it
+                # is "early" either way): while the LB's container starts, Docker's port proxy
+                # accepts a connection and holds its dial to the container until a SYN
+                # retransmit ~1 s later. With every worker held there, the first answer was
+                # dated by Docker's retransmit instead of by the LB (a 1.9 s `up` whose LB had
+                # loaded its config 0.4 s earlier), whichever the system.
+                status, body = get(self.http, "/", timeout=20 if self.answered.is_set() else EARLY_TIMEOUT)
                 if status == 200 and '"hostname":"' in body:
                     host = body.split('"hostname":"', 1)[1].split('"', 1)[0]
+                    self.answered.set()
                 else:
                     err = f"status {status}"
             except (OSError, http.client.HTTPException) as e:
