@@ -447,8 +447,7 @@ impl AgentArgs {
         bind: std::net::SocketAddr,
         join: &[(String, u16)],
     ) -> Result<(std::net::SocketAddr, Vec<std::net::SocketAddr>), String> {
-        let mut resolved = Vec::new();
-        let (advertise, why) = match &self.advertise {
+        let (advertise, why, resolved) = match &self.advertise {
             Some(a) => {
                 let sa = addr::parse_ip_port(a, 0).map_err(|e| format!("--advertise: {e}"))?;
                 if sa.ip().is_unspecified() {
@@ -462,15 +461,21 @@ impl AgentArgs {
                 (
                     std::net::SocketAddr::new(sa.ip(), port),
                     "--advertise".to_string(),
+                    Vec::new(),
                 )
             }
-            None if !bind.ip().is_unspecified() => (bind, "the --bind address".to_string()),
+            None if !bind.ip().is_unspecified() => {
+                (bind, "the --bind address".to_string(), Vec::new())
+            }
             None => {
                 let (d, join_addrs) =
                     addr::detect_advertise(self.iface.as_deref(), join, self.advertise_wait)
                         .map_err(|e| format!("--advertise: {e}"))?;
-                resolved = join_addrs;
-                (std::net::SocketAddr::new(d.ip, bind.port()), d.why)
+                (
+                    std::net::SocketAddr::new(d.ip, bind.port()),
+                    d.why,
+                    join_addrs,
+                )
             }
         };
         tracing::info!(advertise = %advertise, why = %why, "advertise address chosen");

@@ -6,25 +6,20 @@
 
 use lbgen::testing as common;
 
-use std::io::{Read, Write};
-use std::path::Path;
-use std::time::Duration;
-
 use common::{member, Haproxy};
 use lbgen::model::{MembersDoc, Model};
 use lbgen::render::{Renderer, Vars};
 
-/// The builtin template's config of one pool, HAProxy started from it, and the admin
-/// socket's answer to `show ssl ca-file` (the CA files HAProxy holds in memory).
-fn ca_files_loaded_with(extra_vars: &[&str]) -> String {
+/// The builtin template's config of one pool, HAProxy started from it, and its worker's
+/// answer to `show ssl ca-file` (the CA files HAProxy holds in memory).
+async fn ca_files_loaded_with(extra_vars: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let admin = d.join("admin.sock");
     let mut overrides = vec![
         "bind=127.0.0.1".to_string(),
         format!("http_port={}", common::free_port()),
         format!("stats_port={}", common::free_port()),
-        format!("stats_socket={}", admin.display()),
+        format!("stats_socket={}", d.join("admin.sock").display()),
         format!("server_state_file={}", d.join("server-state").display()),
     ];
     overrides.extend(extra_vars.iter().map(|v| v.to_string()));
@@ -35,30 +30,24 @@ fn ca_files_loaded_with(extra_vars: &[&str]) -> String {
         .unwrap();
     let path = d.join("haproxy.cfg");
     std::fs::write(&path, cfg).unwrap();
-    let _haproxy = Haproxy::start(d, &path);
-    admin_command(&admin, "show ssl ca-file")
+    let haproxy = Haproxy::start(d, &path);
+    lbgen::haproxy::Master::new(&haproxy.master_sock)
+        .command("@1 show ssl ca-file")
+        .await
+        .expect("show ssl ca-file")
 }
 
-fn admin_command(sock: &Path, cmd: &str) -> String {
-    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("admin socket");
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(format!("{cmd}\n").as_bytes()).unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
-#[test]
-fn haproxy_started_from_the_builtin_template_does_not_load_the_system_ca_store() {
-    let loaded = ca_files_loaded_with(&[]);
+#[tokio::test]
+async fn haproxy_started_from_the_builtin_template_does_not_load_the_system_ca_store() {
+    let loaded = ca_files_loaded_with(&[]).await;
     // No CA file at all: the answer is one empty line (HAProxy's default lists @system-ca).
     assert_eq!(loaded.trim(), "", "CA files loaded: {loaded}");
 }
 
-#[test]
-fn httpclient_ssl_verify_required_loads_the_system_ca_store_again() {
+#[tokio::test]
+async fn httpclient_ssl_verify_required_loads_the_system_ca_store_again() {
     // The same check on HAProxy's default: the store is loaded, so the test above can fail.
-    let loaded = ca_files_loaded_with(&["httpclient_ssl_verify=required"]);
+    let loaded = ca_files_loaded_with(&["httpclient_ssl_verify=required"]).await;
     assert!(
         loaded.starts_with("# filename") && loaded.contains("@system-ca"),
         "{loaded:?}"
