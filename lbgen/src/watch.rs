@@ -108,6 +108,10 @@ pub const FAST_WINDOW: Duration = Duration::from_millis(2);
 /// create + write + rename is one refresh.
 pub const CERTS_QUIET: Duration = Duration::from_millis(50);
 
+/// At start, the longest wait for HAProxy's master socket before the templates are compiled
+/// anyway (a template error is reported by then even while HAProxy is down).
+pub const COMPILE_DEFER_MAX: Duration = Duration::from_secs(2);
+
 /// First retry after a transient failure (agent or master socket unreachable); doubles up
 /// to [`RETRY_MAX`] while failures continue.
 const RETRY: Duration = Duration::from_secs(2);
@@ -137,7 +141,6 @@ async fn render_extras(
 /// returned as one error before anything is touched. This loop only decides *when* to apply
 /// (debounce, retry, resync); the [`Applier`] decides *how*.
 pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let mut applier = Applier::new(&cfg)?;
     let source = Source::new(cfg.source.clone());
     let hub = cfg.http.as_ref().map(|_| {
         let master = cfg.master.as_ref().map(crate::haproxy::Master::new);
@@ -147,6 +150,26 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
         (Some(l), Some(h)) => Some(crate::http::spawn(l, h.clone())?),
         _ => None,
     };
+    tokio::pin!(shutdown);
+    // The templates are compiled once HAProxy answers (or after COMPILE_DEFER_MAX), not
+    // before: at an LB's start, `lbgen render` compiles the same template for HAProxy's
+    // first config and HAProxy parses it, on the cores Docker is busy with; this compile
+    // is not on that path, so it waits its turn.
+    if let Some(path) = &cfg.master {
+        let first = crate::haproxy::Master::new(path);
+        tokio::select! {
+            ready = tokio::time::timeout(COMPILE_DEFER_MAX, first.wait_ready()) => {
+                if let Ok(Err(e)) = ready {
+                    return Err(e);
+                }
+            }
+            _ = &mut shutdown => {
+                tracing::info!("shutting down (the haproxy master socket never answered)");
+                return Ok(());
+            }
+        }
+    }
+    let mut applier = Applier::new(&cfg)?;
     let source = source.with_tap(hub.clone().map(|h| {
         std::sync::Arc::new(move |l: &shoal_contract::StreamLine| h.stream_line(l))
             as crate::source::EventTap
@@ -160,7 +183,6 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
             o.display()
         )));
     }
-    tokio::pin!(shutdown);
     if let Some(m) = applier.master() {
         // HAProxy may still be starting, or its socket file be left from a previous run.
         let p = tokio::select! {

@@ -291,6 +291,41 @@ fn watch_waits_for_a_missing_then_stale_master_socket_and_applies_once_haproxy_a
 }
 
 #[test]
+fn a_template_error_is_reported_while_haproxy_is_still_down() {
+    // The template is compiled once HAProxy's master answers, so that it does not compete
+    // with HAProxy's own start; with HAProxy down it is compiled after COMPILE_DEFER_MAX.
+    let d = tempfile::tempdir().unwrap();
+    let members = d.path().join("members.json");
+    std::fs::write(&members, r#"{"members":[]}"#).unwrap();
+    let out = d.path().join("haproxy.cfg");
+    let template = d.path().join("broken.hbs");
+    std::fs::write(&template, "global\n    maxconn {{#if vars.maxconn}}\n").unwrap();
+    let sock = d.path().join("master.sock");
+    let started = Instant::now();
+    let (ok, err) = watch(&[
+        "--members",
+        members.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--template",
+        template.to_str().unwrap(),
+        "--haproxy-master",
+        sock.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{err}");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(15), "took {took:?}: {err}");
+    assert!(
+        err.contains("not there yet"),
+        "did not wait for HAProxy first: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("lbgen: ")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(lines[0].contains("broken.hbs"), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
 fn a_master_socket_path_that_cannot_become_a_socket_is_an_error_at_once() {
     let d = tempfile::tempdir().unwrap();
     let members = d.path().join("members.json");
