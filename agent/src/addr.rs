@@ -85,11 +85,20 @@ pub async fn resolve(host: &str, port: u16) -> Vec<SocketAddr> {
     }
 }
 
-/// Resolves every target; the union of their addresses.
+/// Resolves every target at the same time (each lookup is a blocking
+/// `getaddrinfo` on tokio's blocking pool, and one slow name must not hold
+/// the others back); the union of their addresses, in the targets' order.
 pub async fn resolve_all(targets: &[(String, u16)]) -> Vec<SocketAddr> {
+    let lookups: Vec<_> = targets
+        .iter()
+        .map(|(host, port)| {
+            let (host, port) = (host.clone(), *port);
+            tokio::spawn(async move { resolve(&host, port).await })
+        })
+        .collect();
     let mut addrs = Vec::new();
-    for (host, port) in targets {
-        addrs.extend(resolve(host, *port).await);
+    for lookup in lookups {
+        addrs.extend(lookup.await.unwrap_or_default());
     }
     addrs
 }
