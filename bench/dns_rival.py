@@ -16,7 +16,7 @@ thread per system per action, so machine noise hits both alike):
           clock holds no bench work (it held two `docker-compose port` calls, ~0.35 s,
           before) and does not hang on when compose returns (it starts the containers one
           after another). Also from Docker's `start` event of the LB's container to the
-          same answer: the system's own part (compose's ~1.2-1.6 s before it is the same
+          same answer: the system's own part (compose's ~1.4-1.8 s before it is the same
           for both and varies from round to round by more than the systems differ).
   scale   `up --scale webapp=5` -> all 5 answered load requests (s), the last one's
           first answer (the command's time is a row)
@@ -256,7 +256,6 @@ class System:
             th = threading.Thread(target=self.worker, args=(started,), daemon=True)
             th.start()
             self.threads.append(th)
-        t0 = time.monotonic()
         try:
             # `docker events` subscribes before it prints anything: give it a moment, then
             # check that it runs (a missed `start` would hold the load back for good).
@@ -282,7 +281,7 @@ class System:
 
     def up_from_lb_start(self):
         """`up`: the LB container's `start` event -> the second replica's first answer (s):
-        the part of `up` that is the system's own (Docker's part before it, ~1.2-1.6 s of
+        the part of `up` that is the system's own (Docker's part before it, ~1.4-1.8 s of
         creating and starting the containers, is the same for both and varies by more than
         the systems differ). Needs `join_timeline` (it reads the event)."""
         starts = [r["lb_start"] for r in self.joins["up"] if "lb_start" in r]

@@ -137,6 +137,21 @@ async fn render_extras(
     extras.render(&model, vars);
 }
 
+/// HAProxy's master socket answering ([`crate::haproxy::Master::wait_ready`]), or None
+/// (logged) when `shutdown` resolves first.
+async fn ready_or_shutdown(
+    master: &crate::haproxy::Master,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<Result<crate::haproxy::ProcInfo, Error>> {
+    tokio::select! {
+        p = master.wait_ready() => Some(p),
+        _ = shutdown.as_mut() => {
+            tracing::info!("shutting down (the haproxy master socket never answered)");
+            None
+        }
+    }
+}
+
 /// Runs until `shutdown` resolves. Startup problems (template, paths, master socket) are
 /// returned as one error before anything is touched. This loop only decides *when* to apply
 /// (debounce, retry, resync); the [`Applier`] decides *how*.
@@ -155,18 +170,15 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
     // before: at an LB's start, `lbgen render` compiles the same template for HAProxy's
     // first config and HAProxy parses it, on the cores Docker is busy with; this compile
     // is not on that path, so it waits its turn.
+    let mut ready = None;
     if let Some(path) = &cfg.master {
         let first = crate::haproxy::Master::new(path);
-        tokio::select! {
-            ready = tokio::time::timeout(COMPILE_DEFER_MAX, first.wait_ready()) => {
-                if let Ok(Err(e)) = ready {
-                    return Err(e);
-                }
-            }
-            _ = &mut shutdown => {
-                tracing::info!("shutting down (the haproxy master socket never answered)");
-                return Ok(());
-            }
+        match tokio::time::timeout(COMPILE_DEFER_MAX, ready_or_shutdown(&first, &mut shutdown))
+            .await
+        {
+            Ok(Some(p)) => ready = Some(p?),
+            Ok(None) => return Ok(()),
+            Err(_) => {} // still waiting: compile now, then wait on
         }
     }
     let mut applier = Applier::new(&cfg)?;
@@ -185,12 +197,12 @@ pub async fn run(mut cfg: WatchConfig, shutdown: impl Future<Output = ()>) -> Re
     }
     if let Some(m) = applier.master() {
         // HAProxy may still be starting, or its socket file be left from a previous run.
-        let p = tokio::select! {
-            p = m.wait_ready() => p?,
-            _ = &mut shutdown => {
-                tracing::info!("shutting down (the haproxy master socket never answered)");
-                return Ok(());
-            }
+        let p = match ready {
+            Some(p) => p,
+            None => match ready_or_shutdown(m, &mut shutdown).await {
+                Some(p) => p?,
+                None => return Ok(()),
+            },
         };
         tracing::info!(master = p.master_pid, worker = ?p.current_worker(), "haproxy master reachable");
     }
