@@ -7,6 +7,7 @@
 //! Layout:
 //! - this file: [`AgentConfig`] and [`start`] (binds the sockets, spawns the
 //!   loop and the TCP server);
+//! - `bind`: the gossip port, UDP and TCP on one number;
 //! - `gossip`: the loop itself ([`LoopEnd`] says why it stopped);
 //! - `handle`: [`Handle`] (commands in, [`Snapshot`] and events out) and
 //!   [`Command`];
@@ -17,6 +18,7 @@
 //! - `user`: user events and queries ([`UserDelivery`] to the handlers, the
 //!   queries this node waits on, payload fetches).
 
+mod bind;
 mod gossip;
 mod handle;
 mod keys;
@@ -29,7 +31,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
@@ -92,14 +94,9 @@ pub struct AgentConfig {
 pub async fn start(
     cfg: AgentConfig,
 ) -> std::io::Result<(Handle, tokio::task::JoinHandle<LoopEnd>)> {
-    let udp = UdpSocket::bind(cfg.bind)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind UDP {}: {e}", cfg.bind)))?;
+    let (udp, tcp) = bind::bind_gossip(cfg.bind).await?;
     let bound = udp.local_addr()?;
     widen_receive_buffer(&udp);
-    let tcp = TcpListener::bind(bound)
-        .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind TCP {bound}: {e}")))?;
     let mut advertise = cfg.advertise;
     if advertise.port() == 0 {
         advertise.set_port(bound.port());
