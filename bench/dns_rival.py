@@ -41,6 +41,10 @@ step by step from Docker's `start` event (its `create` event, the agent's and th
 lines, the LB's agent, lbgen, HAProxy's UP line, the first request it served), the median of
 each step over every replica of every round. Docker's `start` event comes once the process
 runs (the rival's app listens ~10 ms before it), so early steps can be negative.
+Before the first round, each system's `up` runs once alone, uncounted (--warmup 0 skips it):
+the first container of an image built moments ago reads its files from disk, not the page
+cache (the first round of a 12-round run took shoal's `up` 14.6 s, 1.9 s in the others),
+and whichever system went first in round 1 paid for it.
 --rounds N (default 3) repeats the whole sequence with new projects; the table gives each
 time's median and every round's figure, the counts summed. Prints a table and writes it to
 bench/results/RESULTS.md (section dns_rival.py).
@@ -622,7 +626,7 @@ def loadavg():
         return " ".join(f.read().split()[:3])
 
 
-def table(rounds, command, load_before, load_after):
+def table(rounds, command, load_before, load_after, warmup):
     """rounds: [(shoal System, rival System)] of every round."""
     s0, r0 = rounds[0]
     times = [
@@ -655,7 +659,8 @@ def table(rounds, command, load_before, load_after):
         f"{len(rounds)} round{'s' if len(rounds) > 1 else ''}; times: the median (every round's figure), counts: summed. "
         "`up`: each system alone, in a project removed before the other's (shoal first in odd "
         "rounds); the other actions at the same moment, on projects `up` together. "
-        f"Load average (1/5/15 min) before: {load_before}, after: {load_after}, "
+        + (f"Before round 1, {warmup} uncounted `up` of each (cold page cache). " if warmup else "")
+        +         f"Load average (1/5/15 min) before: {load_before}, after: {load_after}, "
         f"{os.cpu_count()} cores (shared).",
         "",
         f"| | {s0.label} | {r0.label} |",
@@ -760,6 +765,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=int, default=4, help="load workers per system (1-32)")
     ap.add_argument("--rounds", type=int, default=3, help="whole runs, for medians (1-15)")
+    ap.add_argument("--warmup", type=int, default=1, help="uncounted `up`s of each system first (0-3)")
     ap.add_argument("--max-seconds", type=float, default=300, help="bound on each round")
     ap.add_argument("--logs", help="save each project's `docker-compose logs -t` in this directory")
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
@@ -768,18 +774,25 @@ def main():
         ap.error(f"--workers must be from 1 to 32, not {a.workers}")
     if not 1 <= a.rounds <= 15:
         ap.error(f"--rounds must be from 1 to 15, not {a.rounds}")
+    if not 0 <= a.warmup <= 3:
+        ap.error(f"--warmup must be from 0 to 3, not {a.warmup}")
     if not 30 <= a.max_seconds <= 1800:
         ap.error(f"--max-seconds must be from 30 to 1800, not {a.max_seconds}")
     lock = MachineLock(timeout=1800)
-    load_before = loadavg()
     rounds = []
     try:
+        for n in range(1, a.warmup + 1):
+            alone = up_alone(a, n, time.monotonic() + a.max_seconds)
+            print("warm-up (not counted): up " + ", ".join(
+                f"{label} {f['up']:.2f} s" for label, (f, _) in alone.items()), flush=True)
+        load_before = loadavg()
         for n in range(1, a.rounds + 1):
             rounds.append(one_round(a, n, time.monotonic() + a.max_seconds))
     finally:
         lock.release()
     command = "python3 bench/dns_rival.py" + (f" --rounds {a.rounds}" if a.rounds != 3 else "")
-    text = table(rounds, command, load_before, loadavg())
+    command += f" --warmup {a.warmup}" if a.warmup != 1 else ""
+    text = table(rounds, command, load_before, loadavg(), a.warmup)
     print(text)
     if not a.no_write:
         replace_section("dns_rival.py", "## shoal vs a DNS-based HAProxy (compose)\n\n" + text)

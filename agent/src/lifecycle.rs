@@ -229,7 +229,11 @@ impl Lifecycle {
             .snapshot
             .map(|path| crate::snapshot::Writer::start(agent.clone(), path));
 
-        let services = match services.map(Supervisor::start).transpose() {
+        let started = match services {
+            Some(spec) => Some(Supervisor::start(spec).await),
+            None => None,
+        };
+        let services = match started.transpose() {
             Ok(s) => s,
             Err(e) => {
                 let _ = agent.leave().await;

@@ -120,7 +120,7 @@ static SPAWNER: OnceLock<Result<mpsc::Sender<SpawnRequest>, String>> = OnceLock:
 struct SpawnRequest {
     cmd: Command,
     opts: SpawnOptions,
-    reply: mpsc::Sender<io::Result<Child>>,
+    reply: oneshot::Sender<io::Result<Child>>,
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -309,20 +309,25 @@ pub struct SpawnOptions {
 /// signal, and registers it with the reaper. Stdio is whatever `cmd`
 /// says (std's default: inherited), so a supervised service's output passes
 /// straight through.
-pub fn spawn(cmd: Command) -> io::Result<Child> {
-    spawn_with(cmd, SpawnOptions::default())
+pub async fn spawn(cmd: Command) -> io::Result<Child> {
+    spawn_with(cmd, SpawnOptions::default()).await
 }
 
-/// [`spawn`] with options. The fork itself happens on the spawner thread
-/// (see the module docs); this call waits for it, as `Command::spawn` would.
-pub fn spawn_with(cmd: Command, opts: SpawnOptions) -> io::Result<Child> {
+/// [`spawn`] with options. The fork and exec happen on the spawner thread
+/// (see the module docs), which answers once the exec is done, as
+/// `Command::spawn` would; this call awaits that answer instead of blocking
+/// for it, so the agent's single runtime thread gossips while a child's
+/// binary is loaded (milliseconds each on a container's overlay file system).
+/// Dropped after the request went out, the child still starts, unowned:
+/// callers await it to the end.
+pub async fn spawn_with(cmd: Command, opts: SpawnOptions) -> io::Result<Child> {
     init_reaper()?;
-    let (reply, answer) = mpsc::channel();
+    let (reply, answer) = oneshot::channel();
     if spawner()?.send(SpawnRequest { cmd, opts, reply }).is_err() {
         return Err(io::Error::other("the spawner thread is gone"));
     }
     answer
-        .recv()
+        .await
         .unwrap_or_else(|_| Err(io::Error::other("the spawner thread dropped a spawn")))
 }
 
@@ -521,7 +526,7 @@ pub async fn run_captured(
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    let mut child = spawn(cmd)?;
+    let mut child = spawn(cmd).await?;
     let pid = child.pid();
 
     let stdin_fd = child.stdin.take().map(OwnedFd::from);

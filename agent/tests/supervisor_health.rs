@@ -62,7 +62,7 @@ async fn an_http_check_flips_ready_unhealthy_ready() {
         rise: 2,
         fall: 2,
     });
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     let mut rx = sup.health().expect("health");
     assert_eq!(*rx.borrow(), Health::Starting);
     // Failing before the first pass stays `starting`.
@@ -111,7 +111,7 @@ async fn checks_run_fast_until_the_first_pass_then_at_the_interval() {
         rise: 1,
         fall: 3,
     });
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     let mut rx = sup.health().expect("health");
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert_eq!(*rx.borrow(), Health::Starting);
@@ -153,7 +153,7 @@ async fn a_command_check_follows_its_exit_status() {
     if let Some(c) = spec.check.as_mut() {
         c.fall = 1;
     }
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     let mut rx = sup.health().expect("health");
     std::fs::write(&flag, "").expect("touch");
     expect_state(&mut rx, Health::Ready).await;
@@ -185,7 +185,7 @@ async fn a_closed_port_or_a_slow_command_fails_within_the_timeout() {
 
 #[tokio::test]
 async fn no_check_means_no_health_channel() {
-    let sup = Supervisor::start(main_sleeping()).expect("start");
+    let sup = Supervisor::start(main_sleeping()).await.expect("start");
     assert!(sup.health().is_none());
     tokio::time::timeout(BOUND, sup.shutdown())
         .await
@@ -210,7 +210,7 @@ async fn a_starting_service_is_checked_at_a_pace_ramping_up_to_the_start_interva
     if let Some(c) = spec.check.as_mut() {
         c.start_interval = Duration::from_secs(1);
     }
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     let count = || {
         std::fs::read_to_string(&runs)
             .map(|s| s.lines().count())

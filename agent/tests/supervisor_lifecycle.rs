@@ -44,7 +44,10 @@ fn a_child_outlives_the_thread_that_spawned_it() {
     let child = std::thread::spawn(|| {
         let mut c = std::process::Command::new("sleep");
         c.arg("30");
-        process::spawn(c).expect("spawn")
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(process::spawn(c)).expect("spawn")
     })
     .join()
     .expect("spawning thread");

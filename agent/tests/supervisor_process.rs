@@ -160,7 +160,7 @@ async fn orphans_are_re_parented_to_us_and_reaped() {
 
 #[tokio::test]
 async fn spawn_puts_the_child_in_its_own_group_and_wait_gets_its_status() {
-    let mut child = spawn(sh("sleep 30")).expect("spawn");
+    let mut child = spawn(sh("sleep 30")).await.expect("spawn");
     let pid = child.pid();
     let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid))).expect("pgid");
     assert_eq!(pgid.as_raw(), pid);
@@ -178,7 +178,7 @@ async fn spawn_puts_the_child_in_its_own_group_and_wait_gets_its_status() {
 async fn many_quick_children_each_get_their_own_status() {
     let mut children = Vec::new();
     for i in 0..40 {
-        children.push((i, spawn(sh(&format!("exit {i}"))).expect("spawn")));
+        children.push((i, spawn(sh(&format!("exit {i}"))).await.expect("spawn")));
     }
     for (i, mut c) in children {
         let st = tokio::time::timeout(T, c.wait())
@@ -187,4 +187,33 @@ async fn many_quick_children_each_get_their_own_status() {
             .expect("status");
         assert_eq!(st, ExitStatus::Code(i));
     }
+}
+
+/// The agent runs on one thread: a spawn that blocked it until the child's
+/// exec was done held the gossip loop for each service started (milliseconds
+/// each on a container's overlay file system), the LB's first join among them.
+#[tokio::test(flavor = "current_thread")]
+async fn a_spawn_lets_the_runtime_thread_run_other_tasks_until_the_exec_is_done() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let turns = Arc::new(AtomicUsize::new(0));
+    let counter = turns.clone();
+    let other = tokio::spawn(async move {
+        loop {
+            counter.fetch_add(1, Ordering::Relaxed);
+            tokio::task::yield_now().await;
+        }
+    });
+    tokio::task::yield_now().await;
+    let before = turns.load(Ordering::Relaxed);
+    let mut children = Vec::new();
+    for _ in 0..10 {
+        children.push(spawn(sh("exit 0")).await.expect("spawn"));
+    }
+    let during = turns.load(Ordering::Relaxed) - before;
+    other.abort();
+    for mut c in children {
+        let _ = tokio::time::timeout(T, c.wait()).await;
+    }
+    assert!(during > 0, "no other task ran during 10 spawns");
 }

@@ -40,7 +40,7 @@ fn read(path: &Path) -> String {
 
 #[tokio::test]
 async fn the_main_exit_code_is_propagated() {
-    let sup = Supervisor::start(cmd("exit 3")).expect("start");
+    let sup = Supervisor::start(cmd("exit 3")).await.expect("start");
     assert_eq!(bounded(sup.wait_exit()).await, 3);
     let st = sup.status();
     assert_eq!(st[0].last_exit, Some(ExitStatus::Code(3)));
@@ -50,7 +50,9 @@ async fn the_main_exit_code_is_propagated() {
 
 #[tokio::test]
 async fn a_signal_death_is_propagated_as_128_plus_n() {
-    let sup = Supervisor::start(cmd("kill -KILL $$")).expect("start");
+    let sup = Supervisor::start(cmd("kill -KILL $$"))
+        .await
+        .expect("start");
     assert_eq!(bounded(sup.wait_exit()).await, 137);
     assert_eq!(bounded(sup.shutdown()).await, 137);
 }
@@ -64,7 +66,7 @@ async fn forwarded_signals_reach_the_service_and_its_exit_code_comes_back() {
         "trap 'exit 7' USR1; touch {}; while :; do sleep 0.05; done",
         ready.display()
     );
-    let sup = Supervisor::start(cmd(&script)).expect("start");
+    let sup = Supervisor::start(cmd(&script)).await.expect("start");
     wait_until(|| ready.exists()).await;
     sup.forward_signal(Signal::SIGUSR1);
     assert_eq!(bounded(sup.wait_exit()).await, 7);
@@ -73,7 +75,9 @@ async fn forwarded_signals_reach_the_service_and_its_exit_code_comes_back() {
 
 #[tokio::test]
 async fn shutdown_sends_the_stop_signal_and_returns_the_main_code() {
-    let sup = Supervisor::start(cmd("exec sleep 30")).expect("start");
+    let sup = Supervisor::start(cmd("exec sleep 30"))
+        .await
+        .expect("start");
     let pid = sup.status()[0].pid.expect("running");
     assert!(pid > 1);
     let start = Instant::now();
@@ -95,7 +99,7 @@ main = true
 "#,
         ready.display()
     ));
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     wait_until(|| ready.exists()).await;
     let start = Instant::now();
     assert_eq!(bounded(sup.shutdown()).await, 137);
@@ -124,7 +128,7 @@ critical = true
         log.display()
     ));
     let start = Instant::now();
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     // First run + 3 restarts, then given up: the critical service stops the container.
     assert_eq!(bounded(sup.wait_exit()).await, 4);
     let took = start.elapsed();
@@ -164,7 +168,7 @@ max_restarts = 100
         clean.display(),
         always.display()
     ));
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     wait_until(|| read(&always).lines().count() >= 3).await;
     assert_eq!(read(&clean).lines().count(), 1);
     let st = sup.status();
@@ -202,7 +206,7 @@ async fn shutdown_stops_services_in_reverse_dependency_order() {
         svc("db", None),
         svc("app", Some("db"))
     );
-    let sup = Supervisor::start(toml(&text)).expect("start");
+    let sup = Supervisor::start(toml(&text)).await.expect("start");
     let names: Vec<String> = sup.status().into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["db", "app", "web"]);
     wait_until(|| read(&log).lines().count() == 3).await;
@@ -230,7 +234,7 @@ restart = "never"
 critical = true
 "#,
     );
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     assert_eq!(bounded(sup.wait_exit()).await, 9);
     assert_eq!(bounded(sup.shutdown()).await, 9);
 }
@@ -245,7 +249,7 @@ async fn orphans_of_a_service_are_reaped() {
         "(sleep 0.3 </dev/null >/dev/null 2>&1 & echo $! > {}); exec sleep 30",
         pidfile.display()
     );
-    let sup = Supervisor::start(cmd(&script)).expect("start");
+    let sup = Supervisor::start(cmd(&script)).await.expect("start");
     wait_until(|| !read(&pidfile).trim().is_empty()).await;
     let pid: i32 = read(&pidfile).trim().parse().expect("pid");
     let stat = format!("/proc/{pid}/stat");
@@ -264,7 +268,7 @@ async fn a_spawn_failure_at_start_is_an_error() {
         .expect("chmod");
     let spec = SupervisorSpec::from_command(&[prog.display().to_string()]).expect("spec");
     std::fs::remove_file(&prog).expect("rm");
-    match Supervisor::start(spec) {
+    match Supervisor::start(spec).await {
         Err(e) => assert!(e.to_string().contains("main"), "{e}"),
         Ok(_) => panic!("start must fail"),
     }
@@ -272,7 +276,9 @@ async fn a_spawn_failure_at_start_is_an_error() {
 
 #[tokio::test]
 async fn status_serializes_for_the_api() {
-    let sup = Supervisor::start(cmd("exec sleep 30")).expect("start");
+    let sup = Supervisor::start(cmd("exec sleep 30"))
+        .await
+        .expect("start");
     let v = serde_json::to_value(sup.status()).expect("json");
     let s = &v[0];
     assert_eq!(s["name"], "main");
@@ -291,7 +297,7 @@ async fn what_a_service_left_in_its_process_group_dies_with_it() {
         "sleep 30 </dev/null >/dev/null 2>&1 & echo $! > {}; exit 5",
         pidfile.display()
     );
-    let sup = Supervisor::start(cmd(&script)).expect("start");
+    let sup = Supervisor::start(cmd(&script)).await.expect("start");
     assert_eq!(bounded(sup.wait_exit()).await, 5);
     let pid: i32 = read(&pidfile).trim().parse().expect("pid");
     let stat = format!("/proc/{pid}/stat");
@@ -309,7 +315,9 @@ async fn a_forwarded_signal_reaches_every_service() {
             log = log.display()
         )
     };
-    let sup = Supervisor::start(toml(&format!("{}{}", svc("one"), svc("two")))).expect("start");
+    let sup = Supervisor::start(toml(&format!("{}{}", svc("one"), svc("two"))))
+        .await
+        .expect("start");
     wait_until(|| read(&log).lines().filter(|l| *l == "up").count() == 2).await;
     sup.forward_signal(Signal::SIGHUP);
     wait_until(|| {
@@ -338,7 +346,7 @@ command = ["/bin/sh", "-c", "sleep 0.2; exit 6"]
 restart = "never"
 "#,
     );
-    let sup = Supervisor::start(spec).expect("start");
+    let sup = Supervisor::start(spec).await.expect("start");
     assert_eq!(bounded(sup.wait_exit()).await, 0);
     let st = sup.status();
     assert_eq!(st[1].last_exit, Some(ExitStatus::Code(6)));

@@ -22,7 +22,7 @@
 //! use shoal::supervisor::{Supervisor, SupervisorSpec};
 //! let mut spec = SupervisorSpec::load(None, &["my-app".into(), "--port".into(), "3000".into()])?;
 //! spec.apply_check_flags(Some("http://127.0.0.1:3000/health"), None, None)?;
-//! let sup = Supervisor::start(spec)?;          // spawns in dependency order
+//! let sup = Supervisor::start(spec).await?;    // spawns in dependency order
 //! let code = tokio::select! {
 //!     code = sup.wait_exit() => code,          // main/critical service ended for good
 //!     _ = tokio::signal::ctrl_c() => 0,        // (the agent drains first, then:)
@@ -200,7 +200,7 @@ fn build_command(spec: &ServiceSpec) -> Command {
     c
 }
 
-fn spawn_service(spec: &ServiceSpec) -> std::io::Result<Child> {
+async fn spawn_service(spec: &ServiceSpec) -> std::io::Result<Child> {
     if spec.argv.is_empty() {
         return Err(std::io::Error::other("empty command"));
     }
@@ -210,17 +210,18 @@ fn spawn_service(spec: &ServiceSpec) -> std::io::Result<Child> {
             kill_group_on_exit: true,
         },
     )
+    .await
 }
 
 impl Supervisor {
     /// Starts every service in dependency order, then the health check.
     /// Must be called inside a tokio runtime. If one service cannot be
     /// spawned, those already started are killed and the error returned.
-    pub fn start(spec: SupervisorSpec) -> Result<Supervisor, SupervisorError> {
+    pub async fn start(spec: SupervisorSpec) -> Result<Supervisor, SupervisorError> {
         process::init_reaper().map_err(SupervisorError::Reaper)?;
         let mut children = Vec::with_capacity(spec.services.len());
         for s in &spec.services {
-            match spawn_service(s) {
+            match spawn_service(s).await {
                 Ok(c) => {
                     tracing::info!(service = %s.name, pid = c.pid(), argv = ?s.argv, "started");
                     children.push(c);
@@ -551,7 +552,7 @@ async fn run_service(
         delay = delay.saturating_mul(2).min(spec.backoff_max);
         restarts_at.push_back(Instant::now());
         started = Instant::now();
-        match spawn_service(spec) {
+        match spawn_service(spec).await {
             Ok(c) => {
                 tracing::info!(service = %name, pid = c.pid(), "restarted");
                 let pid = c.pid();
