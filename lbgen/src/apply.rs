@@ -741,6 +741,32 @@ fn parse_conn_use(out: &str, key: &Key) -> Option<(u64, u64)> {
     Some((row.get(used)?.parse().ok()?, row.get(idle)?.parse().ok()?))
 }
 
+/// Creates the server-state file `text` names, with the format's version line only, when there
+/// is none: HAProxy's first start then reads "no state" instead of logging a WARNING that it
+/// cannot open the file (`lbgen render` before HAProxy's first start, in a new container).
+/// Not fsynced: a torn file costs only that warning. An existing file is left as it is.
+pub fn seed_server_state(text: &str) {
+    let Some(path) = Layout::parse(text).server_state_path() else {
+        return;
+    };
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path);
+    match created {
+        Ok(mut f) => {
+            use std::io::Write;
+            if let Err(e) = f.write_all(b"1\n") {
+                tracing::debug!(error = %e, path = %path.display(), "could not seed the server state file");
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            tracing::debug!(error = %e, path = %path.display(), "could not seed the server state file")
+        }
+    }
+}
+
 /// Empties the server-state file `text` names (the format's version line only), so the next
 /// worker takes no stale state from it.
 fn clear_server_state(text: &str) {

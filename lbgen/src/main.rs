@@ -318,6 +318,7 @@ async fn render(a: RenderArgs) -> Result<(), Error> {
                 .map(lbgen::output::CheckCmd::parse)
                 .transpose()?;
             lbgen::output::write_atomic(out, &text, check.as_ref()).await?;
+            lbgen::apply::seed_server_state(&text);
             tracing::info!(out = %out.display(), pools = model.pools.len(), "config written");
         }
         _ => print!("{text}"),

@@ -65,3 +65,75 @@ fn an_unknown_httpclient_ssl_verify_is_refused_with_its_values() {
         "{msg}"
     );
 }
+
+/// `lbgen render --out` before HAProxy's first start (the lb image's haproxy service): the
+/// config names a server-state file that does not exist yet, and HAProxy 2.6 logged a WARNING
+/// at every new LB's start that it could not open it. lbgen creates it with no state in it
+/// (the version line), and leaves an existing one alone.
+#[test]
+fn haproxy_started_from_lbgen_render_logs_no_warning_about_a_missing_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let state = d.join("server-state");
+    let members = d.join("members.json");
+    let doc = serde_json::json!({ "members": [member("web-1", 9, "alive", &[])] });
+    std::fs::write(&members, doc.to_string()).unwrap();
+    let cfg = d.join("haproxy.cfg");
+    let vars = [
+        "bind=127.0.0.1".to_string(),
+        format!("http_port={}", common::free_port()),
+        format!("stats_port={}", common::free_port()),
+        format!("stats_socket={}", d.join("admin.sock").display()),
+        format!("server_state_file={}", state.display()),
+    ]
+    .join(",");
+    let out = common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .args(["render", "--members"])
+            .arg(&members)
+            .arg("--out")
+            .arg(&cfg)
+            .args(["--var", &vars]),
+        std::time::Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&state).unwrap(), "1\n");
+    let haproxy = Haproxy::start(d, &cfg);
+    // The config is parsed (and any warning about it logged) before the master says this.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(&haproxy.log).unwrap();
+        if log.contains("Loading success") || std::time::Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(log.contains("Loading success"), "{log}");
+    assert!(!log.contains("server state file"), "{log}");
+    drop(haproxy);
+
+    // A state file that is there (lbgen watch wrote it before a reload) is not touched.
+    std::fs::write(&state, "1\n# be_id be_name\n").unwrap();
+    let again = common::output_within(
+        std::process::Command::new(env!("CARGO_BIN_EXE_lbgen"))
+            .args(["render", "--members"])
+            .arg(&members)
+            .arg("--out")
+            .arg(&cfg)
+            .args(["--var", &vars]),
+        std::time::Duration::from_secs(20),
+    );
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        "1\n# be_id be_name\n"
+    );
+}
