@@ -42,6 +42,21 @@ pub fn free_port() -> u16 {
     panic!("no free TCP port in {PORTS:?}");
 }
 
+/// The builtin template's variables for a real HAProxy run by a test in `dir`: listeners on
+/// 127.0.0.1 (`http_port` and a free stats port), the stats socket and the server-state file
+/// in `dir`; then `extra` (`NAME=VALUE`), which may override them.
+pub fn loopback_vars(dir: &Path, http_port: u16, extra: &[&str]) -> Vec<String> {
+    let mut vars = vec![
+        "bind=127.0.0.1".to_string(),
+        format!("http_port={http_port}"),
+        format!("stats_port={}", free_port()),
+        format!("stats_socket={}", dir.join("admin.sock").display()),
+        format!("server_state_file={}", dir.join("server-state").display()),
+    ];
+    vars.extend(extra.iter().map(|v| v.to_string()));
+    vars
+}
+
 /// `cmd.output()` with a deadline: the command runs in its own process group, and the
 /// group is killed if it takes longer than `within`, failing the test with what it
 /// printed instead of hanging the suite.

@@ -36,14 +36,7 @@ async fn get_with(port: u16, path: &str, headers: &str) -> Option<String> {
 }
 
 fn vars(d: &std::path::Path, http_port: u16, extra: &[&str]) -> Vars {
-    let mut v = vec![
-        "bind=127.0.0.1".to_string(),
-        format!("http_port={http_port}"),
-        format!("stats_port={}", common::free_port()),
-        format!("stats_socket={}", d.join("admin.sock").display()),
-        format!("server_state_file={}", d.join("server-state").display()),
-        "check_inter=200ms".to_string(),
-    ];
+    let mut v = common::loopback_vars(d, http_port, &["check_inter=200ms"]);
     v.extend(extra.iter().map(|s| s.to_string()));
     Vars::with_overrides(&v).unwrap()
 }

@@ -91,14 +91,8 @@ impl Bed {
     fn new() -> Bed {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let vars = Vars::with_overrides(&[
-            "bind=127.0.0.1".to_string(),
-            format!("http_port={}", common::free_port()),
-            format!("stats_port={}", common::free_port()),
-            format!("stats_socket={}", d.join("admin.sock").display()),
-            format!("server_state_file={}", d.join("server-state").display()),
-        ])
-        .unwrap();
+        let vars =
+            Vars::with_overrides(&common::loopback_vars(d, common::free_port(), &[])).unwrap();
         Bed {
             members: d.join("members.json"),
             out: d.join("haproxy.cfg"),

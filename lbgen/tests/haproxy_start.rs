@@ -15,14 +15,7 @@ use lbgen::render::{Renderer, Vars};
 async fn ca_files_loaded_with(extra_vars: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let mut overrides = vec![
-        "bind=127.0.0.1".to_string(),
-        format!("http_port={}", common::free_port()),
-        format!("stats_port={}", common::free_port()),
-        format!("stats_socket={}", d.join("admin.sock").display()),
-        format!("server_state_file={}", d.join("server-state").display()),
-    ];
-    overrides.extend(extra_vars.iter().map(|v| v.to_string()));
+    let overrides = common::loopback_vars(d, common::free_port(), extra_vars);
     let vars = Vars::with_overrides(&overrides).unwrap();
     let doc = serde_json::json!({ "members": [member("web-1", 9, "alive", &[])] }).to_string();
     let cfg = Renderer::builtin()
@@ -79,14 +72,7 @@ fn haproxy_started_from_lbgen_render_logs_no_warning_about_a_missing_state_file(
     let doc = serde_json::json!({ "members": [member("web-1", 9, "alive", &[])] });
     std::fs::write(&members, doc.to_string()).unwrap();
     let cfg = d.join("haproxy.cfg");
-    let vars = [
-        "bind=127.0.0.1".to_string(),
-        format!("http_port={}", common::free_port()),
-        format!("stats_port={}", common::free_port()),
-        format!("stats_socket={}", d.join("admin.sock").display()),
-        format!("server_state_file={}", state.display()),
-    ]
-    .join(",");
+    let vars = common::loopback_vars(d, common::free_port(), &[]).join(",");
     let out = common::output_within(
         std::process::Command::new(env!("CARGO_BIN_EXE_lbgen"))
             .args(["render", "--members"])

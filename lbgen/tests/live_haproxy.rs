@@ -38,14 +38,11 @@ async fn reloads_under_load_fail_no_request_and_drain_and_bad_templates_are_safe
     ];
     let http_port = common::free_port();
     let stats_port = common::free_port();
-    let vars = Vars::with_overrides(&[
-        "bind=127.0.0.1".to_string(),
-        format!("http_port={http_port}"),
-        format!("stats_port={stats_port}"),
-        format!("stats_socket={}", d.join("admin.sock").display()),
-        format!("server_state_file={}", d.join("server-state").display()),
-        "check_inter=500ms".to_string(),
-    ])
+    let vars = Vars::with_overrides(&common::loopback_vars(
+        d,
+        http_port,
+        &[&format!("stats_port={stats_port}"), "check_inter=500ms"],
+    ))
     .unwrap();
     let template = d.join("haproxy.cfg.hbs");
     let good_template = std::fs::read_to_string(
@@ -316,14 +313,7 @@ async fn haproxy_restarted_from_another_config_is_corrected_by_the_resync() {
     let d = dir.path();
     let b0 = Backend::start("b0").await;
     let http_port = common::free_port();
-    let vars = Vars::with_overrides(&[
-        "bind=127.0.0.1".to_string(),
-        format!("http_port={http_port}"),
-        format!("stats_port={}", common::free_port()),
-        format!("stats_socket={}", d.join("admin.sock").display()),
-        format!("server_state_file={}", d.join("server-state").display()),
-    ])
-    .unwrap();
+    let vars = Vars::with_overrides(&common::loopback_vars(d, http_port, &[])).unwrap();
     let members_file = d.join("members.json");
     let out = d.join("haproxy.cfg");
     write_members(&members_file, &[member("web-0", b0.port, "alive", &[])]);
@@ -412,15 +402,8 @@ async fn a_template_haproxy_refuses_at_reload_is_dropped_and_drains_still_reach_
         Backend::start("b2").await,
     ];
     let http_port = common::free_port();
-    let vars = Vars::with_overrides(&[
-        "bind=127.0.0.1".to_string(),
-        format!("http_port={http_port}"),
-        format!("stats_port={}", common::free_port()),
-        format!("stats_socket={}", d.join("admin.sock").display()),
-        format!("server_state_file={}", d.join("server-state").display()),
-        "check_inter=500ms".to_string(),
-    ])
-    .unwrap();
+    let vars =
+        Vars::with_overrides(&common::loopback_vars(d, http_port, &["check_inter=500ms"])).unwrap();
     let template = d.join("haproxy.cfg.hbs");
     let good_template = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../templates/haproxy.cfg.hbs"),

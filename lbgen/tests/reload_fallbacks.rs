@@ -67,14 +67,11 @@ impl Rig {
         let dir = tempfile::tempdir().expect("temp dir");
         let d = dir.path();
         let http_port = free_port();
-        let vars = Vars::with_overrides(&[
-            "bind=127.0.0.1".to_string(),
-            format!("http_port={http_port}"),
-            format!("stats_port={}", free_port()),
-            format!("stats_socket={}", d.join("admin.sock").display()),
-            format!("server_state_file={}", d.join("server-state").display()),
-            "check_inter=500ms".to_string(),
-        ])
+        let vars = Vars::with_overrides(&lbgen::testing::loopback_vars(
+            d,
+            http_port,
+            &["check_inter=500ms"],
+        ))
         .expect("vars");
         let template = template.map(|src| {
             let p = d.join("haproxy.cfg.hbs");
