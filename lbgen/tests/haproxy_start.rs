@@ -73,20 +73,20 @@ fn haproxy_started_from_lbgen_render_logs_no_warning_about_a_missing_state_file(
     std::fs::write(&members, doc.to_string()).unwrap();
     let cfg = d.join("haproxy.cfg");
     let vars = common::loopback_vars(d, common::free_port(), &[]).join(",");
-    let out = common::output_within(
-        std::process::Command::new(env!("CARGO_BIN_EXE_lbgen"))
-            .args(["render", "--members"])
-            .arg(&members)
-            .arg("--out")
-            .arg(&cfg)
-            .args(["--var", &vars]),
-        std::time::Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let render = || {
+        let out = common::output_within(
+            std::process::Command::new(env!("CARGO_BIN_EXE_lbgen"))
+                .args(["render", "--members"])
+                .arg(&members)
+                .arg("--out")
+                .arg(&cfg)
+                .args(["--var", &vars]),
+            std::time::Duration::from_secs(20),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+    };
+    render();
     assert_eq!(std::fs::read_to_string(&state).unwrap(), "1\n");
     let haproxy = Haproxy::start(d, &cfg);
     // The config is parsed (and any warning about it logged) before the master says this.
@@ -104,20 +104,7 @@ fn haproxy_started_from_lbgen_render_logs_no_warning_about_a_missing_state_file(
 
     // A state file that is there (lbgen watch wrote it before a reload) is not touched.
     std::fs::write(&state, "1\n# be_id be_name\n").unwrap();
-    let again = common::output_within(
-        std::process::Command::new(env!("CARGO_BIN_EXE_lbgen"))
-            .args(["render", "--members"])
-            .arg(&members)
-            .arg("--out")
-            .arg(&cfg)
-            .args(["--var", &vars]),
-        std::time::Duration::from_secs(20),
-    );
-    assert!(
-        again.status.success(),
-        "{}",
-        String::from_utf8_lossy(&again.stderr)
-    );
+    render();
     assert_eq!(
         std::fs::read_to_string(&state).unwrap(),
         "1\n# be_id be_name\n"
