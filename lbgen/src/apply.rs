@@ -741,29 +741,28 @@ fn parse_conn_use(out: &str, key: &Key) -> Option<(u64, u64)> {
     Some((row.get(used)?.parse().ok()?, row.get(idle)?.parse().ok()?))
 }
 
-/// Creates the server-state file `text` names, with the format's version line only, when there
-/// is none: HAProxy's first start then reads "no state" instead of logging a WARNING that it
-/// cannot open the file (`lbgen render` before HAProxy's first start, in a new container).
-/// Not fsynced: a torn file costs only that warning. An existing file is left as it is.
+/// The server-state format's version line; alone in a file, it says "no state".
+const STATE_VERSION_LINE: &str = "1\n";
+
+/// Creates the server-state file `text` names, with the version line only, when there is none:
+/// HAProxy's first start then reads "no state" instead of logging a WARNING that it cannot
+/// open the file (`lbgen render` before HAProxy's first start, in a new container). Not
+/// fsynced: a torn file costs only that warning. An existing file is left as it is.
 pub fn seed_server_state(text: &str) {
+    use std::io::Write;
     let Some(path) = Layout::parse(text).server_state_path() else {
         return;
     };
     let created = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&path);
+        .open(&path)
+        .and_then(|mut f| f.write_all(STATE_VERSION_LINE.as_bytes()));
     match created {
-        Ok(mut f) => {
-            use std::io::Write;
-            if let Err(e) = f.write_all(b"1\n") {
-                tracing::debug!(error = %e, path = %path.display(), "could not seed the server state file");
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
             tracing::debug!(error = %e, path = %path.display(), "could not seed the server state file")
         }
+        _ => {}
     }
 }
 
@@ -774,7 +773,7 @@ fn clear_server_state(text: &str) {
         return;
     };
     if path.exists() {
-        if let Err(e) = restore(&path, "1\n") {
+        if let Err(e) = restore(&path, STATE_VERSION_LINE) {
             tracing::warn!(error = %e, "could not clear the server state file");
         }
     }
@@ -790,7 +789,7 @@ async fn dump_server_state(master: &Master, text: &str) {
     };
     let state = match master.command("@1 show servers state").await {
         // The dump starts with its format version, `1`.
-        Ok(s) if s.starts_with("1\n") => s,
+        Ok(s) if s.starts_with(STATE_VERSION_LINE) => s,
         Ok(s) => {
             tracing::warn!(answer = %sanitize_for_log(&s), "unexpected `show servers state` answer; server states not kept across this reload");
             return;

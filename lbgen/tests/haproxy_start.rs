@@ -69,8 +69,7 @@ fn haproxy_started_from_lbgen_render_logs_no_warning_about_a_missing_state_file(
     let d = dir.path();
     let state = d.join("server-state");
     let members = d.join("members.json");
-    let doc = serde_json::json!({ "members": [member("web-1", 9, "alive", &[])] });
-    std::fs::write(&members, doc.to_string()).unwrap();
+    common::write_members(&members, &[member("web-1", 9, "alive", &[])]);
     let cfg = d.join("haproxy.cfg");
     let vars = common::loopback_vars(d, common::free_port(), &[]).join(",");
     let render = || {
