@@ -688,6 +688,14 @@ impl Model {
         let s = p.servers.iter().find(|s| s.name == server)?;
         Some((p, s))
     }
+
+    /// The member `name` is `failed` (the gossip layer could not reach it, directly or
+    /// through others): its host is likely gone, with the connections HAProxy holds to it.
+    pub fn is_failed(&self, name: &str) -> bool {
+        self.members
+            .iter()
+            .any(|n| n.name == name && n.status == "failed")
+    }
 }
 
 /// Makes a network-supplied string safe to print in one log line.

@@ -7,7 +7,7 @@
 //! check enabled, its dynamic cookie computed (sticky pools), then its state set; a changed
 //! address → `set server addr`; a changed weight → `set server weight`; a state change →
 //! `set server state`; a server line gone → `maint`, and deleted by the applier's reaper
-//! once it holds no connection.
+//! once it holds no connection (a failed member's sessions are shut down at once).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -228,6 +228,13 @@ impl Live {
             // maint rather than drain: no new request, no sticky client either (it is
             // redispatched); requests in flight finish. Deleted once it holds no connection.
             cmds.push(format!("set server {}/{} state maint", key.0, key.1));
+            // A failed member's requests will not finish: its host is gone or cut off, and
+            // they would hang until `timeout server`. Cut now, an idempotent one is retried
+            // on another server (`retry-on`), as HAProxy's own `on-marked-down
+            // shutdown-sessions` would do for a failed health check.
+            if model.is_failed(&key.1) {
+                cmds.push(format!("shutdown sessions server {}/{}", key.0, key.1));
+            }
             if let Some(s) = next.servers.get_mut(key) {
                 s.admin = Admin::Maint;
                 s.leaving = true;
@@ -399,11 +406,33 @@ mod tests {
     }
 
     #[test]
-    fn a_leaving_member_goes_to_maint_and_waits_for_the_reaper() {
+    fn a_failed_member_goes_to_maint_with_its_sessions_cut_and_waits_for_the_reaper() {
         let l = live(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
+        // One that left (or stopped serving) keeps its requests in flight until they end.
+        for status in ["left", "suspect"] {
+            let extra: &[(&str, &str)] = if status == "suspect" {
+                &[("state", "starting")]
+            } else {
+                &[]
+            };
+            assert_eq!(
+                commands(&plan(
+                    &l,
+                    &[("a", A, "alive", &[]), ("b", B, status, extra)]
+                )),
+                ["set server web/b state maint"],
+                "{status}"
+            );
+        }
         let gone = [("a", A, "alive", &[][..]), ("b", B, "failed", &[])];
         let p = plan(&l, &gone);
-        assert_eq!(commands(&p), ["set server web/b state maint"]);
+        assert_eq!(
+            commands(&p),
+            [
+                "set server web/b state maint",
+                "shutdown sessions server web/b"
+            ]
+        );
         let mut l = after(p);
         assert_eq!(l.leaving(), [("web".to_string(), "b".to_string())]);
         assert_eq!(plan(&l, &gone), Plan::Nothing);

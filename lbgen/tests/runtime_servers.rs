@@ -467,6 +467,77 @@ async fn a_leaving_server_past_the_maximum_has_its_sessions_shut_down_and_is_del
     rig.stop().await;
 }
 
+/// A backend whose host died with a connection open: it accepts and reads, never answers.
+async fn silent_backend() -> (u16, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = l.accept().await {
+            held.push(s);
+        }
+    });
+    (port, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_members_request_in_flight_is_cut_and_retried_on_another_server_at_once() {
+    let bs = backends(2).await;
+    let (dead_port, dead) = silent_backend().await;
+    let members = |web0: &str| {
+        vec![
+            member("web-0", dead_port, web0, &[]),
+            member("web-1", bs[1].port, "alive", &[]),
+        ]
+    };
+    let mut rig = Rig::start(&members("alive"), "500ms", lbgen::watch::LEAVING_MAX).await;
+    let port = rig.http_port;
+    // Round robin: one of the two lands on the dead host's server and hangs there.
+    let started = Instant::now();
+    let gets: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                let r = get_with(port, "/", "", Duration::from_secs(25)).await;
+                (r, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        gets.iter().filter(|g| g.is_finished()).count(),
+        1,
+        "one request answered by web-1, one held by the dead host"
+    );
+    let t_failed = Instant::now();
+    let (outcome, _) = rig.set(&members("failed")).await;
+    match &outcome {
+        ApplyOutcome::Runtime { commands } => assert_eq!(
+            commands,
+            &[
+                "set server web/web-0 state maint",
+                "shutdown sessions server web/web-0"
+            ]
+        ),
+        other => panic!("{other:?}"),
+    }
+    // Not at `timeout server` (30 s): cut when the member failed, and the idempotent GET
+    // retried on web-1.
+    for g in gets {
+        let (r, ended) = g.await.unwrap();
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        assert_eq!(answer(&r).0, "b1");
+        assert!(
+            ended < t_failed.duration_since(started) + Duration::from_secs(5),
+            "{ended:?}"
+        );
+    }
+    rig.wait_running("web", &["web-1".to_string()], Duration::from_secs(5))
+        .await;
+    rig.assert_file_renders_the_members();
+    rig.stop().await;
+    dead.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_and_down_states_survive_a_reload_through_the_server_state_file() {
     let mut bs = backends(3).await;

@@ -304,7 +304,9 @@ impl Scene<'_> {
             ),
         );
         // A dead host's addresses are silent (no refusal): HAProxy's retries elsewhere cost
-        // `timeout connect` per try, which shows as slow answers rather than failures.
+        // `timeout connect` per try, and a GET in flight to it waits until its member is
+        // `failed` (then lbgen cuts it and HAProxy retries it elsewhere): slow answers
+        // rather than failures.
         let after_kill: Vec<&Sample> = samples.iter().filter(|s| s.at >= t_kill).collect();
         let slow = after_kill
             .iter()
