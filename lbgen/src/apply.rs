@@ -608,8 +608,11 @@ impl Applier {
         // What the running worker has is only worth keeping when lbgen knows it: after a start
         // or an HAProxy restart (which loaded a state file lbgen did not write for it), the
         // new worker starts its servers from the config instead.
-        match self.live.haproxy {
-            Some(_) => dump_server_state(master, &text).await,
+        match &self.live.haproxy {
+            Some(live) => {
+                cut_failed(master, &live.cut_failed_before_reload(&text, model)).await;
+                dump_server_state(master, &text).await
+            }
             None => clear_server_state(&text),
         }
         match master.reload(self.reload_timeout).await {
@@ -640,6 +643,22 @@ impl Applier {
                 self.live.haproxy = None;
                 Err(ApplyError::Transient(e))
             }
+        }
+    }
+}
+
+/// Runs [`Live::cut_failed_before_reload`]'s commands. A refusal only costs those requests
+/// their wait, so it is logged and the reload goes on.
+async fn cut_failed(master: &Master, cmds: &[String]) {
+    if cmds.is_empty() {
+        return;
+    }
+    match master.runtime_batch(cmds).await {
+        Ok(()) => {
+            tracing::info!(commands = ?cmds, "failed members' sessions shut down before the reload")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not shut down failed members' sessions before the reload")
         }
     }
 }

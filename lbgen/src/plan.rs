@@ -269,6 +269,24 @@ impl Live {
             .collect()
     }
 
+    /// What to run in the current worker before a reload to `text` (rendered from `model`):
+    /// a server `text` drops whose member is `failed` goes to maint and its sessions are shut
+    /// down. Left alone, its requests in flight, which a dead host never answers, would stay
+    /// with the old worker until `timeout server`; cut, a GET is retried on another server.
+    pub fn cut_failed_before_reload(&self, text: &str, model: &Model) -> Vec<String> {
+        let kept = Layout::parse(text).servers;
+        self.servers
+            .keys()
+            .filter(|k| !kept.contains_key(*k) && model.is_failed(&k.1))
+            .flat_map(|(pool, name)| {
+                [
+                    format!("set server {pool}/{name} state maint"),
+                    format!("shutdown sessions server {pool}/{name}"),
+                ]
+            })
+            .collect()
+    }
+
     /// `key` was deleted from HAProxy (or is not there any more).
     pub fn deleted(&mut self, key: &Key) {
         if self.servers.get(key).is_some_and(|s| s.leaving) {
@@ -449,6 +467,39 @@ mod tests {
         l.deleted(&("web".into(), "b".into()));
         assert!(l.leaving().is_empty());
         assert!(commands(&plan(&l, &back))[0].starts_with("add server web/b "));
+    }
+
+    #[test]
+    fn before_a_reload_only_a_dropped_failed_members_server_is_cut() {
+        let l = live(&[
+            ("a", A, "alive", &[]),
+            ("b", B, "alive", &[]),
+            ("c", C, "alive", &[]),
+        ]);
+        // b failed, c left, and a new pool makes it a reload.
+        let (t, m) = rendered(&[
+            ("a", A, "alive", &[]),
+            ("b", B, "failed", &[]),
+            ("c", C, "left", &[]),
+            ("d", "10.0.0.4:1", "alive", &[("service", "api")]),
+        ]);
+        assert!(matches!(l.plan(&t, &m), Plan::Reload(_)));
+        assert_eq!(
+            l.cut_failed_before_reload(&t, &m),
+            [
+                "set server web/b state maint",
+                "shutdown sessions server web/b"
+            ]
+        );
+        // A template that still renders the failed member keeps it: nothing is cut.
+        let (t, m) = rendered(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
+        let mut m_failed = m.clone();
+        m_failed.members.iter_mut().for_each(|n| {
+            if n.name == "b" {
+                n.status = "failed".into()
+            }
+        });
+        assert!(l.cut_failed_before_reload(&t, &m_failed).is_empty());
     }
 
     #[test]

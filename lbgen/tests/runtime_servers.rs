@@ -467,75 +467,124 @@ async fn a_leaving_server_past_the_maximum_has_its_sessions_shut_down_and_is_del
     rig.stop().await;
 }
 
-/// A backend whose host died with a connection open: it accepts and reads, never answers.
-async fn silent_backend() -> (u16, tokio::task::JoinHandle<()>) {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = l.accept().await {
-            held.push(s);
+/// A pool of two: `web-0` on a dead host that still holds its connections open (it accepts
+/// and reads, never answers), `web-1` a real backend; two GETs sent, one held by `web-0`.
+struct DeadHost {
+    rig: Rig,
+    dead_port: u16,
+    dead: tokio::task::JoinHandle<()>,
+    web1: serde_json::Value,
+    started: Instant,
+    gets: Vec<tokio::task::JoinHandle<(String, Duration)>>,
+}
+
+impl DeadHost {
+    async fn start() -> DeadHost {
+        let bs = backends(2).await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dead_port = l.local_addr().unwrap().port();
+        let dead = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let web1 = member("web-1", bs[1].port, "alive", &[]);
+        let rig = Rig::start(
+            &[member("web-0", dead_port, "alive", &[]), web1.clone()],
+            "500ms",
+            lbgen::watch::LEAVING_MAX,
+        )
+        .await;
+        // Round robin: one of the two lands on web-0 and hangs there.
+        let port = rig.http_port;
+        let started = Instant::now();
+        let gets: Vec<_> = (0..2)
+            .map(|_| {
+                tokio::spawn(async move {
+                    let r = get_with(port, "/", "", Duration::from_secs(25)).await;
+                    (r, started.elapsed())
+                })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            gets.iter().filter(|g| g.is_finished()).count(),
+            1,
+            "one request answered by web-1, one held by the dead host"
+        );
+        DeadHost {
+            rig,
+            dead_port,
+            dead,
+            web1,
+            started,
+            gets,
         }
-    });
-    (port, task)
+    }
+
+    /// Writes the members with web-0 `failed` (and `extra` members): the apply it caused.
+    async fn fail_web0(&mut self, extra: &[serde_json::Value]) -> ApplyOutcome {
+        let mut members = vec![
+            member("web-0", self.dead_port, "failed", &[]),
+            self.web1.clone(),
+        ];
+        members.extend_from_slice(extra);
+        let t_failed = self.started.elapsed();
+        let (outcome, _) = self.rig.set(&members).await;
+        // Not at `timeout server` (30 s): cut once web-0 failed, and the GET retried on web-1.
+        for g in std::mem::take(&mut self.gets) {
+            let (r, ended) = g.await.unwrap();
+            assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+            assert_eq!(answer(&r).0, "b1");
+            assert!(ended < t_failed + Duration::from_secs(5), "{ended:?}");
+        }
+        self.rig
+            .wait_running("web", &["web-1".to_string()], Duration::from_secs(5))
+            .await;
+        self.rig.assert_file_renders_the_members();
+        outcome
+    }
+
+    async fn stop(self) {
+        self.rig.stop().await;
+        self.dead.abort();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_members_request_in_flight_is_cut_and_retried_on_another_server_at_once() {
-    let bs = backends(2).await;
-    let (dead_port, dead) = silent_backend().await;
-    let members = |web0: &str| {
-        vec![
-            member("web-0", dead_port, web0, &[]),
-            member("web-1", bs[1].port, "alive", &[]),
-        ]
-    };
-    let mut rig = Rig::start(&members("alive"), "500ms", lbgen::watch::LEAVING_MAX).await;
-    let port = rig.http_port;
-    // Round robin: one of the two lands on the dead host's server and hangs there.
-    let started = Instant::now();
-    let gets: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::spawn(async move {
-                let r = get_with(port, "/", "", Duration::from_secs(25)).await;
-                (r, started.elapsed())
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        gets.iter().filter(|g| g.is_finished()).count(),
-        1,
-        "one request answered by web-1, one held by the dead host"
-    );
-    let t_failed = Instant::now();
-    let (outcome, _) = rig.set(&members("failed")).await;
-    match &outcome {
+    let mut d = DeadHost::start().await;
+    match d.fail_web0(&[]).await {
         ApplyOutcome::Runtime { commands } => assert_eq!(
             commands,
-            &[
+            [
                 "set server web/web-0 state maint",
                 "shutdown sessions server web/web-0"
             ]
         ),
         other => panic!("{other:?}"),
     }
-    // Not at `timeout server` (30 s): cut when the member failed, and the idempotent GET
-    // retried on web-1.
-    for g in gets {
-        let (r, ended) = g.await.unwrap();
-        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
-        assert_eq!(answer(&r).0, "b1");
-        assert!(
-            ended < t_failed.duration_since(started) + Duration::from_secs(5),
-            "{ended:?}"
-        );
-    }
-    rig.wait_running("web", &["web-1".to_string()], Duration::from_secs(5))
-        .await;
-    rig.assert_file_renders_the_members();
-    rig.stop().await;
-    dead.abort();
+    d.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_members_request_in_flight_is_cut_before_a_reload_and_retried_on_another_server() {
+    let mut d = DeadHost::start().await;
+    // A new pool with the failure: a reload, which would leave the held request to the old
+    // worker until `timeout server`.
+    let api = member(
+        "api-0",
+        common::free_port(),
+        "alive",
+        &[("service", "api"), ("route", "/api")],
+    );
+    let outcome = d.fail_web0(&[api]).await;
+    assert!(
+        matches!(outcome, ApplyOutcome::Reloaded { .. }),
+        "{outcome:?}"
+    );
+    d.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
