@@ -26,6 +26,12 @@ thread per system per action, so machine noise hits both alike):
           here, shown in its own row), and polling after it (as before) made that the
           floor of both systems' figures. Also: Docker's own kill event (its SIGKILL) ->
           the LB's HAProxy logs the server DOWN, both on dockerd's clock.
+  pause   `docker pause` of one running webapp (a hung replica: its kernel takes connections
+          and requests, nothing answers) -> HAProxy has one server UP fewer (s); and -> the last of
+          the requests sent before that answered (s): those HAProxy sent the frozen replica
+          are held until the system cuts them (shoal: its member `failed`; the rival:
+          `on-marked-down shutdown-sessions` once its checks fail) and retried elsewhere.
+          Then `docker unpause` and both wait for all UP again.
 
 and over the whole run: failed requests and requests slower than 500 ms (closed-loop GET /
 load, 4 workers per system, from this host to the LB's port published on 127.0.0.1). A
@@ -148,6 +154,7 @@ class System:
         # the per-replica join timeline (`join_timeline`).
         self.marks = {}
         self.joins = {}  # phase -> [{step: wall time}] per new replica
+        self.inflight = {}  # worker thread -> when its request in flight was sent, or None
 
     def pick_ports(self):
         """The LB's published ports, chosen by the bench (0 = any free one for those not
@@ -207,6 +214,7 @@ class System:
                 return
         while not self.stop.is_set() and time.monotonic() < self.deadline:
             t = time.monotonic()
+            self.inflight[threading.get_ident()] = t
             host = err = None
             try:
                 # Until the system's first answer, a request gives up after EARLY_TIMEOUT (it
@@ -225,6 +233,7 @@ class System:
                 err = f"{type(e).__name__}: {e}"
             with self.lock:
                 self.samples.append((t, time.monotonic() - t, host, err))
+            self.inflight[threading.get_ident()] = None
             time.sleep(0.01)
 
     def wait(self, what, pred, timeout=90, every=0.05):
@@ -342,6 +351,41 @@ class System:
         self.figures["kill_cli"] = returned[0][1] - t0
         self.timeline.append((returned[0][1], "docker kill returned"))
         self.kill_to_down(victim, t0)
+
+    def running_webapps(self):
+        """The webapp containers running now (`compose ps` lists stopped ones too)."""
+        return sh(["docker", "ps", "-q", "--no-trunc",
+                   "--filter", f"label=com.docker.compose.project={self.project}",
+                   "--filter", "label=com.docker.compose.service=webapp"]).split()
+
+    def phase_pause(self):
+        running = self.running_webapps()
+        n = len(running)
+        self.wait(f"{n} UP", lambda: len(self.up_servers() or ()) == n)
+        victim = running[0]
+        t0 = time.monotonic()
+        sh(["docker", "pause", victim])
+        self.timeline.append((t0, f"docker pause {victim[:12]}"))
+        try:
+            self.wait(f"{n - 1} UP", lambda: len(self.up_servers() or range(n)) == n - 1, every=0.02)
+            t_out = time.monotonic()
+            self.figures["pause"] = t_out - t0
+            self.timeline.append((t_out, f"{n - 1} UP in the stats page"))
+            # The requests it held end: answered elsewhere once cut, or given up by the
+            # client after 20 s (then counted as failed).
+            self.wait(
+                "no request sent before it was out of rotation in flight",
+                lambda: all(v is None or v >= t_out for v in list(self.inflight.values())),
+                timeout=30,
+                every=0.02,
+            )
+            with self.lock:
+                ends = [t + lat for t, lat, _, _ in self.samples if t0 <= t < t_out]
+            self.figures["pause_held"] = max(ends, default=t_out) - t0
+        finally:
+            sh(["docker", "unpause", victim])
+        self.timeline.append((time.monotonic(), "docker unpause returned"))
+        self.wait(f"{n} UP after the unpause", lambda: len(self.up_servers() or ()) == n, timeout=60)
 
     def kill_to_down(self, victim, t0):
         """Docker's own `kill` event (its SIGKILL) -> the LB's HAProxy logs the server DOWN:
@@ -633,6 +677,8 @@ def table(rounds, command, load_before, load_after, warmup):
         ("`docker kill` of a webapp → out of rotation (s)", "kill"),
         ("Docker's SIGKILL → HAProxy logs the server DOWN (s)", "kill_down"),
         ("`docker kill` command returned (s)", "kill_cli"),
+        ("`docker pause` of a webapp → out of rotation (s)", "pause"),
+        ("`docker pause` → the last request it held answered (s)", "pause_held"),
         ("`--scale 5` → all 5 serving (s)", "scale"),
         ("`--scale 5` command returned (s)", "scale_cli"),
         ("`up` → first 2 replicas served (s)", "up"),
@@ -736,6 +782,8 @@ def one_round(a, round_no, deadline):
         time.sleep(3)
         both(systems, "phase_kill")
         time.sleep(3)
+        both(systems, "phase_pause")
+        time.sleep(3)
         both(systems, "finish")
         if a.logs:
             os.makedirs(a.logs, exist_ok=True)
@@ -752,6 +800,7 @@ def one_round(a, round_no, deadline):
     f = [s.figures for s in systems]
     print(
         f"round {round_no}: kill {f[0]['kill']:.2f} vs {f[1]['kill']:.2f}, "
+        f"pause {f[0]['pause']:.2f} vs {f[1]['pause']:.2f} (held {f[0]['pause_held']:.2f} vs {f[1]['pause_held']:.2f}), "
         f"scale {f[0]['scale']:.2f} vs {f[1]['scale']:.2f}, up {f[0]['up']:.2f} vs {f[1]['up']:.2f} "
         f"(from the LB's start {f[0]['up_lb']:.2f} vs {f[1]['up_lb']:.2f}), "
         f"failed {f[0]['failed']} vs {f[1]['failed']}, slow {f[0]['slow']} vs {f[1]['slow']} "
