@@ -178,21 +178,26 @@ fn scale_1_5_2_4_under_load_has_no_failed_request_and_every_webapp_serves() {
     );
 }
 
-#[test]
-fn docker_kill_under_load_removes_the_backend_within_the_failure_bound() {
-    let Some(_serial) = setup() else { return };
-    let p = Project::new("kill", &[], &[]);
+/// A project `name` with 3 webapps, all UP and answering closed-loop load (4 clients):
+/// the project, the load, the stats address and the container to act on.
+fn three_webapps_under_load(name: &str) -> (Project, Load, std::net::SocketAddr, String) {
+    let p = Project::new(name, &[], &[]);
     p.up(&["--scale", "webapp=3"]);
     let (http, stats_addr) = (p.lb_addr(80), p.lb_addr(1936));
     let all = p.hostnames("webapp");
     wait_pool(stats_addr, "web", &all, 60 * S);
-
     let load = Load::start(http, 4, Duration::from_millis(5), 120 * S, 200_000);
     wait_for("all 3 serving", 20 * S, POLL, || {
         (load.hosts_since(Duration::ZERO) == all).then_some(())
     });
-
     let victim = p.containers("webapp")[0].clone();
+    (p, load, stats_addr, victim)
+}
+
+#[test]
+fn docker_kill_under_load_removes_the_backend_within_the_failure_bound() {
+    let Some(_serial) = setup() else { return };
+    let (p, load, stats_addr, victim) = three_webapps_under_load("kill");
     let name = victim[..12].to_string();
     let t_kill = load.now();
     let t = Instant::now();
@@ -299,17 +304,7 @@ impl Drop for Paused {
 #[test]
 fn requests_held_by_a_paused_webapp_are_retried_elsewhere_once_it_is_failed() {
     let Some(_serial) = setup() else { return };
-    let p = Project::new("pause", &[], &[]);
-    p.up(&["--scale", "webapp=3"]);
-    let (http, stats_addr) = (p.lb_addr(80), p.lb_addr(1936));
-    let all = p.hostnames("webapp");
-    wait_pool(stats_addr, "web", &all, 60 * S);
-
-    let load = Load::start(http, 4, Duration::from_millis(5), 120 * S, 200_000);
-    wait_for("all 3 serving", 20 * S, POLL, || {
-        (load.hosts_since(Duration::ZERO) == all).then_some(())
-    });
-    let victim = p.containers("webapp")[0].clone();
+    let (p, load, _, victim) = three_webapps_under_load("pause");
     let name = victim[..12].to_string();
     let t_pause = load.now();
     let t = Instant::now();
