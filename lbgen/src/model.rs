@@ -694,7 +694,7 @@ impl Model {
     pub fn is_failed(&self, name: &str) -> bool {
         self.members
             .iter()
-            .any(|n| n.name == name && n.status == "failed")
+            .any(|n| n.name == name && n.status == Status::Failed.as_str())
     }
 }
 

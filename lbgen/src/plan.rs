@@ -225,16 +225,7 @@ impl Live {
             if new.servers.contains_key(key) || l.leaving {
                 continue;
             }
-            // maint rather than drain: no new request, no sticky client either (it is
-            // redispatched); requests in flight finish. Deleted once it holds no connection.
-            cmds.push(format!("set server {}/{} state maint", key.0, key.1));
-            // A failed member's requests will not finish: its host is gone or cut off, and
-            // they would hang until `timeout server`. Cut now, an idempotent one is retried
-            // on another server (`retry-on`), as HAProxy's own `on-marked-down
-            // shutdown-sessions` would do for a failed health check.
-            if model.is_failed(&key.1) {
-                cmds.push(format!("shutdown sessions server {}/{}", key.0, key.1));
-            }
+            cmds.extend(out_of_rotation(key, model.is_failed(&key.1)));
             if let Some(s) = next.servers.get_mut(key) {
                 s.admin = Admin::Maint;
                 s.leaving = true;
@@ -278,12 +269,7 @@ impl Live {
         self.servers
             .keys()
             .filter(|k| !kept.contains_key(*k) && model.is_failed(&k.1))
-            .flat_map(|(pool, name)| {
-                [
-                    format!("set server {pool}/{name} state maint"),
-                    format!("shutdown sessions server {pool}/{name}"),
-                ]
-            })
+            .flat_map(|k| out_of_rotation(k, true))
             .collect()
     }
 
@@ -293,6 +279,20 @@ impl Live {
             self.servers.remove(key);
         }
     }
+}
+
+/// Takes a server its member no longer backs out of rotation: maint rather than drain, so no
+/// new request and no sticky client either (it is redispatched); requests in flight finish,
+/// and it is deleted once it holds no connection. A `failed` member's requests will not
+/// finish (its host is gone or cut off; they would hang until `timeout server`), so its
+/// sessions are shut down too: a cut GET is retried on another server (`retry-on`), as
+/// HAProxy's own `on-marked-down shutdown-sessions` does for a failed health check.
+fn out_of_rotation((pool, name): &Key, failed: bool) -> Vec<String> {
+    let mut cmds = vec![format!("set server {pool}/{name} state maint")];
+    if failed {
+        cmds.push(format!("shutdown sessions server {pool}/{name}"));
+    }
+    cmds
 }
 
 /// An IP as `set server addr` takes it: no brackets.
@@ -427,12 +427,7 @@ mod tests {
     fn a_failed_member_goes_to_maint_with_its_sessions_cut_and_waits_for_the_reaper() {
         let l = live(&[("a", A, "alive", &[]), ("b", B, "alive", &[])]);
         // One that left (or stopped serving) keeps its requests in flight until they end.
-        for status in ["left", "suspect"] {
-            let extra: &[(&str, &str)] = if status == "suspect" {
-                &[("state", "starting")]
-            } else {
-                &[]
-            };
+        for (status, extra) in [("left", &[][..]), ("suspect", &[("state", "starting")])] {
             assert_eq!(
                 commands(&plan(
                     &l,
